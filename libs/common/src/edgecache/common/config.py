@@ -1,0 +1,176 @@
+"""Configuration: frozen msgspec Structs, loaded once in each service's ``__main__``.
+
+Sources, later ones winning: the defaults below, a TOML file (``--config`` /
+``EDGECACHE_CONFIG``), then environment variables ``EDGECACHE_<SECTION>__<FIELD>``
+(e.g. ``EDGECACHE_CACHENODE__CHUNK_BYTES=4194304``), then the short aliases in
+:data:`ENV_ALIASES` (``EDGECACHE_PORT``, ``EDGECACHE_NATS_URL``, …). Unknown keys are an
+error that names the key. Units are in the field names (``_s`` seconds, ``_bytes`` bytes).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "ENV_ALIASES",
+    "CacheNodeConfig",
+    "Config",
+    "ConfigError",
+    "FederatorConfig",
+    "GatewayConfig",
+    "LogConfig",
+    "NatsConfig",
+    "OriginConfig",
+    "WritebackConfig",
+    "load_config",
+]
+
+MiB = 1024 * 1024
+_OPTS = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
+
+
+class ConfigError(ValueError):
+    """A config file or variable is invalid; the message names the key."""
+
+
+class NatsConfig(msgspec.Struct, **_OPTS):
+    url: str = "nats://127.0.0.1:4222"
+    connect_timeout_s: float = 5.0
+    request_timeout_s: float = 30.0  # a whole request/reply, or one wait for stream credit
+
+
+class GatewayConfig(msgspec.Struct, **_OPTS):
+    host: str = "127.0.0.1"
+    port: int = 9000
+    access_key: str = ""
+    secret_key: str = ""
+    region: str = "us-east-1"
+    max_skew_s: int = 900  # allowed clock difference for signed requests (S3: 15 min)
+    window_frames: int = 8  # frames in flight per download stream
+
+
+class CacheNodeConfig(msgspec.Struct, **_OPTS):
+    node_id: str = ""  # empty: derived from host name and data dir
+    data_dir: str = ""  # empty: <data_dir>/cachenode
+    chunk_bytes: int = 8 * MiB
+    capacity_bytes: int = 64 * 1024 * MiB
+    high_watermark: float = 0.90  # evict above this fraction of capacity_bytes ...
+    low_watermark: float = 0.80  # ... down to this one
+    heartbeat_s: float = 2.0
+    fill_concurrency: int = 4  # parallel ranged GETs per fill
+    revalidate_after_s: float = 60.0  # a clean cached object is checked against the origin after this
+    stale_if_error: bool = True  # serve a cached object when the origin is unreachable
+    window_frames: int = 8  # frames in flight per upload stream
+    stream_idle_timeout_s: float = 30.0
+
+
+class WritebackConfig(msgspec.Struct, **_OPTS):
+    ack_wait_s: float = 60.0  # JetStream redelivers an intent not acked (or in progress) by then
+    backoff_base_s: float = 0.5  # retry delay: base * 2**attempt, capped, with full jitter
+    backoff_max_s: float = 30.0
+
+
+class FederatorConfig(msgspec.Struct, **_OPTS):
+    node_ttl_s: float = 10.0  # a node without a heartbeat for this long leaves KV ``nodes``
+
+
+class OriginConfig(msgspec.Struct, **_OPTS):
+    kind: Literal["file", "s3", "azure"] = "file"
+    path: str = ""  # file: the directory; empty: <data_dir>/origin
+    endpoint_url: str = ""  # s3: for S3-compatible origins; empty: AWS
+    region: str = ""  # s3: empty: from the AWS chain
+    connection_string: str = ""  # azure: empty: AZURE_STORAGE_CONNECTION_STRING
+    multipart_threshold_bytes: int = 64 * MiB  # writeback uploads larger objects in parts
+    part_bytes: int = 16 * MiB
+    timeout_s: float = 30.0
+
+
+class LogConfig(msgspec.Struct, **_OPTS):
+    level: str = "info"
+    json: bool | None = None  # None: JSON unless stderr is a TTY
+
+
+class Config(msgspec.Struct, **_OPTS):
+    data_dir: str = ".edgecache"
+    nats: NatsConfig = NatsConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    cachenode: CacheNodeConfig = CacheNodeConfig()
+    writeback: WritebackConfig = WritebackConfig()
+    federator: FederatorConfig = FederatorConfig()
+    origin: OriginConfig = OriginConfig()
+    log: LogConfig = LogConfig()
+
+    def origin_path(self) -> Path:
+        """The file origin's directory."""
+        return Path(self.origin.path or Path(self.data_dir) / "origin")
+
+    def cachenode_dir(self) -> Path:
+        """The cache node's chunk store directory."""
+        return Path(self.cachenode.data_dir or Path(self.data_dir) / "cachenode")
+
+
+# short names from the README and `edgecache up --help` -> (section, field)
+ENV_ALIASES: dict[str, tuple[str | None, str]] = {
+    "EDGECACHE_DATA_DIR": (None, "data_dir"),
+    "EDGECACHE_PORT": ("gateway", "port"),
+    "EDGECACHE_NATS_URL": ("nats", "url"),
+    "EDGECACHE_ACCESS_KEY": ("gateway", "access_key"),
+    "EDGECACHE_SECRET_KEY": ("gateway", "secret_key"),
+    "EDGECACHE_ORIGIN": ("origin", "kind"),
+    "EDGECACHE_ORIGIN_ENDPOINT_URL": ("origin", "endpoint_url"),
+    "EDGECACHE_ORIGIN_PATH": ("origin", "path"),
+}
+
+
+def _set(tree: dict[str, Any], section: str | None, field: str, value: Any) -> None:
+    target = tree if section is None else tree.setdefault(section, {})
+    if not isinstance(target, dict):
+        raise ConfigError(f"config: {section} is not a section")
+    target[field] = value
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Build the config from defaults, the TOML file at ``path``, ``env`` and ``overrides``.
+
+    ``env`` defaults to ``os.environ``; ``overrides`` is a nested dict applied last (the
+    CLI's flags). Raises :class:`ConfigError` naming the bad key or value.
+    """
+    env = dict(os.environ if env is None else env)
+    tree: dict[str, Any] = {}
+    path = path or env.get("EDGECACHE_CONFIG")
+    if path:
+        try:
+            tree = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+    for name, value in env.items():
+        if not name.startswith("EDGECACHE_") or name in ENV_ALIASES or name == "EDGECACHE_CONFIG":
+            continue
+        rest = name[len("EDGECACHE_") :].lower()
+        if "__" in rest:
+            section, field = rest.split("__", 1)
+            _set(tree, section, field, value)
+    for name, (section, field) in ENV_ALIASES.items():
+        if env.get(name):
+            _set(tree, section, field, env[name])
+    for section, values in (overrides or {}).items():
+        if isinstance(values, dict):
+            for field, value in values.items():
+                if value is not None:
+                    _set(tree, section, field, value)
+        elif values is not None:
+            _set(tree, None, section, values)
+    try:
+        return msgspec.convert(tree, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"config: {exc}") from exc

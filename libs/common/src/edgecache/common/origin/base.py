@@ -1,0 +1,140 @@
+"""The ``Origin`` interface: where objects live durably (local directory, AWS S3, Azure Blob).
+
+Cache nodes read from it (head, ranged GET, listing); the writeback service writes to it.
+Every implementation maps its backend's errors to :mod:`edgecache.common.errors` where they
+arise: a missing object is ``NoSuchKey``, a missing bucket/container ``NoSuchBucket``, an
+unreachable or throttling origin ``ServiceUnavailable`` (with ``retry_after_s``), never a
+raw backend exception.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+
+import msgspec
+
+__all__ = ["Origin", "OriginBucket", "OriginObject"]
+
+
+class OriginObject(msgspec.Struct, frozen=True, kw_only=True):
+    """An object as the origin describes it.
+
+    ``etag`` is the origin's own ETag (hex, no quotes; for S3 multipart objects ``hex-N``,
+    for Azure the blob's ETag with quotes stripped), used to revalidate cached copies.
+    ``last_modified`` is in seconds since the Unix epoch; ``size`` in bytes.
+    """
+
+    key: str
+    size: int
+    etag: str
+    last_modified: float
+    content_type: str = "binary/octet-stream"
+    metadata: dict[str, str] = {}
+    headers: dict[str, str] = {}
+
+
+class OriginBucket(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    created: float  # s since epoch
+
+
+class Origin(abc.ABC):
+    """A durable object store. Safe for concurrent use by many tasks of one event loop."""
+
+    name: str = "origin"
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open clients/connections. Called once before use."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients/connections."""
+
+    # -- buckets -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def list_buckets(self) -> list[OriginBucket]:
+        """Every bucket (S3) or container (Azure) or top-level directory (file), by name."""
+
+    @abc.abstractmethod
+    async def create_bucket(self, bucket: str) -> None:
+        """Create ``bucket``; succeeds if it already exists (idempotent)."""
+
+    @abc.abstractmethod
+    async def delete_bucket(self, bucket: str) -> None:
+        """Delete an empty ``bucket``; succeeds if it does not exist (idempotent).
+
+        Raises:
+            BucketNotEmpty: the bucket still holds objects.
+        """
+
+    @abc.abstractmethod
+    async def bucket_exists(self, bucket: str) -> bool:
+        """Whether ``bucket`` exists in the origin."""
+
+    # -- objects -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def head_object(self, bucket: str, key: str) -> OriginObject:
+        """Metadata of ``bucket/key``.
+
+        Raises:
+            NoSuchBucket, NoSuchKey, ServiceUnavailable.
+        """
+
+    @abc.abstractmethod
+    def get_range(
+        self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream bytes ``first..last`` (inclusive) of ``bucket/key`` as they arrive.
+
+        ``if_match`` is an origin ETag: if the object changed since, raise
+        ``PreconditionFailed`` instead of returning bytes of another version.
+
+        Yields:
+            Pieces of any size, in order, adding up to ``last - first + 1`` bytes.
+
+        Raises:
+            NoSuchBucket, NoSuchKey, PreconditionFailed, InvalidRange, ServiceUnavailable
+            (also mid-stream, when the origin goes away).
+        """
+
+    @abc.abstractmethod
+    async def put_object(
+        self,
+        bucket: str,
+        key: str,
+        body: AsyncIterator[bytes],
+        *,
+        size: int,
+        content_type: str = "binary/octet-stream",
+        metadata: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        etag: str = "",
+    ) -> str:
+        """Write ``size`` bytes from ``body`` as ``bucket/key``, replacing any object there.
+
+        Atomic for readers: the old object or the whole new one, never a partial one. Large
+        objects go up in parts (S3 multipart upload, Azure staged blocks). ``etag`` is
+        edgecache's ETag for the bytes (MD5 hex, or ``hex-N``), stored where the backend
+        allows. Creates the bucket if it does not exist.
+
+        Returns:
+            The origin's ETag of the new object (hex, no quotes).
+
+        Raises:
+            ServiceUnavailable: the origin could not be reached; nothing was written.
+        """
+
+    @abc.abstractmethod
+    async def delete_object(self, bucket: str, key: str) -> None:
+        """Delete ``bucket/key``; succeeds if it does not exist (idempotent)."""
+
+    @abc.abstractmethod
+    def iter_objects(
+        self, bucket: str, *, prefix: str = "", start_after: str = ""
+    ) -> AsyncIterator[OriginObject]:
+        """Every object of ``bucket`` whose key starts with ``prefix`` and sorts after
+        ``start_after``, in UTF-8 binary key order, fetched page by page as consumed.
+
+        Raises:
+            NoSuchBucket, ServiceUnavailable.
+        """

@@ -1,0 +1,527 @@
+"""Every type that crosses NATS or sits in JetStream, as msgspec Structs encoded as JSON.
+
+Each type is tagged (``"type"`` field) with a versioned name, e.g. ``"putobject.v1"``.
+Schema evolution: new fields get defaults and go last; a field is never retyped; an
+incompatible change is a new tag (``.v2``) decoded beside the old one.
+
+Units: sizes in bytes, times in seconds since the Unix epoch (float) unless the name says
+``_ns``; byte ranges are inclusive (``first..last``); checksums are base64 as S3 sends
+them (``checksums`` maps the algorithm in lower case — ``crc32``, ``crc32c``, ``sha1``,
+``sha256`` — to its base64 value); ETags are hex without quotes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar
+
+import msgspec
+
+__all__ = [
+    "REPLY_DECODER",
+    "REQUEST_DECODER",
+    "AbortMultipartUpload",
+    "BucketCreated",
+    "BucketDeleted",
+    "BucketInfo",
+    "BucketList",
+    "BucketRecord",
+    "ChunkGet",
+    "ChunkRef",
+    "CompleteMultipartUpload",
+    "CompletedPart",
+    "CreateBucket",
+    "CreateMultipartUpload",
+    "Credit",
+    "DeleteBucket",
+    "DeleteObject",
+    "End",
+    "Error",
+    "Event",
+    "GetObject",
+    "HeadBucket",
+    "HeadObject",
+    "Heartbeat",
+    "Intent",
+    "ListBuckets",
+    "ListObjects",
+    "ListObjectsResult",
+    "ListParts",
+    "ListPartsResult",
+    "Manifest",
+    "MultipartUpload",
+    "NodeStats",
+    "ObjectClean",
+    "ObjectDeleted",
+    "ObjectInfo",
+    "ObjectSummary",
+    "ObjectWritten",
+    "Ok",
+    "PartInfo",
+    "PartRecord",
+    "PutObject",
+    "Reply",
+    "Request",
+    "UploadPart",
+    "UploadRecord",
+    "decode",
+    "encode",
+]
+
+T = TypeVar("T")
+
+_OPTS = {"frozen": True, "kw_only": True, "tag_field": "type", "omit_defaults": True}
+
+
+# == Requests: the public s3.* API ===========================================================
+class CreateBucket(msgspec.Struct, **_OPTS, tag="createbucket.v1"):
+    """``s3.createbucket`` → :class:`Ok`. Errors: InvalidBucketName, BucketAlreadyOwnedByYou."""
+
+    bucket: str
+
+
+class DeleteBucket(msgspec.Struct, **_OPTS, tag="deletebucket.v1"):
+    """``s3.deletebucket`` → :class:`Ok`. Errors: NoSuchBucket, BucketNotEmpty."""
+
+    bucket: str
+
+
+class HeadBucket(msgspec.Struct, **_OPTS, tag="headbucket.v1"):
+    """``s3.headbucket`` → :class:`BucketInfo`. Errors: NoSuchBucket."""
+
+    bucket: str
+
+
+class ListBuckets(msgspec.Struct, **_OPTS, tag="listbuckets.v1"):
+    """``s3.listbuckets`` → :class:`BucketList`."""
+
+
+class PutObject(msgspec.Struct, **_OPTS, tag="putobject.v1"):
+    """``s3.putobject``: an upload stream (see docs/protocol.md) → :class:`ObjectInfo`.
+
+    ``size`` is the body length in bytes when known up front (``None``: unknown, the
+    stream's ``End`` decides). ``content_md5`` is base64 as in the ``Content-MD5`` header.
+    ``headers`` holds the other stored system headers (``Cache-Control``,
+    ``Content-Disposition``, ``Content-Encoding``, ``Content-Language``, ``Expires``).
+    Errors: NoSuchBucket, BadDigest, InvalidDigest, IncompleteBody.
+    """
+
+    bucket: str
+    key: str
+    size: int | None = None
+    content_type: str = "binary/octet-stream"
+    metadata: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    content_md5: str | None = None
+    checksums: dict[str, str] = {}
+
+
+class GetObject(msgspec.Struct, **_OPTS, tag="getobject.v1"):
+    """``s3.getobject``: a download stream → :class:`ObjectInfo`, frames, :class:`End`.
+
+    ``range`` is the raw HTTP ``Range`` header (``bytes=first-last``, ``bytes=first-``,
+    ``bytes=-suffix``); the reply's ``range_first``/``range_last`` say what is sent.
+    Errors: NoSuchBucket, NoSuchKey, InvalidRange.
+    """
+
+    bucket: str
+    key: str
+    range: str | None = None
+
+
+class HeadObject(msgspec.Struct, **_OPTS, tag="headobject.v1"):
+    """``s3.headobject`` → :class:`ObjectInfo`. Errors: NoSuchBucket, NoSuchKey, InvalidRange."""
+
+    bucket: str
+    key: str
+    range: str | None = None
+
+
+class DeleteObject(msgspec.Struct, **_OPTS, tag="deleteobject.v1"):
+    """``s3.deleteobject`` → :class:`Ok` (also when the key did not exist). Errors: NoSuchBucket."""
+
+    bucket: str
+    key: str
+
+
+class ListObjects(msgspec.Struct, **_OPTS, tag="listobjects.v1"):
+    """``s3.listobjects`` → :class:`ListObjectsResult`, keys in UTF-8 binary order.
+
+    Serves both ListObjectsV2 (``continuation_token``, ``start_after``) and ListObjects v1
+    (``marker``): the listing starts after ``max(start_after, marker, token)``.
+    Errors: NoSuchBucket, InvalidArgument (bad token or max_keys).
+    """
+
+    bucket: str
+    prefix: str = ""
+    delimiter: str = ""
+    max_keys: int = 1000
+    start_after: str = ""
+    marker: str = ""
+    continuation_token: str = ""
+
+
+class CreateMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.init.v1"):
+    """``s3.multipart.init`` → :class:`MultipartUpload`. Errors: NoSuchBucket."""
+
+    bucket: str
+    key: str
+    content_type: str = "binary/octet-stream"
+    metadata: dict[str, str] = {}
+    headers: dict[str, str] = {}
+
+
+class UploadPart(msgspec.Struct, **_OPTS, tag="multipart.upload.v1"):
+    """``s3.multipart.upload``: an upload stream → :class:`PartInfo`.
+
+    ``part_number`` is 1..10000. Errors: NoSuchUpload, InvalidArgument, BadDigest.
+    """
+
+    bucket: str
+    key: str
+    upload_id: str
+    part_number: int
+    size: int | None = None
+    content_md5: str | None = None
+    checksums: dict[str, str] = {}
+
+
+class CompletedPart(msgspec.Struct, frozen=True, kw_only=True):
+    part_number: int
+    etag: str  # hex, quotes stripped
+
+
+class CompleteMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.complete.v1"):
+    """``s3.multipart.complete`` → :class:`ObjectInfo` (ETag ``md5(part md5s)-N``).
+
+    Errors: NoSuchUpload, InvalidPart, InvalidPartOrder, EntityTooSmall (a part other than
+    the last under 5 MiB), MalformedXML (no parts).
+    """
+
+    bucket: str
+    key: str
+    upload_id: str
+    parts: list[CompletedPart]
+
+
+class AbortMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.abort.v1"):
+    """``s3.multipart.abort`` → :class:`Ok`. Errors: NoSuchUpload."""
+
+    bucket: str
+    key: str
+    upload_id: str
+
+
+class ListParts(msgspec.Struct, **_OPTS, tag="multipart.listparts.v1"):
+    """``s3.multipart.listparts`` → :class:`ListPartsResult`. Errors: NoSuchUpload."""
+
+    bucket: str
+    key: str
+    upload_id: str
+    max_parts: int = 1000
+    part_number_marker: int = 0
+
+
+Request = (
+    CreateBucket
+    | DeleteBucket
+    | HeadBucket
+    | ListBuckets
+    | PutObject
+    | GetObject
+    | HeadObject
+    | DeleteObject
+    | ListObjects
+    | CreateMultipartUpload
+    | UploadPart
+    | CompleteMultipartUpload
+    | AbortMultipartUpload
+    | ListParts
+)
+
+
+# == Replies ==================================================================================
+class Ok(msgspec.Struct, **_OPTS, tag="ok.v1"):
+    """Success with nothing to say."""
+
+
+class Error(msgspec.Struct, **_OPTS, tag="error.v1"):
+    """An S3 error: ``code`` is the S3 error code (``errors.from_code`` rebuilds it)."""
+
+    code: str
+    message: str = ""
+    resource: str = ""
+    retry_after_s: int | None = None
+
+
+class BucketInfo(msgspec.Struct, **_OPTS, tag="bucket.v1"):
+    name: str
+    created: float  # s since epoch
+
+
+class BucketList(msgspec.Struct, **_OPTS, tag="bucketlist.v1"):
+    buckets: list[BucketInfo]
+
+
+class ObjectInfo(msgspec.Struct, **_OPTS, tag="object.v1"):
+    """An object's metadata; on GET also what part of it follows (``range_*`` inclusive)."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    last_modified: float
+    content_type: str = "binary/octet-stream"
+    metadata: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    checksums: dict[str, str] = {}
+    parts_count: int | None = None
+    range_first: int | None = None
+    range_last: int | None = None
+
+
+class ObjectSummary(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    key: str
+    size: int
+    etag: str
+    last_modified: float
+
+
+class ListObjectsResult(msgspec.Struct, **_OPTS, tag="listobjects.result.v1"):
+    """A page of a listing. ``next_token`` is opaque; pass it back as ``continuation_token``."""
+
+    contents: list[ObjectSummary]
+    common_prefixes: list[str] = []
+    is_truncated: bool = False
+    next_token: str = ""
+    next_marker: str = ""
+
+
+class MultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.upload.info.v1"):
+    bucket: str
+    key: str
+    upload_id: str
+
+
+class PartInfo(msgspec.Struct, **_OPTS, tag="part.v1"):
+    part_number: int
+    etag: str
+    size: int
+    last_modified: float
+    checksums: dict[str, str] = {}
+
+
+class ListPartsResult(msgspec.Struct, **_OPTS, tag="listparts.result.v1"):
+    bucket: str
+    key: str
+    upload_id: str
+    parts: list[PartInfo]
+    is_truncated: bool = False
+    next_part_number_marker: int = 0
+
+
+# == Stream control (docs/protocol.md) ========================================================
+class Credit(msgspec.Struct, **_OPTS, tag="credit.v1"):
+    """The receiver of a stream allows ``frames`` more data frames.
+
+    The first credit of an upload also names ``subject``, where frames and ``End`` go.
+    """
+
+    frames: int
+    subject: str = ""
+
+
+class End(msgspec.Struct, **_OPTS, tag="end.v1"):
+    """End of a byte stream: ``frames`` data frames, ``size`` bytes, CRC-32 (zlib) of them all.
+
+    ``checksums`` carries trailing checksums (``x-amz-checksum-*`` trailers) on uploads.
+    """
+
+    frames: int
+    size: int
+    crc32: int
+    checksums: dict[str, str] = {}
+
+
+Reply = (
+    Ok
+    | Error
+    | BucketInfo
+    | BucketList
+    | ObjectInfo
+    | ListObjectsResult
+    | MultipartUpload
+    | PartInfo
+    | ListPartsResult
+    | Credit
+    | End
+)
+
+
+# == Internal: chunk transfer =================================================================
+class ChunkGet(msgspec.Struct, **_OPTS, tag="chunk.get.v1"):
+    """``edgecache.chunk.<node>.get``: a download stream of bytes ``first..last`` (inclusive)
+    of one chunk (``last`` ``None``: to its end) → ``Ok``, frames, ``End``. Errors: NoSuchKey."""
+
+    chunk_id: str
+    first: int = 0
+    last: int | None = None
+
+
+# == State in JetStream =======================================================================
+class ChunkRef(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    size: int  # bytes
+
+
+class Manifest(msgspec.Struct, **_OPTS, tag="manifest.v1"):
+    """KV ``objects``: the current version of one object, or a tombstone (``deleted``).
+
+    ``state`` is ``dirty`` until the writeback service has put this version in the origin.
+    ``chunks`` are in order; their sizes add up to ``size``. ``nodes`` hold every chunk.
+    """
+
+    bucket: str
+    key: str
+    version: str
+    size: int
+    etag: str
+    last_modified: float
+    content_type: str = "binary/octet-stream"
+    metadata: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    checksums: dict[str, str] = {}
+    parts_count: int | None = None
+    chunks: list[ChunkRef] = []
+    nodes: list[str] = []
+    state: Literal["dirty", "clean"] = "dirty"
+    deleted: bool = False
+    origin_etag: str = ""
+    validated_at: float = 0.0  # s since epoch, last time the origin confirmed this version
+
+
+class BucketRecord(msgspec.Struct, **_OPTS, tag="bucketrecord.v1"):
+    """KV ``buckets``."""
+
+    name: str
+    created: float
+
+
+class UploadRecord(msgspec.Struct, **_OPTS, tag="uploadrecord.v1"):
+    """KV ``uploads``: one multipart upload in progress."""
+
+    bucket: str
+    key: str
+    upload_id: str
+    initiated: float
+    content_type: str = "binary/octet-stream"
+    metadata: dict[str, str] = {}
+    headers: dict[str, str] = {}
+
+
+class PartRecord(msgspec.Struct, **_OPTS, tag="partrecord.v1"):
+    """KV ``uploads``: one uploaded part (the last upload of a part number wins)."""
+
+    part_number: int
+    etag: str
+    size: int
+    last_modified: float
+    chunks: list[ChunkRef]
+    nodes: list[str]
+    md5: str  # hex of the part's MD5, for the multipart ETag
+    checksums: dict[str, str] = {}
+
+
+# == Events and intents =======================================================================
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of everything published as an event or appended to ``WRITEBACK``.
+
+    ``id`` is also sent as ``Nats-Msg-Id`` so JetStream de-duplicates re-publishes.
+    """
+
+    id: str
+    at_ns: int  # send time, ns since the Unix epoch
+
+
+class ObjectWritten(Event, tag="object.written.v1"):
+    """A put (or completed multipart upload) of ``version`` was acknowledged.
+    Produced by cachenode on ``WRITEBACK``; consumed by writeback."""
+
+    bucket: str
+    key: str
+    version: str
+
+
+class ObjectDeleted(Event, tag="object.deleted.v1"):
+    """A delete was acknowledged; ``version`` is the tombstone's. cachenode → writeback."""
+
+    bucket: str
+    key: str
+    version: str
+
+
+class BucketCreated(Event, tag="bucket.created.v1"):
+    """cachenode → writeback: create the bucket in the origin."""
+
+    bucket: str
+
+
+class BucketDeleted(Event, tag="bucket.deleted.v1"):
+    """cachenode → writeback: delete the (empty) bucket in the origin."""
+
+    bucket: str
+
+
+Intent = ObjectWritten | ObjectDeleted | BucketCreated | BucketDeleted
+
+
+class ObjectClean(Event, tag="object.clean.v1"):
+    """writeback → everyone (``edgecache.events.object.clean``): ``version`` is in the origin
+    (or, if ``deleted``, gone from it); its chunks may now be evicted."""
+
+    bucket: str
+    key: str
+    version: str
+    deleted: bool = False
+    origin_etag: str = ""
+
+
+class NodeStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters of one cache node since it started (bytes, counts)."""
+
+    capacity_bytes: int = 0
+    used_bytes: int = 0
+    dirty_bytes: int = 0
+    chunks: int = 0
+    hits: int = 0
+    misses: int = 0
+    fills: int = 0
+    fill_bytes: int = 0
+    evictions: int = 0
+    evicted_bytes: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    requests: int = 0
+
+
+class Heartbeat(Event, tag="heartbeat.v1"):
+    """cachenode → federator, every ``heartbeat_s``; kept in KV ``nodes`` with a TTL."""
+
+    node_id: str
+    host: str
+    started: float
+    stats: NodeStats
+
+
+REQUEST_DECODER: msgspec.json.Decoder[Request] = msgspec.json.Decoder(Request)
+REPLY_DECODER: msgspec.json.Decoder[Reply] = msgspec.json.Decoder(Reply)
+_ENCODER = msgspec.json.Encoder()
+
+
+def encode(value: msgspec.Struct) -> bytes:
+    """JSON bytes of any wire type."""
+    return _ENCODER.encode(value)
+
+
+def decode(data: bytes, type_: type[T]) -> T:
+    """Decode ``data`` as ``type_``; raises ``msgspec.ValidationError``/``DecodeError``."""
+    return msgspec.json.decode(data, type=type_)
