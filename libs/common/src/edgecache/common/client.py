@@ -1,0 +1,136 @@
+"""The async client of the ``s3.*`` NATS API, for the gateway and for platform services.
+
+Example::
+
+    nc = await nats.connect("nats://127.0.0.1:4222")
+    client = EdgecacheClient(nc)
+    await client.request(wire.CreateBucket(bucket="photos"))
+    info = await client.put_object(wire.PutObject(bucket="photos", key="a.jpg"), body_iter)
+    info, body = await client.get_object(wire.GetObject(bucket="photos", key="a.jpg"))
+    async for piece in body: ...
+
+Errors come back as :class:`edgecache.common.errors.S3Error` subclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, TypeVar
+
+from edgecache.common import errors, stream, subjects, wire
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+__all__ = ["EdgecacheClient", "operation_of"]
+
+R = TypeVar("R")
+
+_OPERATIONS: dict[type, str] = {
+    wire.CreateBucket: "createbucket",
+    wire.DeleteBucket: "deletebucket",
+    wire.HeadBucket: "headbucket",
+    wire.ListBuckets: "listbuckets",
+    wire.PutObject: "putobject",
+    wire.GetObject: "getobject",
+    wire.HeadObject: "headobject",
+    wire.DeleteObject: "deleteobject",
+    wire.ListObjects: "listobjects",
+    wire.CreateMultipartUpload: "multipart.init",
+    wire.UploadPart: "multipart.upload",
+    wire.CompleteMultipartUpload: "multipart.complete",
+    wire.AbortMultipartUpload: "multipart.abort",
+    wire.ListParts: "multipart.listparts",
+}
+
+
+def operation_of(request: wire.Request) -> str:
+    """The ``s3.<operation>`` subject of a request."""
+    return subjects.s3(_OPERATIONS[type(request)])
+
+
+def _expect(reply: wire.Reply, type_: type[R]) -> R:
+    if not isinstance(reply, type_):
+        raise errors.InternalError(f"expected {type_.__name__}, got {type(reply).__name__}")
+    return reply
+
+
+class EdgecacheClient:
+    """Speaks the ``s3.*`` subjects (docs/protocol.md) over one NATS connection.
+
+    Args:
+        nc: a connected nats-py client.
+        timeout_s: how long to wait for any one answer or credit grant, in seconds.
+        window_frames: download credit, in frames of up to ``max_payload`` bytes.
+    """
+
+    def __init__(self, nc: NATS, *, timeout_s: float = 30.0, window_frames: int = 8) -> None:
+        self.nc = nc
+        self.timeout_s = timeout_s
+        self.window_frames = window_frames
+
+    async def request(self, request: wire.Request) -> wire.Reply:
+        """Send a request that has no body either way and return its reply.
+
+        Raises:
+            S3Error: the error the cache node answered; ServiceUnavailable when none
+                answered within ``timeout_s``.
+        """
+        from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+
+        subject = operation_of(request)
+        try:
+            msg = await self.nc.request(subject, wire.encode(request), timeout=self.timeout_s)
+        except (NatsTimeoutError, NoRespondersError) as exc:
+            raise errors.ServiceUnavailable(f"no cache node answered {subject}", retry_after_s=1) from exc
+        return stream.read_control(msg)
+
+    async def put_object(
+        self,
+        request: wire.PutObject | wire.UploadPart,
+        body: AsyncIterator[bytes],
+        *,
+        trailers: dict[str, str] | None = None,
+    ) -> wire.ObjectInfo | wire.PartInfo:
+        """Upload ``body`` as an object (PutObject) or a part (UploadPart).
+
+        ``trailers`` (trailing ``x-amz-checksum-*`` values) is read once ``body`` is
+        exhausted. If ``body`` raises, nothing is stored and the error propagates.
+
+        Returns:
+            ``ObjectInfo`` for PutObject, ``PartInfo`` for UploadPart.
+        """
+        reply = await stream.upload(
+            self.nc,
+            operation_of(request),
+            request,
+            body,
+            timeout_s=self.timeout_s,
+            trailers=trailers,
+        )
+        return _expect(reply, wire.PartInfo if isinstance(request, wire.UploadPart) else wire.ObjectInfo)
+
+    async def get_object(
+        self, request: wire.GetObject
+    ) -> tuple[wire.ObjectInfo, AsyncIterator[bytes]]:
+        """Start a download.
+
+        Returns:
+            The object's metadata (``range_first``/``range_last`` say which bytes follow,
+            inclusive) and an iterator of its bytes. The iterator raises an S3Error if the
+            stream breaks (the body is then short: cut the client connection). Call
+            ``aclose()`` on it when stopping early.
+        """
+        reply, body = await stream.download(
+            self.nc,
+            operation_of(request),
+            request,
+            window=self.window_frames,
+            timeout_s=self.timeout_s,
+        )
+        return _expect(reply, wire.ObjectInfo), body
+
+    async def get_object_bytes(self, bucket: str, key: str) -> tuple[wire.ObjectInfo, bytes]:
+        """The whole object in memory: for small objects and tests."""
+        info, body = await self.get_object(wire.GetObject(bucket=bucket, key=key))
+        return info, b"".join([piece async for piece in body])

