@@ -1,0 +1,92 @@
+"""JetStream state: the KV buckets and the ``WRITEBACK`` stream, created idempotently.
+
+Every service calls :func:`ensure_state` at start, so any one of them can come up first.
+``replicas`` is 1 on one machine; a NATS cluster runs with 3.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+
+from edgecache.common import subjects
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
+
+__all__ = ["State", "ensure_state"]
+
+
+class State:
+    """Handles on the JetStream state, as created by :func:`ensure_state`."""
+
+    def __init__(
+        self, js: JetStreamContext, buckets: KeyValue, objects: KeyValue, uploads: KeyValue, nodes: KeyValue
+    ) -> None:
+        self.js = js
+        self.buckets = buckets
+        self.objects = objects
+        self.uploads = uploads
+        self.nodes = nodes
+
+
+async def _kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError:
+        # exists with another config (e.g. another TTL): use it as it is
+        return await js.key_value(config.bucket)
+
+
+async def ensure_state(
+    js: JetStreamContext, *, node_ttl_s: float = 10.0, ack_wait_s: float = 60.0, replicas: int = 1
+) -> State:
+    """Create (or open) KV ``buckets``, ``objects``, ``uploads``, ``nodes`` (entries expire
+    after ``node_ttl_s`` seconds), the work-queue stream ``WRITEBACK`` and its per-partition
+    durable consumers (``max_ack_pending=1`` keeps each partition, hence each key, in order;
+    ``ack_wait_s`` before an unacknowledged intent is redelivered)."""
+    store = StorageType.FILE
+    buckets = await _kv(js, KeyValueConfig(bucket=subjects.KV_BUCKETS, history=1, storage=store, replicas=replicas))
+    objects = await _kv(js, KeyValueConfig(bucket=subjects.KV_OBJECTS, history=1, storage=store, replicas=replicas))
+    uploads = await _kv(js, KeyValueConfig(bucket=subjects.KV_UPLOADS, history=1, storage=store, replicas=replicas))
+    nodes = await _kv(
+        js,
+        KeyValueConfig(bucket=subjects.KV_NODES, history=1, ttl=node_ttl_s, storage=StorageType.MEMORY, replicas=replicas),
+    )
+    stream = StreamConfig(
+        name=subjects.WRITEBACK_STREAM,
+        subjects=[subjects.writeback_subject(p) for p in range(subjects.WRITEBACK_PARTITIONS)],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=store,
+        num_replicas=replicas,
+        duplicate_window=120.0,
+    )
+    try:
+        await js.add_stream(stream)
+    except BadRequestError:
+        await js.update_stream(stream)
+    for p in range(subjects.WRITEBACK_PARTITIONS):
+        await js.add_consumer(
+            subjects.WRITEBACK_STREAM,
+            ConsumerConfig(
+                durable_name=subjects.writeback_consumer(p),
+                filter_subject=subjects.writeback_subject(p),
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                max_ack_pending=1,
+                ack_wait=ack_wait_s,
+                max_deliver=-1,
+            ),
+        )
+    return State(js, buckets, objects, uploads, nodes)
