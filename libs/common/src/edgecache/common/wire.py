@@ -368,9 +368,13 @@ class ChunkGet(msgspec.Struct, **_OPTS, tag="chunk.get.v1"):
 
 
 # == State in JetStream =======================================================================
-class ChunkRef(msgspec.Struct, frozen=True, kw_only=True):
+class ChunkRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One chunk of an object. ``nodes``: the cache nodes holding it, when they differ from
+    the manifest's (multipart parts may land on different nodes); empty: ``Manifest.nodes``."""
+
     id: str
     size: int  # bytes
+    nodes: list[str] = []
 
 
 class Manifest(msgspec.Struct, **_OPTS, tag="manifest.v1"):
