@@ -76,7 +76,8 @@ class EdgecacheClient:
             S3Error: the error the cache node answered; ServiceUnavailable when none
                 answered within ``timeout_s``.
         """
-        from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+        from nats.errors import NoRespondersError
+        from nats.errors import TimeoutError as NatsTimeoutError
 
         subject = operation_of(request)
         try:

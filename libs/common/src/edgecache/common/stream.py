@@ -24,7 +24,6 @@ result Struct (or ``Error``) there.
 
 from __future__ import annotations
 
-import asyncio
 import zlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING

@@ -1,0 +1,73 @@
+"""CreateBucket, HeadBucket, DeleteBucket, ListBuckets on a cache node.
+
+Bucket records live in KV ``buckets``; the origin's buckets are part of the namespace too
+(a bucket that exists only in the origin is adopted on first use).
+"""
+
+from __future__ import annotations
+
+import time
+
+from nats.js.errors import KeyWrongLastSequenceError
+
+from edgecache.cachenode import listing
+from edgecache.cachenode.node import CacheNode, new_id, now
+from edgecache.common import errors, wire
+from edgecache.common.names import validate_bucket_name
+
+__all__ = ["create_bucket", "delete_bucket", "head_bucket", "list_buckets"]
+
+
+async def create_bucket(node: CacheNode, request: wire.CreateBucket) -> wire.Ok:
+    """Create a bucket here and, by write-back, in the origin.
+
+    Raises:
+        InvalidBucketName: the name breaks S3's rules.
+        BucketAlreadyOwnedByYou: it exists already (single-tenant: every bucket is yours).
+    """
+    validate_bucket_name(request.bucket)
+    record = wire.BucketRecord(name=request.bucket, created=now())
+    try:
+        await node.state.buckets.create(request.bucket, wire.encode(record))
+    except KeyWrongLastSequenceError as exc:
+        raise errors.BucketAlreadyOwnedByYou(resource=request.bucket) from exc
+    intent = wire.BucketCreated(id=new_id(), at_ns=time.time_ns(), bucket=request.bucket)
+    await node.publish_intent(intent, request.bucket, "")
+    return wire.Ok()
+
+
+async def head_bucket(node: CacheNode, request: wire.HeadBucket) -> wire.BucketInfo:
+    """Raises NoSuchBucket if the bucket exists neither here nor in the origin."""
+    record = await node.require_bucket(request.bucket)
+    return wire.BucketInfo(name=record.name, created=record.created)
+
+
+async def delete_bucket(node: CacheNode, request: wire.DeleteBucket) -> wire.Ok:
+    """Delete an empty bucket.
+
+    Raises:
+        NoSuchBucket: it does not exist.
+        BucketNotEmpty: a listing of it (origin merged with pending writes) is not empty.
+    """
+    await node.require_bucket(request.bucket)
+    page = await listing.list_objects(node, wire.ListObjects(bucket=request.bucket, max_keys=1))
+    if page.contents or page.common_prefixes:
+        raise errors.BucketNotEmpty(resource=request.bucket)
+    await node.state.buckets.delete(request.bucket)
+    intent = wire.BucketDeleted(id=new_id(), at_ns=time.time_ns(), bucket=request.bucket)
+    await node.publish_intent(intent, request.bucket, "")
+    return wire.Ok()
+
+
+async def list_buckets(node: CacheNode, request: wire.ListBuckets) -> wire.BucketList:
+    """Every bucket in KV ``buckets`` and in the origin, by name."""
+    found: dict[str, float] = {b.name: b.created for b in await node.origin.list_buckets()}
+    try:
+        names = await node.state.buckets.keys()
+    except Exception:  # noqa: BLE001 - nats raises NoKeysError on an empty bucket
+        names = []
+    for name in names:
+        record = await node.bucket_record(name)
+        if record is not None:
+            found[name] = min(found.get(name, record.created), record.created)
+    return wire.BucketList(buckets=[wire.BucketInfo(name=n, created=c) for n, c in sorted(found.items())])

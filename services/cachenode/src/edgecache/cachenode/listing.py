@@ -1,0 +1,159 @@
+"""ListObjects (v1 and v2): the origin's listing merged with writes not yet persisted.
+
+The overlay is every **dirty** manifest of the bucket in KV ``objects`` (puts and
+tombstones); clean objects come from the origin, which is their source of truth. Keys are
+merged in UTF-8 binary order; a dirty put replaces the origin's entry, a dirty tombstone
+hides it. Delimiters roll keys up into common prefixes after the merge.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import heapq
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from edgecache.common import errors, kvkeys, wire
+
+if TYPE_CHECKING:
+    from edgecache.cachenode.node import CacheNode
+
+__all__ = ["decode_token", "encode_token", "list_objects"]
+
+
+def encode_token(marker: str) -> str:
+    """The opaque continuation token of a listing that resumes after ``marker``."""
+    return base64.urlsafe_b64encode(marker.encode()).decode()
+
+
+def decode_token(token: str) -> str:
+    """Raises InvalidArgument for a token we did not make."""
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise errors.InvalidArgument("The continuation token provided is incorrect") from exc
+
+
+def _utf8(key: str) -> bytes:
+    return key.encode("utf-8", "surrogatepass")
+
+
+async def _overlay(node: CacheNode, bucket: str, prefix: str, after: str) -> list[wire.Manifest]:
+    """Dirty manifests of ``bucket`` under ``prefix`` sorting after ``after``, in key order."""
+    found: list[wire.Manifest] = []
+    watcher = await node.state.objects.watch(kvkeys.bucket_filter(bucket), ignore_deletes=True)
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break
+            if entry.value is None:
+                continue
+            m = wire.decode(entry.value, wire.Manifest)
+            if m.state == "dirty" and m.key.startswith(prefix) and _utf8(m.key) > _utf8(after):
+                found.append(m)
+    finally:
+        await watcher.stop()
+    found.sort(key=lambda m: _utf8(m.key))
+    return found
+
+
+async def _merged(
+    node: CacheNode, bucket: str, prefix: str, after: str
+) -> AsyncIterator[wire.ObjectSummary]:
+    """Every visible object under ``prefix`` after ``after``, in UTF-8 binary key order."""
+    overlay = await _overlay(node, bucket, prefix, after)
+
+    async def from_overlay() -> AsyncIterator[tuple[bytes, int, wire.ObjectSummary | None]]:
+        for m in overlay:  # rank 0: wins over the origin's entry of the same key
+            summary = None if m.deleted else wire.ObjectSummary(
+                key=m.key, size=m.size, etag=m.etag, last_modified=m.last_modified
+            )
+            yield _utf8(m.key), 0, summary
+
+    async def from_origin() -> AsyncIterator[tuple[bytes, int, wire.ObjectSummary | None]]:
+        async for o in node.origin.iter_objects(bucket, prefix=prefix, start_after=after):
+            summary = wire.ObjectSummary(key=o.key, size=o.size, etag=o.etag, last_modified=o.last_modified)
+            yield _utf8(o.key), 1, summary
+
+    last: bytes | None = None
+    async for sort_key, _, summary in _amerge(from_overlay(), from_origin()):
+        if sort_key == last:
+            continue
+        last = sort_key
+        if summary is not None:  # None: a pending delete hides the key
+            yield summary
+
+
+async def _amerge(*iterators: AsyncIterator[tuple]) -> AsyncIterator[tuple]:  # type: ignore[type-arg]
+    """Merge sorted async iterators of ``(sort_key, rank, value)``."""
+    heads: list[tuple] = []  # type: ignore[type-arg]
+    its = list(iterators)
+    for i, it in enumerate(its):
+        try:
+            item = await anext(it)
+            heapq.heappush(heads, (item[0], item[1], i, item))
+        except StopAsyncIteration:
+            pass
+    while heads:
+        _, _, i, item = heapq.heappop(heads)
+        yield item
+        try:
+            nxt = await anext(its[i])
+            heapq.heappush(heads, (nxt[0], nxt[1], i, nxt))
+        except StopAsyncIteration:
+            pass
+
+
+async def list_objects(node: CacheNode, request: wire.ListObjects) -> wire.ListObjectsResult:
+    """One page of the merged listing.
+
+    Raises:
+        NoSuchBucket: the bucket does not exist.
+        InvalidArgument: a bad continuation token or a negative ``max_keys``.
+    """
+    await node.require_bucket(request.bucket)
+    if request.max_keys < 0:
+        raise errors.InvalidArgument("max-keys must be a non-negative integer")
+    after = max(
+        [request.start_after, request.marker]
+        + ([decode_token(request.continuation_token)] if request.continuation_token else []),
+        key=_utf8,
+    )
+    prefix, delimiter = request.prefix, request.delimiter
+    contents: list[wire.ObjectSummary] = []
+    prefixes: list[str] = []
+    if request.max_keys == 0:
+        return wire.ListObjectsResult(contents=[], is_truncated=False)
+    last_marker = ""
+    truncated = False
+    # resuming after a common prefix: skip every key under it
+    skip_under = after if delimiter and after.endswith(delimiter) and after.startswith(prefix) else ""
+    async for summary in _merged(node, request.bucket, prefix, after):
+        key = summary.key
+        if skip_under and key.startswith(skip_under):
+            continue
+        common = ""
+        if delimiter:
+            idx = key.find(delimiter, len(prefix))
+            if idx >= 0:
+                common = key[: idx + len(delimiter)]
+        if common and prefixes and prefixes[-1] == common:
+            continue
+        if len(contents) + len(prefixes) >= request.max_keys:
+            truncated = True
+            break
+        if common:
+            prefixes.append(common)
+            last_marker = common
+            skip_under = common
+        else:
+            contents.append(summary)
+            last_marker = key
+    return wire.ListObjectsResult(
+        contents=contents,
+        common_prefixes=prefixes,
+        is_truncated=truncated,
+        next_token=encode_token(last_marker) if truncated else "",
+        next_marker=last_marker if truncated else "",
+    )

@@ -1,0 +1,204 @@
+"""The cache node's shared state and the primitives its operations are built from.
+
+A :class:`CacheNode` owns one chunk store, one origin handle and one NATS connection; the
+operation modules (:mod:`.buckets`, :mod:`.objects`, :mod:`.listing`, :mod:`.multipart`)
+take it as their first argument.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from edgecache.common import errors, kvkeys, subjects, wire
+from edgecache.common.logging import get_logger
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+    from edgecache.cachenode.chunkstore import ChunkStore
+    from edgecache.common.config import Config
+    from edgecache.common.jetstream import State
+    from edgecache.common.origin import Origin
+
+__all__ = ["Answered", "CacheNode", "Counters", "Stored", "new_id", "now"]
+
+log = get_logger(__name__)
+
+
+def new_id() -> str:
+    """A fresh id for versions, uploads and streams: time-ordered, 26 chars of ``[0-9a-z]``."""
+    return f"{time.time_ns():016x}{secrets.token_hex(5)}"
+
+
+def now() -> float:
+    """Seconds since the Unix epoch."""
+    return time.time()
+
+
+class Answered(Exception):
+    """An operation failed and has already sent its error to the requester (mid-stream
+    operations answer on their own stream); the dispatcher only logs it."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class Counters:
+    """What this node did since it started (counts, bytes)."""
+
+    hits: int = 0
+    misses: int = 0
+    fills: int = 0
+    fill_bytes: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    requests: int = 0
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A KV value with the revision it was read at (for compare-and-set)."""
+
+    value: msgspec.Struct
+    revision: int
+
+
+@dataclass
+class CacheNode:
+    """State shared by every operation of one cache node."""
+
+    nc: NATS
+    state: State
+    store: ChunkStore
+    origin: Origin
+    config: Config
+    node_id: str
+    started: float = field(default_factory=now)
+    counters: Counters = field(default_factory=Counters)
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.config.cachenode.chunk_bytes
+
+    # -- KV ----------------------------------------------------------------------------------
+    async def get_manifest(self, bucket: str, key: str) -> tuple[wire.Manifest, int] | None:
+        """The manifest of ``bucket/key`` in KV ``objects`` and its revision, or ``None``."""
+        try:
+            entry = await self.state.objects.get(kvkeys.object_key(bucket, key))
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return wire.decode(entry.value, wire.Manifest), entry.revision
+
+    async def put_manifest(self, manifest: wire.Manifest, *, revision: int | None = None) -> int:
+        """Write ``manifest``; with ``revision``, only if the entry is still at it (CAS;
+        ``0``: only if absent). Returns the new revision.
+
+        Raises:
+            KeyWrongLastSequenceError: the CAS failed (someone else wrote first).
+        """
+        kv_key = kvkeys.object_key(manifest.bucket, manifest.key)
+        data = wire.encode(manifest)
+        if revision is None:
+            return await self.state.objects.put(kv_key, data)
+        if revision == 0:
+            return await self.state.objects.create(kv_key, data)
+        return await self.state.objects.update(kv_key, data, last=revision)
+
+    async def publish_intent(self, intent: wire.Intent, bucket: str, key: str) -> None:
+        """Append a write intent to ``WRITEBACK`` (de-duplicated by its id); waits for the
+        stream's acknowledgement, so the intent is durable when this returns."""
+        await self.state.js.publish(
+            subjects.writeback_subject_for(bucket, key),
+            wire.encode(intent),
+            headers={"Nats-Msg-Id": intent.id},
+        )
+
+    async def commit_object(self, manifest: wire.Manifest, intent: wire.Intent) -> None:
+        """Make a new version visible and durable: manifest first, then its intent.
+
+        A crash between the two leaves a dirty manifest without an intent; the node
+        re-publishes intents for its dirty manifests when it starts (:meth:`recover`).
+        """
+        await self.put_manifest(manifest)
+        await self.publish_intent(intent, manifest.bucket, manifest.key)
+
+    async def recover(self) -> int:
+        """Re-publish the intent of every dirty manifest this node holds chunks of (or any
+        dirty tombstone), de-duplicated by id in ``WRITEBACK``. Returns how many."""
+        count = 0
+        watcher = await self.state.objects.watch(">", ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                if entry.value is None:
+                    continue
+                m = wire.decode(entry.value, wire.Manifest)
+                if m.state != "dirty" or (m.nodes and self.node_id not in m.nodes):
+                    continue
+                intent_type = wire.ObjectDeleted if m.deleted else wire.ObjectWritten
+                await self.publish_intent(
+                    intent_type(id=m.version, at_ns=time.time_ns(), bucket=m.bucket, key=m.key, version=m.version),
+                    m.bucket,
+                    m.key,
+                )
+                count += 1
+        finally:
+            await watcher.stop()
+        return count
+
+    # -- buckets -----------------------------------------------------------------------------
+    async def bucket_record(self, bucket: str) -> wire.BucketRecord | None:
+        try:
+            entry = await self.state.buckets.get(bucket)
+        except KeyNotFoundError:
+            return None
+        return wire.decode(entry.value, wire.BucketRecord) if entry.value else None
+
+    async def require_bucket(self, bucket: str) -> wire.BucketRecord:
+        """The bucket's record; a bucket that exists only in the origin is adopted.
+
+        Raises:
+            NoSuchBucket: neither KV ``buckets`` nor the origin has it.
+        """
+        record = await self.bucket_record(bucket)
+        if record is not None:
+            return record
+        if await self.origin.bucket_exists(bucket):
+            record = wire.BucketRecord(name=bucket, created=now())
+            try:
+                await self.state.buckets.create(bucket, wire.encode(record))
+            except KeyWrongLastSequenceError:
+                pass
+            return record
+        raise errors.NoSuchBucket(resource=bucket)
+
+    # -- stats -------------------------------------------------------------------------------
+    def stats(self) -> wire.NodeStats:
+        s = self.store.stats
+        c = self.counters
+        return wire.NodeStats(
+            capacity_bytes=s.capacity_bytes,
+            used_bytes=s.used_bytes,
+            dirty_bytes=s.dirty_bytes,
+            chunks=s.chunks,
+            hits=c.hits,
+            misses=c.misses,
+            fills=c.fills,
+            fill_bytes=c.fill_bytes,
+            evictions=s.evictions,
+            evicted_bytes=s.evicted_bytes,
+            bytes_in=c.bytes_in,
+            bytes_out=c.bytes_out,
+            requests=c.requests,
+        )

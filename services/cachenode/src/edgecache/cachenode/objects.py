@@ -1,0 +1,212 @@
+"""PutObject, GetObject, HeadObject, DeleteObject on a cache node."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from edgecache.cachenode import chunks, fill
+from edgecache.cachenode.chunkstore import ChunkMissing
+from edgecache.cachenode.node import Answered, CacheNode, new_id, now
+from edgecache.common import errors, stream, subjects, wire
+from edgecache.common.checksums import Digests, verify_content_md5
+from edgecache.common.names import validate_key
+from edgecache.common.ranges import parse_range
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+__all__ = ["delete_object", "get_object", "head_object", "info_of", "put_object", "verify_upload"]
+
+
+def info_of(m: wire.Manifest, *, first: int | None = None, last: int | None = None) -> wire.ObjectInfo:
+    """The client-facing metadata of a manifest (``first``/``last``: the range sent)."""
+    return wire.ObjectInfo(
+        bucket=m.bucket,
+        key=m.key,
+        size=m.size,
+        etag=m.etag,
+        last_modified=m.last_modified,
+        content_type=m.content_type,
+        metadata=m.metadata,
+        headers=m.headers,
+        checksums=m.checksums,
+        parts_count=m.parts_count,
+        range_first=first,
+        range_last=last,
+    )
+
+
+def verify_upload(
+    request: wire.PutObject | wire.UploadPart, digests: Digests, trailers: dict[str, str]
+) -> dict[str, str]:
+    """Check an upload against what its request and trailers claimed.
+
+    ``digests`` computed the algorithms of ``request.checksums``; a trailing checksum of
+    another algorithm (announced only at the end of an aws-chunked body) was verified by
+    the sender — the gateway's decoder — and is stored as given.
+
+    Returns:
+        The ``x-amz-checksum-*`` values to store with the object.
+
+    Raises:
+        IncompleteBody: fewer or more bytes than ``request.size``.
+        BadDigest / InvalidDigest: ``Content-MD5`` or a checksum does not match.
+    """
+    if request.size is not None and digests.size != request.size:
+        raise errors.IncompleteBody(
+            f"received {digests.size} bytes, Content-Length said {request.size}"
+        )
+    verify_content_md5(request.content_md5, digests.md5_digest)
+    computed = {a: v for a, v in trailers.items() if a in request.checksums}
+    stored = digests.verify({**request.checksums, **computed})
+    stored.update({a: v for a, v in trailers.items() if a not in request.checksums})
+    return stored
+
+
+async def receive(
+    node: CacheNode, msg: Msg, request: wire.PutObject | wire.UploadPart, *, prefix: str
+) -> tuple[stream.UploadReceiver, list[wire.ChunkRef], Digests, dict[str, str]]:
+    """Open the upload stream of ``msg`` and write its bytes into dirty chunks.
+
+    Returns:
+        The open receiver (the caller answers on it and closes it), the chunks, the digests
+        and the verified checksums. On error the chunks are gone and the receiver is closed
+        after answering the error.
+    """
+    rx = stream.UploadReceiver(
+        node.nc,
+        msg.reply,
+        subjects.stream_inbox(node.node_id, new_id()),
+        window=node.config.cachenode.window_frames,
+        idle_timeout_s=node.config.cachenode.stream_idle_timeout_s,
+    )
+    refs: list[wire.ChunkRef] = []
+    try:
+        digests = Digests(request.checksums)
+        await rx.open()
+        refs = await chunks.write_chunks(node, aiter(rx), prefix=prefix, digests=digests)
+        checksums = verify_upload(request, digests, rx.end.checksums if rx.end else {})
+    except Exception as exc:
+        await node.store.delete([r.id for r in refs])
+        await rx.fail(exc)
+        await rx.close()
+        raise Answered(exc) from exc
+    return rx, refs, digests, checksums
+
+
+async def put_object(node: CacheNode, msg: Msg, request: wire.PutObject) -> None:
+    """Store an upload as a new dirty version, then acknowledge with its ``ObjectInfo``.
+
+    The acknowledgement goes out only after the chunks are committed to disk, the manifest
+    is in KV and the write intent is in ``WRITEBACK``.
+    """
+    validate_key(request.bucket, request.key)
+    await node.require_bucket(request.bucket)
+    version = new_id()
+    rx, refs, digests, checksums = await receive(node, msg, request, prefix=version)
+    try:
+        previous = await node.get_manifest(request.bucket, request.key)
+        manifest = wire.Manifest(
+            bucket=request.bucket,
+            key=request.key,
+            version=version,
+            size=digests.size,
+            etag=digests.md5_hex,
+            last_modified=now(),
+            content_type=request.content_type,
+            metadata=request.metadata,
+            headers=request.headers,
+            checksums=checksums,
+            chunks=refs,
+            nodes=[node.node_id],
+        )
+        await node.commit_object(
+            manifest,
+            wire.ObjectWritten(
+                id=version, at_ns=time.time_ns(), bucket=request.bucket, key=request.key, version=version
+            ),
+        )
+        await release_previous(node, previous)
+        await rx.finish(info_of(manifest))
+    except Exception as exc:
+        await node.store.delete([r.id for r in refs])
+        await rx.fail(exc)
+        raise Answered(exc) from exc
+    finally:
+        await rx.close()
+
+
+async def release_previous(node: CacheNode, previous: tuple[wire.Manifest, int] | None) -> None:
+    """A superseded version's chunks stop being pinned: the writeback service skips
+    superseded versions, so they are only a cache now (evictable)."""
+    if previous is not None:
+        await node.store.mark_clean(c.id for c in previous[0].chunks if node.store.has(c.id))
+
+
+async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None:
+    """Stream an object (or the requested range): ``ObjectInfo``, frames, ``End``.
+
+    An error before the first byte is answered as the reply; one mid-stream cuts the stream
+    with an ``Error`` (the gateway then cuts the HTTP connection).
+    """
+    tx = stream.DownloadSender(
+        node.nc,
+        msg.reply,
+        window=stream.DownloadSender.window_of(msg),
+        idle_timeout_s=node.config.cachenode.stream_idle_timeout_s,
+    )
+    try:
+        manifest = await fill.lookup(node, request.bucket, request.key)
+        span = parse_range(request.range, manifest.size)
+        first, last = span if span else (0, manifest.size - 1)
+        await tx.start(info_of(manifest, first=span[0] if span else None, last=span[1] if span else None))
+        if manifest.size:
+            async for piece in fill.read(node, manifest, first, last):
+                await tx.send(piece)
+        await tx.end()
+    except ChunkMissing as exc:
+        error = errors.ServiceUnavailable(f"chunk {exc} is unavailable", retry_after_s=1)
+        await tx.fail(error)
+        raise Answered(error) from exc
+    except Exception as exc:
+        await tx.fail(exc)
+        raise Answered(exc) from exc
+    finally:
+        await tx.close()
+
+
+async def head_object(node: CacheNode, request: wire.HeadObject) -> wire.ObjectInfo:
+    """The object's metadata (and the range a GET with ``request.range`` would send)."""
+    manifest = await fill.lookup(node, request.bucket, request.key)
+    span = parse_range(request.range, manifest.size)
+    return info_of(manifest, first=span[0] if span else None, last=span[1] if span else None)
+
+
+async def delete_object(node: CacheNode, request: wire.DeleteObject) -> wire.Ok:
+    """Delete a key: a dirty tombstone now, the origin's copy by write-back. Succeeds for a
+    key that does not exist, as S3 does."""
+    validate_key(request.bucket, request.key)
+    await node.require_bucket(request.bucket)
+    previous = await node.get_manifest(request.bucket, request.key)
+    if previous is not None and previous[0].deleted and previous[0].state == "clean":
+        return wire.Ok()
+    version = new_id()
+    tombstone = wire.Manifest(
+        bucket=request.bucket,
+        key=request.key,
+        version=version,
+        size=0,
+        etag="",
+        last_modified=now(),
+        deleted=True,
+        nodes=[node.node_id],
+    )
+    await node.commit_object(
+        tombstone,
+        wire.ObjectDeleted(
+            id=version, at_ns=time.time_ns(), bucket=request.bucket, key=request.key, version=version
+        ),
+    )
+    await release_previous(node, previous)
+    return wire.Ok()

@@ -1,0 +1,242 @@
+"""The cache node service: answers the ``s3.*`` subjects in the queue group ``cachenode``,
+serves its chunks to peers, beats its heart, and evicts clean chunks.
+
+Every request runs as its own task; at most ``MAX_INFLIGHT`` run at once per node, beyond
+which the subscription stops being read and NATS holds the backlog (bounded memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+
+from edgecache.cachenode import buckets, chunks, listing, multipart, objects
+from edgecache.cachenode.chunkstore import ChunkStore
+from edgecache.cachenode.node import Answered, CacheNode
+from edgecache.common import errors, stream, subjects, wire
+from edgecache.common.jetstream import ensure_state
+from edgecache.common.logging import get_logger
+from edgecache.common.origin import open_origin
+from edgecache.common.runtime import connect_nats
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from edgecache.common.config import Config
+
+__all__ = ["MAX_INFLIGHT", "default_node_id", "serve", "start_node"]
+
+log = get_logger(__name__)
+MAX_INFLIGHT = 256
+
+
+def default_node_id(config: Config) -> str:
+    """``<host>-<hash of the chunk store path>``: stable across restarts of one node."""
+    import hashlib
+
+    digest = hashlib.blake2b(str(config.cachenode_dir().resolve()).encode(), digest_size=3).hexdigest()
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname().lower())[:40]
+    return f"{host or 'node'}-{digest}"
+
+
+async def dispatch(node: CacheNode, msg: Msg) -> None:
+    """Decode one ``s3.*`` request, run it, answer it; errors become ``wire.Error``."""
+    started = time.perf_counter()
+    node.counters.requests += 1
+    outcome = "ok"
+    request: wire.Request | None = None
+    try:
+        request = wire.REQUEST_DECODER.decode(msg.data)
+        structlog.contextvars.bind_contextvars(op=type(request).__name__)
+        reply = await _run(node, msg, request)
+        if reply is not None:
+            await node.nc.publish(msg.reply, wire.encode(reply))
+    except Answered as exc:
+        outcome = getattr(exc.error, "code", type(exc.error).__name__)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        outcome = "InvalidRequest"
+        await stream.send_error(node.nc, msg.reply, errors.InvalidRequest(f"bad request: {exc}"))
+    except errors.S3Error as exc:
+        outcome = exc.code
+        await stream.send_error(node.nc, msg.reply, exc)
+    except Exception as exc:
+        outcome = "InternalError"
+        log.exception("request.failed", subject=msg.subject)
+        await stream.send_error(node.nc, msg.reply, exc)
+    finally:
+        log.info(
+            "request",
+            subject=msg.subject,
+            bucket=getattr(request, "bucket", None),
+            key=getattr(request, "key", None),
+            outcome=outcome,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+
+async def _run(node: CacheNode, msg: Msg, request: wire.Request) -> wire.Reply | None:
+    """Run one operation. Streaming operations answer on their own stream (``None``)."""
+    match request:
+        case wire.GetObject():
+            await objects.get_object(node, msg, request)
+            return None
+        case wire.PutObject():
+            await objects.put_object(node, msg, request)
+            return None
+        case wire.UploadPart():
+            await multipart.upload_part(node, msg, request)
+            return None
+        case wire.HeadObject():
+            return await objects.head_object(node, request)
+        case wire.DeleteObject():
+            return await objects.delete_object(node, request)
+        case wire.ListObjects():
+            return await listing.list_objects(node, request)
+        case wire.CreateBucket():
+            return await buckets.create_bucket(node, request)
+        case wire.HeadBucket():
+            return await buckets.head_bucket(node, request)
+        case wire.DeleteBucket():
+            return await buckets.delete_bucket(node, request)
+        case wire.ListBuckets():
+            return await buckets.list_buckets(node, request)
+        case wire.CreateMultipartUpload():
+            return await multipart.create_multipart_upload(node, request)
+        case wire.CompleteMultipartUpload():
+            return await multipart.complete_multipart_upload(node, request)
+        case wire.AbortMultipartUpload():
+            return await multipart.abort_multipart_upload(node, request)
+        case wire.ListParts():
+            return await multipart.list_parts(node, request)
+    raise errors.NotImplementedError_(f"{type(request).__name__} is not implemented")
+
+
+class _Tasks:
+    """Runs handlers as tasks, at most ``limit`` at once; waits for them on close."""
+
+    def __init__(self, limit: int) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def callback(self, handler: Callable[[Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
+        async def cb(msg: Msg) -> None:
+            await self._slots.acquire()  # blocks this subscription's reader: backpressure
+            task = asyncio.ensure_future(self._run(handler, msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return cb
+
+    async def _run(self, handler: Callable[[Msg], Awaitable[None]], msg: Msg) -> None:
+        try:
+            with structlog.contextvars.bound_contextvars(request_id=(msg.headers or {}).get("Ec-Request-Id")):
+                await handler(msg)
+        finally:
+            self._slots.release()
+
+    async def close(self, timeout_s: float) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout_s)
+        for task in self._tasks:
+            task.cancel()
+
+
+async def _heartbeats(node: CacheNode, stop: asyncio.Event) -> None:
+    host = socket.gethostname()
+    while not stop.is_set():
+        beat = wire.Heartbeat(
+            id=f"{node.node_id}-{time.time_ns()}",
+            at_ns=time.time_ns(),
+            node_id=node.node_id,
+            host=host,
+            started=node.started,
+            stats=node.stats(),
+        )
+        with contextlib.suppress(Exception):
+            await node.nc.publish(subjects.heartbeat(node.node_id), wire.encode(beat))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), node.config.cachenode.heartbeat_s)
+
+
+async def _evictions(node: CacheNode, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            evicted = await node.store.evict()
+            if evicted:
+                log.info("evicted", chunks=len(evicted))
+        except Exception:
+            log.exception("eviction.failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def on_clean(node: CacheNode, msg: Msg) -> None:
+    """``ObjectClean``: the version is in the origin; its chunks here become evictable."""
+    event = wire.decode(msg.data, wire.ObjectClean)
+    found = await node.get_manifest(event.bucket, event.key)
+    if found is not None and found[0].version == event.version:
+        await node.store.mark_clean(c.id for c in found[0].chunks if node.store.has(c.id))
+
+
+async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
+    """Connect, open the chunk store and origin, subscribe; everything unwinds with ``stack``."""
+    nc = await connect_nats(config.nats, name="edgecache-cachenode")
+    stack.push_async_callback(nc.drain)
+    state = await ensure_state(
+        nc.jetstream(), node_ttl_s=config.federator.node_ttl_s, ack_wait_s=config.writeback.ack_wait_s
+    )
+    store = ChunkStore(
+        config.cachenode_dir(),
+        capacity_bytes=config.cachenode.capacity_bytes,
+        high_watermark=config.cachenode.high_watermark,
+        low_watermark=config.cachenode.low_watermark,
+    )
+    await store.open()
+    origin = open_origin(config)
+    await origin.start()
+    stack.push_async_callback(origin.close)
+    node = CacheNode(
+        nc=nc, state=state, store=store, origin=origin, config=config,
+        node_id=config.cachenode.node_id or default_node_id(config),
+    )
+    structlog.contextvars.bind_contextvars(node=node.node_id)
+    recovered = await node.recover()
+    tasks = _Tasks(MAX_INFLIGHT)
+    stack.push_async_callback(tasks.close, 10.0)
+    subs = [
+        await nc.subscribe(subjects.s3(op), queue=subjects.CACHENODE_QUEUE, cb=tasks.callback(lambda m: dispatch(node, m)))
+        for op in subjects.S3_OPERATIONS
+    ]
+    subs.append(await nc.subscribe(subjects.chunk_get(node.node_id), cb=tasks.callback(lambda m: chunks.serve_chunk(node, m))))
+    subs.append(await nc.subscribe(subjects.EVENTS_OBJECT_CLEAN, cb=tasks.callback(lambda m: on_clean(node, m))))
+
+    async def unsubscribe() -> None:
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    stack.push_async_callback(unsubscribe)
+    log.info("cachenode.started", store=str(config.cachenode_dir()), origin=config.origin.kind, recovered_intents=recovered, pid=os.getpid())
+    return node
+
+
+async def serve(config: Config, stop: asyncio.Event) -> None:
+    """Run a cache node until ``stop`` is set."""
+    async with AsyncExitStack() as stack:
+        node = await start_node(config, stack)
+        background = [
+            asyncio.ensure_future(_heartbeats(node, stop)),
+            asyncio.ensure_future(_evictions(node, stop)),
+        ]
+        await stop.wait()
+        log.info("cachenode.stopping")
+        await asyncio.gather(*background, return_exceptions=True)
