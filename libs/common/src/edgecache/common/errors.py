@@ -13,6 +13,8 @@ from typing import ClassVar
 
 __all__ = [
     "AccessDenied",
+    "AuthorizationHeaderMalformed",
+    "AuthorizationQueryParametersError",
     "BadDigest",
     "BucketAlreadyExists",
     "BucketAlreadyOwnedByYou",
@@ -101,6 +103,16 @@ class SignatureDoesNotMatch(S3Error):
         "The request signature we calculated does not match the signature you provided. "
         "Check your key and signing method."
     )
+
+
+class AuthorizationHeaderMalformed(S3Error):
+    code, status = "AuthorizationHeaderMalformed", 400
+    default_message = "The authorization header you provided is invalid."
+
+
+class AuthorizationQueryParametersError(S3Error):
+    code, status = "AuthorizationQueryParametersError", 400
+    default_message = "The authorization query parameters you provided are invalid."
 
 
 class RequestTimeTooSkewed(S3Error):
