@@ -1,0 +1,500 @@
+"""One coroutine per S3 operation: read the request through the :class:`Exchange`, call the
+cache nodes through :class:`~edgecache.common.client.EdgecacheClient`, build the response.
+
+Every handler has the shape ``async (x: Exchange) -> Response`` and raises
+:class:`~edgecache.common.errors.S3Error` for anything the client should see as an S3
+error; :data:`HANDLERS` maps operation names (see :mod:`edgecache.gateway.operations`)
+to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+import anyio
+from litestar import Response
+from litestar.response import Stream
+
+from edgecache.common import errors, names, wire
+from edgecache.gateway import conditions, xml
+from edgecache.gateway.errors import IllegalLocationConstraintException
+from edgecache.gateway.exchange import LiveTrailers
+from edgecache.gateway.headers import (
+    http_date,
+    object_attributes,
+    object_headers,
+    upload_digests,
+    upload_size,
+)
+from edgecache.gateway.responses import StreamCut, empty, xml_response
+
+if TYPE_CHECKING:
+    from edgecache.gateway.exchange import Exchange
+    from edgecache.gateway.operations import Operation
+
+__all__ = ["HANDLERS", "Handler"]
+
+Handler = Callable[["Exchange"], Awaitable[Response[Any]]]
+R = TypeVar("R")
+
+MAX_XML_BYTES = 4 * 1024 * 1024  # CompleteMultipartUpload with 10000 parts is ~1.5 MB
+MAX_SMALL_XML_BYTES = 64 * 1024
+DELETE_CONCURRENCY = 16
+_RANGE_HEADER_MAX = 256
+_CONDITIONAL_HEADERS = frozenset(
+    {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
+)
+
+
+def _expect(reply: wire.Reply, type_: type[R]) -> R:
+    if not isinstance(reply, type_):
+        raise errors.InternalError(f"expected {type_.__name__}, got {type(reply).__name__}")
+    return reply
+
+
+def _op(x: Exchange) -> Operation:
+    assert x.op is not None
+    return x.op
+
+
+def _int_param(
+    query: dict[str, str], name: str, default: int, *, low: int, high: int | None = None
+) -> int:
+    """A numeric query parameter, clamped to ``high``.
+
+    Raises:
+        InvalidArgument: not a decimal integer, or below ``low``.
+    """
+    value = query.get(name)
+    if value is None or value == "":
+        return default
+    if not (value.isascii() and value.isdigit()) or int(value) < low:
+        raise errors.InvalidArgument(
+            f"Argument {name} must be an integer between {low} and 2147483647"
+        )
+    number = int(value)
+    return min(number, high) if high is not None else number
+
+
+def _check_key(op: Operation) -> None:
+    names.validate_key(op.bucket, op.key)
+
+
+# == service and buckets =========================================================================
+async def list_buckets(x: Exchange) -> Response[Any]:
+    reply = _expect(await x.gateway.client.request(wire.ListBuckets()), wire.BucketList)
+    return xml_response(x, xml.list_buckets_result(reply.buckets, owner=x.gateway.owner))
+
+
+async def create_bucket(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    names.validate_bucket_name(op.bucket)
+    constraint = xml.parse_create_bucket(await x.read_body(MAX_SMALL_XML_BYTES))
+    region = x.gateway.config.region
+    if constraint and constraint != region:
+        raise IllegalLocationConstraintException(
+            f"The {constraint} location constraint is incompatible for the region specific "
+            f"endpoint this request was sent to.",
+            resource=op.bucket,
+        )
+    await x.gateway.client.request(wire.CreateBucket(bucket=op.bucket))
+    return empty(x, headers={"location": f"/{op.bucket}"})
+
+
+async def head_bucket(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    await x.gateway.client.request(wire.HeadBucket(bucket=op.bucket))
+    return empty(x, headers={"x-amz-bucket-region": x.gateway.config.region})
+
+
+async def delete_bucket(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    await x.gateway.client.request(wire.DeleteBucket(bucket=op.bucket))
+    return empty(x, status=204)
+
+
+async def get_bucket_location(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    await x.gateway.client.request(wire.HeadBucket(bucket=op.bucket))
+    return xml_response(x, xml.location_constraint(x.gateway.config.region))
+
+
+def _encoding_url(query: dict[str, str]) -> bool:
+    encoding = query.get("encoding-type")
+    if encoding is None:
+        return False
+    if encoding != "url":
+        raise errors.InvalidArgument("Invalid Encoding Method specified in Request")
+    return True
+
+
+async def list_objects_v2(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    q = op.query
+    encoding_url = _encoding_url(q)
+    max_keys = _int_param(q, "max-keys", 1000, low=0, high=1000)
+    prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+    start_after, token = q.get("start-after", ""), q.get("continuation-token", "")
+    if "continuation-token" in q and not token:
+        raise errors.InvalidArgument("The continuation token provided is incorrect")
+    reply = await x.gateway.client.request(
+        wire.ListObjects(
+            bucket=op.bucket,
+            prefix=prefix,
+            delimiter=delimiter,
+            max_keys=max_keys,
+            start_after=start_after,
+            continuation_token=token,
+        )
+    )
+    result = _expect(reply, wire.ListObjectsResult)
+    body = xml.list_objects_v2_result(
+        result,
+        bucket=op.bucket,
+        prefix=prefix,
+        delimiter=delimiter,
+        max_keys=max_keys,
+        start_after=start_after,
+        continuation_token=token,
+        encoding_url=encoding_url,
+    )
+    return xml_response(x, body)
+
+
+async def list_objects(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    q = op.query
+    encoding_url = _encoding_url(q)
+    max_keys = _int_param(q, "max-keys", 1000, low=0, high=1000)
+    prefix, delimiter, marker = q.get("prefix", ""), q.get("delimiter", ""), q.get("marker", "")
+    reply = await x.gateway.client.request(
+        wire.ListObjects(
+            bucket=op.bucket, prefix=prefix, delimiter=delimiter, max_keys=max_keys, marker=marker
+        )
+    )
+    result = _expect(reply, wire.ListObjectsResult)
+    body = xml.list_objects_result(
+        result,
+        bucket=op.bucket,
+        prefix=prefix,
+        delimiter=delimiter,
+        max_keys=max_keys,
+        marker=marker,
+        encoding_url=encoding_url,
+    )
+    return xml_response(x, body)
+
+
+async def delete_objects(x: Exchange) -> Response[Any]:
+    """DeleteObjects: up to 1000 keys, deleted with bounded concurrency; per-key errors
+    go in the result, as S3 does."""
+    op = _op(x)
+    keys, quiet = xml.parse_delete(await x.read_body(MAX_XML_BYTES))
+    client = x.gateway.client
+    gate = asyncio.Semaphore(DELETE_CONCURRENCY)
+
+    async def one(key: str) -> errors.S3Error | None:
+        async with gate:
+            try:
+                names.validate_key(op.bucket, key)
+                await client.request(wire.DeleteObject(bucket=op.bucket, key=key))
+            except errors.S3Error as exc:
+                return exc
+            return None
+
+    outcomes = await asyncio.gather(*(one(key) for key in keys))
+    deleted = [] if quiet else [k for k, e in zip(keys, outcomes, strict=True) if e is None]
+    failed = [(k, e) for k, e in zip(keys, outcomes, strict=True) if e is not None]
+    if failed and all(isinstance(e, errors.NoSuchBucket) for _, e in failed):
+        raise failed[0][1]
+    return xml_response(x, xml.delete_result(deleted, failed))
+
+
+# == objects =====================================================================================
+def _no_conditional_write(x: Exchange) -> None:
+    if "if-none-match" in x.headers or "if-match" in x.headers:
+        raise errors.NotImplementedError_(
+            "Conditional writes (If-Match, If-None-Match) are not implemented."
+        )
+
+
+def _checksum_headers(checksums: dict[str, str]) -> dict[str, str]:
+    return {f"x-amz-checksum-{algorithm}": value for algorithm, value in checksums.items()}
+
+
+async def put_object(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    _check_key(op)
+    _no_conditional_write(x)
+    content_type, metadata, stored = object_attributes(x.headers)
+    content_md5, checksums = upload_digests(x.headers)
+    request = wire.PutObject(
+        bucket=op.bucket,
+        key=op.key,
+        size=upload_size(x.headers),
+        content_type=content_type,
+        metadata=metadata,
+        headers=stored,
+        content_md5=content_md5,
+        checksums=checksums,
+    )
+    body = x.body()
+    reply = await x.gateway.client.put_object(request, aiter(body), trailers=LiveTrailers(body))  # type: ignore[arg-type]
+    info = _expect(reply, wire.ObjectInfo)
+    return empty(x, headers={"etag": f'"{info.etag}"', **_checksum_headers(info.checksums)})
+
+
+async def upload_part(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    _check_key(op)
+    part_number = _int_param(op.query, "partNumber", 0, low=1)
+    if part_number > xml.MAX_PARTS:
+        raise errors.InvalidArgument(
+            "Part number must be an integer between 1 and 10000, inclusive"
+        )
+    content_md5, checksums = upload_digests(x.headers)
+    request = wire.UploadPart(
+        bucket=op.bucket,
+        key=op.key,
+        upload_id=_upload_id(op),
+        part_number=part_number,
+        size=upload_size(x.headers),
+        content_md5=content_md5,
+        checksums=checksums,
+    )
+    body = x.body()
+    reply = await x.gateway.client.put_object(request, aiter(body), trailers=LiveTrailers(body))  # type: ignore[arg-type]
+    part = _expect(reply, wire.PartInfo)
+    return empty(x, headers={"etag": f'"{part.etag}"', **_checksum_headers(part.checksums)})
+
+
+def _range_header(x: Exchange) -> str | None:
+    value = x.headers.get("range")
+    if value is None or len(value) > _RANGE_HEADER_MAX or "," in value:
+        return None  # S3 serves the whole object for several ranges or nonsense
+    return value
+
+
+def _not_modified(x: Exchange, info: wire.ObjectInfo) -> Response[Any]:
+    return empty(
+        x,
+        status=304,
+        headers={"etag": f'"{info.etag}"', "last-modified": http_date(info.last_modified)},
+    )
+
+
+def _status_of(info: wire.ObjectInfo) -> int:
+    return 206 if info.range_first is not None else 200
+
+
+async def head_object(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    _check_key(op)
+    reply = await x.gateway.client.request(
+        wire.HeadObject(bucket=op.bucket, key=op.key, range=_range_header(x))
+    )
+    info = _expect(reply, wire.ObjectInfo)
+    if conditions.not_modified(x.headers, info.etag, info.last_modified):
+        return _not_modified(x, info)
+    headers = object_headers(info, query=op.query, checksum_mode=_checksum_mode(x))
+    return empty(x, status=_status_of(info), headers=headers)
+
+
+def _checksum_mode(x: Exchange) -> bool:
+    return x.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"
+
+
+async def get_object(x: Exchange) -> Response[Any]:
+    """GetObject, streamed: the first piece is awaited before the headers go out (so an
+    early failure is still a proper S3 error); a later failure cuts the connection.
+
+    Conditional requests are answered from a HeadObject first, so a 304 or 412 does not
+    start a download (nor an origin fill at the node); they are checked again against
+    the download's own metadata in case the object changed in between.
+    """
+    op = _op(x)
+    _check_key(op)
+    if _CONDITIONAL_HEADERS.intersection(x.headers):
+        reply = await x.gateway.client.request(wire.HeadObject(bucket=op.bucket, key=op.key))
+        head = _expect(reply, wire.ObjectInfo)
+        if conditions.not_modified(x.headers, head.etag, head.last_modified):
+            return _not_modified(x, head)
+    info, body = await x.gateway.client.get_object(
+        wire.GetObject(bucket=op.bucket, key=op.key, range=_range_header(x))
+    )
+    try:
+        # started before anything else: closing a download that never started would not
+        # release its subscription nor tell the node to stop
+        first = await anext(body, None)
+        if conditions.not_modified(x.headers, info.etag, info.last_modified):
+            await _close(body)
+            return _not_modified(x, info)
+        headers = object_headers(info, query=op.query, checksum_mode=_checksum_mode(x))
+    except BaseException:
+        await _close(body)
+        raise
+    status = _status_of(info)
+    out = x.response_headers()
+    out.update(headers)
+    if first is None:  # empty object (or range): nothing to stream
+        return Response(b"", status_code=status, headers=out, media_type=info.content_type)
+    x.deferred = True
+    return Stream(
+        _send(x, status, first, body),
+        status_code=status,
+        headers=out,
+        media_type=info.content_type,
+    )
+
+
+async def _close(body: AsyncIterator[bytes]) -> None:
+    """Close a download iterator even while the surrounding task is being cancelled (this
+    tells the cache node to stop sending)."""
+    aclose = getattr(body, "aclose", None)
+    if aclose is None:
+        return
+    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        await aclose()
+
+
+async def _send(
+    x: Exchange, status: int, first: bytes, body: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """The streamed body of a GetObject; logs the request when it ends.
+
+    Raises:
+        StreamCut: the download broke mid-way; the server must drop the connection.
+    """
+    error: errors.S3Error | None = None
+    completed = False
+    try:
+        x.bytes_out += len(first)
+        yield first
+        async for piece in body:
+            x.bytes_out += len(piece)
+            yield piece
+        completed = True
+    except errors.S3Error as exc:
+        error = exc
+        raise StreamCut(f"{exc.code}: {exc.message}") from exc
+    except Exception as exc:
+        error = errors.InternalError(f"{type(exc).__name__}: {exc}")
+        raise StreamCut(str(exc)) from exc
+    finally:
+        await _close(body)
+        x.finish(status, error=error, cut=not completed)
+
+
+async def delete_object(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    _check_key(op)
+    await x.gateway.client.request(wire.DeleteObject(bucket=op.bucket, key=op.key))
+    return empty(x, status=204)
+
+
+# == multipart uploads ===========================================================================
+def _upload_id(op: Operation) -> str:
+    upload_id = op.query.get("uploadId", "")
+    if not upload_id:
+        raise errors.NoSuchUpload(resource=op.resource)
+    return upload_id
+
+
+async def create_multipart_upload(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    _check_key(op)
+    _no_conditional_write(x)
+    content_type, metadata, stored = object_attributes(x.headers)
+    reply = await x.gateway.client.request(
+        wire.CreateMultipartUpload(
+            bucket=op.bucket,
+            key=op.key,
+            content_type=content_type,
+            metadata=metadata,
+            headers=stored,
+        )
+    )
+    return xml_response(x, xml.initiate_multipart_result(_expect(reply, wire.MultipartUpload)))
+
+
+async def complete_multipart_upload(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    _check_key(op)
+    _no_conditional_write(x)
+    upload_id = _upload_id(op)
+    parts = xml.parse_complete_multipart(await x.read_body(MAX_XML_BYTES))
+    reply = await x.gateway.client.request(
+        wire.CompleteMultipartUpload(bucket=op.bucket, key=op.key, upload_id=upload_id, parts=parts)
+    )
+    info = _expect(reply, wire.ObjectInfo)
+    scheme = x.request.scope.get("scheme", "http")
+    host = x.headers.get("host", "")
+    location = f"{scheme}://{host}/{op.bucket}/{quote(op.key, safe='/')}"
+    return xml_response(x, xml.complete_multipart_result(info, location=location))
+
+
+async def abort_multipart_upload(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    _check_key(op)
+    await x.gateway.client.request(
+        wire.AbortMultipartUpload(bucket=op.bucket, key=op.key, upload_id=_upload_id(op))
+    )
+    return empty(x, status=204)
+
+
+async def list_parts(x: Exchange) -> Response[Any]:
+    op = _op(x)
+    _check_key(op)
+    max_parts = _int_param(op.query, "max-parts", 1000, low=0, high=1000)
+    marker = _int_param(op.query, "part-number-marker", 0, low=0)
+    reply = await x.gateway.client.request(
+        wire.ListParts(
+            bucket=op.bucket,
+            key=op.key,
+            upload_id=_upload_id(op),
+            max_parts=max_parts,
+            part_number_marker=marker,
+        )
+    )
+    result = _expect(reply, wire.ListPartsResult)
+    return xml_response(
+        x, xml.list_parts_result(result, max_parts=max_parts, part_number_marker=marker)
+    )
+
+
+# == what we do not serve ========================================================================
+async def not_implemented(x: Exchange) -> Response[Any]:
+    detail = _op(x).detail
+    raise errors.NotImplementedError_(
+        f"{errors.NotImplementedError_.default_message} ({detail})" if detail else None
+    )
+
+
+async def method_not_allowed(x: Exchange) -> Response[Any]:
+    raise errors.MethodNotAllowed(resource=_op(x).resource)
+
+
+HANDLERS: dict[str, Handler] = {
+    "ListBuckets": list_buckets,
+    "CreateBucket": create_bucket,
+    "HeadBucket": head_bucket,
+    "DeleteBucket": delete_bucket,
+    "GetBucketLocation": get_bucket_location,
+    "ListObjects": list_objects,
+    "ListObjectsV2": list_objects_v2,
+    "DeleteObjects": delete_objects,
+    "PutObject": put_object,
+    "GetObject": get_object,
+    "HeadObject": head_object,
+    "DeleteObject": delete_object,
+    "CreateMultipartUpload": create_multipart_upload,
+    "UploadPart": upload_part,
+    "CompleteMultipartUpload": complete_multipart_upload,
+    "AbortMultipartUpload": abort_multipart_upload,
+    "ListParts": list_parts,
+    "NotImplemented": not_implemented,
+    "MethodNotAllowed": method_not_allowed,
+}

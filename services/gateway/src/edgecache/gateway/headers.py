@@ -1,0 +1,272 @@
+"""HTTP headers ↔ S3 object attributes, both ways.
+
+In: :class:`RequestHeaders` (case-insensitive, latin-1 so bytes round-trip) and the
+upload fields of PutObject / UploadPart / CreateMultipartUpload (``Content-Type``,
+``x-amz-meta-*``, stored system headers, ``Content-MD5``, ``x-amz-checksum-*``, size).
+Out: the headers of a GetObject / HeadObject response from an ``ObjectInfo``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from edgecache.common import errors
+from edgecache.gateway.errors import MetadataTooLarge
+
+if TYPE_CHECKING:
+    from edgecache.common import wire
+
+__all__ = [
+    "CHECKSUM_BYTES",
+    "MAX_METADATA_BYTES",
+    "MAX_OBJECT_BYTES",
+    "MAX_PART_BYTES",
+    "STORED_HEADERS",
+    "RequestHeaders",
+    "content_range",
+    "http_date",
+    "iso8601",
+    "object_attributes",
+    "object_headers",
+    "parse_http_date",
+    "upload_digests",
+    "upload_size",
+]
+
+GiB = 1024**3
+MAX_PART_BYTES = 5 * GiB  # also the largest single PUT
+MAX_OBJECT_BYTES = 5 * 1024 * GiB
+MAX_METADATA_BYTES = 2048  # user metadata, names + values (S3's limit)
+
+# System headers stored with an object and returned on GET/HEAD (lower case).
+STORED_HEADERS = (
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "expires",
+)
+# Checksum algorithms we verify → digest length in bytes.
+CHECKSUM_BYTES = {"crc32": 4, "crc32c": 4, "sha1": 20, "sha256": 32}
+# x-amz-checksum-<alg> values S3 knows but we cannot verify.
+_UNSUPPORTED_CHECKSUMS = frozenset(
+    {"crc64nvme", "md5", "sha512", "xxhash3", "xxhash64", "xxhash128"}
+)
+_META = "x-amz-meta-"
+_CHECKSUM = "x-amz-checksum-"
+# response-* query parameters of GetObject/HeadObject → the header they override.
+_OVERRIDES = {
+    "response-content-type": "content-type",
+    "response-content-language": "content-language",
+    "response-expires": "expires",
+    "response-cache-control": "cache-control",
+    "response-content-disposition": "content-disposition",
+    "response-content-encoding": "content-encoding",
+}
+
+
+class RequestHeaders(dict[str, str]):
+    """Request headers by lower-case name; repeated headers joined with ``,``.
+
+    Built from ASGI ``scope["headers"]`` (names already lower case); values are decoded
+    as latin-1, so any byte survives a round trip through ``str``.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def from_asgi(cls, raw: Iterable[tuple[bytes, bytes]]) -> RequestHeaders:
+        out = cls()
+        for name, value in raw:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1").strip()
+            out[key] = f"{out[key]},{text}" if key in out else text
+        return out
+
+
+def object_attributes(h: RequestHeaders) -> tuple[str, dict[str, str], dict[str, str]]:
+    """What PutObject / CreateMultipartUpload store besides the bytes.
+
+    Returns:
+        ``(content_type, metadata, headers)``: ``Content-Type`` (default
+        ``binary/octet-stream``); user metadata from ``x-amz-meta-*`` with the prefix
+        removed and names in lower case; stored system headers (:data:`STORED_HEADERS`,
+        with ``aws-chunked`` removed from ``Content-Encoding``).
+
+    Raises:
+        MetadataTooLarge: user metadata over 2 KiB (names plus values, in bytes).
+    """
+    content_type = h.get("content-type") or "binary/octet-stream"
+    metadata: dict[str, str] = {}
+    stored: dict[str, str] = {}
+    size = 0
+    for name, value in h.items():
+        if name.startswith(_META):
+            short = name[len(_META) :]
+            metadata[short] = value
+            size += len(short) + len(value)
+        elif name in STORED_HEADERS:
+            if name == "content-encoding":
+                value = ",".join(
+                    e for e in (p.strip() for p in value.split(",")) if e and e != "aws-chunked"
+                )
+                if not value:
+                    continue
+            stored[name] = value
+    if size > MAX_METADATA_BYTES:
+        raise MetadataTooLarge()
+    return content_type, metadata, stored
+
+
+def upload_digests(h: RequestHeaders) -> tuple[str | None, dict[str, str]]:
+    """The integrity claims of an upload's headers.
+
+    Returns:
+        ``(content_md5, checksums)``: ``Content-MD5`` as sent (base64) or ``None``, and
+        ``x-amz-checksum-<alg>`` values by algorithm (``{"crc32": "DUoRhQ=="}``). Trailing
+        checksums (``x-amz-trailer``) are not here: they arrive after the body.
+
+    Raises:
+        InvalidDigest: ``Content-MD5`` is not base64 of 16 bytes.
+        InvalidRequest: a checksum value of the wrong size, an algorithm we cannot verify,
+            or more than one checksum header.
+    """
+    md5 = h.get("content-md5")
+    if md5 is not None:
+        try:
+            ok = len(base64.b64decode(md5, validate=True)) == 16
+        except (binascii.Error, ValueError):
+            ok = False
+        if not ok:
+            raise errors.InvalidDigest()
+    checksums: dict[str, str] = {}
+    for name, value in h.items():
+        if not name.startswith(_CHECKSUM):
+            continue
+        algorithm = name[len(_CHECKSUM) :]
+        if algorithm in _UNSUPPORTED_CHECKSUMS:
+            raise errors.InvalidRequest(f"Checksum algorithm {algorithm} is not supported.")
+        expected = CHECKSUM_BYTES.get(algorithm)
+        if expected is None:  # x-amz-checksum-type, -algorithm, -mode: not values
+            continue
+        try:
+            ok = len(base64.b64decode(value, validate=True)) == expected
+        except (binascii.Error, ValueError):
+            ok = False
+        if not ok:
+            raise errors.InvalidRequest(f"Value for x-amz-checksum-{algorithm} header is invalid.")
+        checksums[algorithm] = value
+    if len(checksums) > 1:
+        raise errors.InvalidRequest("Expecting a single x-amz-checksum- header.")
+    return md5, checksums
+
+
+def _is_aws_chunked(h: RequestHeaders) -> bool:
+    return h.get("x-amz-content-sha256", "").startswith("STREAMING-") or "aws-chunked" in h.get(
+        "content-encoding", ""
+    )
+
+
+def _length(h: RequestHeaders, name: str) -> int | None:
+    value = h.get(name)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise errors.InvalidArgument(f"Invalid {name}: {value!r}")
+    return int(value)
+
+
+def upload_size(h: RequestHeaders, *, limit: int = MAX_PART_BYTES) -> int | None:
+    """The decoded body length of an upload, in bytes, when the headers say it.
+
+    A plain body needs ``Content-Length``; an ``aws-chunked`` body announces its decoded
+    length in ``x-amz-decoded-content-length`` (``None`` if absent: the stream's end decides).
+
+    Raises:
+        MissingContentLength: a plain body without ``Content-Length``.
+        EntityTooLarge: over ``limit`` bytes (5 GiB for PutObject and UploadPart).
+        InvalidArgument: a length header that is not a decimal number.
+    """
+    if _is_aws_chunked(h):
+        size = _length(h, "x-amz-decoded-content-length")
+    else:
+        size = _length(h, "content-length")
+        if size is None:
+            raise errors.MissingContentLength()
+    if size is not None and size > limit:
+        raise errors.EntityTooLarge()
+    return size
+
+
+def http_date(ts: float) -> str:
+    """Unix seconds → RFC 7231 date, ``Sun, 06 Nov 1994 08:49:37 GMT``."""
+    return email.utils.formatdate(ts, usegmt=True)
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """RFC 7231 (or RFC 850 / asctime) date → Unix seconds; ``None`` if absent or invalid."""
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def iso8601(ts: float) -> str:
+    """Unix seconds → ``2009-10-12T17:50:30.000Z`` (S3's XML timestamps)."""
+    moment = datetime.fromtimestamp(ts, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def content_range(info: wire.ObjectInfo) -> str | None:
+    """``bytes first-last/size`` when ``info`` describes a range, else ``None``."""
+    if info.range_first is None or info.range_last is None:
+        return None
+    return f"bytes {info.range_first}-{info.range_last}/{info.size}"
+
+
+def object_headers(
+    info: wire.ObjectInfo, *, query: dict[str, str], checksum_mode: bool
+) -> dict[str, str]:
+    """The response headers of GetObject / HeadObject for ``info``.
+
+    ``Content-Length`` is the length of what follows (the range, if any); ``Content-Range``
+    is set for a range. Checksums are sent only when ``checksum_mode`` (the request's
+    ``x-amz-checksum-mode: ENABLED``) and the whole object follows. ``response-*`` query
+    parameters override the stored headers.
+    """
+    out = {
+        "content-type": info.content_type,
+        "etag": f'"{info.etag}"',
+        "last-modified": http_date(info.last_modified),
+        "accept-ranges": "bytes",
+    }
+    out.update(info.headers)
+    for name, value in info.metadata.items():
+        out[_META + name] = value
+    crange = content_range(info)
+    if crange is not None:
+        assert info.range_first is not None and info.range_last is not None
+        out["content-range"] = crange
+        out["content-length"] = str(info.range_last - info.range_first + 1)
+    else:
+        out["content-length"] = str(info.size)
+        if checksum_mode and info.checksums:
+            for algorithm, value in info.checksums.items():
+                out[_CHECKSUM + algorithm] = value
+            composite = any("-" in v for v in info.checksums.values())
+            out["x-amz-checksum-type"] = "COMPOSITE" if composite else "FULL_OBJECT"
+    for param, header in _OVERRIDES.items():
+        value = query.get(param)
+        if value is not None:
+            out[header] = value
+    return out

@@ -1,0 +1,224 @@
+"""Which S3 operation an HTTP request is: method + path-style target + query → :class:`Operation`.
+
+Path-style addressing only: ``/`` (the service), ``/<bucket>``, ``/<bucket>/<key>``. The
+target comes from the ASGI ``raw_path`` (never the framework's normalised path), percent-
+decoded exactly once, so ``%2F`` in a key is a ``/`` of the key and ``//`` is kept. The
+query comes from the raw ``query_string``.
+
+Sub-resources we do not serve (``?acl``, ``?versioning``, …) route to the operation
+``NotImplemented``; a method a target does not support routes to ``MethodNotAllowed``. The
+handlers turn both into S3 errors, after authentication.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, unquote_to_bytes
+
+import msgspec
+
+from edgecache.gateway.errors import InvalidURI
+
+__all__ = ["SUBRESOURCES", "Operation", "parse_query", "route"]
+
+# Query parameters that select a different operation on the same target (S3 "sub-resources").
+# Any other parameter (prefix, max-keys, x-id, X-Amz-Signature, …) only qualifies one.
+SUBRESOURCES = frozenset(
+    {
+        "accelerate",
+        "acl",
+        "analytics",
+        "attributes",
+        "cors",
+        "delete",
+        "encryption",
+        "intelligent-tiering",
+        "inventory",
+        "legal-hold",
+        "lifecycle",
+        "location",
+        "logging",
+        "metadataConfiguration",
+        "metadataTable",
+        "metrics",
+        "notification",
+        "object-lock",
+        "ownershipControls",
+        "partNumber",
+        "policy",
+        "policyStatus",
+        "publicAccessBlock",
+        "renameObject",
+        "replication",
+        "requestPayment",
+        "restore",
+        "retention",
+        "select",
+        "session",
+        "tagging",
+        "torrent",
+        "uploadId",
+        "uploads",
+        "versionId",
+        "versioning",
+        "versions",
+        "website",
+    }
+)
+_MAX_QUERY_FIELDS = 64
+
+
+class Operation(msgspec.Struct, frozen=True, kw_only=True):
+    """A routed request.
+
+    Attributes:
+        name: the S3 API action, e.g. ``"GetObject"``, or ``"NotImplemented"`` /
+            ``"MethodNotAllowed"``.
+        bucket: the bucket name as sent (``""`` for the service).
+        key: the object key, decoded (``""`` for bucket and service operations).
+        query: decoded query parameters (the first of repeated names wins; ``?acl`` → ``""``).
+        detail: for ``NotImplemented``, what was asked for (e.g. ``"versioning"``).
+    """
+
+    name: str
+    bucket: str = ""
+    key: str = ""
+    query: dict[str, str] = {}
+    detail: str = ""
+
+    @property
+    def resource(self) -> str:
+        """``/bucket/key`` as S3 names it in ``<Resource>``."""
+        if not self.bucket:
+            return "/"
+        return f"/{self.bucket}/{self.key}" if self.key else f"/{self.bucket}"
+
+
+def parse_query(query_string: bytes) -> dict[str, str]:
+    """Decode a raw query string (``a=1&b&c=%2F``) to ``{"a": "1", "b": "", "c": "/"}``.
+
+    ``+`` is kept as ``+`` (SigV4 clients send a space as ``%20``; S3 does the same). The
+    first occurrence of a repeated name wins.
+
+    Raises:
+        InvalidURI: more than 64 parameters, or a value that is not UTF-8 once decoded.
+    """
+    out: dict[str, str] = {}
+    if not query_string:
+        return out
+    parts = query_string.split(b"&")
+    if len(parts) > _MAX_QUERY_FIELDS:
+        raise InvalidURI("Too many query parameters.")
+    for part in parts:
+        if not part:
+            continue
+        name, _, value = part.partition(b"=")
+        try:
+            key = unquote(name.decode("ascii"), errors="strict")
+            if key not in out:
+                out[key] = unquote(value.decode("ascii"), errors="strict")
+        except UnicodeError as exc:
+            raise InvalidURI() from exc
+    return out
+
+
+def _split_path(raw_path: bytes) -> tuple[str, str]:
+    """``b"/bucket/a%2Fb"`` → ``("bucket", "a/b")``; decoded once, UTF-8.
+
+    Raises:
+        InvalidURI: the path does not start with ``/`` or is not UTF-8 once decoded.
+    """
+    if not raw_path.startswith(b"/"):
+        raise InvalidURI()
+    bucket, _, key = raw_path[1:].partition(b"/")
+    try:
+        return (
+            unquote_to_bytes(bucket).decode("utf-8") if bucket else "",
+            unquote_to_bytes(key).decode("utf-8") if key else "",
+        )
+    except UnicodeDecodeError as exc:
+        raise InvalidURI() from exc
+
+
+def _unsupported(subresources: set[str]) -> str:
+    return min(subresources) if subresources else ""
+
+
+def route(
+    method: str, raw_path: bytes, query_string: bytes, *, copy_source: bool = False
+) -> Operation:
+    """Map a request to its S3 operation.
+
+    Args:
+        method: the HTTP method, upper case.
+        raw_path: ASGI ``scope["raw_path"]`` (percent-encoded, no query).
+        query_string: ASGI ``scope["query_string"]``.
+        copy_source: whether an ``x-amz-copy-source`` header was sent (CopyObject and
+            UploadPartCopy are PUTs that must not be taken for uploads).
+
+    Returns:
+        The operation; ``NotImplemented`` or ``MethodNotAllowed`` for what we do not serve.
+
+    Raises:
+        InvalidURI: the path or query cannot be decoded.
+    """
+    bucket, key = _split_path(raw_path)
+    query = parse_query(query_string)
+    subs = {name for name in query if name in SUBRESOURCES}
+    if query.get("versionId") == "null":  # the only version an unversioned bucket has
+        subs.discard("versionId")
+
+    def op(name: str, detail: str = "") -> Operation:
+        return Operation(name=name, bucket=bucket, key=key, query=query, detail=detail)
+
+    if not bucket:
+        return op("ListBuckets") if method == "GET" else op("MethodNotAllowed")
+
+    if not key:
+        if method == "GET":
+            if not subs:
+                return op("ListObjectsV2" if query.get("list-type") == "2" else "ListObjects")
+            if subs == {"location"}:
+                return op("GetBucketLocation")
+        elif method == "HEAD":
+            return op("HeadBucket")
+        elif method == "PUT":
+            if not subs:
+                return op("CreateBucket")
+        elif method == "DELETE":
+            if not subs:
+                return op("DeleteBucket")
+        elif method == "POST":
+            if subs == {"delete"}:
+                return op("DeleteObjects")
+        else:
+            return op("MethodNotAllowed")
+        return op("NotImplemented", _unsupported(subs) or method)
+
+    if method == "GET":
+        if not subs:
+            return op("GetObject")
+        if subs == {"uploadId"}:
+            return op("ListParts")
+    elif method == "HEAD":
+        if not subs:
+            return op("HeadObject")
+    elif method == "PUT":
+        if copy_source:
+            return op("NotImplemented", "x-amz-copy-source")
+        if not subs:
+            return op("PutObject")
+        if subs == {"partNumber", "uploadId"}:
+            return op("UploadPart")
+    elif method == "POST":
+        if subs == {"uploads"}:
+            return op("CreateMultipartUpload")
+        if subs == {"uploadId"}:
+            return op("CompleteMultipartUpload")
+    elif method == "DELETE":
+        if not subs:
+            return op("DeleteObject")
+        if subs == {"uploadId"}:
+            return op("AbortMultipartUpload")
+    else:
+        return op("MethodNotAllowed")
+    return op("NotImplemented", _unsupported(subs) or method)

@@ -1,0 +1,82 @@
+"""``serve(config, stop)``: the gateway process — NATS connection, Litestar app, uvicorn.
+
+Shutdown: ``stop`` (set by SIGINT/SIGTERM in :func:`edgecache.common.runtime.run_service`)
+makes uvicorn stop accepting, finish in-flight requests (up to
+``GRACEFUL_SHUTDOWN_S``) and run the app's lifespan shutdown; then the NATS connection
+is drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+from collections.abc import Iterator
+
+import uvicorn
+
+from edgecache.common.config import Config
+from edgecache.common.logging import get_logger
+from edgecache.common.runtime import connect_nats
+from edgecache.gateway.app import create_app
+
+__all__ = ["GRACEFUL_SHUTDOWN_S", "serve", "uvicorn_config"]
+
+log = get_logger("edgecache.gateway")
+
+GRACEFUL_SHUTDOWN_S = 30.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service's ``stop`` event decides."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
+    """uvicorn settings for the gateway: uvloop, httptools when installed (else h11), no
+    access log (the gateway writes its own line per request), no ``Server: uvicorn``."""
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        loop="uvloop",
+        http=http,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
+    )
+
+
+async def serve(config: Config, stop: asyncio.Event) -> None:
+    """Run the gateway until ``stop`` is set.
+
+    Raises:
+        nats.errors.NoServersError: NATS is unreachable at start.
+    """
+    gw = config.gateway
+    if not gw.access_key or not gw.secret_key:
+        log.warning(
+            "gateway.no_credentials", hint="set EDGECACHE_ACCESS_KEY and EDGECACHE_SECRET_KEY"
+        )
+    nc = await connect_nats(config.nats, name="edgecache-gateway")
+    try:
+        server = _Server(uvicorn_config(create_app(config, nc), gw.host, gw.port))
+
+        async def stopper() -> None:
+            await stop.wait()
+            server.should_exit = True
+
+        watcher = asyncio.create_task(stopper())
+        try:
+            log.info("gateway.listening", endpoint=f"http://{gw.host}:{gw.port}", region=gw.region)
+            await server.serve()
+        finally:
+            watcher.cancel()
+    finally:
+        await nc.drain()

@@ -1,0 +1,38 @@
+"""What every request of one gateway shares: the ``s3.*`` client, the config, the
+credentials and the SigV4 functions. Built in the app's ``lifespan``; lives on
+``app.state.gateway``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from edgecache.gateway import sigv4
+
+if TYPE_CHECKING:
+    from edgecache.common.client import EdgecacheClient
+    from edgecache.common.config import GatewayConfig
+
+__all__ = ["GatewayState"]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    """Shared, immutable per-process resources.
+
+    Attributes:
+        client: speaks ``s3.*`` to the cache nodes.
+        config: the ``[gateway]`` section (region, clock skew, …).
+        credentials: access key id → secret access key (one pair today).
+        verify: :func:`edgecache.gateway.sigv4.verify` (replaceable in tests).
+        wrap_body: :func:`edgecache.gateway.sigv4.wrap_body`.
+        owner: the owner ID and display name shown in listings.
+    """
+
+    client: EdgecacheClient
+    config: GatewayConfig
+    credentials: Mapping[str, str]
+    verify: Callable[..., Any] = field(default=sigv4.verify)
+    wrap_body: Callable[..., Any] = field(default=sigv4.wrap_body)
+    owner: str = "edgecache"
