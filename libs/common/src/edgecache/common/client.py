@@ -76,14 +76,14 @@ class EdgecacheClient:
             S3Error: the error the cache node answered; ServiceUnavailable when none
                 answered within ``timeout_s``.
         """
-        from nats.errors import NoRespondersError
-        from nats.errors import TimeoutError as NatsTimeoutError
-
-        subject = operation_of(request)
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, max_msgs=0)
         try:
-            msg = await self.nc.request(subject, wire.encode(request), timeout=self.timeout_s)
-        except (NatsTimeoutError, NoRespondersError) as exc:
-            raise errors.ServiceUnavailable(f"no cache node answered {subject}", retry_after_s=1) from exc
+            msg = await stream.open_request(
+                self.nc, sub, operation_of(request), wire.encode(request), reply=inbox, headers=None, timeout_s=self.timeout_s
+            )
+        finally:
+            await sub.unsubscribe()
         return stream.read_control(msg)
 
     async def put_object(

@@ -24,6 +24,7 @@ result Struct (or ``Error``) there.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -48,6 +49,7 @@ __all__ = [
     "error_of",
     "frame_bytes",
     "is_frame",
+    "open_request",
     "read_control",
     "send_error",
     "upload",
@@ -66,6 +68,37 @@ def frame_bytes(nc: NATS) -> int:
     return max(1024, nc.max_payload - HEADER_ROOM)
 
 
+NO_RESPONDER_RETRIES_S = (0.01, 0.05, 0.1, 0.25, 0.5)  # a node may be (re)starting
+
+
+def _no_responders(msg: Msg) -> bool:
+    return not msg.data and (msg.headers or {}).get("Status") == "503"
+
+
+async def open_request(
+    nc: NATS, sub: Subscription, subject: str, payload: bytes, *, reply: str, headers: dict[str, str] | None, timeout_s: float
+) -> Msg:
+    """Publish a request and return the first message of its answer.
+
+    NATS answers "no responders" at once when no node is subscribed (one may be starting
+    or restarting): the request is sent again after short pauses (1 s in all) before that
+    answer is returned as it is.
+
+    Raises:
+        ServiceUnavailable: nothing answered within ``timeout_s``.
+    """
+    for pause in (*NO_RESPONDER_RETRIES_S, None):
+        await nc.publish(subject, payload, reply=reply, headers=headers)
+        try:
+            msg = await sub.next_msg(timeout=timeout_s)
+        except NatsTimeoutError as exc:
+            raise errors.ServiceUnavailable(f"no answer on {subject}", retry_after_s=1) from exc
+        if pause is None or not _no_responders(msg):
+            return msg
+        await asyncio.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 def is_frame(msg: Msg) -> bool:
     """Whether ``msg`` is a data frame (as opposed to a JSON control message)."""
     return bool(msg.headers) and HDR_SEQ in msg.headers
@@ -79,7 +112,7 @@ def read_control(msg: Msg) -> wire.Reply:
         ServiceUnavailable: the server's "no responders" status: nobody serves the subject.
         InternalError: the message is not a valid reply.
     """
-    if not msg.data and (msg.headers or {}).get("Status") == "503":
+    if _no_responders(msg):
         raise errors.ServiceUnavailable(f"no responders on {msg.subject}", retry_after_s=1)
     try:
         reply = wire.REPLY_DECODER.decode(msg.data)
@@ -324,11 +357,9 @@ async def download(
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     try:
-        await nc.publish(subject, wire.encode(request), reply=inbox, headers={HDR_CREDIT: str(window)})
-        try:
-            first = await sub.next_msg(timeout=timeout_s)
-        except NatsTimeoutError as exc:
-            raise errors.ServiceUnavailable(f"no answer on {subject}", retry_after_s=1) from exc
+        first = await open_request(
+            nc, sub, subject, wire.encode(request), reply=inbox, headers={HDR_CREDIT: str(window)}, timeout_s=timeout_s
+        )
         reply = read_control(first)
         credit_subject = (first.headers or {}).get(HDR_STREAM, "")
     except BaseException:
@@ -396,7 +427,6 @@ async def upload(
     sub = await nc.subscribe(inbox)
     data_subject = ""
     try:
-        await nc.publish(subject, wire.encode(request), reply=inbox)
         credit = 0
         frame = frame_bytes(nc)
 
@@ -407,7 +437,9 @@ async def upload(
                 raise errors.ServiceUnavailable(f"no answer on {subject}", retry_after_s=1) from exc
             return read_control(msg)
 
-        first = await next_control()
+        first = read_control(
+            await open_request(nc, sub, subject, wire.encode(request), reply=inbox, headers=None, timeout_s=timeout_s)
+        )
         if not isinstance(first, wire.Credit) or not first.subject:
             raise errors.InternalError(f"upload on {subject} opened with {type(first).__name__}")
         data_subject, credit = first.subject, first.frames

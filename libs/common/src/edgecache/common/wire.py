@@ -360,11 +360,21 @@ Reply = (
 # == Internal: chunk transfer =================================================================
 class ChunkGet(msgspec.Struct, **_OPTS, tag="chunk.get.v1"):
     """``edgecache.chunk.<node>.get``: a download stream of bytes ``first..last`` (inclusive)
-    of one chunk (``last`` ``None``: to its end) → ``Ok``, frames, ``End``. Errors: NoSuchKey."""
+    of one chunk (``last`` ``None``: to its end) → ``Ok``, frames, ``End``. Errors: NoSuchKey.
+
+    With ``bucket``/``key``/``version``/``index`` set, the asked node is the object's owner:
+    if it lacks the chunk it fills it from the origin (and starts filling the ``prefetch``
+    chunks after it), streaming bytes as they arrive.
+    """
 
     chunk_id: str
     first: int = 0
     last: int | None = None
+    bucket: str = ""
+    key: str = ""
+    version: str = ""
+    index: int = -1
+    prefetch: int = 0
 
 
 # == State in JetStream =======================================================================

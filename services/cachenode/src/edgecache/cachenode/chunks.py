@@ -1,15 +1,14 @@
-"""Moving object bytes in and out of chunks: uploads into the store, ranges out of it (or
-out of a peer node), and serving this node's chunks to peers and to the writeback service.
+"""Moving object bytes into chunks (uploads) and serving this node's chunks to peers and to
+the writeback service. Reading objects out of chunks is :mod:`.fill`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from edgecache.cachenode.chunkstore import ChunkCorrupt, ChunkMissing
-from edgecache.common import errors, stream, subjects, wire
+from edgecache.common import errors, stream, wire
 from edgecache.common.checksums import Digests
 from edgecache.common.logging import get_logger
 
@@ -18,7 +17,7 @@ if TYPE_CHECKING:
 
     from edgecache.cachenode.node import CacheNode
 
-__all__ = ["read_range", "serve_chunk", "write_chunks"]
+__all__ = ["serve_chunk", "write_chunks"]
 
 log = get_logger(__name__)
 
@@ -75,89 +74,14 @@ async def _commit(node: CacheNode, writer, index: int, prefix: str) -> wire.Chun
     return wire.ChunkRef(id=f"{prefix}.{index}", size=size)
 
 
-def chunk_spans(chunks: list[wire.ChunkRef], first: int, last: int) -> list[tuple[wire.ChunkRef, int, int]]:
-    """The chunks covering object bytes ``first..last`` (inclusive), each with the inclusive
-    byte range to take from it, in order."""
-    spans = []
-    offset = 0
-    for chunk in chunks:
-        end = offset + chunk.size - 1
-        if end >= first and offset <= last:
-            spans.append((chunk, max(first, offset) - offset, min(last, end) - offset))
-        if offset > last:
-            break
-        offset += chunk.size
-    return spans
-
-
-async def read_chunk(
-    node: CacheNode, manifest: wire.Manifest, chunk: wire.ChunkRef, first: int, last: int
-) -> bytes:
-    """Bytes ``first..last`` (inclusive) of one chunk: from this node's store (verified), else
-    from a node that holds it.
-
-    Raises:
-        ChunkMissing: no reachable node has it (the caller may refill it from the origin).
-    """
-    try:
-        data = await node.store.read(chunk.id, first, last)
-        node.counters.hits += 1
-        return data
-    except (ChunkMissing, ChunkCorrupt):
-        pass
-    holders = [n for n in (chunk.nodes or manifest.nodes) if n != node.node_id]
-    for holder in holders:
-        try:
-            _, body = await stream.download(
-                node.nc,
-                subjects.chunk_get(holder),
-                wire.ChunkGet(chunk_id=chunk.id, first=first, last=last),
-                window=node.config.cachenode.window_frames,
-                timeout_s=node.config.nats.request_timeout_s,
-            )
-            data = b"".join([piece async for piece in body])
-            node.counters.hits += 1
-            return data
-        except errors.S3Error as exc:
-            log.warning("chunk.peer_read_failed", chunk=chunk.id, peer=holder, error=exc.code)
-    raise ChunkMissing(chunk.id)
-
-
-async def read_range(
-    node: CacheNode, manifest: wire.Manifest, first: int, last: int, *, prefetch: int = 1
-) -> AsyncIterator[bytes]:
-    """Stream object bytes ``first..last`` (inclusive) chunk by chunk, reading up to
-    ``prefetch`` chunks ahead of the consumer.
-
-    Yields:
-        One piece per chunk touched, in order.
-
-    Raises:
-        ChunkMissing: a chunk is on no reachable node.
-    """
-    spans = chunk_spans(manifest.chunks, first, last)
-    queue: asyncio.Queue[asyncio.Task[bytes]] = asyncio.Queue(maxsize=prefetch)
-
-    async def produce() -> None:
-        for chunk, cfirst, clast in spans:
-            await queue.put(asyncio.ensure_future(read_chunk(node, manifest, chunk, cfirst, clast)))
-
-    producer = asyncio.ensure_future(produce())
-    try:
-        for _ in spans:
-            task = await queue.get()
-            data = await task
-            node.counters.bytes_out += len(data)
-            yield data
-    finally:
-        producer.cancel()
-        while not queue.empty():
-            queue.get_nowait().cancel()
-
-
 async def serve_chunk(node: CacheNode, msg: Msg) -> None:
-    """Answer one ``edgecache.chunk.<node>.get`` request: ``Ok``, the bytes, ``End``; or
-    ``NoSuchKey`` when the chunk is not (or no longer) here."""
+    """Answer one ``edgecache.chunk.<node>.get`` request: ``Ok``, the bytes, ``End``.
+
+    A request naming the object (we are its owner) is filled from the origin when the chunk
+    is not here; otherwise a missing chunk is ``NoSuchKey``.
+    """
+    from edgecache.cachenode import fill
+
     try:
         request = wire.decode(msg.data, wire.ChunkGet)
     except Exception as exc:  # noqa: BLE001 - a bad request from a peer
@@ -170,14 +94,36 @@ async def serve_chunk(node: CacheNode, msg: Msg) -> None:
         idle_timeout_s=node.config.cachenode.stream_idle_timeout_s,
     )
     try:
-        try:
-            data = await node.store.read(request.chunk_id, request.first, request.last)
-        except (ChunkMissing, ChunkCorrupt, ValueError) as exc:
-            raise errors.NoSuchKey(f"chunk {request.chunk_id} is not on {node.node_id}") from exc
-        await tx.start(wire.Ok())
-        await tx.send(data)
+        if request.bucket and request.index >= 0:
+            found = await node.get_manifest(request.bucket, request.key)
+            if found is None or found[0].version != request.version or request.index >= len(found[0].chunks):
+                raise errors.NoSuchKey(f"version {request.version} of {request.bucket}/{request.key} is gone")
+            manifest = found[0]
+            size = manifest.chunks[request.index].size
+            pieces = fill.read_chunk_span(
+                node, manifest, request.index, request.first,
+                size - 1 if request.last is None else request.last,
+                prefetch=request.prefetch, local_only=True,
+            )
+            started = False
+            async for piece in pieces:
+                if not started:
+                    await tx.start(wire.Ok())
+                    started = True
+                await tx.send(piece)
+            if not started:
+                await tx.start(wire.Ok())
+        else:
+            try:
+                data = await node.store.read(request.chunk_id, request.first, request.last)
+            except (ChunkMissing, ChunkCorrupt, ValueError) as exc:
+                raise errors.NoSuchKey(f"chunk {request.chunk_id} is not on {node.node_id}") from exc
+            await tx.start(wire.Ok())
+            await tx.send(data)
         await tx.end()
-    except errors.S3Error as exc:
+    except ChunkMissing as exc:
+        await tx.fail(errors.NoSuchKey(f"chunk {exc} is not on {node.node_id}"))
+    except Exception as exc:  # noqa: BLE001 - every failure goes back to the requester
         await tx.fail(exc)
     finally:
         await tx.close()

@@ -65,6 +65,7 @@ from typing import Any, BinaryIO, NoReturn, Self, TypeVar
 
 import crc32c
 import structlog
+
 from edgecache.cachenode.eviction import S3FifoPolicy
 
 __all__ = [

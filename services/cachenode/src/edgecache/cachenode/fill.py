@@ -1,41 +1,377 @@
-"""Finding an object's current version and reading its bytes.
+"""Read-through: finding an object's current version, and reading its bytes from wherever
+they are — this node's disk, a peer's, or the origin (filling the cache as they stream).
 
-Cached objects are read from chunks; objects only in the origin are read through
-(issue: read-through caching), filling chunks as they stream.
+**Lookup.** A manifest in KV ``objects`` is the current version. A clean one older than
+``revalidate_after_s`` is checked against the origin's ETag first (changed: a new version;
+gone: NoSuchKey; origin unreachable: served stale if ``stale_if_error``). With no manifest,
+the origin is asked (HEAD) and a clean manifest with unfilled chunks is recorded.
+
+**Reading a chunk**, in order of preference: this node's store; a fill of it already
+running here (follow it); the nodes the manifest names; the object's **owner** (rendezvous
+hash over the live nodes), which fills it — so a cold object is fetched from the origin
+once across the cluster; and, if the owner is unreachable, a fill here.
+
+**Filling** a chunk is one ranged GET of the origin (``If-Match`` its ETag), written to a
+clean chunk and handed, piece by piece as it arrives, to every reader following it: the
+first byte reaches the client before the chunk is complete, and time to first byte does
+not grow with the object's size. The chunks after it (up to ``fill_concurrency``) are
+filled in parallel. A fill that fails leaves no chunk behind and fails its readers
+mid-stream.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from edgecache.cachenode import chunks
-from edgecache.common import errors, wire
+from nats.js.errors import KeyWrongLastSequenceError
+
+from edgecache.cachenode.chunkstore import ChunkCorrupt, ChunkMissing
+from edgecache.common import errors, kvkeys, placement, stream, subjects, wire
+from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
     from edgecache.cachenode.node import CacheNode
+    from edgecache.common.origin import OriginObject
 
-__all__ = ["lookup", "read"]
+__all__ = ["ChunkFill", "Filler", "chunk_spans", "lookup", "read", "read_chunk_span"]
+
+log = get_logger(__name__)
+
+
+# -- lookup ------------------------------------------------------------------------------------
+def _from_origin(node: CacheNode, bucket: str, obj: OriginObject, version: str) -> wire.Manifest:
+    size, step = obj.size, node.chunk_bytes
+    chunks = [
+        wire.ChunkRef(id=f"{version}.{i}", size=min(step, size - offset))
+        for i, offset in enumerate(range(0, size, step))
+    ]
+    return wire.Manifest(
+        bucket=bucket,
+        key=obj.key,
+        version=version,
+        size=size,
+        etag=obj.etag,
+        last_modified=obj.last_modified,
+        content_type=obj.content_type,
+        metadata=obj.metadata,
+        headers=obj.headers,
+        chunks=chunks,
+        state="clean",
+        origin_etag=obj.etag,
+        validated_at=time.time(),
+    )
+
+
+async def _adopt(node: CacheNode, bucket: str, key: str, revision: int) -> wire.Manifest:
+    """Record the origin's current version of ``bucket/key`` (CAS on ``revision``; 0: absent).
+
+    Raises:
+        NoSuchBucket / NoSuchKey / ServiceUnavailable: from the origin.
+    """
+    from edgecache.cachenode.node import new_id
+
+    obj = await node.origin.head_object(bucket, key)
+    manifest = _from_origin(node, bucket, obj, new_id())
+    try:
+        await node.put_manifest(manifest, revision=revision)
+    except KeyWrongLastSequenceError:
+        found = await node.get_manifest(bucket, key)  # another node recorded it first
+        if found is not None and not found[0].deleted:
+            return found[0]
+    return manifest
+
+
+async def _revalidate(node: CacheNode, manifest: wire.Manifest, revision: int) -> wire.Manifest:
+    try:
+        obj = await node.origin.head_object(manifest.bucket, manifest.key)
+    except errors.ServiceUnavailable:
+        if node.config.cachenode.stale_if_error:
+            log.warning("revalidate.stale", bucket=manifest.bucket, key=manifest.key)
+            return manifest
+        raise
+    except errors.NoSuchKey:
+        with contextlib.suppress(Exception):
+            await node.state.objects.delete(kvkeys.object_key(manifest.bucket, manifest.key), last=revision)
+        raise
+    if obj.etag == manifest.origin_etag:
+        fresh = _replace(manifest, validated_at=time.time())
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await node.put_manifest(fresh, revision=revision)
+        return fresh
+    log.info("revalidate.changed", bucket=manifest.bucket, key=manifest.key)
+    from edgecache.cachenode.node import new_id
+
+    changed = _from_origin(node, manifest.bucket, obj, new_id())
+    try:
+        await node.put_manifest(changed, revision=revision)
+    except KeyWrongLastSequenceError:
+        found = await node.get_manifest(manifest.bucket, manifest.key)
+        if found is not None and not found[0].deleted:
+            return found[0]
+    await node.store.mark_clean(c.id for c in manifest.chunks if node.store.has(c.id))
+    return changed
+
+
+def _replace(manifest: wire.Manifest, **changes: object) -> wire.Manifest:
+    import msgspec
+
+    return msgspec.structs.replace(manifest, **changes)
 
 
 async def lookup(node: CacheNode, bucket: str, key: str) -> wire.Manifest:
-    """The current version of ``bucket/key``.
+    """The current version of ``bucket/key``, from KV or else the origin.
 
     Raises:
         NoSuchBucket: the bucket does not exist.
-        NoSuchKey: no such object, or it was deleted.
+        NoSuchKey: no such object, or it was deleted (here or in the origin).
+        ServiceUnavailable: the object is not cached and the origin is unreachable.
     """
     found = await node.get_manifest(bucket, key)
-    if found is not None and not found[0].deleted:
-        return found[0]
-    await node.require_bucket(bucket)
-    raise errors.NoSuchKey(resource=f"{bucket}/{key}")
+    if found is not None:
+        manifest, revision = found
+        if manifest.deleted:
+            await node.require_bucket(bucket)
+            raise errors.NoSuchKey(resource=f"{bucket}/{key}")
+        stale = time.time() - manifest.validated_at > node.config.cachenode.revalidate_after_s
+        if manifest.state == "clean" and stale:
+            try:
+                return await _revalidate(node, manifest, revision)
+            except errors.NoSuchKey as exc:
+                exc.resource = f"{bucket}/{key}"
+                raise
+        return manifest
+    try:
+        return await _adopt(node, bucket, key, 0)
+    except (errors.NoSuchKey, errors.NoSuchBucket) as exc:
+        # the origin may lack a bucket created here and not yet written back
+        await node.require_bucket(bucket)
+        raise errors.NoSuchKey(resource=f"{bucket}/{key}") from exc
 
 
-def read(node: CacheNode, manifest: wire.Manifest, first: int, last: int) -> AsyncIterator[bytes]:
-    """Bytes ``first..last`` (inclusive) of ``manifest``'s version, in order.
+# -- filling -----------------------------------------------------------------------------------
+class ChunkFill:
+    """One chunk being filled from the origin; readers follow its pieces as they arrive."""
+
+    def __init__(self, chunk_id: str, size: int) -> None:
+        self.chunk_id = chunk_id
+        self.size = size
+        self.pieces: list[bytes] = []
+        self.received = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self._changed = asyncio.Condition()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def add(self, piece: bytes) -> None:
+        self.pieces.append(piece)
+        self.received += len(piece)
+        await self._notify()
+
+    async def finish(self, error: BaseException | None = None) -> None:
+        self.done, self.error = True, error
+        await self._notify()
+
+    async def follow(self, first: int, last: int) -> AsyncIterator[bytes]:
+        """Bytes ``first..last`` (inclusive) of the chunk, as they arrive.
+
+        Raises:
+            The fill's error, if it fails before ``last`` arrived.
+        """
+        index = offset = 0  # next piece to look at, and its offset in the chunk
+        while offset <= last:
+            if index < len(self.pieces):
+                piece = self.pieces[index]
+                end = offset + len(piece) - 1
+                if end >= first:
+                    yield piece[max(first, offset) - offset : min(last, end) - offset + 1]
+                index, offset = index + 1, end + 1
+                continue
+            if self.done:
+                raise self.error or errors.InternalError(f"fill of {self.chunk_id} ended short")
+            async with self._changed:
+                await self._changed.wait_for(lambda: index < len(self.pieces) or self.done)  # noqa: B023
+
+
+class Filler:
+    """This node's fills, one at a time per chunk; at most ``slots`` origin GETs at once."""
+
+    def __init__(self, node: CacheNode, *, slots: int) -> None:
+        self._node = node
+        self._slots = asyncio.Semaphore(slots)
+        self.active: dict[str, ChunkFill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, manifest: wire.Manifest, index: int) -> ChunkFill:
+        """The fill of chunk ``index`` of ``manifest``: the running one, or a new one."""
+        chunk = manifest.chunks[index]
+        fill = self.active.get(chunk.id)
+        if fill is None:
+            fill = self.active[chunk.id] = ChunkFill(chunk.id, chunk.size)
+            task = asyncio.ensure_future(self._run(manifest, index, fill))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return fill
+
+    def prefetch(self, manifest: wire.Manifest, indexes: list[int]) -> None:
+        """Start filling the chunks at ``indexes`` that are neither here nor being filled."""
+        for i in indexes:
+            chunk = manifest.chunks[i]
+            if chunk.id not in self.active and not self._node.store.has(chunk.id):
+                self.start(manifest, i)
+
+    async def _run(self, manifest: wire.Manifest, index: int, fill: ChunkFill) -> None:
+        node = self._node
+        chunk = manifest.chunks[index]
+        first = sum(c.size for c in manifest.chunks[:index])
+        started = time.perf_counter()
+        try:
+            async with self._slots, node.store.writer(chunk.id, dirty=False) as writer:
+                async for piece in node.origin.get_range(
+                    manifest.bucket,
+                    manifest.key,
+                    first,
+                    first + chunk.size - 1,
+                    if_match=manifest.origin_etag or None,
+                ):
+                    await writer.write(piece)
+                    await fill.add(piece)
+                if fill.received != chunk.size:
+                    raise errors.ServiceUnavailable(
+                        f"origin sent {fill.received} of {chunk.size} bytes", retry_after_s=1
+                    )
+                await writer.commit()
+            node.counters.fills += 1
+            node.counters.fill_bytes += chunk.size
+            log.debug("fill", chunk=chunk.id, bytes=chunk.size, ms=round((time.perf_counter() - started) * 1000, 1))
+            await fill.finish()
+        except BaseException as exc:
+            if isinstance(exc, errors.PreconditionFailed):
+                # the origin's object changed under us: forget this version
+                with contextlib.suppress(Exception):
+                    found = await node.get_manifest(manifest.bucket, manifest.key)
+                    if found is not None and found[0].version == manifest.version:
+                        await node.state.objects.delete(
+                            kvkeys.object_key(manifest.bucket, manifest.key), last=found[1]
+                        )
+                exc = errors.ServiceUnavailable("the object changed in the origin; retry", retry_after_s=1)
+            log.warning("fill.failed", chunk=chunk.id, error=repr(exc))
+            await fill.finish(exc if isinstance(exc, Exception) else errors.InternalError("fill cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.active.pop(chunk.id, None)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+
+
+# -- reading -----------------------------------------------------------------------------------
+def chunk_spans(chunks: list[wire.ChunkRef], first: int, last: int) -> list[tuple[int, int, int]]:
+    """``(index, first, last)`` of each chunk covering object bytes ``first..last``, with the
+    inclusive range to take from it, in order."""
+    spans = []
+    offset = 0
+    for index, chunk in enumerate(chunks):
+        end = offset + chunk.size - 1
+        if offset > last:
+            break
+        if end >= first:
+            spans.append((index, max(first, offset) - offset, min(last, end) - offset))
+        offset += chunk.size
+    return spans
+
+
+async def _from_peer(node: CacheNode, peer: str, request: wire.ChunkGet) -> AsyncIterator[bytes]:
+    _, body = await stream.download(
+        node.nc,
+        subjects.chunk_get(peer),
+        request,
+        window=node.config.cachenode.window_frames,
+        timeout_s=node.config.nats.request_timeout_s,
+    )
+    async for piece in body:
+        yield piece
+
+
+async def read_chunk_span(
+    node: CacheNode, manifest: wire.Manifest, index: int, first: int, last: int, *, prefetch: int = 0, local_only: bool = False
+) -> AsyncIterator[bytes]:
+    """Bytes ``first..last`` (inclusive) of chunk ``index`` of ``manifest``, from the best
+    source (see the module docstring). ``local_only``: do not ask the owner (we are it).
 
     Raises:
-        ChunkMissing: a chunk is on no reachable node.
+        ChunkMissing: a dirty chunk is on no reachable node (it cannot come from the origin).
+        ServiceUnavailable / PreconditionFailed: a fill from the origin failed.
     """
-    return chunks.read_range(node, manifest, first, last)
+    chunk = manifest.chunks[index]
+    fill = node.filler.active.get(chunk.id)
+    if fill is None:
+        try:
+            data = await node.store.read(chunk.id, first, last)
+            node.counters.hits += 1
+            yield data
+            return
+        except (ChunkMissing, ChunkCorrupt):
+            pass
+        for holder in [n for n in (chunk.nodes or manifest.nodes) if n != node.node_id]:
+            got = 0
+            try:
+                async for piece in _from_peer(node, holder, wire.ChunkGet(chunk_id=chunk.id, first=first, last=last)):
+                    got += len(piece)
+                    yield piece
+                node.counters.hits += 1
+                return
+            except errors.S3Error as exc:
+                if got:
+                    raise
+                log.warning("chunk.peer_read_failed", chunk=chunk.id, peer=holder, error=exc.code)
+        if manifest.state == "dirty":
+            raise ChunkMissing(chunk.id)
+        owner = placement.owner(manifest.bucket, manifest.key, node.live.ids())
+        if not local_only and owner and owner != node.node_id:
+            request = wire.ChunkGet(
+                chunk_id=chunk.id, first=first, last=last, bucket=manifest.bucket,
+                key=manifest.key, version=manifest.version, index=index, prefetch=prefetch,
+            )
+            got = 0
+            try:
+                async for piece in _from_peer(node, owner, request):
+                    got += len(piece)
+                    yield piece
+                node.counters.hits += 1
+                return
+            except errors.S3Error as exc:
+                if got:
+                    raise
+                log.warning("chunk.owner_read_failed", chunk=chunk.id, owner=owner, error=exc.code)
+        node.counters.misses += 1
+        fill = node.filler.start(manifest, index)
+    node.filler.prefetch(manifest, list(range(index + 1, min(len(manifest.chunks), index + 1 + prefetch))))
+    async for piece in fill.follow(first, last):
+        yield piece
+
+
+async def read(node: CacheNode, manifest: wire.Manifest, first: int, last: int) -> AsyncIterator[bytes]:
+    """Bytes ``first..last`` (inclusive) of ``manifest``'s version, in order, chunk by chunk,
+    each piece as soon as it is available. Only the chunks covering the range are filled.
+
+    Raises:
+        ChunkMissing, ServiceUnavailable, PreconditionFailed: see :func:`read_chunk_span`.
+    """
+    spans = chunk_spans(manifest.chunks, first, last)
+    last_index = spans[-1][0] if spans else -1
+    for index, cfirst, clast in spans:
+        ahead = min(node.config.cachenode.fill_concurrency - 1, last_index - index)
+        async for piece in read_chunk_span(node, manifest, index, cfirst, clast, prefetch=ahead):
+            node.counters.bytes_out += len(piece)
+            yield piece

@@ -72,9 +72,12 @@ async def _merged(
             yield _utf8(m.key), 0, summary
 
     async def from_origin() -> AsyncIterator[tuple[bytes, int, wire.ObjectSummary | None]]:
-        async for o in node.origin.iter_objects(bucket, prefix=prefix, start_after=after):
-            summary = wire.ObjectSummary(key=o.key, size=o.size, etag=o.etag, last_modified=o.last_modified)
-            yield _utf8(o.key), 1, summary
+        try:
+            async for o in node.origin.iter_objects(bucket, prefix=prefix, start_after=after):
+                summary = wire.ObjectSummary(key=o.key, size=o.size, etag=o.etag, last_modified=o.last_modified)
+                yield _utf8(o.key), 1, summary
+        except errors.NoSuchBucket:
+            return  # created here, not yet in the origin: the write-back will create it
 
     last: bytes | None = None
     async for sort_key, _, summary in _amerge(from_overlay(), from_origin()):

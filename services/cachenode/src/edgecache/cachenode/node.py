@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
     from edgecache.cachenode.chunkstore import ChunkStore
+    from edgecache.cachenode.fill import Filler
+    from edgecache.cachenode.membership import LiveNodes
     from edgecache.common.config import Config
     from edgecache.common.jetstream import State
     from edgecache.common.origin import Origin
@@ -81,8 +83,17 @@ class CacheNode:
     origin: Origin
     config: Config
     node_id: str
+    filler: Filler = field(init=False)
+    live: LiveNodes = field(init=False)
     started: float = field(default_factory=now)
     counters: Counters = field(default_factory=Counters)
+
+    def __post_init__(self) -> None:
+        from edgecache.cachenode.fill import Filler
+        from edgecache.cachenode.membership import LiveNodes
+
+        self.filler = Filler(self, slots=4 * self.config.cachenode.fill_concurrency)
+        self.live = LiveNodes(self.state.nodes, self.node_id, refresh_s=self.config.cachenode.heartbeat_s)
 
     @property
     def chunk_bytes(self) -> int:

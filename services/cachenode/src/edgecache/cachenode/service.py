@@ -209,6 +209,8 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
         node_id=config.cachenode.node_id or default_node_id(config),
     )
     structlog.contextvars.bind_contextvars(node=node.node_id)
+    stack.push_async_callback(node.filler.close)
+    await node.live.refresh()
     recovered = await node.recover()
     tasks = _Tasks(MAX_INFLIGHT)
     stack.push_async_callback(tasks.close, 10.0)
@@ -225,6 +227,7 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
                 await sub.unsubscribe()
 
     stack.push_async_callback(unsubscribe)
+    await nc.flush()  # the server knows every subscription before we call ourselves started
     log.info("cachenode.started", store=str(config.cachenode_dir()), origin=config.origin.kind, recovered_intents=recovered, pid=os.getpid())
     return node
 
@@ -236,6 +239,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         background = [
             asyncio.ensure_future(_heartbeats(node, stop)),
             asyncio.ensure_future(_evictions(node, stop)),
+            asyncio.ensure_future(node.live.run(stop)),
         ]
         await stop.wait()
         log.info("cachenode.stopping")
