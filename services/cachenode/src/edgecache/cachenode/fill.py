@@ -232,22 +232,23 @@ class Filler:
         first = sum(c.size for c in manifest.chunks[:index])
         started = time.perf_counter()
         try:
-            async with self._slots, node.store.writer(chunk.id, dirty=False) as writer:
-                async for piece in node.origin.get_range(
-                    manifest.bucket,
-                    manifest.key,
-                    first,
-                    first + chunk.size - 1,
-                    if_match=manifest.origin_etag or None,
-                ):
-                    await writer.write(piece)
-                    await fill.add(piece)
-                if fill.received != chunk.size:
-                    raise errors.ServiceUnavailable(
-                        f"origin sent {fill.received} of {chunk.size} bytes", retry_after_s=1
-                    )
-                await writer.commit()
-            node.counters.fills += 1
+            async with self._slots:
+                node.counters.fills += 1  # one ranged GET of the origin
+                async with node.store.writer(chunk.id, dirty=False) as writer:
+                    async for piece in node.origin.get_range(
+                        manifest.bucket,
+                        manifest.key,
+                        first,
+                        first + chunk.size - 1,
+                        if_match=manifest.origin_etag or None,
+                    ):
+                        await writer.write(piece)
+                        await fill.add(piece)
+                    if fill.received != chunk.size:
+                        raise errors.ServiceUnavailable(
+                            f"origin sent {fill.received} of {chunk.size} bytes", retry_after_s=1
+                        )
+                    await writer.commit()
             node.counters.fill_bytes += chunk.size
             log.debug("fill", chunk=chunk.id, bytes=chunk.size, ms=round((time.perf_counter() - started) * 1000, 1))
             await fill.finish()
@@ -354,8 +355,8 @@ async def read_chunk_span(
                 if got:
                     raise
                 log.warning("chunk.owner_read_failed", chunk=chunk.id, owner=owner, error=exc.code)
-        node.counters.misses += 1
         fill = node.filler.start(manifest, index)
+    node.counters.misses += 1
     node.filler.prefetch(manifest, list(range(index + 1, min(len(manifest.chunks), index + 1 + prefetch))))
     async for piece in fill.follow(first, last):
         yield piece
