@@ -102,8 +102,9 @@ def _framework_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
 
 def create_app(
     config: Config,
-    nc: NATS,
+    nc: NATS | None,
     *,
+    client: EdgecacheClient | None = None,
     credentials: Mapping[str, str] | None = None,
     verify: Callable[..., Any] = sigv4.verify,
     wrap_body: Callable[..., Any] = sigv4.wrap_body,
@@ -114,6 +115,8 @@ def create_app(
         config: the whole config (``gateway`` for credentials and region, ``nats`` for the
             request timeout).
         nc: a connected nats-py client; the caller owns (and drains) it.
+        client: the ``s3.*`` client to use instead of one built on ``nc`` (``nc`` may then
+            be ``None``).
         credentials: access key → secret key; default the single pair in ``config.gateway``.
         verify: the SigV4 verifier (tests may pass another with the same signature).
         wrap_body: the body verifier that goes with ``verify``.
@@ -124,11 +127,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        client = EdgecacheClient(
-            nc, timeout_s=config.nats.request_timeout_s, window_frames=gw.window_frames
-        )
+        if client is None:
+            if nc is None:
+                raise ValueError("create_app needs a NATS connection or a client")
+            s3_client = EdgecacheClient(
+                nc, timeout_s=config.nats.request_timeout_s, window_frames=gw.window_frames
+            )
+        else:
+            s3_client = client
         app.state.gateway = GatewayState(
-            client=client,
+            client=s3_client,
             config=gw,
             credentials=dict(credentials),
             verify=verify,
