@@ -697,3 +697,23 @@ async def test_checksums_with_chunked_upload_and_checksum_mode(gateway: Gateway)
     got = await call(s3.get_object, Bucket="sums", Key="k", ChecksumMode="ENABLED")
     assert got["ChecksumCRC32"] == "DUoRhQ=="
     assert (await call(got["Body"].read)) == b"hello world"
+
+
+async def test_body_failing_verification_stores_nothing(gateway: Gateway) -> None:
+    """A body whose SHA-256 does not match what was signed is refused after streaming, and
+    the upload is aborted at the node: nothing is stored."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    s3 = gateway.s3()
+    await call(s3.create_bucket, Bucket="verify")
+    signed_body = os.urandom(200_000)
+    url = f"{gateway.url}/verify/k"
+    request = AWSRequest(method="PUT", url=url, data=signed_body)
+    S3SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", REGION).add_auth(request)
+    async with httpx.AsyncClient() as http:
+        response = await http.put(url, content=os.urandom(200_000), headers=dict(request.headers))
+    assert response.status_code == 400
+    assert b"<Code>XAmzContentSHA256Mismatch</Code>" in response.content
+    assert ("verify", "k") not in gateway.node.objects

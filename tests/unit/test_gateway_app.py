@@ -186,6 +186,9 @@ async def test_method_not_allowed(http: AsyncTestClient) -> None:
     assert (response.status_code, error_code(response)) == (405, "MethodNotAllowed")
     response = await send(http, "PUT", "/")
     assert (response.status_code, error_code(response)) == (405, "MethodNotAllowed")
+    response = await http.request("TRACE", "/b/k")  # refused by the framework itself
+    assert (response.status_code, error_code(response)) == (405, "MethodNotAllowed")
+    common_headers_ok(response)
 
 
 async def test_create_bucket(http: AsyncTestClient, recorder: Recorder) -> None:

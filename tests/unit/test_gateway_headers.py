@@ -212,6 +212,36 @@ def test_object_headers_overrides() -> None:
     assert out["content-encoding"] == "identity"
 
 
+def test_unsafe_values_are_rfc2047_encoded() -> None:
+    fields = {f: getattr(INFO, f) for f in INFO.__struct_fields__}
+    info = wire.ObjectInfo(
+        **{
+            **fields,
+            "metadata": {
+                "plain": "caf\xe9",
+                "wide": "€",
+                "crlf": "a\r\nx-evil: 1",
+                "bad name": "x",
+            },
+            "headers": {"content-disposition": "inline\n", "x-other": "dropped"},
+        }
+    )
+    out = object_headers(
+        info,
+        query={"response-content-disposition": 'attachment; filename="ü"'},
+        checksum_mode=False,
+    )
+    assert out["x-amz-meta-plain"] == "caf\xe9"  # latin-1: bytes as received
+    assert out["x-amz-meta-wide"] == "=?UTF-8?B?4oKs?="
+    assert out["x-amz-meta-crlf"].startswith("=?UTF-8?B?")
+    assert "x-amz-meta-bad name" not in out
+    assert "x-other" not in out
+    assert out["content-disposition"] == 'attachment; filename="\xc3\xbc"'  # UTF-8 bytes
+    for value in out.values():
+        value.encode("latin-1")
+        assert "\n" not in value and "\r" not in value
+
+
 def test_composite_checksum_type() -> None:
     fields = {f: getattr(INFO, f) for f in INFO.__struct_fields__}
     info = wire.ObjectInfo(**{**fields, "checksums": {"crc32": "AAAAAA==-3"}})

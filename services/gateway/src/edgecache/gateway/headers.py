@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ __all__ = [
     "STORED_HEADERS",
     "RequestHeaders",
     "content_range",
+    "header_value",
     "http_date",
     "iso8601",
     "object_attributes",
@@ -59,6 +61,8 @@ _UNSUPPORTED_CHECKSUMS = frozenset(
 )
 _META = "x-amz-meta-"
 _CHECKSUM = "x-amz-checksum-"
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name
+_UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
 # response-* query parameters of GetObject/HeadObject → the header they override.
 _OVERRIDES = {
     "response-content-type": "content-type",
@@ -227,6 +231,14 @@ def iso8601(ts: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def header_value(value: str) -> str:
+    """``value`` as a response header: as is when it is latin-1 without control characters
+    (so request bytes round-trip), else RFC 2047 encoded (``=?UTF-8?B?…?=``), as S3 does."""
+    if _UNSAFE_VALUE.search(value) is None:
+        return value
+    return "=?UTF-8?B?" + base64.b64encode(value.encode("utf-8", "surrogatepass")).decode() + "?="
+
+
 def content_range(info: wire.ObjectInfo) -> str | None:
     """``bytes first-last/size`` when ``info`` describes a range, else ``None``."""
     if info.range_first is None or info.range_last is None:
@@ -245,14 +257,17 @@ def object_headers(
     parameters override the stored headers.
     """
     out = {
-        "content-type": info.content_type,
+        "content-type": header_value(info.content_type),
         "etag": f'"{info.etag}"',
         "last-modified": http_date(info.last_modified),
         "accept-ranges": "bytes",
     }
-    out.update(info.headers)
+    for name, value in info.headers.items():
+        if name in STORED_HEADERS:
+            out[name] = header_value(value)
     for name, value in info.metadata.items():
-        out[_META + name] = value
+        if _TOKEN.fullmatch(name):  # names set over NATS by other services may be anything
+            out[_META + name.lower()] = header_value(value)
     crange = content_range(info)
     if crange is not None:
         assert info.range_first is not None and info.range_last is not None
@@ -268,5 +283,6 @@ def object_headers(
     for param, header in _OVERRIDES.items():
         value = query.get(param)
         if value is not None:
-            out[header] = value
+            # decoded from the query as UTF-8: send those bytes, as S3 does
+            out[header] = header_value(value.encode("utf-8", "surrogatepass").decode("latin-1"))
     return out
