@@ -1,0 +1,97 @@
+"""The AWS CLI (v1, from .tools/awscli, installed by `make deps`) against `edgecache up`:
+cp of 100 MiB up and down, ls, sync of a small tree, rm — bytes checked in the origin."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.stack import Stack, wait_for
+
+pytestmark = pytest.mark.e2e
+MiB = 1024 * 1024
+AWS = Path(__file__).resolve().parents[2] / ".tools" / "awscli" / "bin" / "aws"
+
+
+@pytest.fixture
+def aws(stack: Stack, tmp_path: Path):
+    """Run ``aws --endpoint-url <gateway> …`` (path-style addressing); returns stdout."""
+    if not AWS.exists():
+        pytest.fail(f"the AWS CLI is not installed at {AWS}: run `make deps`")
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n")
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": stack.access_key,
+        "AWS_SECRET_ACCESS_KEY": stack.secret_key,
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+    }
+    env.pop("AWS_CA_BUNDLE", None)
+
+    def run(*args: str, empty_ok: bool = False) -> str:
+        done = subprocess.run(
+            [str(AWS), "--endpoint-url", stack.endpoint, *args],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+        if empty_ok and done.returncode == 1 and not done.stdout and not done.stderr:
+            return ""  # `aws s3 ls` exits 1 when nothing matched
+        assert done.returncode == 0, f"aws {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    return run
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def test_cp_100_mib_up_and_down(stack: Stack, aws, tmp_path: Path) -> None:
+    bucket = f"cli-{secrets.token_hex(5)}"
+    aws("s3", "mb", f"s3://{bucket}")
+    src = tmp_path / "big.bin"
+    with src.open("wb") as f:
+        for _ in range(100):
+            f.write(os.urandom(MiB))
+    aws("s3", "cp", str(src), f"s3://{bucket}/data/big.bin")
+    back = tmp_path / "back.bin"
+    aws("s3", "cp", f"s3://{bucket}/data/big.bin", str(back))
+    assert _digest(back) == _digest(src)
+    listing = aws("s3", "ls", f"s3://{bucket}/data/")
+    assert "big.bin" in listing and str(100 * MiB) in listing
+    in_origin = stack.origin_dir / bucket / "data" / "big.bin"
+    wait_for(lambda: in_origin.exists() and in_origin.stat().st_size == 100 * MiB, timeout_s=60, what="the 100 MiB object in the origin")
+    assert _digest(in_origin) == _digest(src)
+    aws("s3", "rm", f"s3://{bucket}/data/big.bin")
+    assert "big.bin" not in aws("s3", "ls", f"s3://{bucket}/data/", empty_ok=True)
+    wait_for(lambda: not in_origin.exists(), what="the object deleted from the origin")
+
+
+def test_sync_ls_rm_of_a_small_tree(stack: Stack, aws, tmp_path: Path) -> None:
+    bucket = f"cli-{secrets.token_hex(5)}"
+    aws("s3", "mb", f"s3://{bucket}")
+    tree = tmp_path / "tree"
+    files = {"a.txt": b"alpha", "sub/b.txt": b"beta" * 1000, "sub/deeper/c.bin": os.urandom(300_000), "with space.txt": b"s"}
+    for name, data in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(data)
+    aws("s3", "sync", str(tree), f"s3://{bucket}/tree")
+    listed = aws("s3", "ls", "--recursive", f"s3://{bucket}/")
+    for name in files:
+        assert f"tree/{name}" in listed
+    assert "upload:" not in aws("s3", "sync", str(tree), f"s3://{bucket}/tree")  # nothing changed
+    for name, data in files.items():
+        path = stack.origin_dir / bucket / "tree" / name
+        wait_for(lambda p=path, d=data: p.exists() and p.read_bytes() == d, what=f"{path} in the origin")
+    aws("s3", "rm", "--recursive", f"s3://{bucket}/tree")
+    assert aws("s3", "ls", "--recursive", f"s3://{bucket}/", empty_ok=True).strip() == ""
+    aws("s3", "rb", f"s3://{bucket}")
