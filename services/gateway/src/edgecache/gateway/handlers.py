@@ -10,7 +10,7 @@ to them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
@@ -23,6 +23,7 @@ from edgecache.gateway import conditions, xml
 from edgecache.gateway.errors import IllegalLocationConstraintException
 from edgecache.gateway.exchange import LiveTrailers
 from edgecache.gateway.headers import (
+    MAX_PART_BYTES,
     http_date,
     object_attributes,
     object_headers,
@@ -85,11 +86,18 @@ def _check_key(op: Operation) -> None:
 
 # == service and buckets =========================================================================
 async def list_buckets(x: Exchange) -> Response[Any]:
+    """ListBuckets (``GET /``) → ``<ListAllMyBucketsResult>``."""
     reply = _expect(await x.gateway.client.request(wire.ListBuckets()), wire.BucketList)
     return xml_response(x, xml.list_buckets_result(reply.buckets, owner=x.gateway.owner))
 
 
 async def create_bucket(x: Exchange) -> Response[Any]:
+    """CreateBucket (``PUT /b``, optional ``<CreateBucketConfiguration>``).
+
+    Raises:
+        InvalidBucketName, IllegalLocationConstraintException (another region),
+        MalformedXML, BucketAlreadyOwnedByYou.
+    """
     op = _op(x)
     names.validate_bucket_name(op.bucket)
     constraint = xml.parse_create_bucket(await x.read_body(MAX_SMALL_XML_BYTES))
@@ -105,18 +113,21 @@ async def create_bucket(x: Exchange) -> Response[Any]:
 
 
 async def head_bucket(x: Exchange) -> Response[Any]:
+    """HeadBucket (``HEAD /b``) → 200 with ``x-amz-bucket-region``. Raises: NoSuchBucket."""
     op = _op(x)
     await x.gateway.client.request(wire.HeadBucket(bucket=op.bucket))
     return empty(x, headers={"x-amz-bucket-region": x.gateway.config.region})
 
 
 async def delete_bucket(x: Exchange) -> Response[Any]:
+    """DeleteBucket (``DELETE /b``) → 204. Raises: NoSuchBucket, BucketNotEmpty."""
     op = _op(x)
     await x.gateway.client.request(wire.DeleteBucket(bucket=op.bucket))
     return empty(x, status=204)
 
 
 async def get_bucket_location(x: Exchange) -> Response[Any]:
+    """GetBucketLocation (``GET /b?location``): empty for us-east-1, else the region."""
     op = _op(x)
     await x.gateway.client.request(wire.HeadBucket(bucket=op.bucket))
     return xml_response(x, xml.location_constraint(x.gateway.config.region))
@@ -132,6 +143,12 @@ def _encoding_url(query: dict[str, str]) -> bool:
 
 
 async def list_objects_v2(x: Exchange) -> Response[Any]:
+    """ListObjectsV2 (``GET /b?list-type=2``): ``max-keys`` capped at 1000.
+
+    Raises:
+        InvalidArgument: bad ``max-keys``, ``encoding-type`` or continuation token.
+        NoSuchBucket.
+    """
     op = _op(x)
     q = op.query
     encoding_url = _encoding_url(q)
@@ -165,6 +182,7 @@ async def list_objects_v2(x: Exchange) -> Response[Any]:
 
 
 async def list_objects(x: Exchange) -> Response[Any]:
+    """ListObjects v1 (``GET /b``): ``marker``, ``NextMarker`` with a delimiter."""
     op = _op(x)
     q = op.query
     encoding_url = _encoding_url(q)
@@ -225,7 +243,38 @@ def _checksum_headers(checksums: dict[str, str]) -> dict[str, str]:
     return {f"x-amz-checksum-{algorithm}": value for algorithm, value in checksums.items()}
 
 
+async def _upload(x: Exchange, request: wire.PutObject | wire.UploadPart) -> wire.Reply:
+    """Stream the verified body to a cache node; trailing checksums follow at its end.
+
+    Raises:
+        EntityTooLarge: the body grows past 5 GiB (when its length was not announced).
+        S3Error: a failed body check or the node's error; the node then stores nothing.
+    """
+    body = x.body()
+    return await x.gateway.client.put_object(
+        request,
+        _at_most(body, MAX_PART_BYTES),
+        trailers=LiveTrailers(body),  # type: ignore[arg-type]
+    )
+
+
+async def _at_most(body: AsyncIterable[bytes], limit: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for piece in body:
+        size += len(piece)
+        if size > limit:
+            raise errors.EntityTooLarge()
+        yield piece
+
+
 async def put_object(x: Exchange) -> Response[Any]:
+    """PutObject (``PUT /b/k``), streamed → 200 with ``ETag`` and checksum headers.
+
+    Raises:
+        MissingContentLength, EntityTooLarge, InvalidDigest, InvalidRequest, BadDigest,
+        MetadataTooLarge, NotImplemented (conditional writes), NoSuchBucket, the body's
+        verification errors.
+    """
     op = _op(x)
     _check_key(op)
     _no_conditional_write(x)
@@ -241,13 +290,16 @@ async def put_object(x: Exchange) -> Response[Any]:
         content_md5=content_md5,
         checksums=checksums,
     )
-    body = x.body()
-    reply = await x.gateway.client.put_object(request, aiter(body), trailers=LiveTrailers(body))  # type: ignore[arg-type]
-    info = _expect(reply, wire.ObjectInfo)
+    info = _expect(await _upload(x, request), wire.ObjectInfo)
     return empty(x, headers={"etag": f'"{info.etag}"', **_checksum_headers(info.checksums)})
 
 
 async def upload_part(x: Exchange) -> Response[Any]:
+    """UploadPart (``PUT /b/k?partNumber=N&uploadId=U``), streamed → ``ETag``.
+
+    Raises:
+        InvalidArgument: part number outside 1..10000. NoSuchUpload, and as PutObject.
+    """
     op = _op(x)
     _check_key(op)
     part_number = _int_param(op.query, "partNumber", 0, low=1)
@@ -265,9 +317,7 @@ async def upload_part(x: Exchange) -> Response[Any]:
         content_md5=content_md5,
         checksums=checksums,
     )
-    body = x.body()
-    reply = await x.gateway.client.put_object(request, aiter(body), trailers=LiveTrailers(body))  # type: ignore[arg-type]
-    part = _expect(reply, wire.PartInfo)
+    part = _expect(await _upload(x, request), wire.PartInfo)
     return empty(x, headers={"etag": f'"{part.etag}"', **_checksum_headers(part.checksums)})
 
 
@@ -291,6 +341,7 @@ def _status_of(info: wire.ObjectInfo) -> int:
 
 
 async def head_object(x: Exchange) -> Response[Any]:
+    """HeadObject (``HEAD /b/k``): GetObject's headers, no body; 304/412 preconditions."""
     op = _op(x)
     _check_key(op)
     reply = await x.gateway.client.request(
@@ -389,6 +440,7 @@ async def _send(
 
 
 async def delete_object(x: Exchange) -> Response[Any]:
+    """DeleteObject (``DELETE /b/k``) → 204, also for a missing key."""
     op = _op(x)
     _check_key(op)
     await x.gateway.client.request(wire.DeleteObject(bucket=op.bucket, key=op.key))
@@ -404,6 +456,7 @@ def _upload_id(op: Operation) -> str:
 
 
 async def create_multipart_upload(x: Exchange) -> Response[Any]:
+    """CreateMultipartUpload (``POST /b/k?uploads``) → ``<InitiateMultipartUploadResult>``."""
     op = _op(x)
     _check_key(op)
     _no_conditional_write(x)
@@ -421,6 +474,11 @@ async def create_multipart_upload(x: Exchange) -> Response[Any]:
 
 
 async def complete_multipart_upload(x: Exchange) -> Response[Any]:
+    """CompleteMultipartUpload (``POST /b/k?uploadId=U``, XML list of parts).
+
+    Raises:
+        MalformedXML, InvalidPartOrder, InvalidPart, EntityTooSmall, NoSuchUpload.
+    """
     op = _op(x)
     _check_key(op)
     _no_conditional_write(x)
@@ -437,6 +495,7 @@ async def complete_multipart_upload(x: Exchange) -> Response[Any]:
 
 
 async def abort_multipart_upload(x: Exchange) -> Response[Any]:
+    """AbortMultipartUpload (``DELETE /b/k?uploadId=U``) → 204. Raises: NoSuchUpload."""
     op = _op(x)
     _check_key(op)
     await x.gateway.client.request(
@@ -446,6 +505,7 @@ async def abort_multipart_upload(x: Exchange) -> Response[Any]:
 
 
 async def list_parts(x: Exchange) -> Response[Any]:
+    """ListParts (``GET /b/k?uploadId=U``): ``max-parts``, ``part-number-marker``."""
     op = _op(x)
     _check_key(op)
     max_parts = _int_param(op.query, "max-parts", 1000, low=0, high=1000)
@@ -467,6 +527,7 @@ async def list_parts(x: Exchange) -> Response[Any]:
 
 # == what we do not serve ========================================================================
 async def not_implemented(x: Exchange) -> Response[Any]:
+    """Any operation or sub-resource we do not serve → 501 NotImplemented."""
     detail = _op(x).detail
     raise errors.NotImplementedError_(
         f"{errors.NotImplementedError_.default_message} ({detail})" if detail else None
@@ -474,6 +535,7 @@ async def not_implemented(x: Exchange) -> Response[Any]:
 
 
 async def method_not_allowed(x: Exchange) -> Response[Any]:
+    """A method the target does not support → 405 MethodNotAllowed."""
     raise errors.MethodNotAllowed(resource=_op(x).resource)
 
 
