@@ -1,0 +1,399 @@
+"""The S3 origin: AWS S3 or any S3-compatible store, through one long-lived aiobotocore client.
+
+Credentials and region come from the standard AWS chain (environment, shared config,
+instance role); ``OriginConfig.endpoint_url`` points at an S3-compatible server. An object's
+edgecache metadata is its S3 metadata: ``ContentType``, the system headers
+(``CacheControl``, ``ContentDisposition``, ``ContentEncoding``, ``ContentLanguage``,
+``Expires``) and user metadata (``x-amz-meta-*``). edgecache's own ETag rides along as
+``x-amz-meta-edgecache-etag``; a user key that itself starts with ``edgecache-`` is stored
+as ``edgecache-u-<key>`` so the two can never collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import botocore.exceptions as bexc
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+
+from edgecache.common import errors
+from edgecache.common.config import OriginConfig
+from edgecache.common.origin._util import (
+    check_key,
+    check_range,
+    part_size_for,
+    read_all,
+    strip_etag,
+    system_headers,
+    upload_parts,
+)
+from edgecache.common.origin.base import Origin, OriginBucket, OriginObject
+
+__all__ = ["S3Origin"]
+
+MiB = 1024 * 1024
+MIN_PART_BYTES = 5 * MiB  # S3's smallest part but the last
+MAX_PARTS = 10_000
+READ_BYTES = 1 * MiB  # get_range piece size (at most)
+ETAG_META = "edgecache-etag"
+RESERVED_META = "edgecache-"
+ESCAPED_META = "edgecache-u-"
+
+# OriginObject.headers name -> (PutObject parameter, HeadObject field)
+_HEADER_PARAMS = {
+    "cache-control": "CacheControl",
+    "content-disposition": "ContentDisposition",
+    "content-encoding": "ContentEncoding",
+    "content-language": "ContentLanguage",
+    "expires": "Expires",
+}
+_UNAVAILABLE_CODES = {
+    "SlowDown",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "OperationAborted",
+}
+_ACCESS_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "AllAccessDisabled",
+}
+_NETWORK_ERRORS = (
+    bexc.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ResponseStreamingError
+    bexc.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError
+    bexc.IncompleteReadError,
+    aiohttp.ClientError,
+    TimeoutError,
+    ConnectionError,
+)
+
+
+def _to_user_metadata(stored: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for name, value in stored.items():
+        if name.startswith(ESCAPED_META):
+            out[name[len(ESCAPED_META) :]] = value
+        elif not name.startswith(RESERVED_META):
+            out[name] = value
+    return out
+
+
+def _to_s3_metadata(metadata: dict[str, str] | None, etag: str) -> dict[str, str]:
+    out = {}
+    for name, value in (metadata or {}).items():
+        low = name.lower()
+        out[ESCAPED_META + low if low.startswith(RESERVED_META) else low] = value
+    if etag:
+        out[ETAG_META] = etag
+    return out
+
+
+def _retry_after(response: dict[str, Any]) -> int:
+    value = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after", "")
+    return int(value) if value.isdigit() else 1
+
+
+@contextlib.contextmanager
+def _s3_errors(bucket: str, key: str = "") -> Iterator[None]:
+    """Translate botocore/aiohttp errors to :mod:`edgecache.common.errors` at the edge.
+
+    A bare 404 (HEAD has no body) becomes ``NoSuchKey`` when ``key`` is given, else
+    ``NoSuchBucket``.
+    """
+    resource = f"{bucket}/{key}" if key else bucket
+    try:
+        yield
+    except bexc.ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        message = str(error.get("Message", "")) or code
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code == "NoSuchBucket":
+            raise errors.NoSuchBucket(resource=bucket) from exc
+        if code in ("NoSuchKey", "404", "NotFound") or (status == 404 and code != "NoSuchUpload"):
+            if key:
+                raise errors.NoSuchKey(resource=resource) from exc
+            raise errors.NoSuchBucket(resource=bucket) from exc
+        if code == "PreconditionFailed" or status == 412:
+            raise errors.PreconditionFailed(message, resource=resource) from exc
+        if code == "InvalidRange" or status == 416:
+            raise errors.InvalidRange(message, resource=resource) from exc
+        if code in _ACCESS_CODES or status == 403:
+            raise errors.AccessDenied(f"origin: {message}", resource=resource) from exc
+        if code in _UNAVAILABLE_CODES or status >= 500:
+            raise errors.ServiceUnavailable(
+                f"origin: {message}", resource=resource, retry_after_s=_retry_after(exc.response)
+            ) from exc
+        raise errors.from_code(code, f"origin: {message}", resource=resource) from exc
+    except (
+        bexc.NoCredentialsError,
+        bexc.PartialCredentialsError,
+        bexc.CredentialRetrievalError,
+    ) as exc:
+        raise errors.AccessDenied(f"origin: {exc}", resource=resource) from exc
+    except bexc.ParamValidationError as exc:
+        raise errors.InvalidArgument(f"origin: {exc}", resource=resource) from exc
+    except _NETWORK_ERRORS as exc:
+        raise errors.ServiceUnavailable(
+            f"origin unreachable: {exc}", resource=resource, retry_after_s=1
+        ) from exc
+
+
+class S3Origin(Origin):
+    """An S3 bucket per edgecache bucket, through one aiobotocore client opened in
+    :meth:`start`.
+
+    Memory per upload: one buffer of the object (single PUT, at most
+    ``multipart_threshold_bytes``) or :data:`~._util.PART_CONCURRENCY` part buffers.
+    """
+
+    name = "s3"
+
+    def __init__(self, config: OriginConfig) -> None:
+        self.config = config
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+
+    async def start(self) -> None:
+        """Open the client: standard retries (3 attempts), timeouts from ``timeout_s``."""
+        cfg = self.config
+        client_config = AioConfig(
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=min(cfg.timeout_s, 10.0),
+            read_timeout=cfg.timeout_s,
+            # a ranged GET cannot be checked against a whole-object checksum
+            response_checksum_validation="when_required",
+        )
+        self._client = await self._stack.enter_async_context(
+            AioSession().create_client(
+                "s3",
+                endpoint_url=cfg.endpoint_url or None,
+                region_name=cfg.region or None,
+                config=client_config,
+            )
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    @property
+    def _s3(self) -> Any:
+        if self._client is None:
+            raise RuntimeError("S3Origin used before start()")
+        return self._client
+
+    # -- buckets -----------------------------------------------------------------------------
+    async def list_buckets(self) -> list[OriginBucket]:
+        with _s3_errors(""):
+            response = await self._s3.list_buckets()
+        return [
+            OriginBucket(name=b["Name"], created=b["CreationDate"].timestamp())
+            for b in response.get("Buckets", [])
+        ]
+
+    async def create_bucket(self, bucket: str) -> None:
+        """Create ``bucket`` in the configured region (``LocationConstraint`` unless
+        us-east-1); one that is already ours is success."""
+        kwargs: dict[str, Any] = {"Bucket": bucket}
+        region = self.config.region or self._s3.meta.region_name
+        if region and region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            with _s3_errors(bucket):
+                await self._s3.create_bucket(**kwargs)
+        except errors.BucketAlreadyOwnedByYou:
+            pass
+
+    async def delete_bucket(self, bucket: str) -> None:
+        try:
+            with _s3_errors(bucket):
+                await self._s3.delete_bucket(Bucket=bucket)
+        except errors.NoSuchBucket:
+            pass
+
+    async def bucket_exists(self, bucket: str) -> bool:
+        try:
+            with _s3_errors(bucket):
+                await self._s3.head_bucket(Bucket=bucket)
+        except errors.NoSuchBucket:
+            return False
+        return True
+
+    # -- objects -----------------------------------------------------------------------------
+    async def head_object(self, bucket: str, key: str) -> OriginObject:
+        check_key(bucket, key)
+        try:
+            with _s3_errors(bucket, key):
+                r = await self._s3.head_object(Bucket=bucket, Key=key)
+        except errors.NoSuchKey:
+            if not await self.bucket_exists(bucket):  # HEAD's 404 does not say which
+                raise errors.NoSuchBucket(resource=bucket) from None
+            raise
+        headers = {}
+        for name, field in _HEADER_PARAMS.items():
+            value = r.get(field)
+            if name == "expires":
+                value = r.get("ExpiresString") or (
+                    email.utils.format_datetime(value, usegmt=True)
+                    if isinstance(value, datetime)
+                    else value
+                )
+            if value:
+                headers[name] = str(value)
+        return OriginObject(
+            key=key,
+            size=r["ContentLength"],
+            etag=strip_etag(r.get("ETag")),
+            last_modified=r["LastModified"].timestamp(),
+            content_type=r.get("ContentType") or "binary/octet-stream",
+            metadata=_to_user_metadata(r.get("Metadata", {})),
+            headers=headers,
+        )
+
+    async def get_range(
+        self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """``GetObject`` with ``Range: bytes=first-last`` (and ``If-Match``), streamed in
+        pieces of at most 1 MiB as they arrive; see :meth:`Origin.get_range`."""
+        check_key(bucket, key)
+        check_range(bucket, key, first, last)
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={first}-{last}"}
+        if if_match is not None:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        with _s3_errors(bucket, key):
+            response = await self._s3.get_object(**kwargs)
+            async with response["Body"] as stream:
+                async for piece in stream.iter_chunks(READ_BYTES):
+                    yield piece
+
+    async def put_object(
+        self,
+        bucket: str,
+        key: str,
+        body: AsyncIterator[bytes],
+        *,
+        size: int,
+        content_type: str = "binary/octet-stream",
+        metadata: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        etag: str = "",
+    ) -> str:
+        """One ``PutObject`` up to ``multipart_threshold_bytes``, else a multipart upload of
+        ``part_bytes`` parts, a few in parallel, aborted on any failure. Creates the bucket
+        when S3 says it is missing; see :meth:`Origin.put_object`."""
+        check_key(bucket, key)
+        params: dict[str, Any] = {
+            "Bucket": bucket,
+            "Key": key,
+            "ContentType": content_type or "binary/octet-stream",
+            "Metadata": _to_s3_metadata(metadata, etag),
+        }
+        for name, value in system_headers(headers).items():
+            if name == "expires":
+                try:
+                    params["Expires"] = email.utils.parsedate_to_datetime(value)
+                except (TypeError, ValueError):
+                    continue  # S3 takes only an HTTP date here
+            else:
+                params[_HEADER_PARAMS[name]] = value
+        if size <= self.config.multipart_threshold_bytes:
+            data = await read_all(body, size=size)
+            response = await self._with_bucket(
+                bucket, key, lambda: self._s3.put_object(Body=data, **params)
+            )
+            return strip_etag(response.get("ETag"))
+        return await self._put_multipart(bucket, key, body, size, params)
+
+    async def _with_bucket(self, bucket: str, key: str, call: Any) -> Any:
+        """``await call()``; if the bucket is missing, create it and call once more."""
+        try:
+            with _s3_errors(bucket, key):
+                return await call()
+        except errors.NoSuchBucket:
+            await self.create_bucket(bucket)
+        with _s3_errors(bucket, key):
+            return await call()
+
+    async def _put_multipart(
+        self, bucket: str, key: str, body: AsyncIterator[bytes], size: int, params: dict[str, Any]
+    ) -> str:
+        checksum = self._s3.meta.config.request_checksum_calculation == "when_supported"
+        if checksum:  # the parts carry CRC32s; the upload must say so up front
+            params = {**params, "ChecksumAlgorithm": "CRC32"}
+        created = await self._with_bucket(
+            bucket, key, lambda: self._s3.create_multipart_upload(**params)
+        )
+        upload_id = created["UploadId"]
+        part_size = part_size_for(
+            size, self.config.part_bytes, min_bytes=MIN_PART_BYTES, max_parts=MAX_PARTS
+        )
+
+        async def upload(index: int, data: bytes) -> dict[str, Any]:
+            extra = {"ChecksumAlgorithm": "CRC32"} if checksum else {}
+            with _s3_errors(bucket, key):
+                r = await self._s3.upload_part(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=index + 1,
+                    Body=data,
+                    **extra,
+                )
+            part = {"PartNumber": index + 1, "ETag": r["ETag"]}
+            if r.get("ChecksumCRC32"):
+                part["ChecksumCRC32"] = r["ChecksumCRC32"]
+            return part
+
+        try:
+            parts = await upload_parts(body, size=size, part_size=part_size, upload=upload)
+            with _s3_errors(bucket, key):
+                done = await self._s3.complete_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+        return strip_etag(done.get("ETag"))
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        check_key(bucket, key)
+        try:
+            with _s3_errors(bucket, key):
+                await self._s3.delete_object(Bucket=bucket, Key=key)
+        except (errors.NoSuchBucket, errors.NoSuchKey):
+            pass
+
+    async def iter_objects(
+        self, bucket: str, *, prefix: str = "", start_after: str = ""
+    ) -> AsyncIterator[OriginObject]:
+        """``ListObjectsV2`` pages (``Prefix``, ``StartAfter``), fetched as consumed. Listed
+        objects carry key, size, ETag and time; content type and metadata need a HEAD."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        paginator = self._s3.get_paginator("list_objects_v2")
+        with _s3_errors(bucket):
+            async for page in paginator.paginate(**kwargs):
+                for item in page.get("Contents", []):
+                    yield OriginObject(
+                        key=item["Key"],
+                        size=item["Size"],
+                        etag=strip_etag(item.get("ETag")),
+                        last_modified=item["LastModified"].timestamp(),
+                    )
