@@ -194,3 +194,15 @@ async def test_abort_multipart(client: EdgecacheClient, bucket_name: str) -> Non
         await client.request(wire.AbortMultipartUpload(bucket=bucket_name, key="k", upload_id=up.upload_id))
     with pytest.raises(errors.NoSuchKey):
         await client.request(wire.HeadObject(bucket=bucket_name, key="k"))
+
+
+async def test_deleted_bucket_stays_deleted_while_the_origin_still_has_it(client: EdgecacheClient, bucket_name: str, cachenode) -> None:
+    await cachenode.origin.create_bucket(bucket_name)  # as if already written back
+    await client.request(wire.HeadBucket(bucket=bucket_name))  # adopted from the origin
+    await client.request(wire.DeleteBucket(bucket=bucket_name))  # no writeback runs here
+    assert await cachenode.origin.bucket_exists(bucket_name)
+    with pytest.raises(errors.NoSuchBucket):
+        await client.request(wire.HeadBucket(bucket=bucket_name))
+    assert bucket_name not in [b.name for b in (await client.request(wire.ListBuckets())).buckets]
+    await client.request(wire.CreateBucket(bucket=bucket_name))
+    await client.request(wire.HeadBucket(bucket=bucket_name))

@@ -147,3 +147,20 @@ async def test_upload_body_error_aborts_at_server(nc) -> None:
 async def test_no_responder_is_service_unavailable(nc) -> None:
     with pytest.raises(errors.ServiceUnavailable):
         await stream.download(nc, "test.nobody", wire.Ok(), window=2, timeout_s=0.3)
+
+
+async def test_closing_a_download_before_reading_releases_it(nc, nats_server) -> None:
+    import nats
+
+    payload = os.urandom(3 * 1024 * 1024)
+    sub = await _serve_download(nc, "test.dl.close", payload)
+    reader = await nats.connect(nats_server.url)
+    try:
+        _, body = await stream.download(reader, "test.dl.close", wire.Ok(), window=2, timeout_s=5)
+        assert len(reader._subs) == 1
+        await body.aclose()  # never iterated
+        assert len(reader._subs) == 0
+        assert [p async for p in body] == []
+    finally:
+        await reader.drain()
+        await sub.unsubscribe()

@@ -365,43 +365,69 @@ async def download(
     except BaseException:
         await sub.unsubscribe()
         raise
-    return reply, _download_body(nc, sub, credit_subject, window=window, timeout_s=timeout_s)
+    return reply, _DownloadBody(nc, sub, credit_subject, window=window, timeout_s=timeout_s)
 
 
-async def _download_body(
-    nc: NATS, sub: Subscription, credit_subject: str, *, window: int, timeout_s: float
-) -> AsyncIterator[bytes]:
-    checker = _Checker()
-    done = False
-    owed = 0
-    batch = max(1, window // 2)
-    try:
-        while True:
+class _DownloadBody:
+    """The bytes of a download, frame by frame (an async iterator).
+
+    ``aclose()`` cancels the stream at the sender and releases the inbox, also when
+    iteration never started (a bare async generator would skip its cleanup then).
+    """
+
+    def __init__(self, nc: NATS, sub: Subscription, credit_subject: str, *, window: int, timeout_s: float) -> None:
+        self._nc = nc
+        self._sub = sub
+        self._credit_subject = credit_subject
+        self._timeout_s = timeout_s
+        self._batch = max(1, window // 2)
+        self._owed = 0
+        self._checker = _Checker()
+        self._closed = False
+
+    def __aiter__(self) -> _DownloadBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            if self._owed >= self._batch and self._credit_subject:
+                await self._nc.publish(self._credit_subject, wire.encode(wire.Credit(frames=self._owed)))
+                self._owed = 0
             try:
-                msg = await sub.next_msg(timeout=timeout_s)
+                msg = await self._sub.next_msg(timeout=self._timeout_s)
             except NatsTimeoutError as exc:
                 raise errors.ServiceUnavailable("stream stalled", retry_after_s=1) from exc
             if is_frame(msg):
-                data = checker.add(msg)
-                yield data
-                owed += 1
-                if owed >= batch and credit_subject:
-                    await nc.publish(credit_subject, wire.encode(wire.Credit(frames=owed)))
-                    owed = 0
-                continue
+                self._owed += 1
+                return self._checker.add(msg)
             control = read_control(msg)
             if isinstance(control, wire.End):
-                checker.check(control)
-                done = True
-                return
+                self._checker.check(control)
+                await self._release(cancel=False)
+                raise StopAsyncIteration
             raise errors.InternalError(f"unexpected {type(control).__name__} in download stream")
-    finally:
-        if not done and credit_subject:
-            await send_error(nc, credit_subject, errors.RequestTimeout("reader went away"))
+        except StopAsyncIteration:
+            raise
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _release(self, *, cancel: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if cancel and self._credit_subject:
+            await send_error(self._nc, self._credit_subject, errors.RequestTimeout("reader went away"))
         try:
-            await sub.unsubscribe()
+            await self._sub.unsubscribe()
         except Exception:  # noqa: BLE001 - connection already closed
             pass
+
+    async def aclose(self) -> None:
+        """Stop early: tell the sender, release the inbox. Idempotent."""
+        await self._release(cancel=True)
 
 
 async def upload(

@@ -414,10 +414,12 @@ class Manifest(msgspec.Struct, **_OPTS, tag="manifest.v1"):
 
 
 class BucketRecord(msgspec.Struct, **_OPTS, tag="bucketrecord.v1"):
-    """KV ``buckets``."""
+    """KV ``buckets``. ``deleted``: a tombstone kept until the writeback service has deleted
+    the bucket in the origin, so the origin's copy is not adopted back meanwhile."""
 
     name: str
     created: float
+    deleted: bool = False
 
 
 class UploadRecord(msgspec.Struct, **_OPTS, tag="uploadrecord.v1"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 
 from edgecache.cachenode import listing
@@ -26,11 +27,17 @@ async def create_bucket(node: CacheNode, request: wire.CreateBucket) -> wire.Ok:
         BucketAlreadyOwnedByYou: it exists already (single-tenant: every bucket is yours).
     """
     validate_bucket_name(request.bucket)
-    record = wire.BucketRecord(name=request.bucket, created=now())
+    record = wire.encode(wire.BucketRecord(name=request.bucket, created=now()))
     try:
-        await node.state.buckets.create(request.bucket, wire.encode(record))
+        await node.state.buckets.create(request.bucket, record)
     except KeyWrongLastSequenceError as exc:
-        raise errors.BucketAlreadyOwnedByYou(resource=request.bucket) from exc
+        found = await node.bucket_record(request.bucket)
+        if found is None or not found[0].deleted:
+            raise errors.BucketAlreadyOwnedByYou(resource=request.bucket) from exc
+        try:  # re-created while its deletion is still on its way to the origin
+            await node.state.buckets.update(request.bucket, record, last=found[1])
+        except KeyWrongLastSequenceError as race:
+            raise errors.BucketAlreadyOwnedByYou(resource=request.bucket) from race
     intent = wire.BucketCreated(id=new_id(), at_ns=time.time_ns(), bucket=request.bucket)
     await node.publish_intent(intent, request.bucket, "")
     return wire.Ok()
@@ -49,11 +56,12 @@ async def delete_bucket(node: CacheNode, request: wire.DeleteBucket) -> wire.Ok:
         NoSuchBucket: it does not exist.
         BucketNotEmpty: a listing of it (origin merged with pending writes) is not empty.
     """
-    await node.require_bucket(request.bucket)
+    record = await node.require_bucket(request.bucket)
     page = await listing.list_objects(node, wire.ListObjects(bucket=request.bucket, max_keys=1))
     if page.contents or page.common_prefixes:
         raise errors.BucketNotEmpty(resource=request.bucket)
-    await node.state.buckets.delete(request.bucket)
+    tombstone = msgspec.structs.replace(record, deleted=True)
+    await node.state.buckets.put(request.bucket, wire.encode(tombstone))
     intent = wire.BucketDeleted(id=new_id(), at_ns=time.time_ns(), bucket=request.bucket)
     await node.publish_intent(intent, request.bucket, "")
     return wire.Ok()
@@ -67,7 +75,12 @@ async def list_buckets(node: CacheNode, request: wire.ListBuckets) -> wire.Bucke
     except Exception:  # noqa: BLE001 - nats raises NoKeysError on an empty bucket
         names = []
     for name in names:
-        record = await node.bucket_record(name)
-        if record is not None:
+        entry = await node.bucket_record(name)
+        if entry is None:
+            continue
+        record = entry[0]
+        if record.deleted:
+            found.pop(name, None)  # deleted here; the origin's copy goes with the write-back
+        else:
             found[name] = min(found.get(name, record.created), record.created)
     return wire.BucketList(buckets=[wire.BucketInfo(name=n, created=c) for n, c in sorted(found.items())])

@@ -169,22 +169,25 @@ class CacheNode:
         return count
 
     # -- buckets -----------------------------------------------------------------------------
-    async def bucket_record(self, bucket: str) -> wire.BucketRecord | None:
+    async def bucket_record(self, bucket: str) -> tuple[wire.BucketRecord, int] | None:
+        """The bucket's record in KV ``buckets`` (maybe a tombstone) and its revision."""
         try:
             entry = await self.state.buckets.get(bucket)
         except KeyNotFoundError:
             return None
-        return wire.decode(entry.value, wire.BucketRecord) if entry.value else None
+        return (wire.decode(entry.value, wire.BucketRecord), entry.revision) if entry.value else None
 
     async def require_bucket(self, bucket: str) -> wire.BucketRecord:
         """The bucket's record; a bucket that exists only in the origin is adopted.
 
         Raises:
-            NoSuchBucket: neither KV ``buckets`` nor the origin has it.
+            NoSuchBucket: it was deleted here, or neither KV ``buckets`` nor the origin has it.
         """
-        record = await self.bucket_record(bucket)
-        if record is not None:
-            return record
+        found = await self.bucket_record(bucket)
+        if found is not None:
+            if found[0].deleted:
+                raise errors.NoSuchBucket(resource=bucket)
+            return found[0]
         if await self.origin.bucket_exists(bucket):
             record = wire.BucketRecord(name=bucket, created=now())
             try:
