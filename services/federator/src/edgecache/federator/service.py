@@ -1,0 +1,146 @@
+"""The federator's NATS wiring: heartbeats in, KV ``nodes`` out, joins and leaves logged.
+
+Every cache node publishes a :class:`~edgecache.common.wire.Heartbeat` on
+``edgecache.heartbeat.<node_id>`` every ``cachenode.heartbeat_s``; the federator checks
+it, puts it in KV ``nodes`` under the node id (the bucket's TTL, ``federator.node_ttl_s``,
+removes a node that stops beating) and keeps the same live set in a
+:class:`~edgecache.federator.membership.Membership` for what comes next (placement,
+invalidation).
+
+KV ``nodes`` is kept in memory, so a restarted nats-server comes back without it; the
+federator then creates the JetStream state again on the next heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
+
+import msgspec
+import nats.errors
+from nats.js.errors import NoStreamResponseError
+
+from edgecache.common import subjects, wire
+from edgecache.common.jetstream import ensure_state
+from edgecache.common.logging import get_logger
+from edgecache.common.runtime import connect_nats
+from edgecache.federator.membership import Change, Membership
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.js.kv import KeyValue
+
+    from edgecache.common.config import Config
+
+__all__ = ["Federator", "serve"]
+
+log = get_logger(__name__)
+
+
+class Federator:
+    """Turns heartbeats into KV ``nodes`` entries and membership changes.
+
+    Args:
+        open_nodes: creates (or opens) the JetStream state and returns KV ``nodes``; called
+            once by :meth:`start` and again whenever the bucket has gone missing.
+        membership: the live set, updated on every heartbeat and every :meth:`sweep`.
+    """
+
+    def __init__(
+        self, open_nodes: Callable[[], Awaitable[KeyValue]], membership: Membership
+    ) -> None:
+        self._open_nodes = open_nodes
+        self.nodes: KeyValue | None = None
+        self.membership = membership
+
+    async def start(self) -> None:
+        """Open KV ``nodes``."""
+        self.nodes = await self._open_nodes()
+
+    async def _put(self, node_id: str, value: bytes) -> None:
+        assert self.nodes is not None, "start() first"
+        try:
+            await self.nodes.put(node_id, value)
+        except NoStreamResponseError:  # the bucket is gone (a restarted nats-server)
+            log.warning("nodes.missing", action="recreating the JetStream state")
+            self.nodes = await self._open_nodes()
+            await self.nodes.put(node_id, value)
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        """Subscription callback for ``edgecache.heartbeat.*``.
+
+        A heartbeat that does not decode, or whose ``node_id`` is not the one in its
+        subject, is logged and dropped; a failed KV put is logged and left to the next beat.
+        """
+        try:
+            beat = wire.decode(msg.data, wire.Heartbeat)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("heartbeat.invalid", subject=msg.subject, error=str(exc))
+            return
+        if msg.subject != subjects.heartbeat(beat.node_id):
+            log.warning("heartbeat.mismatch", subject=msg.subject, node=beat.node_id)
+            return
+        try:
+            await self._put(beat.node_id, msg.data)
+        except nats.errors.Error as exc:
+            log.warning("nodes.put_failed", node=beat.node_id, error=repr(exc))
+            return
+        change = self.membership.observe(beat)
+        if change is not None:
+            self._report(change)
+
+    def sweep(self) -> None:
+        """Drop (and log) nodes whose last heartbeat is older than the TTL."""
+        for change in self.membership.expire():
+            self._report(change)
+
+    async def sweep_forever(self, interval_s: float) -> None:
+        """:meth:`sweep` every ``interval_s`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.sweep()
+
+    def _report(self, change: Change) -> None:
+        beat = change.heartbeat
+        log.info(
+            f"node.{change.kind.value}",
+            node=beat.node_id,
+            host=beat.host,
+            members=len(self.membership),
+        )
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def serve(config: Config, stop: asyncio.Event) -> None:
+    """Run the federator until ``stop`` is set, then unsubscribe and drain.
+
+    Raises:
+        nats.errors.NoServersError: NATS did not answer at start.
+    """
+    ttl_s = config.federator.node_ttl_s
+    async with AsyncExitStack() as stack:
+        nc = await connect_nats(config.nats, name="edgecache-federator")
+        stack.push_async_callback(nc.drain)
+        js = nc.jetstream()
+
+        async def open_nodes() -> KeyValue:
+            state = await ensure_state(js, node_ttl_s=ttl_s, ack_wait_s=config.writeback.ack_wait_s)
+            return state.nodes
+
+        federator = Federator(open_nodes, Membership(ttl_s))
+        await federator.start()
+        sub = await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=federator.on_heartbeat)
+        stack.push_async_callback(sub.unsubscribe)
+        sweeper = asyncio.create_task(federator.sweep_forever(max(0.05, min(1.0, ttl_s / 4))))
+        stack.push_async_callback(_cancel, sweeper)
+        log.info("federator.started", nats=config.nats.url, node_ttl_s=ttl_s)
+        await stop.wait()
+        log.info("federator.stopping", members=len(federator.membership))
