@@ -1,0 +1,328 @@
+"""Applying one write intent to the origin: the writeback state machine.
+
+For an object intent the manifest in KV ``objects`` decides (``version`` is the intent's):
+
+========================================  ===============================================
+manifest                                  action
+========================================  ===============================================
+absent, or another version                skip: superseded (a later intent follows)
+this version, ``clean``                   re-announce ``ObjectClean`` (a redelivery)
+this version, dirty, put                  stream chunks → ``origin.put_object``; CAS clean
+this version, dirty tombstone             ``origin.delete_object``; CAS-delete the entry
+========================================  ===============================================
+
+then ``ObjectClean`` on ``edgecache.events.object.clean``. A ``BucketDeleted`` deletes the
+bucket in the origin and then its tombstone in KV ``buckets``, unless the bucket was
+re-created since. Every step is idempotent, so a
+redelivery after a crash anywhere redoes the work harmlessly. A put is fenced: just before
+the origin gets its last byte, the manifest is read again and the write is abandoned if
+this version is no longer the dirty one (a newer version, or another replica finished it).
+
+Errors propagate to the caller (:mod:`.service`), which retries the intent later.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+
+from edgecache.common import errors, kvkeys, subjects, wire
+from edgecache.common.logging import get_logger
+from edgecache.writeback.chunks import ObjectBody
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+    from nats.js.kv import KeyValue
+
+    from edgecache.common.origin import Origin
+
+__all__ = ["IntentApplier", "Outcome", "Superseded", "new_event_id", "op_of"]
+
+log = get_logger(__name__)
+
+_WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed CAS
+_MAX_ROUNDS = 3  # re-reads of a manifest that changed under us before giving up this attempt
+
+Op = Literal["put", "delete", "create_bucket", "delete_bucket"]
+Result = Literal["written", "deleted", "created", "already_clean", "superseded"]
+
+
+class Superseded(Exception):
+    """The manifest no longer names the version being written as dirty: stop the write."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What applying an intent did.
+
+    Attributes:
+        op: the operation the intent asks for.
+        result: ``written``/``deleted``/``created`` (the origin changed), ``already_clean``
+            (a redelivery of finished work) or ``superseded`` (skipped: a newer version, or
+            none, is current).
+        bytes: bytes written to the origin (puts).
+    """
+
+    op: Op
+    result: Result
+    bytes: int = 0
+
+
+def op_of(intent: wire.Intent) -> Op:
+    """The operation an intent asks for."""
+    match intent:
+        case wire.ObjectWritten():
+            return "put"
+        case wire.ObjectDeleted():
+            return "delete"
+        case wire.BucketCreated():
+            return "create_bucket"
+        case wire.BucketDeleted():
+            return "delete_bucket"
+    raise TypeError(f"not an intent: {type(intent).__name__}")
+
+
+def new_event_id() -> str:
+    """A fresh event id: time-ordered, 26 chars of ``[0-9a-f]`` (as cache nodes make them)."""
+    return f"{time.time_ns():016x}{secrets.token_hex(5)}"
+
+
+class IntentApplier:
+    """Applies intents to the origin and records the result in KV ``objects``.
+
+    Args:
+        nc: the NATS connection (chunk reads, events).
+        objects: KV ``objects`` (manifests).
+        buckets: KV ``buckets`` (bucket records and tombstones).
+        origin: where objects go.
+        window_frames: download credit per chunk stream, in frames.
+        chunk_timeout_s: wait for a cache node's answer or next frame, seconds.
+        prefetch: open the next chunk's stream while the origin consumes the current one.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        objects: KeyValue,
+        buckets: KeyValue,
+        origin: Origin,
+        *,
+        window_frames: int = 8,
+        chunk_timeout_s: float = 30.0,
+        prefetch: bool = True,
+    ) -> None:
+        self._nc = nc
+        self._kv = objects
+        self._buckets = buckets
+        self._origin = origin
+        self._window = window_frames
+        self._chunk_timeout = chunk_timeout_s
+        self._prefetch = prefetch
+
+    async def apply(self, intent: wire.Intent) -> Outcome:
+        """Apply ``intent`` to the origin (idempotent).
+
+        Raises:
+            S3Error: from the origin (``ServiceUnavailable``, ``BucketNotEmpty``, …) or the
+                chunk reads (``ServiceUnavailable``, ``IncompleteBody``, ``BadDigest``).
+            Exception: anything else (NATS errors, a manifest that does not decode).
+            All of them mean "try again later".
+        """
+        match intent:
+            case wire.ObjectWritten():
+                return await self._put(intent)
+            case wire.ObjectDeleted():
+                return await self._delete(intent)
+            case wire.BucketCreated():
+                await self._origin.create_bucket(intent.bucket)
+                return Outcome("create_bucket", "created")
+            case wire.BucketDeleted():
+                return await self._delete_bucket(intent)
+        raise TypeError(f"not an intent: {type(intent).__name__}")
+
+    # -- KV ----------------------------------------------------------------------------------
+    async def _read(self, bucket: str, key: str) -> tuple[wire.Manifest, int] | None:
+        """The manifest of ``bucket/key`` and its KV revision; ``None`` if there is none."""
+        try:
+            entry = await self._kv.get(kvkeys.object_key(bucket, key))
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return wire.decode(entry.value, wire.Manifest), entry.revision
+
+    async def _current(
+        self, intent: wire.ObjectWritten | wire.ObjectDeleted
+    ) -> tuple[wire.Manifest, int] | None:
+        """The manifest if it is still this intent's version, else ``None``."""
+        found = await self._read(intent.bucket, intent.key)
+        if found is None or found[0].version != intent.version:
+            return None
+        return found
+
+    async def _announce(self, m: wire.Manifest, *, deleted: bool) -> None:
+        event = wire.ObjectClean(
+            id=new_event_id(),
+            at_ns=time.time_ns(),
+            bucket=m.bucket,
+            key=m.key,
+            version=m.version,
+            deleted=deleted,
+            origin_etag=m.origin_etag,
+        )
+        await self._nc.publish(
+            subjects.EVENTS_OBJECT_CLEAN, wire.encode(event), headers={"Nats-Msg-Id": event.id}
+        )
+
+    # -- put ---------------------------------------------------------------------------------
+    async def _put(self, intent: wire.ObjectWritten) -> Outcome:
+        written = 0
+        etag: str | None = None  # the origin's ETag once this version is uploaded
+        for _ in range(_MAX_ROUNDS):
+            found = await self._current(intent)
+            if found is None or found[0].deleted:
+                return Outcome("put", "superseded", written)
+            m, revision = found
+            if m.state == "clean":
+                await self._announce(m, deleted=False)  # the first announcement may be lost
+                return Outcome("put", "already_clean", written)
+            if etag is None:
+                try:
+                    etag = await self._upload(intent, m)
+                except Superseded:
+                    continue  # look again: superseded, or finished by another replica
+                written += m.size
+            clean = _cleaned(m, etag)
+            if await self._mark_clean(intent, clean, revision):
+                await self._announce(clean, deleted=False)
+                return Outcome("put", "written", written)
+            # the manifest changed since we read it: the next round looks again; if it is
+            # still this dirty version (e.g. its nodes changed), it is marked clean over the
+            # new revision without uploading again (a version's bytes never change)
+        raise errors.ServiceUnavailable(
+            f"manifest of {intent.bucket}/{intent.key} kept changing under the write",
+            retry_after_s=1,
+        )
+
+    async def _upload(self, intent: wire.ObjectWritten, m: wire.Manifest) -> str:
+        async def fence() -> None:
+            now = await self._current(intent)
+            if now is None or now[0].state != "dirty" or now[0].deleted:
+                raise Superseded(f"{intent.bucket}/{intent.key} {intent.version}")
+
+        body = ObjectBody(
+            self._nc,
+            m,
+            window_frames=self._window,
+            timeout_s=self._chunk_timeout,
+            prefetch=self._prefetch,
+            before_last=fence,
+        )
+        try:
+            return await self._origin.put_object(
+                m.bucket,
+                m.key,
+                aiter(body),
+                size=m.size,
+                content_type=m.content_type,
+                metadata=dict(m.metadata),
+                headers=dict(m.headers),
+                etag=m.etag,
+            )
+        except Superseded:
+            raise
+        except BaseException as exc:
+            # an origin that wraps the body's errors must not hide a fence
+            if isinstance(exc.__cause__, Superseded) or isinstance(exc.__context__, Superseded):
+                raise Superseded(str(exc)) from exc
+            raise
+
+    async def _mark_clean(
+        self, intent: wire.ObjectWritten, clean: wire.Manifest, revision: int
+    ) -> bool:
+        """CAS the clean manifest over ``revision``; ``False`` if the entry moved on."""
+        kv_key = kvkeys.object_key(intent.bucket, intent.key)
+        try:
+            await self._kv.update(kv_key, wire.encode(clean), last=revision)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
+    # -- delete ------------------------------------------------------------------------------
+    async def _delete(self, intent: wire.ObjectDeleted) -> Outcome:
+        found = await self._read(intent.bucket, intent.key)
+        if found is None:
+            # the tombstone is gone: we (or a replica) applied it; announce again in case
+            # the first announcement was lost between the KV delete and the publish
+            await self._announce(_tombstone(intent), deleted=True)
+            return Outcome("delete", "already_clean")
+        m, revision = found
+        if m.version != intent.version or not m.deleted:
+            return Outcome("delete", "superseded")
+        await self._origin.delete_object(m.bucket, m.key)
+        try:
+            await self._kv.delete(kvkeys.object_key(m.bucket, m.key), last=revision)
+        except APIError as exc:
+            if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                raise
+            # a newer version was written meanwhile; its own intent follows
+            return Outcome("delete", "superseded")
+        await self._announce(m, deleted=True)
+        return Outcome("delete", "deleted")
+
+    # -- buckets -----------------------------------------------------------------------------
+    async def _delete_bucket(self, intent: wire.BucketDeleted) -> Outcome:
+        """Delete the bucket in the origin, then its tombstone in KV ``buckets`` (CAS).
+
+        A bucket re-created since (its record is live again) is not deleted: its
+        ``BucketCreated`` follows in this partition, and objects put into it meanwhile may
+        already be in the origin, which would make the delete fail forever.
+
+        Raises:
+            BucketNotEmpty: object deletes in other partitions are not applied yet (retried).
+        """
+        found = await self._bucket_record(intent.bucket)
+        if found is not None and not found[0].deleted:
+            return Outcome("delete_bucket", "superseded")
+        await self._origin.delete_bucket(intent.bucket)
+        if found is not None:
+            try:
+                await self._buckets.delete(intent.bucket, last=found[1])
+            except APIError as exc:
+                if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                    raise
+                # re-created meanwhile: its BucketCreated follows and creates it again
+        return Outcome("delete_bucket", "deleted")
+
+    async def _bucket_record(self, bucket: str) -> tuple[wire.BucketRecord, int] | None:
+        """The bucket's KV record (maybe a tombstone) and revision; ``None`` if none."""
+        try:
+            entry = await self._buckets.get(bucket)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return wire.decode(entry.value, wire.BucketRecord), entry.revision
+
+
+def _cleaned(m: wire.Manifest, origin_etag: str) -> wire.Manifest:
+    return msgspec.structs.replace(
+        m, state="clean", origin_etag=origin_etag, validated_at=time.time()
+    )
+
+
+def _tombstone(intent: wire.ObjectDeleted) -> wire.Manifest:
+    return wire.Manifest(
+        bucket=intent.bucket,
+        key=intent.key,
+        version=intent.version,
+        size=0,
+        etag="",
+        last_modified=0.0,
+        deleted=True,
+    )
