@@ -27,6 +27,7 @@ import botocore.config
 import botocore.exceptions
 import httpx
 import nats
+import nats.errors
 import pytest
 import pytest_asyncio
 import uvicorn
@@ -360,7 +361,12 @@ async def gateway(private_nats: NatsServer, tmp_path_factory) -> AsyncIterator[G
             "nats": {"url": private_nats.url, "request_timeout_s": 1.0},
         },
     )
-    await nc.request("s3.listbuckets", wire.encode(wire.ListBuckets()))  # opens the reply mux
+    for _ in range(100):  # opens the reply mux, once the stand-in node's interest has propagated
+        try:
+            await nc.request("s3.listbuckets", wire.encode(wire.ListBuckets()))
+            break
+        except nats.errors.NoRespondersError:
+            await asyncio.sleep(0.02)
     port = free_port()
     app = create_app(config, nc)
     server = uvicorn.Server(

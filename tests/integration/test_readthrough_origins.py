@@ -206,10 +206,11 @@ async def test_eviction_keeps_dirty_chunks_and_refills_clean_ones(small_node) ->
     await client.put_object(wire.PutObject(bucket=bucket, key="dirty", size=len(dirty)), _one(dirty))
     cold = os.urandom(10 * CHUNK)
     await _seed(node, bucket, "cold", cold)
+    evictions = node.store.stats.evictions
     assert (await client.get_object_bytes(bucket, "cold"))[1] == cold
-    evicted = await node.store.evict()
+    await node.store.evict()  # the node's own eviction loop may have been first: count both
     stats = node.store.stats
-    assert evicted and stats.evictions >= len(evicted)
+    assert stats.evictions > evictions
     assert stats.used_bytes <= 0.5 * 8 * CHUNK or stats.used_bytes == stats.dirty_bytes
     assert stats.dirty_bytes == 3 * CHUNK  # the un-written-back PUT is pinned
     assert (await client.get_object_bytes(bucket, "dirty"))[1] == dirty
