@@ -6,6 +6,7 @@ Every service calls :func:`ensure_state` at start, so any one of them can come u
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from nats.js.api import (
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
-__all__ = ["State", "ensure_state"]
+__all__ = ["State", "current_values", "ensure_state"]
 
 
 class State:
@@ -90,3 +91,17 @@ async def ensure_state(
             ),
         )
     return State(js, buckets, objects, uploads, nodes)
+
+
+async def current_values(kv: KeyValue, key_filter: str) -> AsyncIterator[bytes]:
+    """The current value of every key of ``kv`` matching ``key_filter`` (NATS subject
+    wildcards), read in one pass from the stream (deleted keys are skipped)."""
+    watcher = await kv.watch(key_filter, ignore_deletes=True)
+    try:
+        async for entry in watcher:
+            if entry is None:  # the initial values are all delivered
+                return
+            if entry.value:
+                yield entry.value
+    finally:
+        await watcher.stop()

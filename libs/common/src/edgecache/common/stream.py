@@ -99,6 +99,13 @@ async def open_request(
     raise AssertionError("unreachable")
 
 
+async def _unsubscribe(sub: Subscription) -> None:
+    try:
+        await sub.unsubscribe()
+    except Exception:  # noqa: BLE001 - the connection is already closed: nothing to release
+        pass
+
+
 def is_frame(msg: Msg) -> bool:
     """Whether ``msg`` is a data frame (as opposed to a JSON control message)."""
     return bool(msg.headers) and HDR_SEQ in msg.headers
@@ -254,10 +261,7 @@ class DownloadSender:
     async def close(self) -> None:
         """Release the credit subscription."""
         if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - connection already closed
-                pass
+            await _unsubscribe(self._sub)
             self._sub = None
 
 
@@ -328,10 +332,7 @@ class UploadReceiver:
     async def close(self) -> None:
         """Release the data subscription."""
         if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - connection already closed
-                pass
+            await _unsubscribe(self._sub)
             self._sub = None
 
 
@@ -363,7 +364,7 @@ async def download(
         reply = read_control(first)
         credit_subject = (first.headers or {}).get(HDR_STREAM, "")
     except BaseException:
-        await sub.unsubscribe()
+        await _unsubscribe(sub)
         raise
     return reply, _DownloadBody(nc, sub, credit_subject, window=window, timeout_s=timeout_s)
 
@@ -420,10 +421,7 @@ class _DownloadBody:
         self._closed = True
         if cancel and self._credit_subject:
             await send_error(self._nc, self._credit_subject, errors.RequestTimeout("reader went away"))
-        try:
-            await self._sub.unsubscribe()
-        except Exception:  # noqa: BLE001 - connection already closed
-            pass
+        await _unsubscribe(self._sub)
 
     async def aclose(self) -> None:
         """Stop early: tell the sender, release the inbox. Idempotent."""
@@ -497,7 +495,4 @@ async def upload(
             await send_error(nc, data_subject, exc)
         raise
     finally:
-        try:
-            await sub.unsubscribe()
-        except Exception:  # noqa: BLE001 - connection already closed
-            pass
+        await _unsubscribe(sub)

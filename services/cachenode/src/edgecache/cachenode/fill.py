@@ -292,16 +292,34 @@ def chunk_spans(chunks: list[wire.ChunkRef], first: int, last: int) -> list[tupl
     return spans
 
 
+class _PeerFailed(Exception):
+    """A peer could not serve a chunk before sending any byte of it: try another source."""
+
+
 async def _from_peer(node: CacheNode, peer: str, request: wire.ChunkGet) -> AsyncIterator[bytes]:
-    _, body = await stream.download(
-        node.nc,
-        subjects.chunk_get(peer),
-        request,
-        window=node.config.cachenode.window_frames,
-        timeout_s=node.config.nats.request_timeout_s,
-    )
-    async for piece in body:
-        yield piece
+    """The bytes ``peer`` sends for ``request``.
+
+    Raises:
+        _PeerFailed: it failed before the first byte (the caller may try elsewhere).
+        S3Error: it failed after some bytes (too late to switch sources).
+    """
+    got = 0
+    try:
+        _, body = await stream.download(
+            node.nc,
+            subjects.chunk_get(peer),
+            request,
+            window=node.config.cachenode.window_frames,
+            timeout_s=node.config.nats.request_timeout_s,
+        )
+        async for piece in body:
+            got += len(piece)
+            yield piece
+    except errors.S3Error as exc:
+        if got:
+            raise
+        log.warning("chunk.peer_read_failed", chunk=request.chunk_id, peer=peer, error=exc.code)
+        raise _PeerFailed(peer) from exc
 
 
 async def read_chunk_span(
@@ -324,37 +342,24 @@ async def read_chunk_span(
             return
         except (ChunkMissing, ChunkCorrupt):
             pass
-        for holder in [n for n in (chunk.nodes or manifest.nodes) if n != node.node_id]:
-            got = 0
-            try:
-                async for piece in _from_peer(node, holder, wire.ChunkGet(chunk_id=chunk.id, first=first, last=last)):
-                    got += len(piece)
-                    yield piece
-                node.counters.hits += 1
-                return
-            except errors.S3Error as exc:
-                if got:
-                    raise
-                log.warning("chunk.peer_read_failed", chunk=chunk.id, peer=holder, error=exc.code)
-        if manifest.state == "dirty":
-            raise ChunkMissing(chunk.id)
+        plain = wire.ChunkGet(chunk_id=chunk.id, first=first, last=last)
+        sources = [(n, plain) for n in (chunk.nodes or manifest.nodes) if n != node.node_id]
         owner = placement.owner(manifest.bucket, manifest.key, node.live.ids())
-        if not local_only and owner and owner != node.node_id:
-            request = wire.ChunkGet(
+        if manifest.state == "clean" and not local_only and owner and owner != node.node_id:
+            sources.append((owner, wire.ChunkGet(
                 chunk_id=chunk.id, first=first, last=last, bucket=manifest.bucket,
                 key=manifest.key, version=manifest.version, index=index, prefetch=prefetch,
-            )
-            got = 0
+            )))
+        for peer, request in sources:
             try:
-                async for piece in _from_peer(node, owner, request):
-                    got += len(piece)
+                async for piece in _from_peer(node, peer, request):
                     yield piece
                 node.counters.hits += 1
                 return
-            except errors.S3Error as exc:
-                if got:
-                    raise
-                log.warning("chunk.owner_read_failed", chunk=chunk.id, owner=owner, error=exc.code)
+            except _PeerFailed:
+                continue
+        if manifest.state == "dirty":
+            raise ChunkMissing(chunk.id)
         fill = node.filler.start(manifest, index)
     node.counters.misses += 1
     node.filler.prefetch(manifest, list(range(index + 1, min(len(manifest.chunks), index + 1 + prefetch))))

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from edgecache.common import errors, kvkeys, wire
+from edgecache.common.jetstream import current_values
 
 if TYPE_CHECKING:
     from edgecache.cachenode.node import CacheNode
@@ -42,18 +43,10 @@ def _utf8(key: str) -> bytes:
 async def _overlay(node: CacheNode, bucket: str, prefix: str, after: str) -> list[wire.Manifest]:
     """Dirty manifests of ``bucket`` under ``prefix`` sorting after ``after``, in key order."""
     found: list[wire.Manifest] = []
-    watcher = await node.state.objects.watch(kvkeys.bucket_filter(bucket), ignore_deletes=True)
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            if entry.value is None:
-                continue
-            m = wire.decode(entry.value, wire.Manifest)
-            if m.state == "dirty" and m.key.startswith(prefix) and _utf8(m.key) > _utf8(after):
-                found.append(m)
-    finally:
-        await watcher.stop()
+    async for value in current_values(node.state.objects, kvkeys.bucket_filter(bucket)):
+        m = wire.decode(value, wire.Manifest)
+        if m.state == "dirty" and m.key.startswith(prefix) and _utf8(m.key) > _utf8(after):
+            found.append(m)
     found.sort(key=lambda m: _utf8(m.key))
     return found
 

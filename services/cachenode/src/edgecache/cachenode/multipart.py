@@ -18,6 +18,7 @@ from nats.js.errors import KeyNotFoundError
 from edgecache.cachenode import objects
 from edgecache.cachenode.node import Answered, CacheNode, new_id, now
 from edgecache.common import errors, kvkeys, wire
+from edgecache.common.jetstream import current_values
 from edgecache.common.names import validate_key
 
 if TYPE_CHECKING:
@@ -49,16 +50,9 @@ async def _upload(node: CacheNode, bucket: str, key: str, upload_id: str) -> wir
 
 async def _parts(node: CacheNode, upload_id: str) -> dict[int, wire.PartRecord]:
     parts: dict[int, wire.PartRecord] = {}
-    watcher = await node.state.uploads.watch(kvkeys.part_filter(upload_id), ignore_deletes=True)
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            if entry.value:
-                part = wire.decode(entry.value, wire.PartRecord)
-                parts[part.part_number] = part
-    finally:
-        await watcher.stop()
+    async for value in current_values(node.state.uploads, kvkeys.part_filter(upload_id)):
+        part = wire.decode(value, wire.PartRecord)
+        parts[part.part_number] = part
     return parts
 
 

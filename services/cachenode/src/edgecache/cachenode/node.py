@@ -16,6 +16,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from edgecache.common import errors, kvkeys, subjects, wire
+from edgecache.common.jetstream import current_values
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
@@ -147,25 +148,17 @@ class CacheNode:
         """Re-publish the intent of every dirty manifest this node holds chunks of (or any
         dirty tombstone), de-duplicated by id in ``WRITEBACK``. Returns how many."""
         count = 0
-        watcher = await self.state.objects.watch(">", ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value is None:
-                    continue
-                m = wire.decode(entry.value, wire.Manifest)
-                if m.state != "dirty" or (m.nodes and self.node_id not in m.nodes):
-                    continue
-                intent_type = wire.ObjectDeleted if m.deleted else wire.ObjectWritten
-                await self.publish_intent(
-                    intent_type(id=m.version, at_ns=time.time_ns(), bucket=m.bucket, key=m.key, version=m.version),
-                    m.bucket,
-                    m.key,
-                )
-                count += 1
-        finally:
-            await watcher.stop()
+        async for value in current_values(self.state.objects, ">"):
+            m = wire.decode(value, wire.Manifest)
+            if m.state != "dirty" or (m.nodes and self.node_id not in m.nodes):
+                continue
+            intent_type = wire.ObjectDeleted if m.deleted else wire.ObjectWritten
+            await self.publish_intent(
+                intent_type(id=m.version, at_ns=time.time_ns(), bucket=m.bucket, key=m.key, version=m.version),
+                m.bucket,
+                m.key,
+            )
+            count += 1
         return count
 
     # -- buckets -----------------------------------------------------------------------------
