@@ -794,3 +794,28 @@ async def _async_call(aw: Awaitable, pred: Callable) -> bool:  # type: ignore[ty
 
 async def _aiter(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def test_uploads_at_once_are_bounded_by_max_uploads(conn, state, store, cluster) -> None:
+    """Memory is bounded by configuration: however many partitions have work, at most
+    ``max_uploads`` origin uploads (each buffering up to a part) run at once."""
+    running_now, peak = 0, 0
+
+    async def stall() -> None:
+        nonlocal running_now, peak
+        running_now += 1
+        peak = max(peak, running_now)
+        await asyncio.sleep(0.2)
+
+    async def done() -> None:
+        nonlocal running_now
+        running_now -= 1
+
+    store.before_put, store.after_put = stall, done
+    manifests = [await cluster.put("photos", f"k{i}", os.urandom(1000)) for i in range(8)]
+    assert len({subjects.writeback_partition("photos", m.key) for m in manifests}) > 2
+    config = msgspec.structs.replace(FAST, max_uploads=2)
+    async with running(conn, state, store, config):
+        for m in manifests:
+            await eventually(lambda m=m: is_clean(cluster, m))
+    assert peak == 2

@@ -71,6 +71,9 @@ class CacheNodeConfig(msgspec.Struct, **_OPTS):
 
 class WritebackConfig(msgspec.Struct, **_OPTS):
     ack_wait_s: float = 60.0  # JetStream redelivers an intent not acked (or in progress) by then
+    # origin uploads at once per replica; each holds at most one single-PUT buffer
+    # (origin.multipart_threshold_bytes) or a few part buffers (origin.part_bytes)
+    max_uploads: int = 2
     backoff_base_s: float = 0.5  # retry delay: base * 2**attempt, capped, with full jitter
     backoff_max_s: float = 30.0
 
@@ -85,8 +88,8 @@ class OriginConfig(msgspec.Struct, **_OPTS):
     endpoint_url: str = ""  # s3: for S3-compatible origins; empty: AWS
     region: str = ""  # s3: empty: from the AWS chain
     connection_string: str = ""  # azure: empty: AZURE_STORAGE_CONNECTION_STRING
-    multipart_threshold_bytes: int = 64 * MiB  # writeback uploads larger objects in parts
-    part_bytes: int = 16 * MiB
+    multipart_threshold_bytes: int = 16 * MiB  # writeback uploads larger objects in parts
+    part_bytes: int = 8 * MiB
     timeout_s: float = 30.0
 
 

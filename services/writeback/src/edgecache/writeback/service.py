@@ -126,6 +126,7 @@ class WritebackService:
             window_frames=window_frames,
             chunk_timeout_s=chunk_timeout_s,
             prefetch=prefetch,
+            max_uploads=config.max_uploads,
         )
         self.stats = WritebackStats()
         self._stopping = asyncio.Event()

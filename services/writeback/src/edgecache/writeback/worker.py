@@ -23,6 +23,7 @@ Errors propagate to the caller (:mod:`.service`), which retries the intent later
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from dataclasses import dataclass
@@ -103,6 +104,8 @@ class IntentApplier:
         window_frames: download credit per chunk stream, in frames.
         chunk_timeout_s: wait for a cache node's answer or next frame, seconds.
         prefetch: open the next chunk's stream while the origin consumes the current one.
+        max_uploads: origin uploads at once (each buffers up to a part or a small object):
+            bounds this replica's memory whatever the number of partitions.
     """
 
     def __init__(
@@ -115,8 +118,10 @@ class IntentApplier:
         window_frames: int = 8,
         chunk_timeout_s: float = 30.0,
         prefetch: bool = True,
+        max_uploads: int = 2,
     ) -> None:
         self._nc = nc
+        self._uploads = asyncio.Semaphore(max_uploads)
         self._kv = objects
         self._buckets = buckets
         self._origin = origin
@@ -224,16 +229,17 @@ class IntentApplier:
             before_last=fence,
         )
         try:
-            return await self._origin.put_object(
-                m.bucket,
-                m.key,
-                aiter(body),
-                size=m.size,
-                content_type=m.content_type,
-                metadata=dict(m.metadata),
-                headers=dict(m.headers),
-                etag=m.etag,
-            )
+            async with self._uploads:
+                return await self._origin.put_object(
+                    m.bucket,
+                    m.key,
+                    aiter(body),
+                    size=m.size,
+                    content_type=m.content_type,
+                    metadata=dict(m.metadata),
+                    headers=dict(m.headers),
+                    etag=m.etag,
+                )
         except Superseded:
             raise
         except BaseException as exc:
