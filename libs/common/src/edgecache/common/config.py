@@ -62,7 +62,8 @@ class CacheNodeConfig(msgspec.Struct, **_OPTS):
     high_watermark: float = 0.90  # evict above this fraction of capacity_bytes ...
     low_watermark: float = 0.80  # ... down to this one
     heartbeat_s: float = 2.0
-    fill_concurrency: int = 4  # parallel ranged GETs per fill
+    fill_concurrency: int = 4  # parallel ranged GETs per object being filled
+    fill_run_bytes: int = 32 * MiB  # one ranged GET fills up to this many bytes of consecutive chunks
     revalidate_after_s: float = 60.0  # a clean cached object is checked against the origin after this
     stale_if_error: bool = True  # serve a cached object when the origin is unreachable
     window_frames: int = 8  # frames in flight per upload stream

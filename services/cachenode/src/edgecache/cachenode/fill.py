@@ -200,59 +200,92 @@ class ChunkFill:
 
 
 class Filler:
-    """This node's fills, one at a time per chunk; at most ``slots`` origin GETs at once."""
+    """This node's fills: one at a time per chunk, at most ``slots`` origin GETs at once.
 
-    def __init__(self, node: CacheNode, *, slots: int) -> None:
+    A fill is a **run**: one ranged GET covering a chunk and the consecutive chunks after it
+    that are neither here nor being filled, up to ``run_bytes`` and never past the last
+    chunk the reader asked for. Fewer, larger origin requests cost less (per-request
+    latency and billing), and each run still buffers at most the chunk it is writing.
+    """
+
+    def __init__(self, node: CacheNode, *, slots: int, run_bytes: int) -> None:
         self._node = node
         self._slots = asyncio.Semaphore(slots)
+        self._run_bytes = run_bytes
         self.active: dict[str, ChunkFill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, manifest: wire.Manifest, index: int) -> ChunkFill:
-        """The fill of chunk ``index`` of ``manifest``: the running one, or a new one."""
+    def _idle(self, chunk: wire.ChunkRef) -> bool:
+        return chunk.id not in self.active and not self._node.store.has(chunk.id)
+
+    def start(self, manifest: wire.Manifest, index: int, *, until: int) -> ChunkFill:
+        """The fill of chunk ``index``: the running one, or a new run from ``index`` that
+        may take in idle chunks up to ``until`` (inclusive)."""
         chunk = manifest.chunks[index]
         fill = self.active.get(chunk.id)
-        if fill is None:
-            fill = self.active[chunk.id] = ChunkFill(chunk.id, chunk.size)
-            task = asyncio.ensure_future(self._run(manifest, index, fill))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return fill
+        if fill is not None:
+            return fill
+        run, size = [index], chunk.size
+        for j in range(index + 1, min(until, len(manifest.chunks) - 1) + 1):
+            nxt = manifest.chunks[j]
+            if size + nxt.size > self._run_bytes or not self._idle(nxt):
+                break
+            run.append(j)
+            size += nxt.size
+        fills = [ChunkFill(manifest.chunks[j].id, manifest.chunks[j].size) for j in run]
+        for f in fills:
+            self.active[f.chunk_id] = f
+        task = asyncio.ensure_future(self._run(manifest, run[0], fills))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fills[0]
 
-    def prefetch(self, manifest: wire.Manifest, indexes: list[int]) -> None:
-        """Start filling the chunks at ``indexes`` that are neither here nor being filled."""
+    def prefetch(self, manifest: wire.Manifest, indexes: list[int], *, until: int) -> None:
+        """Start filling the idle chunks among ``indexes`` (runs end at ``until``)."""
         for i in indexes:
-            chunk = manifest.chunks[i]
-            if chunk.id not in self.active and not self._node.store.has(chunk.id):
-                self.start(manifest, i)
+            if self._idle(manifest.chunks[i]):
+                self.start(manifest, i, until=until)
 
-    async def _run(self, manifest: wire.Manifest, index: int, fill: ChunkFill) -> None:
+    async def _run(self, manifest: wire.Manifest, index: int, fills: list[ChunkFill]) -> None:
         node = self._node
-        chunk = manifest.chunks[index]
         first = sum(c.size for c in manifest.chunks[:index])
+        last = first + sum(f.size for f in fills) - 1
         started = time.perf_counter()
+        current = 0  # the fill being written
+        writer = None
         try:
             async with self._slots:
                 node.counters.fills += 1  # one ranged GET of the origin
-                async with node.store.writer(chunk.id, dirty=False) as writer:
-                    async for piece in node.origin.get_range(
-                        manifest.bucket,
-                        manifest.key,
-                        first,
-                        first + chunk.size - 1,
-                        if_match=manifest.origin_etag or None,
-                    ):
-                        await writer.write(piece)
-                        await fill.add(piece)
-                    if fill.received != chunk.size:
-                        raise errors.ServiceUnavailable(
-                            f"origin sent {fill.received} of {chunk.size} bytes", retry_after_s=1
-                        )
-                    await writer.commit()
-            node.counters.fill_bytes += chunk.size
-            log.debug("fill", chunk=chunk.id, bytes=chunk.size, ms=round((time.perf_counter() - started) * 1000, 1))
-            await fill.finish()
+                writer = node.store.writer(fills[0].chunk_id, dirty=False)
+                async for piece in node.origin.get_range(
+                    manifest.bucket, manifest.key, first, last, if_match=manifest.origin_etag or None
+                ):
+                    view = memoryview(piece)
+                    while view:
+                        if writer is None:
+                            raise errors.ServiceUnavailable("origin sent more bytes than asked", retry_after_s=1)
+                        fill = fills[current]
+                        room = fill.size - fill.received
+                        part = piece if len(view) == len(piece) and len(piece) <= room else bytes(view[:room])
+                        view = view[len(part) :]
+                        await writer.write(part)
+                        await fill.add(part)
+                        if fill.received == fill.size:
+                            await writer.commit()
+                            node.counters.fill_bytes += fill.size
+                            self.active.pop(fill.chunk_id, None)
+                            await fill.finish()
+                            current += 1
+                            writer = node.store.writer(fills[current].chunk_id, dirty=False) if current < len(fills) else None
+                if current < len(fills):
+                    raise errors.ServiceUnavailable(
+                        f"origin sent {fills[current].received} of {fills[current].size} bytes of {fills[current].chunk_id}",
+                        retry_after_s=1,
+                    )
+            log.debug("fill", chunks=len(fills), bytes=last - first + 1, ms=round((time.perf_counter() - started) * 1000, 1))
         except BaseException as exc:
+            if writer is not None:
+                await writer.abort()
             if isinstance(exc, errors.PreconditionFailed):
                 # the origin's object changed under us: forget this version
                 with contextlib.suppress(Exception):
@@ -262,12 +295,16 @@ class Filler:
                             kvkeys.object_key(manifest.bucket, manifest.key), last=found[1]
                         )
                 exc = errors.ServiceUnavailable("the object changed in the origin; retry", retry_after_s=1)
-            log.warning("fill.failed", chunk=chunk.id, error=repr(exc))
-            await fill.finish(exc if isinstance(exc, Exception) else errors.InternalError("fill cancelled"))
+            log.warning("fill.failed", chunk=fills[current].chunk_id if current < len(fills) else None, error=repr(exc))
+            error = exc if isinstance(exc, Exception) else errors.InternalError("fill cancelled")
+            for fill in fills[current:]:
+                await fill.finish(error)
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self.active.pop(chunk.id, None)
+            for fill in fills:
+                if self.active.get(fill.chunk_id) is fill:
+                    del self.active[fill.chunk_id]
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -323,10 +360,19 @@ async def _from_peer(node: CacheNode, peer: str, request: wire.ChunkGet) -> Asyn
 
 
 async def read_chunk_span(
-    node: CacheNode, manifest: wire.Manifest, index: int, first: int, last: int, *, prefetch: int = 0, local_only: bool = False
+    node: CacheNode,
+    manifest: wire.Manifest,
+    index: int,
+    first: int,
+    last: int,
+    *,
+    prefetch: int = 0,
+    local_only: bool = False,
 ) -> AsyncIterator[bytes]:
     """Bytes ``first..last`` (inclusive) of chunk ``index`` of ``manifest``, from the best
-    source (see the module docstring). ``local_only``: do not ask the owner (we are it).
+    source (see the module docstring). ``prefetch``: how many chunks after this one the
+    reader will want (fills may take them in); ``local_only``: do not ask the owner (we
+    are it).
 
     Raises:
         ChunkMissing: a dirty chunk is on no reachable node (it cannot come from the origin).
@@ -360,11 +406,24 @@ async def read_chunk_span(
                 continue
         if manifest.state == "dirty":
             raise ChunkMissing(chunk.id)
-        fill = node.filler.start(manifest, index)
+        fill = node.filler.start(manifest, index, until=index + prefetch)
     node.counters.misses += 1
-    node.filler.prefetch(manifest, list(range(index + 1, min(len(manifest.chunks), index + 1 + prefetch))))
+    node.filler.prefetch(manifest, _ahead(node, manifest, index, prefetch), until=index + prefetch)
     async for piece in fill.follow(first, last):
         yield piece
+
+
+def _ahead(node: CacheNode, manifest: wire.Manifest, index: int, wanted: int) -> list[int]:
+    """The chunks after ``index`` (of the ``wanted`` the reader still needs) whose fills
+    should start now: ``fill_concurrency`` runs' worth of bytes ahead, no more."""
+    budget = node.config.cachenode.fill_concurrency * node.config.cachenode.fill_run_bytes
+    out, total = [], 0
+    for j in range(index + 1, min(len(manifest.chunks), index + 1 + wanted)):
+        total += manifest.chunks[j].size
+        if total > budget:
+            break
+        out.append(j)
+    return out
 
 
 async def read(node: CacheNode, manifest: wire.Manifest, first: int, last: int) -> AsyncIterator[bytes]:
@@ -377,7 +436,6 @@ async def read(node: CacheNode, manifest: wire.Manifest, first: int, last: int) 
     spans = chunk_spans(manifest.chunks, first, last)
     last_index = spans[-1][0] if spans else -1
     for index, cfirst, clast in spans:
-        ahead = min(node.config.cachenode.fill_concurrency - 1, last_index - index)
-        async for piece in read_chunk_span(node, manifest, index, cfirst, clast, prefetch=ahead):
+        async for piece in read_chunk_span(node, manifest, index, cfirst, clast, prefetch=last_index - index):
             node.counters.bytes_out += len(piece)
             yield piece

@@ -93,7 +93,9 @@ class CacheNode:
         from edgecache.cachenode.fill import Filler
         from edgecache.cachenode.membership import LiveNodes
 
-        self.filler = Filler(self, slots=4 * self.config.cachenode.fill_concurrency)
+        self.filler = Filler(
+            self, slots=4 * self.config.cachenode.fill_concurrency, run_bytes=self.config.cachenode.fill_run_bytes
+        )
         self.live = LiveNodes(self.state.nodes, self.node_id, refresh_s=self.config.cachenode.heartbeat_s)
 
     @property
