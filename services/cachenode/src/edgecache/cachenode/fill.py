@@ -408,9 +408,13 @@ async def read_chunk_span(
             raise ChunkMissing(chunk.id)
         fill = node.filler.start(manifest, index, until=index + prefetch)
     node.counters.misses += 1
+    pieces = fill.follow(first, last)
+    head = await anext(pieces, None)  # the first byte first: prefetching competes with it at the origin
     node.filler.prefetch(manifest, _ahead(node, manifest, index, prefetch), until=index + prefetch)
-    async for piece in fill.follow(first, last):
-        yield piece
+    if head is not None:
+        yield head
+        async for piece in pieces:
+            yield piece
 
 
 def _ahead(node: CacheNode, manifest: wire.Manifest, index: int, wanted: int) -> list[int]:
