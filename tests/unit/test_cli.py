@@ -530,6 +530,36 @@ def test_up_runs_supervises_and_stops_the_stack(tmp_path: Path, fake_services: P
     assert code == 0, err
 
 
+def test_one_ctrl_c_delivered_twice_is_one_clean_stop(tmp_path: Path, fake_services: Path) -> None:
+    """Under `make up` a Ctrl-C reaches `up` from the terminal and again from `uv run`."""
+    up = _Up(tmp_path / "data", fake_services, free_port())
+    try:
+        up.process.send_signal(signal.SIGINT)
+        up.process.send_signal(signal.SIGINT)
+        _, err = up.process.communicate(timeout=60)
+    finally:
+        if up.process.poll() is None:
+            up.process.kill()
+    assert up.process.returncode == 0, err
+    assert "killing" not in err and "stopped" in err
+
+
+def test_a_second_ctrl_c_later_kills_at_once(tmp_path: Path, fake_services: Path) -> None:
+    up = _Up(tmp_path / "data", fake_services, free_port())
+    try:
+        for child in _children_of(up.process.pid):  # children that ignore SIGTERM
+            if "edgecache.federator" in Path(f"/proc/{child}/cmdline").read_text():
+                os.kill(child, signal.SIGSTOP)
+        up.process.send_signal(signal.SIGINT)
+        time.sleep(cli.SECOND_SIGNAL_AFTER_S + 0.3)
+        up.process.send_signal(signal.SIGINT)
+        _, err = up.process.communicate(timeout=8)  # well under the 10 s stop timeout
+    finally:
+        if up.process.poll() is None:
+            up.process.kill()
+    assert "asked to stop at once: killing it" in err
+
+
 def test_up_refuses_a_busy_port(tmp_path: Path, runner: CliRunner) -> None:
     import socket
 

@@ -58,6 +58,7 @@ CONFIG_FILE = "edgecache.toml"
 CREDENTIALS_FILE = "credentials"
 LOCK_FILE = "up.lock"
 READY_PREFIX = "edgecache is up:"
+SECOND_SIGNAL_AFTER_S = 1.0  # a signal this soon after the first is the same Ctrl-C
 
 
 def _fail(message: str) -> NoReturn:
@@ -530,10 +531,17 @@ def _run_up(
     logs = root / "logs"
     supervisor = Supervisor(plan.specs)
     stops = 0
+    first_stop_at = 0.0
 
     def on_signal(signum: int, frame: object) -> None:
-        nonlocal stops
-        stops += 1
+        # One Ctrl-C under `make up` arrives twice at once (from the terminal to the whole
+        # foreground group, and forwarded by `uv run`): only a second press counts.
+        nonlocal stops, first_stop_at
+        now = time.monotonic()
+        if not stops:
+            stops, first_stop_at = 1, now
+        elif now - first_stop_at >= SECOND_SIGNAL_AFTER_S:
+            stops += 1
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)

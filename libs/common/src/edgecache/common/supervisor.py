@@ -241,7 +241,8 @@ class Supervisor:
                 while process.poll() is None and self._clock() < deadline and not force():
                     time.sleep(0.02)
                 if process.poll() is None:
-                    self._say(f"{child.spec.name} did not stop within {timeout_s:.0f}s: killing it")
+                    why = "asked to stop at once" if force() else f"did not stop within {timeout_s:.0f}s"
+                    self._say(f"{child.spec.name} {why}: killing it")
                     process.kill()
                     process.wait()
             child.process = None
