@@ -24,6 +24,8 @@ UV_PREREQ := $(if $(UV_ON_PATH),,$(TOOLS)/uv/bin/uv)
 VENV_STAMP := .venv/.edgecache-synced
 AZURITE_STAMP := $(TOOLS)/node_modules/.azurite-$(AZURITE_VERSION)
 AWS := $(TOOLS)/awscli/bin/aws
+S3CMD := $(TOOLS)/s3cmd/bin/s3cmd
+RCLONE_STAMP := $(TOOLS)/.rclone
 PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
 .PHONY: help deps up test lint
@@ -31,7 +33,7 @@ PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproje
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
 
-deps: $(VENV_STAMP) $(AZURITE_STAMP) $(AWS)  ## install uv, the workspace, Azurite and the AWS CLI
+deps: $(VENV_STAMP) $(AZURITE_STAMP) $(AWS) $(S3CMD) $(RCLONE_STAMP)  ## install uv, the workspace, Azurite and the S3 clients the tests drive
 
 up: deps  ## run the whole stack in the foreground (ARGS: flags for edgecache up)
 	$(UV) run --no-sync edgecache up $(ARGS)
@@ -62,3 +64,16 @@ $(AZURITE_STAMP):
 $(AWS): | $(UV_PREREQ)
 	$(UV) venv --quiet --clear --python 3.11 $(TOOLS)/awscli
 	$(UV) pip install --quiet --python $(TOOLS)/awscli/bin/python awscli
+
+# s3cmd from PyPI, in its own venv like the AWS CLI.
+$(S3CMD): | $(UV_PREREQ)
+	$(UV) venv --quiet --clear --python 3.11 $(TOOLS)/s3cmd
+	$(UV) pip install --quiet --python $(TOOLS)/s3cmd/bin/python s3cmd
+
+# rclone is Debian's (there is no PyPI or npm package of it); installing it needs root.
+$(RCLONE_STAMP):
+	@command -v rclone >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone; \
+	  else echo "rclone is missing: apt-get install rclone (as root)" >&2; exit 1; fi; }
+	@mkdir -p $(TOOLS) && touch $@
