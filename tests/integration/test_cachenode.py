@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -206,3 +207,17 @@ async def test_deleted_bucket_stays_deleted_while_the_origin_still_has_it(client
     assert bucket_name not in [b.name for b in (await client.request(wire.ListBuckets())).buckets]
     await client.request(wire.CreateBucket(bucket=bucket_name))
     await client.request(wire.HeadBucket(bucket=bucket_name))
+
+
+async def test_the_callers_request_id_reaches_the_nodes_log_line(client: EdgecacheClient, bucket_name: str) -> None:
+    import structlog
+
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        with structlog.contextvars.bound_contextvars(request_id="REQ-0123456789"):
+            await client.request(wire.CreateBucket(bucket=bucket_name))
+        for _ in range(50):  # the node logs its line right after answering
+            if any(e.get("event") == "request" and e.get("bucket") == bucket_name for e in logs):
+                break
+            await asyncio.sleep(0.02)
+    lines = [e for e in logs if e.get("event") == "request" and e.get("bucket") == bucket_name]
+    assert lines and lines[0]["request_id"] == "REQ-0123456789"

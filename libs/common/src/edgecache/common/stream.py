@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import msgspec
+import structlog
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from edgecache.common import errors, wire
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HDR_CREDIT",
+    "HDR_REQUEST_ID",
     "HDR_SEQ",
     "HDR_STREAM",
     "DownloadSender",
@@ -58,6 +60,7 @@ __all__ = [
 HDR_SEQ = "Ec-Seq"
 HDR_CREDIT = "Ec-Credit"
 HDR_STREAM = "Ec-Stream"
+HDR_REQUEST_ID = "Ec-Request-Id"  # optional: the caller's request id, for the node's log lines
 HEADER_ROOM = 256  # bytes kept free for NATS headers ("NATS/1.0\r\nEc-Seq: …\r\n\r\n")
 _MAX_WINDOW = 64
 
@@ -80,6 +83,9 @@ async def open_request(
 ) -> Msg:
     """Publish a request and return the first message of its answer.
 
+    The request carries the caller's ``request_id`` (structlog context) as
+    ``Ec-Request-Id``, so the serving node's log lines share it.
+
     NATS answers "no responders" at once when no node is subscribed (one may be starting
     or restarting): the request is sent again after short pauses (1 s in all) before that
     answer is returned as it is.
@@ -87,6 +93,9 @@ async def open_request(
     Raises:
         ServiceUnavailable: nothing answered within ``timeout_s``.
     """
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    if request_id:
+        headers = {**(headers or {}), HDR_REQUEST_ID: str(request_id)}
     for pause in (*NO_RESPONDER_RETRIES_S, None):
         await nc.publish(subject, payload, reply=reply, headers=headers)
         try:

@@ -138,8 +138,10 @@ class _Tasks:
 
     async def _run(self, handler: Callable[[Msg], Awaitable[None]], msg: Msg) -> None:
         try:
-            with structlog.contextvars.bound_contextvars(request_id=(msg.headers or {}).get("Ec-Request-Id")):
+            with structlog.contextvars.bound_contextvars(request_id=(msg.headers or {}).get(stream.HDR_REQUEST_ID)):
                 await handler(msg)
+        except Exception:  # dispatch answers its own errors; this is an event or chunk handler
+            log.exception("handler.failed", subject=msg.subject)
         finally:
             self._slots.release()
 
