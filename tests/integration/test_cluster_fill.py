@@ -9,7 +9,7 @@ import secrets
 import time
 from contextlib import AsyncExitStack
 
-from edgecache.common import placement, wire
+from edgecache.common import placement, subjects, wire
 from edgecache.common.client import EdgecacheClient
 
 MiB = 1024 * 1024
@@ -62,3 +62,57 @@ async def test_cold_object_is_filled_once_across_two_nodes(make_config, nc, tmp_
 
         body = b"".join([p async for p in fill.read(other, manifest[0], 0, len(data) - 1)])
         assert body == data and owner.counters.fills == fills
+        await _forget(nc, nodes)
+
+
+async def _forget(nc, nodes) -> None:
+    """Take the test's nodes out of the session-wide KV ``nodes`` (as their TTL would)."""
+    kv = await nc.jetstream().key_value(subjects.KV_NODES)
+    for node in nodes:
+        await kv.delete(node.node_id)
+
+
+async def test_an_acknowledged_write_survives_the_node_that_took_it(make_config, nc, tmp_path) -> None:
+    from edgecache.cachenode.service import start_node
+
+    stacks = {name: AsyncExitStack() for name in ("a", "b")}
+    nodes = {}
+    try:
+        for name, stack in stacks.items():
+            config = make_config(cachenode={"chunk_bytes": MiB, "replicas": 2, "node_id": f"{name}-{secrets.token_hex(3)}"},
+                                 origin={"kind": "file", "path": str(tmp_path / "origin")})
+            nodes[name] = await start_node(config, stack)
+        for node in nodes.values():
+            await _beat(node)
+        for node in nodes.values():
+            await node.live.refresh()
+        client = EdgecacheClient(nc, timeout_s=20.0, window_frames=8)
+        bucket = f"repl-{secrets.token_hex(4)}"
+        await client.request(wire.CreateBucket(bucket=bucket))
+        data = os.urandom(3 * MiB + 5)
+        await client.put_object(wire.PutObject(bucket=bucket, key="k", size=len(data)), _one(data))
+        manifest = (await nodes["a"].get_manifest(bucket, "k"))[0]
+        both = {n.node_id for n in nodes.values()}
+        assert all(set(c.nodes) == both for c in manifest.chunks) and set(manifest.nodes) == both
+        for node in nodes.values():  # a pinned copy on each node
+            assert all(node.store.is_dirty(c.id) for c in manifest.chunks)
+
+        taker = next(name for name, n in nodes.items() if n.node_id == manifest.chunks[0].nodes[0])
+        survivor = next(name for name in nodes if name != taker)
+        await stacks.pop(taker).aclose()  # the node that acknowledged the write is gone
+        info, body = await client.get_object_bytes(bucket, "k")
+        assert body == data and info.etag == manifest.etag
+
+        # an overwrite (one node left: one copy) releases the old version's replicas
+        await client.put_object(wire.PutObject(bucket=bucket, key="k", size=2), _one(b"v2"))
+        keeper = nodes[survivor]
+        for _ in range(100):
+            if not any(keeper.store.is_dirty(c.id) for c in manifest.chunks):
+                break
+            await asyncio.sleep(0.02)
+        assert not any(keeper.store.is_dirty(c.id) for c in manifest.chunks)
+        assert (await client.get_object_bytes(bucket, "k"))[1] == b"v2"
+    finally:
+        for stack in stacks.values():
+            await stack.aclose()
+        await _forget(nc, nodes.values())

@@ -58,6 +58,7 @@ class CacheNodeConfig(msgspec.Struct, **_OPTS):
     node_id: str = ""  # empty: derived from host name and data dir
     data_dir: str = ""  # empty: <data_dir>/cachenode
     chunk_bytes: int = 8 * MiB
+    replicas: int = 2  # copies of each dirty chunk (this node and peers) before a write is acknowledged
     capacity_bytes: int = 64 * 1024 * MiB
     high_watermark: float = 0.90  # evict above this fraction of capacity_bytes ...
     low_watermark: float = 0.80  # ... down to this one

@@ -15,6 +15,7 @@ import hashlib
 
 __all__ = [
     "CACHENODE_QUEUE",
+    "EVENTS_CHUNKS_RELEASED",
     "EVENTS_OBJECT_CLEAN",
     "EVENTS_OBJECT_INVALIDATE",
     "HEARTBEAT_WILDCARD",
@@ -26,6 +27,7 @@ __all__ = [
     "WRITEBACK_PARTITIONS",
     "WRITEBACK_STREAM",
     "chunk_get",
+    "chunk_put",
     "heartbeat",
     "s3",
     "stream_inbox",
@@ -65,6 +67,7 @@ WRITEBACK_PARTITIONS = 16
 # events
 EVENTS_OBJECT_CLEAN = "edgecache.events.object.clean"
 EVENTS_OBJECT_INVALIDATE = "edgecache.events.object.invalidate"
+EVENTS_CHUNKS_RELEASED = "edgecache.events.chunks.released"
 HEARTBEAT_WILDCARD = "edgecache.heartbeat.*"
 
 
@@ -83,6 +86,11 @@ def heartbeat(node_id: str) -> str:
 def chunk_get(node_id: str) -> str:
     """Request subject on which node ``node_id`` serves its chunks to peers and writeback."""
     return f"edgecache.chunk.{node_id}.get"
+
+
+def chunk_put(node_id: str) -> str:
+    """Request subject on which node ``node_id`` takes replicas of dirty chunks."""
+    return f"edgecache.chunk.{node_id}.put"
 
 
 def stream_inbox(node_id: str, stream_id: str) -> str:

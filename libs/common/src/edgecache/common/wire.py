@@ -26,7 +26,9 @@ __all__ = [
     "BucketList",
     "BucketRecord",
     "ChunkGet",
+    "ChunkPut",
     "ChunkRef",
+    "ChunksReleased",
     "CompleteMultipartUpload",
     "CompletedPart",
     "CreateBucket",
@@ -377,6 +379,14 @@ class ChunkGet(msgspec.Struct, **_OPTS, tag="chunk.get.v1"):
     prefetch: int = 0
 
 
+class ChunkPut(msgspec.Struct, **_OPTS, tag="chunk.put.v1"):
+    """``edgecache.chunk.<node>.put``: an upload stream of one dirty chunk of ``size`` bytes
+    that the receiving node keeps (pinned) as a replica → ``Ok``."""
+
+    chunk_id: str
+    size: int
+
+
 # == State in JetStream =======================================================================
 class ChunkRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One chunk of an object. ``nodes``: the cache nodes holding it, when they differ from
@@ -499,6 +509,14 @@ class ObjectClean(Event, tag="object.clean.v1"):
     version: str
     deleted: bool = False
     origin_etag: str = ""
+
+
+class ChunksReleased(Event, tag="chunks.released.v1"):
+    """cachenode → every node (``edgecache.events.chunks.released``): these chunks belong to
+    no version that still needs them pinned (superseded, deleted, aborted or failed
+    uploads); whoever holds them may evict them."""
+
+    chunk_ids: list[str]
 
 
 class NodeStats(msgspec.Struct, frozen=True, kw_only=True):

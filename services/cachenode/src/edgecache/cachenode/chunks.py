@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
     from edgecache.cachenode.node import CacheNode
+    from edgecache.cachenode.replication import Replicator
 
 __all__ = ["serve_chunk", "write_chunks"]
 
@@ -23,18 +24,20 @@ log = get_logger(__name__)
 
 
 async def write_chunks(
-    node: CacheNode, body: AsyncIterator[bytes], *, prefix: str, digests: Digests
+    node: CacheNode, body: AsyncIterator[bytes], *, prefix: str, digests: Digests, replicator: Replicator
 ) -> list[wire.ChunkRef]:
     """Write ``body`` into dirty chunks ``<prefix>.<index>`` of at most ``chunk_bytes`` each,
-    updating ``digests`` as bytes pass. Each chunk is committed (fsynced) before the next
-    starts; memory holds at most one incoming frame.
+    updating ``digests`` as bytes pass, and hand each committed chunk to ``replicator``.
+    Each chunk is committed (fsynced) before the next starts; memory holds one incoming
+    frame plus the chunks being copied to peers.
 
     Returns:
-        The chunks in order (none for an empty body).
+        The chunks in order (none for an empty body), each naming the nodes that hold it.
 
     Raises:
-        Whatever ``body`` raises; ``ServiceUnavailable`` when the disk is full. On any error
-        the chunks written so far are deleted before it propagates.
+        Whatever ``body`` raises; ``ServiceUnavailable`` when the disk is full or too few
+        peers took a replica. On any error the chunks written so far are deleted here and
+        released on the peers before it propagates.
     """
     refs: list[wire.ChunkRef] = []
     limit = node.chunk_bytes
@@ -53,17 +56,20 @@ async def write_chunks(
                 if writer.size >= limit:
                     refs.append(await _commit(node, writer, len(refs), prefix))
                     writer = None
+                    await replicator.add(refs[-1])
         if writer is not None and writer.size:
             refs.append(await _commit(node, writer, len(refs), prefix))
             writer = None
+            await replicator.add(refs[-1])
+        if writer is not None:
+            await writer.abort()
+        return await replicator.finish()
     except BaseException:
         if writer is not None:
             await writer.abort()
+        await replicator.abandon()
         await node.store.delete([r.id for r in refs])
         raise
-    if writer is not None:
-        await writer.abort()
-    return refs
 
 
 async def _commit(node: CacheNode, writer, index: int, prefix: str) -> wire.ChunkRef:  # type: ignore[no-untyped-def]

@@ -57,13 +57,18 @@ async def _parts(node: CacheNode, upload_id: str) -> dict[int, wire.PartRecord]:
 
 
 async def _forget(node: CacheNode, upload_id: str, parts: dict[int, wire.PartRecord], *, keep: set[str]) -> None:
-    """Delete an upload's KV entries and this node's chunks of it, but those in ``keep``."""
+    """Delete an upload's KV entries and this node's chunks of it, but those in ``keep``;
+    replicas of the dropped chunks are released on their nodes."""
     for number in parts:
         await node.state.uploads.purge(kvkeys.part_key(upload_id, number))
     await node.state.uploads.purge(kvkeys.upload_key(upload_id))
-    await node.store.delete(
-        c.id for p in parts.values() for c in p.chunks if c.id not in keep and node.store.has(c.id)
-    )
+    await _drop(node, [c.id for p in parts.values() for c in p.chunks if c.id not in keep])
+
+
+async def _drop(node: CacheNode, chunk_ids: list[str]) -> None:
+    """Delete these chunks here and release their replicas on other nodes."""
+    await node.store.delete(i for i in chunk_ids if node.store.has(i))
+    await node.release(chunk_ids, local=False)
 
 
 def _valid_upload_id(upload_id: str) -> bool:
@@ -118,13 +123,13 @@ async def upload_part(node: CacheNode, msg: Msg, request: wire.UploadPart) -> No
             size=digests.size,
             last_modified=now(),
             chunks=refs,
-            nodes=[node.node_id],
+            nodes=objects.holders_of(node, refs),
             md5=digests.md5_hex,
             checksums=checksums,
         )
         await node.state.uploads.put(part_key, wire.encode(record))
         if previous is not None:
-            await node.store.delete(c.id for c in previous.chunks if node.store.has(c.id))
+            await _drop(node, [c.id for c in previous.chunks])
         await rx.finish(
             wire.PartInfo(
                 part_number=record.part_number,
@@ -135,7 +140,7 @@ async def upload_part(node: CacheNode, msg: Msg, request: wire.UploadPart) -> No
             )
         )
     except Exception as exc:
-        await node.store.delete(r.id for r in refs)
+        await _drop(node, [r.id for r in refs])
         await rx.fail(exc)
         raise Answered(exc) from exc
     finally:

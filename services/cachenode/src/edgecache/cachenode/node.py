@@ -163,6 +163,17 @@ class CacheNode:
             count += 1
         return count
 
+    async def release(self, chunk_ids: list[str], *, local: bool = True) -> None:
+        """Unpin chunks no version needs pinned any more (superseded, deleted, aborted or
+        failed uploads): here (unless ``local`` is false) and, by a ``ChunksReleased``
+        event, on every node holding a replica. They become evictable, not deleted: a read
+        in progress may still use them."""
+        if local:
+            await self.store.mark_clean(i for i in chunk_ids if self.store.has(i))
+        if chunk_ids:
+            event = wire.ChunksReleased(id=new_id(), at_ns=time.time_ns(), chunk_ids=list(chunk_ids))
+            await self.nc.publish(subjects.EVENTS_CHUNKS_RELEASED, wire.encode(event))
+
     # -- buckets -----------------------------------------------------------------------------
     async def bucket_record(self, bucket: str) -> tuple[wire.BucketRecord, int] | None:
         """The bucket's record in KV ``buckets`` (maybe a tombstone) and its revision."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from edgecache.cachenode import chunks, fill
 from edgecache.cachenode.chunkstore import ChunkMissing
 from edgecache.cachenode.node import Answered, CacheNode, new_id, now
+from edgecache.cachenode.replication import Replicator
 from edgecache.common import errors, stream, subjects, wire
 from edgecache.common.checksums import Digests, verify_content_md5
 from edgecache.common.names import validate_key
@@ -85,10 +86,12 @@ async def receive(
     try:
         digests = Digests(request.checksums)
         await rx.open()
-        refs = await chunks.write_chunks(node, aiter(rx), prefix=prefix, digests=digests)
+        replicator = Replicator(node, request.bucket, request.key)
+        refs = await chunks.write_chunks(node, aiter(rx), prefix=prefix, digests=digests, replicator=replicator)
         checksums = verify_upload(request, digests, rx.end.checksums if rx.end else {})
     except Exception as exc:
         await node.store.delete([r.id for r in refs])
+        await node.release([r.id for r in refs], local=False)
         await rx.fail(exc)
         await rx.close()
         raise Answered(exc) from exc
@@ -119,7 +122,7 @@ async def put_object(node: CacheNode, msg: Msg, request: wire.PutObject) -> None
             headers=request.headers,
             checksums=checksums,
             chunks=refs,
-            nodes=[node.node_id],
+            nodes=holders_of(node, refs),
         )
         await node.commit_object(
             manifest,
@@ -131,17 +134,23 @@ async def put_object(node: CacheNode, msg: Msg, request: wire.PutObject) -> None
         await rx.finish(info_of(manifest))
     except Exception as exc:
         await node.store.delete([r.id for r in refs])
+        await node.release([r.id for r in refs], local=False)
         await rx.fail(exc)
         raise Answered(exc) from exc
     finally:
         await rx.close()
 
 
+def holders_of(node: CacheNode, refs: list[wire.ChunkRef]) -> list[str]:
+    """Every node holding a chunk of ``refs`` (this node for an empty object)."""
+    return sorted({n for r in refs for n in r.nodes} or {node.node_id})
+
+
 async def release_previous(node: CacheNode, previous: tuple[wire.Manifest, int] | None) -> None:
     """A superseded version's chunks stop being pinned: the writeback service skips
     superseded versions, so they are only a cache now (evictable)."""
-    if previous is not None:
-        await node.store.mark_clean(c.id for c in previous[0].chunks if node.store.has(c.id))
+    if previous is not None and previous[0].state == "dirty" and previous[0].chunks:
+        await node.release([c.id for c in previous[0].chunks])
 
 
 async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None:

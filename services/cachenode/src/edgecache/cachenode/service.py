@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import structlog
 
-from edgecache.cachenode import buckets, chunks, listing, multipart, objects
+from edgecache.cachenode import buckets, chunks, listing, multipart, objects, replication
 from edgecache.cachenode.chunkstore import ChunkStore
 from edgecache.cachenode.node import Answered, CacheNode
 from edgecache.common import errors, stream, subjects, wire
@@ -181,6 +181,12 @@ async def _evictions(node: CacheNode, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), 1.0)
 
 
+async def on_released(node: CacheNode, msg: Msg) -> None:
+    """``ChunksReleased``: the chunks (replicas or originals) held here become evictable."""
+    event = wire.decode(msg.data, wire.ChunksReleased)
+    await node.store.mark_clean(i for i in event.chunk_ids if node.store.has(i))
+
+
 async def on_clean(node: CacheNode, msg: Msg) -> None:
     """``ObjectClean``: the version is in the origin; its chunks here become evictable."""
     event = wire.decode(msg.data, wire.ObjectClean)
@@ -222,6 +228,8 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
     ]
     subs.append(await nc.subscribe(subjects.chunk_get(node.node_id), cb=tasks.callback(lambda m: chunks.serve_chunk(node, m))))
     subs.append(await nc.subscribe(subjects.EVENTS_OBJECT_CLEAN, cb=tasks.callback(lambda m: on_clean(node, m))))
+    subs.append(await nc.subscribe(subjects.chunk_put(node.node_id), cb=tasks.callback(lambda m: replication.serve_chunk_put(node, m))))
+    subs.append(await nc.subscribe(subjects.EVENTS_CHUNKS_RELEASED, cb=tasks.callback(lambda m: on_released(node, m))))
 
     async def unsubscribe() -> None:
         for sub in subs:
