@@ -93,12 +93,7 @@ async def serve_chunk(node: CacheNode, msg: Msg) -> None:
     except Exception as exc:  # noqa: BLE001 - a bad request from a peer
         await stream.send_error(node.nc, msg.reply, errors.InvalidRequest(str(exc)))
         return
-    tx = stream.DownloadSender(
-        node.nc,
-        msg.reply,
-        window=stream.DownloadSender.window_of(msg),
-        idle_timeout_s=node.config.cachenode.stream_idle_timeout_s,
-    )
+    tx = node.download_sender(msg)
     try:
         if request.bucket and request.index >= 0:
             found = await node.get_manifest(request.bucket, request.key)

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from edgecache.common import errors, kvkeys, subjects, wire
+from edgecache.common import errors, kvkeys, stream, subjects, wire
 from edgecache.common.jetstream import current_values
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
+    from nats.aio.msg import Msg
 
     from edgecache.cachenode.chunkstore import ChunkStore
     from edgecache.cachenode.fill import Filler
@@ -162,6 +163,25 @@ class CacheNode:
             )
             count += 1
         return count
+
+    def upload_receiver(self, msg: Msg) -> stream.UploadReceiver:
+        """The receiving end of the upload stream ``msg`` opens (not yet open)."""
+        return stream.UploadReceiver(
+            self.nc,
+            msg.reply,
+            subjects.stream_inbox(self.node_id, new_id()),
+            window=self.config.cachenode.window_frames,
+            idle_timeout_s=self.config.cachenode.stream_idle_timeout_s,
+        )
+
+    def download_sender(self, msg: Msg) -> stream.DownloadSender:
+        """The sending end of the download stream ``msg`` asks for (not yet started)."""
+        return stream.DownloadSender(
+            self.nc,
+            msg.reply,
+            window=stream.DownloadSender.window_of(msg),
+            idle_timeout_s=self.config.cachenode.stream_idle_timeout_s,
+        )
 
     async def release(self, chunk_ids: list[str], *, local: bool = True) -> None:
         """Unpin chunks no version needs pinned any more (superseded, deleted, aborted or

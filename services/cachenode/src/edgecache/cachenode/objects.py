@@ -9,7 +9,7 @@ from edgecache.cachenode import chunks, fill
 from edgecache.cachenode.chunkstore import ChunkMissing
 from edgecache.cachenode.node import Answered, CacheNode, new_id, now
 from edgecache.cachenode.replication import Replicator
-from edgecache.common import errors, stream, subjects, wire
+from edgecache.common import errors, stream, wire
 from edgecache.common.checksums import Digests, verify_content_md5
 from edgecache.common.names import validate_key
 from edgecache.common.ranges import parse_range
@@ -75,13 +75,7 @@ async def receive(
         and the verified checksums. On error the chunks are gone and the receiver is closed
         after answering the error.
     """
-    rx = stream.UploadReceiver(
-        node.nc,
-        msg.reply,
-        subjects.stream_inbox(node.node_id, new_id()),
-        window=node.config.cachenode.window_frames,
-        idle_timeout_s=node.config.cachenode.stream_idle_timeout_s,
-    )
+    rx = node.upload_receiver(msg)
     refs: list[wire.ChunkRef] = []
     try:
         digests = Digests(request.checksums)
@@ -159,12 +153,7 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
     An error before the first byte is answered as the reply; one mid-stream cuts the stream
     with an ``Error`` (the gateway then cuts the HTTP connection).
     """
-    tx = stream.DownloadSender(
-        node.nc,
-        msg.reply,
-        window=stream.DownloadSender.window_of(msg),
-        idle_timeout_s=node.config.cachenode.stream_idle_timeout_s,
-    )
+    tx = node.download_sender(msg)
     try:
         manifest = await fill.lookup(node, request.bucket, request.key)
         span = parse_range(request.range, manifest.size)

@@ -17,7 +17,6 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from edgecache.cachenode.chunkstore import ChunkCorrupt, ChunkMissing
-from edgecache.cachenode.node import new_id
 from edgecache.common import errors, placement, stream, subjects, wire
 from edgecache.common.logging import get_logger
 
@@ -121,13 +120,7 @@ async def serve_chunk_put(node: CacheNode, msg: Msg) -> None:
     except Exception as exc:  # noqa: BLE001 - a bad request from a peer
         await stream.send_error(node.nc, msg.reply, errors.InvalidRequest(str(exc)))
         return
-    rx = stream.UploadReceiver(
-        node.nc,
-        msg.reply,
-        subjects.stream_inbox(node.node_id, new_id()),
-        window=node.config.cachenode.window_frames,
-        idle_timeout_s=node.config.cachenode.stream_idle_timeout_s,
-    )
+    rx = node.upload_receiver(msg)
     try:
         await rx.open()
         async with node.store.writer(request.chunk_id, dirty=True) as writer:
