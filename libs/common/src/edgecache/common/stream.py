@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -183,6 +183,34 @@ class _Checker:
             )
 
 
+class _Tally:
+    """The sending side of a stream: cuts bytes into numbered frames of at most
+    ``frame_bytes`` and counts frames, bytes and CRC-32 for the ``End``."""
+
+    def __init__(self, frame_bytes: int) -> None:
+        self._frame = frame_bytes
+        self.frames = 0
+        self.size = 0
+        self.crc = 0
+
+    def cut(self, data: bytes | memoryview) -> Iterator[tuple[bytes, dict[str, str]]]:
+        """``(frame body, frame headers)`` for each frame of ``data``, counted as it goes."""
+        view = memoryview(data)
+        for start in range(0, len(view), self._frame):
+            piece = bytes(view[start : start + self._frame])
+            headers = {HDR_SEQ: str(self.frames)}
+            self.frames += 1
+            self.size += len(piece)
+            self.crc = zlib.crc32(piece, self.crc)
+            yield piece, headers
+
+    def end(self, checksums: dict[str, str] | None = None) -> bytes:
+        """The encoded ``End`` of everything cut so far."""
+        return wire.encode(
+            wire.End(frames=self.frames, size=self.size, crc32=self.crc, checksums=dict(checksums or {}))
+        )
+
+
 class DownloadSender:
     """Server side of a download: reply Struct, then frames under credit, then ``End``.
 
@@ -199,11 +227,7 @@ class DownloadSender:
         self._credit = max(0, min(window, _MAX_WINDOW))
         self._idle = idle_timeout_s
         self._sub: Subscription | None = None
-        self._frame = frame_bytes(nc)
-        self._checker_frames = 0
-        self._size = 0
-        self._crc = 0
-        self.cancelled = False
+        self._tally = _Tally(frame_bytes(nc))
 
     @staticmethod
     def window_of(msg: Msg) -> int:
@@ -227,13 +251,8 @@ class DownloadSender:
             try:
                 msg = await self._sub.next_msg(timeout=self._idle)
             except NatsTimeoutError as exc:
-                self.cancelled = True
                 raise errors.RequestTimeout("stream reader gave no credit") from exc
-            try:
-                control = read_control(msg)
-            except errors.S3Error:
-                self.cancelled = True
-                raise
+            control = read_control(msg)  # an Error: the reader cancelled
             if isinstance(control, wire.Credit):
                 self._credit += control.frames
 
@@ -244,24 +263,14 @@ class DownloadSender:
             RequestTimeout: no credit for ``idle_timeout_s``; the reader is gone.
             S3Error: the reader cancelled the stream.
         """
-        view = memoryview(data)
-        for start in range(0, len(view), self._frame):
-            piece = bytes(view[start : start + self._frame])
+        for piece, headers in self._tally.cut(data):
             await self._wait_credit()
             self._credit -= 1
-            await self._nc.publish(
-                self._reply, piece, headers={HDR_SEQ: str(self._checker_frames)}
-            )
-            self._checker_frames += 1
-            self._size += len(piece)
-            self._crc = zlib.crc32(piece, self._crc)
+            await self._nc.publish(self._reply, piece, headers=headers)
 
     async def end(self) -> None:
         """Send ``End`` with the frame count, byte count and CRC-32 of everything sent."""
-        await self._nc.publish(
-            self._reply,
-            wire.encode(wire.End(frames=self._checker_frames, size=self._size, crc32=self._crc)),
-        )
+        await self._nc.publish(self._reply, self._tally.end())
 
     async def fail(self, exc: BaseException) -> None:
         """Cut the stream with an error (the reader raises it)."""
@@ -461,7 +470,7 @@ async def upload(
     data_subject = ""
     try:
         credit = 0
-        frame = frame_bytes(nc)
+        tally = _Tally(frame_bytes(nc))
 
         async def next_control() -> wire.Reply:
             try:
@@ -476,24 +485,15 @@ async def upload(
         if not isinstance(first, wire.Credit) or not first.subject:
             raise errors.InternalError(f"upload on {subject} opened with {type(first).__name__}")
         data_subject, credit = first.subject, first.frames
-        frames = size = crc = 0
         async for piece in body:
-            view = memoryview(piece)
-            for start in range(0, len(view), frame):
-                data = bytes(view[start : start + frame])
+            for data, headers in tally.cut(piece):
                 while credit <= 0:
                     control = await next_control()
                     if isinstance(control, wire.Credit):
                         credit += control.frames
                 credit -= 1
-                await nc.publish(data_subject, data, headers={HDR_SEQ: str(frames)})
-                frames += 1
-                size += len(data)
-                crc = zlib.crc32(data, crc)
-        await nc.publish(
-            data_subject,
-            wire.encode(wire.End(frames=frames, size=size, crc32=crc, checksums=dict(trailers or {}))),
-        )
+                await nc.publish(data_subject, data, headers=headers)
+        await nc.publish(data_subject, tally.end(trailers))
         data_subject = ""  # ended: nothing to abort any more
         while True:
             reply = await next_control()

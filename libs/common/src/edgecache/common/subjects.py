@@ -17,7 +17,6 @@ __all__ = [
     "CACHENODE_QUEUE",
     "EVENTS_CHUNKS_RELEASED",
     "EVENTS_OBJECT_CLEAN",
-    "EVENTS_OBJECT_INVALIDATE",
     "HEARTBEAT_WILDCARD",
     "KV_BUCKETS",
     "KV_NODES",
@@ -66,7 +65,6 @@ WRITEBACK_PARTITIONS = 16
 
 # events
 EVENTS_OBJECT_CLEAN = "edgecache.events.object.clean"
-EVENTS_OBJECT_INVALIDATE = "edgecache.events.object.invalidate"
 EVENTS_CHUNKS_RELEASED = "edgecache.events.chunks.released"
 HEARTBEAT_WILDCARD = "edgecache.heartbeat.*"
 

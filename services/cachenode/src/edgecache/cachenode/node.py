@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from edgecache.common import errors, kvkeys, stream, subjects, wire
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
     from edgecache.common.jetstream import State
     from edgecache.common.origin import Origin
 
-__all__ = ["Answered", "CacheNode", "Counters", "Stored", "new_id", "now"]
+__all__ = ["Answered", "CacheNode", "Counters", "new_id", "now"]
 
 log = get_logger(__name__)
 
@@ -67,14 +66,6 @@ class Counters:
     requests: int = 0
 
 
-@dataclass(frozen=True)
-class Stored:
-    """A KV value with the revision it was read at (for compare-and-set)."""
-
-    value: msgspec.Struct
-    revision: int
-
-
 @dataclass
 class CacheNode:
     """State shared by every operation of one cache node."""
@@ -101,6 +92,7 @@ class CacheNode:
 
     @property
     def chunk_bytes(self) -> int:
+        """Size of the chunks this node cuts uploads into, in bytes."""
         return self.config.cachenode.chunk_bytes
 
     # -- KV ----------------------------------------------------------------------------------
@@ -225,6 +217,7 @@ class CacheNode:
 
     # -- stats -------------------------------------------------------------------------------
     def stats(self) -> wire.NodeStats:
+        """This node's counters and chunk store figures, as heartbeats carry them."""
         s = self.store.stats
         c = self.counters
         return wire.NodeStats(
