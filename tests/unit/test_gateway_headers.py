@@ -7,8 +7,8 @@ import email.utils
 import pytest
 
 from edgecache.common import errors, wire
+from edgecache.common.errors import MetadataTooLarge
 from edgecache.gateway import conditions
-from edgecache.gateway.errors import MetadataTooLarge
 from edgecache.gateway.headers import (
     RequestHeaders,
     content_range,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgecache.gateway.errors import InvalidURI
+from edgecache.common.errors import InvalidURI
 from edgecache.gateway.operations import parse_query, route
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "BucketNotEmpty",
     "EntityTooLarge",
     "EntityTooSmall",
+    "IllegalLocationConstraintException",
     "IncompleteBody",
     "InternalError",
     "InvalidAccessKeyId",
@@ -31,8 +32,11 @@ __all__ = [
     "InvalidPartOrder",
     "InvalidRange",
     "InvalidRequest",
+    "InvalidURI",
     "KeyTooLongError",
     "MalformedXML",
+    "MaxMessageLengthExceeded",
+    "MetadataTooLarge",
     "MethodNotAllowed",
     "MissingContentLength",
     "NoSuchBucket",
@@ -40,8 +44,8 @@ __all__ = [
     "NoSuchUpload",
     "NotImplementedError_",
     "PreconditionFailed",
-    "RequestTimeTooSkewed",
     "RequestTimeout",
+    "RequestTimeTooSkewed",
     "S3Error",
     "ServiceUnavailable",
     "SignatureDoesNotMatch",
@@ -191,6 +195,27 @@ class MethodNotAllowed(S3Error):
 class NotImplementedError_(S3Error):
     code, status = "NotImplemented", 501
     default_message = "A header or operation you provided implies functionality that is not implemented."
+
+
+class InvalidURI(S3Error):
+    code, status, default_message = "InvalidURI", 400, "Couldn't parse the specified URI."
+
+
+class MetadataTooLarge(S3Error):
+    code, status = "MetadataTooLarge", 400
+    default_message = "Your metadata headers exceed the maximum allowed metadata size."
+
+
+class MaxMessageLengthExceeded(S3Error):
+    code, status, default_message = "MaxMessageLengthExceeded", 400, "Your request was too big."
+
+
+class IllegalLocationConstraintException(S3Error):
+    code, status = "IllegalLocationConstraintException", 400
+    default_message = (
+        "The location constraint is incompatible for the region specific endpoint this "
+        "request was sent to."
+    )
 
 
 class InvalidRange(S3Error):

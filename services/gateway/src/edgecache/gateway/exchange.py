@@ -20,8 +20,8 @@ import structlog
 from litestar.exceptions import InternalServerException
 
 from edgecache.common import errors
+from edgecache.common.errors import MaxMessageLengthExceeded
 from edgecache.common.logging import get_logger
-from edgecache.gateway.errors import MaxMessageLengthExceeded
 from edgecache.gateway.headers import RequestHeaders
 from edgecache.gateway.operations import Operation, route
 

@@ -19,8 +19,8 @@ from litestar import Response
 from litestar.response import Stream
 
 from edgecache.common import errors, names, wire
+from edgecache.common.errors import IllegalLocationConstraintException
 from edgecache.gateway import conditions, xml
-from edgecache.gateway.errors import IllegalLocationConstraintException
 from edgecache.gateway.exchange import LiveTrailers
 from edgecache.gateway.headers import (
     MAX_PART_BYTES,

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from edgecache.common import errors
-from edgecache.gateway.errors import MetadataTooLarge
+from edgecache.common.errors import MetadataTooLarge
 
 if TYPE_CHECKING:
     from edgecache.common import wire

@@ -16,7 +16,7 @@ from urllib.parse import unquote, unquote_to_bytes
 
 import msgspec
 
-from edgecache.gateway.errors import InvalidURI
+from edgecache.common.errors import InvalidURI
 
 __all__ = ["SUBRESOURCES", "Operation", "parse_query", "route"]
 
