@@ -170,11 +170,14 @@ class ChunkFill:
             self._changed.notify_all()
 
     async def add(self, piece: bytes) -> None:
+        """Record the next piece from the origin and wake the readers following the fill."""
         self.pieces.append(piece)
         self.received += len(piece)
         await self._notify()
 
     async def finish(self, error: BaseException | None = None) -> None:
+        """End the fill: complete (committed to disk), or failed with ``error``, which its
+        readers then raise."""
         self.done, self.error = True, error
         await self._notify()
 
@@ -307,6 +310,7 @@ class Filler:
                     del self.active[fill.chunk_id]
 
     async def close(self) -> None:
+        """Cancel the fills still running (their partial chunks are aborted); wait 5 s at most."""
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -27,9 +27,11 @@ class LiveNodes:
         self._ids: frozenset[str] = frozenset({self_id})
 
     def ids(self) -> frozenset[str]:
+        """The live node ids as of the last refresh (this node always included)."""
         return self._ids
 
     async def refresh(self) -> None:
+        """Re-read the keys of KV ``nodes``; a failure to read leaves this node alone in the set."""
         try:
             keys = await self._kv.keys()
         except Exception:  # noqa: BLE001 - NoKeysError on an empty bucket, or NATS trouble
