@@ -25,6 +25,17 @@ async def _beat(node) -> None:
     await node.state.nodes.put(node.node_id, wire.encode(beat))
 
 
+async def _sees(node, ids: set[str], timeout_s: float = 5.0) -> None:
+    """Refresh ``node``'s membership until it is ``ids`` (a loaded machine may need a retry)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        await node.live.refresh()
+        if node.live.ids() == ids or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert node.live.ids() == ids
+
+
 async def test_cold_object_is_filled_once_across_two_nodes(make_config, nc, tmp_path) -> None:
     from edgecache.cachenode.service import start_node
 
@@ -40,8 +51,7 @@ async def test_cold_object_is_filled_once_across_two_nodes(make_config, nc, tmp_
         for node in nodes:
             await _beat(node)
         for node in nodes:
-            await node.live.refresh()
-            assert node.live.ids() == {n.node_id for n in nodes}
+            await _sees(node, {n.node_id for n in nodes})
         bucket = f"cluster-{secrets.token_hex(4)}"
         data = os.urandom(6 * MiB + 7)
         await nodes[0].origin.create_bucket(bucket)
@@ -85,7 +95,7 @@ async def test_an_acknowledged_write_survives_the_node_that_took_it(make_config,
         for node in nodes.values():
             await _beat(node)
         for node in nodes.values():
-            await node.live.refresh()
+            await _sees(node, {n.node_id for n in nodes.values()})
         client = EdgecacheClient(nc, timeout_s=20.0, window_frames=8)
         bucket = f"repl-{secrets.token_hex(4)}"
         await client.request(wire.CreateBucket(bucket=bucket))
