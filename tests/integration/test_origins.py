@@ -158,6 +158,19 @@ async def test_delete_is_idempotent(origin: Origin, origin_bucket: str) -> None:
         await origin.head_object(origin_bucket, "k")
 
 
+async def test_delete_of_a_key_under_missing_folders_is_a_no_op(
+    origin: Origin, origin_bucket: str
+) -> None:
+    """S3 answers 204 to any DELETE of a missing key: the origin must too, whatever the
+    key's "folders" (once, the file origin fsynced the missing folder and failed forever)."""
+    await put(origin, origin_bucket, "other", b"x")
+    await origin.delete_object(origin_bucket, "no-such-dir/no-such-key")
+    await origin.delete_object(origin_bucket, "other/below/a/file")  # a parent is an object
+    await put(origin, origin_bucket, "a/b/c", b"y")
+    await origin.delete_object(origin_bucket, "a/no-such-dir/k")
+    assert sorted(await keys(origin, origin_bucket)) == ["a/b/c", "other"]
+
+
 async def test_short_or_long_body_writes_nothing(origin: Origin, origin_bucket: str) -> None:
     await origin.create_bucket(origin_bucket)
     for size in (5, 3, 7 * MiB):  # over, under, a multipart upload cut short

@@ -26,6 +26,7 @@ import pytest_asyncio
 from nats.js.errors import KeyNotFoundError
 
 from edgecache.common import errors, kvkeys, stream, subjects, wire
+from edgecache.common.cli import read_status, render_status
 from edgecache.common.config import WritebackConfig
 from edgecache.common.jetstream import State, ensure_state
 from edgecache.common.natsserver import NatsServer
@@ -46,6 +47,7 @@ class Wrapped(Origin):
         self.puts: list[tuple[str, str, str]] = []  # (bucket, key, etag of the bytes)
         self.before_put: Callable[[], Awaitable[None]] | None = None
         self.after_put: Callable[[], Awaitable[None]] | None = None
+        self.rejected: set[str] = set()  # keys whose every put and delete fails
 
     async def start(self) -> None:
         await self.inner.start()
@@ -72,6 +74,8 @@ class Wrapped(Origin):
         return self.inner.get_range(*args, **kwargs)
 
     async def put_object(self, bucket, key, body, **kwargs):  # type: ignore[no-untyped-def]
+        if key in self.rejected:
+            raise errors.AccessDenied(f"the origin refuses {key}")
         if self.before_put is not None:
             await self.before_put()
         etag = await self.inner.put_object(bucket, key, body, **kwargs)
@@ -81,6 +85,8 @@ class Wrapped(Origin):
         return etag
 
     async def delete_object(self, bucket, key):  # type: ignore[no-untyped-def]
+        if key in self.rejected:
+            raise errors.AccessDenied(f"the origin refuses {key}")
         await self.inner.delete_object(bucket, key)
 
     def iter_objects(self, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -596,6 +602,93 @@ async def test_corrupt_chunk_never_reaches_the_origin(conn, state, store, cluste
     assert await origin_bytes(store, "photos", "k") == b"good" * 100_000
 
 
+def keys_in_partition_of(bucket: str, key: str, n: int) -> list[str]:
+    """``n`` keys other than ``key`` whose intents share its ``WRITEBACK`` partition."""
+    partition = subjects.writeback_partition(bucket, key)
+    found = (f"k{i}" for i in itertools.count())
+    return list(
+        itertools.islice((k for k in found if subjects.writeback_partition(bucket, k) == partition), n)
+    )
+
+
+async def test_delete_under_missing_folders_lands_and_the_partition_moves_on(
+    conn, state, store, cluster
+) -> None:
+    """The production stall: DELETE of ``no-such-dir/no-such-key`` (answered 204) failed in
+    the file origin forever, and every later write of its partition waited behind it."""
+    await cluster.create_bucket("photos")
+    tomb = await cluster.delete("photos", "no-such-dir/no-such-key")
+    later = [
+        await cluster.put("photos", k, k.encode() * 100)
+        for k in keys_in_partition_of("photos", "no-such-dir/no-such-key", 3)
+    ]
+    async with running(conn, state, store) as service:
+        for m in later:
+            await eventually(lambda m=m: is_clean(cluster, m))
+        await eventually(lambda: _async_none(cluster.manifest("photos", tomb.key)))
+    assert service.stats.failed == 0
+    for m in later:
+        assert await origin_bytes(store, "photos", m.key) == m.key.encode() * 100
+
+
+async def test_a_failing_intent_holds_back_only_its_own_key(conn, state, store, cluster) -> None:
+    """An origin that refuses one key: that key's put and delete are retried on their own
+    schedule, while every other key of the same partition reaches the origin; the failing
+    ones are visible with their error and attempt count; once the origin accepts the key,
+    its newest state lands."""
+    store.rejected.add("poison")
+    first = await cluster.put("photos", "poison", b"v1")
+    others = keys_in_partition_of("photos", "poison", 4)
+    written = [await cluster.put("photos", k, k.encode()) for k in others[:2]]
+    gone = await cluster.put("photos", others[2], b"to be deleted", publish=False)
+    await store.inner.put_object("photos", gone.key, _one(b"old"), size=3)
+    await cluster.delete("photos", gone.key)
+    written.append(await cluster.put("photos", others[3], b"last"))
+    async with running(conn, state, store) as service:
+        for m in written:
+            await eventually(lambda m=m: is_clean(cluster, m), timeout_s=5)
+        await eventually(lambda: _async_none(cluster.manifest("photos", gone.key)), timeout_s=5)
+        assert await origin_bytes(store, "photos", gone.key) is None
+        assert not await is_clean(cluster, first)
+        await eventually(lambda: _async(service.stats.failing.get(("photos", "poison"), (0,))[0] >= 2))
+        attempts, error = service.stats.failing[("photos", "poison")]
+        assert "AccessDenied" in error and attempts >= 2
+        # a newer version of the failing key supersedes the old one; both land as one
+        second = await cluster.put("photos", "poison", b"v2")
+        store.rejected.clear()
+        await eventually(lambda: is_clean(cluster, second))
+        await eventually(lambda: _async(("photos", "poison") not in service.stats.failing))
+    assert await origin_bytes(store, "photos", "poison") == b"v2"
+    assert [k for _, k, _ in store.puts].count("poison") == 1
+
+
+async def test_status_lists_failing_intents_with_their_error(
+    server, conn, state, store, cluster
+) -> None:
+    async def slow_down() -> None:
+        raise errors.SlowDown("origin throttles", retry_after_s=30)
+
+    store.before_put = slow_down
+    await cluster.put("photos", "throttled", b"x")
+    async with running(conn, state, store):
+        await eventually(
+            lambda: _async_call(read_status(server.url), lambda st: st.writeback.retrying == 1)
+        )
+        status = await read_status(server.url)
+    [failing] = status.writeback.failing
+    assert (failing.bucket, failing.key, failing.attempts) == ("photos", "throttled", 1)
+    assert failing.error.startswith("SlowDown: origin throttles")
+    assert "photos/throttled after 1 attempt(s): SlowDown" in render_status(status)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _async_none(aw: Awaitable[object]) -> bool:
+    return await aw is None
+
+
 async def test_two_replicas_apply_every_intent_once_and_in_key_order(
     server, conn, state, store, cluster
 ) -> None:
@@ -751,8 +844,8 @@ async def test_intent_of_unknown_type_is_kept_for_a_newer_replica(
     async with running(conn, state, store) as service:
         await eventually(lambda: _async(service.stats.failed >= 1))
     assert service.stats.dropped == 0
-    info = await state.js.consumer_info(subjects.WRITEBACK_STREAM, subjects.writeback_consumer(0))
-    assert info.num_ack_pending + info.num_pending == 1  # still there
+    info = await state.js.stream_info(subjects.WRITEBACK_STREAM)
+    assert info.state.messages == 1  # still there: pending, or scheduled for a retry
 
 
 async def test_every_origin_kind_gets_puts_and_deletes(

@@ -257,7 +257,11 @@ def test_render_status() -> None:
     node = cli.NodeStatus(
         node_id="n1", host="h1", started=0.0, uptime_s=65, last_seen_s=1.2, stats=stats
     )
-    backlog = cli.Backlog(intents=3, in_flight=1, redelivered=0, oldest_age_s=12.0, partitions=[])
+    failing = cli.FailingIntent(bucket="b", key="k", attempts=4, error="AccessDenied: no")
+    backlog = cli.Backlog(
+        intents=3, in_flight=1, redelivered=0, oldest_age_s=12.0, partitions=[], retrying=1,
+        failing=[failing],
+    )
     text = cli.render_status(
         cli.ClusterStatus(nats_url="nats://x:1", nodes=[node], writeback=backlog)
     )
@@ -267,6 +271,8 @@ def test_render_status() -> None:
     assert lines[2].split()[:3] == ["n1", "h1", "1m05s"]
     assert "1.0 GiB/2.0 GiB" in lines[2]
     assert "writeback backlog: 3 intent(s), oldest 12s old; 1 in flight" in lines[3]
+    assert lines[3].endswith("1 failing")
+    assert lines[4] == "  failing: b/k after 4 attempt(s): AccessDenied: no"
 
 
 # == the supervisor ============================================================================

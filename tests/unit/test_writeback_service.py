@@ -1,5 +1,9 @@
 """How the writeback service answers JetStream for each outcome of an intent, with a fake
-message and a fake applier (no NATS): ack, nak with backoff, term, in-progress."""
+message and a fake applier (no NATS): ack, nak with backoff, term, in-progress.
+
+The fake state has no message schedules (a nats-server older than 2.12), so failures are
+``nak``-ed in place; the scheduled retries are tested against a real server in
+tests/integration/test_writeback.py."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ class FakeMsg:
     num_delivered: int = 1
     calls: list[tuple[str, float | None]] = field(default_factory=list)
     subject: str = "edgecache.writeback.3"
+    headers: dict[str, str] | None = None
 
     @property
     def metadata(self) -> SimpleNamespace:
@@ -60,7 +65,7 @@ class FakeApplier:
 
 def service_with(applier: FakeApplier) -> WritebackService:
     nc = SimpleNamespace(jetstream=lambda: None, is_closed=False)
-    state = SimpleNamespace(objects=None, buckets=None)
+    state = SimpleNamespace(objects=None, buckets=None, schedules=False)
     service = WritebackService(nc, state, None, CONFIG)  # type: ignore[arg-type]
     service._applier = applier  # type: ignore[assignment]
     return service

@@ -607,6 +607,15 @@ class PartitionBacklog(msgspec.Struct, frozen=True, kw_only=True):
     redelivered: int
 
 
+class FailingIntent(msgspec.Struct, frozen=True, kw_only=True):
+    """An intent waiting for its scheduled retry after a failed attempt."""
+
+    bucket: str
+    key: str  # "" for a bucket intent
+    attempts: int  # attempts so far
+    error: str  # why the last one failed
+
+
 class Backlog(msgspec.Struct, frozen=True, kw_only=True):
     """The ``WRITEBACK`` stream: intents not yet applied to the origin."""
 
@@ -615,6 +624,10 @@ class Backlog(msgspec.Struct, frozen=True, kw_only=True):
     redelivered: int
     oldest_age_s: float | None  # age of the oldest intent, None when there is none
     partitions: list[PartitionBacklog]
+    retrying: int = 0  # of ``intents``: failed ones waiting for their scheduled retry
+    failing: list[FailingIntent] = []  # the first MAX_FAILING_SHOWN of those
+
+MAX_FAILING_SHOWN = 20
 
 
 class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -674,6 +687,7 @@ async def read_status(url: str, *, timeout_s: float = 5.0) -> ClusterStatus:
                     redelivered=ci.num_redelivered or 0,
                 )
             )
+        retrying, failing = await _failing_intents(js)
         oldest: float | None = None
         if info.state.messages:
             try:
@@ -692,8 +706,45 @@ async def read_status(url: str, *, timeout_s: float = 5.0) -> ClusterStatus:
             redelivered=sum(p.redelivered for p in partitions),
             oldest_age_s=oldest,
             partitions=partitions,
+            retrying=retrying,
+            failing=failing,
         ),
     )
+
+
+async def _failing_intents(js: Any) -> tuple[int, list[FailingIntent]]:
+    """How many intents wait for a scheduled retry, and the first
+    :data:`MAX_FAILING_SHOWN` of them with their attempts and last error (read from the
+    schedules' ``Ec-Attempt`` and ``Ec-Error`` headers)."""
+    from nats.js.errors import NotFoundError
+
+    info = await js.stream_info(subjects.WRITEBACK_STREAM, subjects_filter=subjects.WRITEBACK_RETRIES)
+    names = sorted(info.state.subjects or {})
+    failing: list[FailingIntent] = []
+    for name in names[:MAX_FAILING_SHOWN]:
+        try:
+            msg = await js.get_last_msg(subjects.WRITEBACK_STREAM, name)
+        except NotFoundError:
+            continue  # fired meanwhile
+        headers = msg.headers or {}
+        try:
+            body = msgspec.json.decode(msg.data or b"{}")
+        except msgspec.DecodeError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        try:
+            attempts = int(headers.get("Ec-Attempt", "2")) - 1
+        except ValueError:
+            attempts = 1
+        failing.append(
+            FailingIntent(
+                bucket=str(body.get("bucket", "")),
+                key=str(body.get("key", "")),
+                attempts=attempts,
+                error=headers.get("Ec-Error", ""),
+            )
+        )
+    return len(names), failing
 
 
 def human_bytes(n: int) -> str:
@@ -769,8 +820,12 @@ def render_status(status: ClusterStatus) -> str:
     oldest = "" if wb.oldest_age_s is None else f", oldest {human_duration(wb.oldest_age_s)} old"
     lines.append(
         f"writeback backlog: {wb.intents} intent(s){oldest}; "
-        f"{wb.in_flight} in flight, {wb.redelivered} redelivered"
+        f"{wb.in_flight} in flight, {wb.redelivered} redelivered, {wb.retrying} failing"
     )
+    lines += [
+        f"  failing: {f.bucket}/{f.key} after {f.attempts} attempt(s): {f.error}"
+        for f in wb.failing
+    ]
     return "\n".join(lines)
 
 

@@ -33,13 +33,23 @@ class State:
     """Handles on the JetStream state, as created by :func:`ensure_state`."""
 
     def __init__(
-        self, js: JetStreamContext, buckets: KeyValue, objects: KeyValue, uploads: KeyValue, nodes: KeyValue
+        self,
+        js: JetStreamContext,
+        buckets: KeyValue,
+        objects: KeyValue,
+        uploads: KeyValue,
+        nodes: KeyValue,
+        *,
+        schedules: bool = False,
     ) -> None:
         self.js = js
         self.buckets = buckets
         self.objects = objects
         self.uploads = uploads
         self.nodes = nodes
+        #: whether ``WRITEBACK`` takes message schedules (nats-server 2.12+): failed intents
+        #: are then retried through a schedule instead of holding their partition
+        self.schedules = schedules
 
 
 async def _kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
@@ -55,8 +65,12 @@ async def ensure_state(
 ) -> State:
     """Create (or open) KV ``buckets``, ``objects``, ``uploads``, ``nodes`` (entries expire
     after ``node_ttl_s`` seconds), the work-queue stream ``WRITEBACK`` and its per-partition
-    durable consumers (``max_ack_pending=1`` keeps each partition, hence each key, in order;
-    ``ack_wait_s`` before an unacknowledged intent is redelivered)."""
+    durable consumers (``max_ack_pending=1`` keeps one intent per partition, hence per key,
+    in flight; ``ack_wait_s`` before an unacknowledged intent is redelivered).
+
+    ``WRITEBACK`` also takes message schedules on :data:`subjects.WRITEBACK_RETRIES` (the
+    retries of failed intents); :attr:`State.schedules` says whether the server honours them.
+    """
     store = StorageType.FILE
     buckets = await _kv(js, KeyValueConfig(bucket=subjects.KV_BUCKETS, history=1, storage=store, replicas=replicas))
     objects = await _kv(js, KeyValueConfig(bucket=subjects.KV_OBJECTS, history=1, storage=store, replicas=replicas))
@@ -67,16 +81,20 @@ async def ensure_state(
     )
     stream = StreamConfig(
         name=subjects.WRITEBACK_STREAM,
-        subjects=[subjects.writeback_subject(p) for p in range(subjects.WRITEBACK_PARTITIONS)],
+        subjects=[
+            *(subjects.writeback_subject(p) for p in range(subjects.WRITEBACK_PARTITIONS)),
+            subjects.WRITEBACK_RETRIES,
+        ],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=store,
         num_replicas=replicas,
         duplicate_window=120.0,
+        allow_msg_schedules=True,
     )
     try:
-        await js.add_stream(stream)
+        info = await js.add_stream(stream)
     except BadRequestError:
-        await js.update_stream(stream)
+        info = await js.update_stream(stream)
     for p in range(subjects.WRITEBACK_PARTITIONS):
         await js.add_consumer(
             subjects.WRITEBACK_STREAM,
@@ -90,7 +108,9 @@ async def ensure_state(
                 max_deliver=-1,
             ),
         )
-    return State(js, buckets, objects, uploads, nodes)
+    # a server older than 2.12 ignores the flag (and would never fire a schedule)
+    schedules = bool(info.config.allow_msg_schedules)
+    return State(js, buckets, objects, uploads, nodes, schedules=schedules)
 
 
 async def current_values(kv: KeyValue, key_filter: str) -> AsyncIterator[bytes]:

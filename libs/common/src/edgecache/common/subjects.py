@@ -24,6 +24,7 @@ __all__ = [
     "KV_UPLOADS",
     "S3_OPERATIONS",
     "WRITEBACK_PARTITIONS",
+    "WRITEBACK_RETRIES",
     "WRITEBACK_STREAM",
     "chunk_get",
     "chunk_put",
@@ -32,6 +33,7 @@ __all__ = [
     "stream_inbox",
     "writeback_consumer",
     "writeback_partition",
+    "writeback_retry",
     "writeback_subject",
     "writeback_subject_for",
 ]
@@ -62,6 +64,7 @@ KV_UPLOADS = "uploads"
 KV_NODES = "nodes"
 WRITEBACK_STREAM = "WRITEBACK"
 WRITEBACK_PARTITIONS = 16
+WRITEBACK_RETRIES = "edgecache.writeback.retry.>"  # scheduled retries of failed intents
 
 # events
 EVENTS_OBJECT_CLEAN = "edgecache.events.object.clean"
@@ -110,6 +113,13 @@ def writeback_subject(partition: int) -> str:
 def writeback_subject_for(bucket: str, key: str) -> str:
     """Subject on which a write intent for ``bucket/key`` is appended."""
     return writeback_subject(writeback_partition(bucket, key))
+
+
+def writeback_retry(partition: int, token: str) -> str:
+    """Subject of the scheduled retry of one intent of ``partition``: a JetStream message
+    schedule (nats-server 2.12+) that fires the intent back into its partition. ``token``
+    names the intent (``[0-9a-f]``); a later schedule on the same subject replaces it."""
+    return f"edgecache.writeback.retry.{partition}.{token}"
 
 
 def writeback_consumer(partition: int) -> str:

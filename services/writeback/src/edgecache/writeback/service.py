@@ -5,20 +5,34 @@ durable consumer (shared by all replicas; ``max_ack_pending=1`` lets one intent 
 partition be in flight cluster-wide, so the intents of one key are applied in order).
 
 Per intent: decode → apply (:class:`~edgecache.writeback.worker.IntentApplier`) → ack. A
-failure is ``nak``-ed with a delay (exponential backoff, full jitter) and retried for as
-long as it takes; only an intent that can never be decoded is ``term``-ed. While an intent
-is worked on, ``in_progress`` is sent every ``ack_wait_s / 3`` so JetStream does not hand it
-to another replica. A crash before the ack makes JetStream redeliver after ``ack_wait_s``
-and the work is redone idempotently.
+failure is retried for as long as it takes, after a delay (exponential backoff, full
+jitter); only an intent that can never be decoded is ``term``-ed. While an intent is worked
+on, ``in_progress`` is sent every ``ack_wait_s / 3`` so JetStream does not hand it to
+another replica. A crash before the ack makes JetStream redeliver after ``ack_wait_s`` and
+the work is redone idempotently.
+
+**A failing intent holds back no other key.** A ``nak`` with a delay would keep the intent
+pending, and with ``max_ack_pending=1`` its whole partition would wait behind it for as long
+as it fails. Instead the intent is handed to a JetStream message schedule
+(:func:`subjects.writeback_retry`, headers ``Nats-Schedule: @at <time>`` and
+``Nats-Schedule-Target: <its partition>``) and then acked: the partition moves on, and at
+the scheduled time nats-server appends the intent to its partition again, with its attempt
+count (``Ec-Attempt``) and last error (``Ec-Error``). Intents of the same key that came
+after it may be applied first: that is safe because the manifest, not the intent, decides
+what is written (an older version is skipped as superseded), and still only one intent per
+partition is in flight, so never two of one key at once. On a server without schedules
+(older than 2.12) the old ``nak`` is used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import hashlib
 import time
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -52,6 +66,11 @@ _KNOWN_TAGS = frozenset(
 )
 
 
+HDR_ATTEMPT = "Ec-Attempt"  # on a retried intent: which attempt this delivery is (1, 2, …)
+HDR_ERROR = "Ec-Error"  # on a retried intent: why the previous attempt failed
+_MAX_ERROR_HEADER = 300  # characters of an error kept in Ec-Error
+
+
 @dataclass
 class WritebackStats:
     """Counters of one replica since it started.
@@ -59,11 +78,14 @@ class WritebackStats:
     Attributes:
         done: intents finished and acked (including skipped ones).
         skipped: of those, superseded or already clean (nothing new written).
-        failed: attempts that failed and were ``nak``-ed for a retry.
-        retried: attempts that were redeliveries (``num_delivered > 1``).
+        failed: attempts that failed and were scheduled (or ``nak``-ed) for a retry.
+        retried: attempts that were retries (``Ec-Attempt`` or ``num_delivered`` > 1).
         dropped: undecodable intents, ``term``-ed.
         bytes_written: object bytes written to the origin.
         in_flight: intents being worked on now.
+        failing: the keys whose last attempt here failed, ``(bucket, key)`` (``key`` is
+            ``""`` for bucket intents) → ``(attempts so far, last error)``; a key leaves
+            it when an intent of it is applied.
     """
 
     done: int = 0
@@ -73,9 +95,12 @@ class WritebackStats:
     dropped: int = 0
     bytes_written: int = 0
     in_flight: int = 0
+    failing: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """The counters (``failing`` as its size)."""
+        counters = {k: v for k, v in asdict(self).items() if k != "failing"}
+        return {**counters, "failing": len(self.failing)}
 
 
 class WritebackService:
@@ -130,6 +155,7 @@ class WritebackService:
         )
         self.stats = WritebackStats()
         self._stopping = asyncio.Event()
+        self._schedules = state.schedules
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then wind down (see ``shutdown_grace_s``).
@@ -201,12 +227,13 @@ class WritebackService:
                 await asyncio.gather(work, return_exceptions=True)
 
     async def _process(self, msg: Msg) -> None:
-        attempt = msg.metadata.num_delivered
+        attempt = _attempt_of(msg)
         intent = await self._decode(msg, attempt)
         if intent is None:
             return
         fields = _describe(intent)
         op = op_of(intent)
+        failing_key = (intent.bucket, getattr(intent, "key", ""))
         if attempt > 1:
             self.stats.retried += 1
         self.stats.in_flight += 1
@@ -227,21 +254,24 @@ class WritebackService:
                 max_s=self._config.backoff_max_s,
                 retry_after_s=hint,
             )
+            error = _error_text(exc)
+            self.stats.failing[failing_key] = (attempt, error)
             log.warning(
                 "writeback.failed",
                 op=op,
                 attempt=attempt,
-                error=_error_text(exc),
+                error=error,
                 retry_in_s=round(delay, 3),
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
                 **fields,
             )
-            await _quietly(msg.nak(delay=delay))
+            await self._retry_later(msg, intent.id, attempt, delay, error)
             return
         finally:
             keepalive.cancel()
             self.stats.in_flight -= 1
         await _quietly(msg.ack())
+        self.stats.failing.pop(failing_key, None)
         self.stats.done += 1
         self.stats.bytes_written += outcome.bytes
         if outcome.result in ("superseded", "already_clean"):
@@ -272,7 +302,9 @@ class WritebackService:
                     subject=msg.subject,
                     seq=msg.metadata.sequence.stream,
                 )
-                await _quietly(msg.nak(delay=self._config.backoff_max_s))
+                await self._retry_later(
+                    msg, msg.data, attempt, self._config.backoff_max_s, f"unknown intent type {tag}"
+                )
                 return None
             self.stats.dropped += 1
             log.error(
@@ -285,12 +317,65 @@ class WritebackService:
             await _quietly(msg.term())
             return None
 
+    async def _retry_later(
+        self, msg: Msg, name: str | bytes, attempt: int, delay_s: float, error: str
+    ) -> None:
+        """Retry the intent in ``msg`` after ``delay_s`` seconds without holding its partition:
+        schedule it back into the partition (see the module docstring), then ack it.
+
+        ``name`` identifies the intent (its id, or its bytes when it has none that can be
+        read); one schedule per intent, so a redelivery replaces rather than doubles it. If
+        the schedule cannot be stored, or the server has no schedules, the intent is
+        ``nak``-ed with the delay instead (its partition then waits for it).
+        """
+        if not self._schedules:
+            await _quietly(msg.nak(delay=delay_s))
+            return
+        token = hashlib.blake2b(
+            name.encode() if isinstance(name, str) else name, digest_size=12
+        ).hexdigest()
+        partition = int(msg.subject.rsplit(".", 1)[1])
+        at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=max(delay_s, 0.0))
+        headers = {
+            **(msg.headers or {}),
+            "Nats-Schedule": "@at " + at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "Nats-Schedule-Target": msg.subject,
+            HDR_ATTEMPT: str(attempt + 1),
+            HDR_ERROR: _header_text(error),
+        }
+        headers.pop("Nats-Msg-Id", None)  # the id of the first publish would de-duplicate it
+        try:
+            await self._js.publish(
+                subjects.writeback_retry(partition, token), msg.data, headers=headers
+            )
+        except Exception as exc:  # noqa: BLE001 - keep the intent where it is instead
+            log.warning("writeback.schedule_failed", error=repr(exc), subject=msg.subject)
+            await _quietly(msg.nak(delay=delay_s))
+            return
+        await _quietly(msg.ack())
+
     async def _keep_alive(self, msg: Msg) -> None:
         """Tell JetStream the intent is still being worked on, every ``ack_wait_s / 3``."""
         every = max(0.05, self._config.ack_wait_s / 3)
         while True:
             await asyncio.sleep(every)
             await _quietly(msg.in_progress())
+
+
+def _attempt_of(msg: Msg) -> int:
+    """Which attempt at its intent ``msg`` is: the scheduled attempt number (``Ec-Attempt``,
+    1 for a first publish) plus JetStream's redeliveries of this message."""
+    try:
+        scheduled = max(1, int((msg.headers or {}).get(HDR_ATTEMPT, "1")))
+    except ValueError:
+        scheduled = 1
+    return scheduled + msg.metadata.num_delivered - 1
+
+
+def _header_text(text: str) -> str:
+    """``text`` as one short line that a NATS header can carry."""
+    line = " ".join(text.split())
+    return line[:_MAX_ERROR_HEADER] or "error"
 
 
 def _describe(intent: wire.Intent) -> dict[str, Any]:

@@ -11,9 +11,11 @@ this version, dirty, put                  stream chunks → ``origin.put_object`
 this version, dirty tombstone             ``origin.delete_object``; CAS-delete the entry
 ========================================  ===============================================
 
-then ``ObjectClean`` on ``edgecache.events.object.clean``. A ``BucketDeleted`` deletes the
-bucket in the origin and then its tombstone in KV ``buckets``, unless the bucket was
-re-created since. Every step is idempotent, so a
+then ``ObjectClean`` on ``edgecache.events.object.clean``. A ``BucketCreated`` creates the
+bucket in the origin while its record in KV ``buckets`` is live; a ``BucketDeleted`` deletes
+the bucket in the origin and then its tombstone in KV ``buckets``, unless the bucket was
+re-created since. Intents of one key are never applied at once, but a retried one may come
+after later ones (see :mod:`.service`): the manifest, not the order, decides. Every step is idempotent, so a
 redelivery after a crash anywhere redoes the work harmlessly. A put is fenced: just before
 the origin gets its last byte, the manifest is read again and the write is abandoned if
 this version is no longer the dirty one (a newer version, or another replica finished it).
@@ -144,8 +146,7 @@ class IntentApplier:
             case wire.ObjectDeleted():
                 return await self._delete(intent)
             case wire.BucketCreated():
-                await self._origin.create_bucket(intent.bucket)
-                return Outcome("create_bucket", "created")
+                return await self._create_bucket(intent)
             case wire.BucketDeleted():
                 return await self._delete_bucket(intent)
         raise TypeError(f"not an intent: {type(intent).__name__}")
@@ -282,6 +283,18 @@ class IntentApplier:
         return Outcome("delete", "deleted")
 
     # -- buckets -----------------------------------------------------------------------------
+    async def _create_bucket(self, intent: wire.BucketCreated) -> Outcome:
+        """Create the bucket in the origin while its KV record is live.
+
+        A retried ``BucketCreated`` can come after the bucket's ``BucketDeleted`` (retries
+        go to the back of their partition): a bucket deleted since is not created again.
+        """
+        found = await self._bucket_record(intent.bucket)
+        if found is None or found[0].deleted:
+            return Outcome("create_bucket", "superseded")
+        await self._origin.create_bucket(intent.bucket)
+        return Outcome("create_bucket", "created")
+
     async def _delete_bucket(self, intent: wire.BucketDeleted) -> Outcome:
         """Delete the bucket in the origin, then its tombstone in KV ``buckets`` (CAS).
 

@@ -547,16 +547,16 @@ class FileOrigin(Origin):
         if not os.path.isdir(bucket_dir):
             return
         with self._lock(bucket):
+            parent = os.path.dirname(path)
+            if not os.path.isdir(parent):
+                return  # a folder of the key is missing, or is a file: no such key
             try:
                 is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
             except FileNotFoundError:
                 is_dir = True  # only a displaced twin can be left
-            except NotADirectoryError:
-                return  # a parent is a file: no such key
             if not is_dir:
                 os.unlink(path)
             _unlink(path + kp.DISPLACED_SUFFIX)
-            parent = os.path.dirname(path)
             _fsync_dir(parent)
             meta = self._meta_path(bucket, parts)
             _unlink(meta)
