@@ -5,45 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
-from contextlib import AsyncExitStack
+from functools import partial
 
 import pytest
 import pytest_asyncio
 
 from edgecache.common import errors, wire
-from edgecache.common.client import EdgecacheClient
+from tests.fixtures.readthrough import CHUNK, one, origin_gets, origin_put, readthrough_node
 
-MiB = 1024 * 1024
-CHUNK = MiB
-RUN = 4  # chunks per origin GET (cachenode.fill_run_bytes = RUN * CHUNK)
-
-
-def _gets(chunks: int) -> int:
-    """Origin GETs to fill ``chunks`` consecutive cold chunks from the first."""
-    return -(-chunks // RUN)
-
-
-async def _one(data: bytes):
-    yield data
+_origin_put = partial(origin_put, content_type="application/x-test")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def rt(make_config, nc):
     """A cache node over a file origin that the test writes into directly."""
-    from edgecache.cachenode.service import start_node
-
-    config = make_config(
-        cachenode={"chunk_bytes": CHUNK, "fill_run_bytes": RUN * CHUNK, "node_id": f"rt-{secrets.token_hex(3)}", "revalidate_after_s": 0.2},
-    )
-    async with AsyncExitStack() as stack:
-        node = await start_node(config, stack)
-        yield node, EdgecacheClient(nc, timeout_s=10.0, window_frames=4)
-
-
-async def _origin_put(node, bucket: str, key: str, data: bytes) -> None:
-    await node.origin.create_bucket(bucket)
-    await node.origin.put_object(bucket, key, _one(data), size=len(data), content_type="application/x-test")
+    async with readthrough_node(
+        make_config, nc, "rt", timeout_s=10.0, window_frames=4, revalidate_after_s=0.2
+    ) as node_and_client:
+        yield node_and_client
 
 
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 3])
@@ -54,7 +33,7 @@ async def test_cold_then_warm_reads_are_identical(rt, bucket_name, size) -> None
     fills = node.counters.fills
     info, cold = await client.get_object_bytes(bucket_name, "obj")
     assert cold == data and info.size == size and info.content_type == "application/x-test"
-    gets = _gets(-(-size // CHUNK))
+    gets = origin_gets(-(-size // CHUNK))
     assert node.counters.fills - fills == gets
     _, warm = await client.get_object_bytes(bucket_name, "obj")
     assert warm == data
@@ -68,7 +47,7 @@ async def test_concurrent_cold_gets_fill_each_chunk_once(rt, bucket_name) -> Non
     fills = node.counters.fills
     results = await asyncio.gather(*[client.get_object_bytes(bucket_name, "hot") for _ in range(8)])
     assert all(body == data for _, body in results)
-    assert node.counters.fills - fills == _gets(7)
+    assert node.counters.fills - fills == origin_gets(7)
 
 
 async def test_cold_range_fills_only_covering_chunks(rt, bucket_name) -> None:
@@ -104,7 +83,7 @@ async def test_listing_merges_origin_with_pending_writes(rt, bucket_name) -> Non
     node, client = rt
     for key in ("a", "c", "d/1"):
         await _origin_put(node, bucket_name, key, key.encode())
-    await client.put_object(wire.PutObject(bucket=bucket_name, key="b", size=1), _one(b"b"))
+    await client.put_object(wire.PutObject(bucket=bucket_name, key="b", size=1), one(b"b"))
     await client.request(wire.DeleteObject(bucket=bucket_name, key="c"))
     page = await client.request(wire.ListObjects(bucket=bucket_name, delimiter="/"))
     assert [o.key for o in page.contents] == ["a", "b"]

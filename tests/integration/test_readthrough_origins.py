@@ -6,31 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import sys
-from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from edgecache.common import errors, wire
-from edgecache.common.client import EdgecacheClient
 from tests.fixtures.origins import _Process, unique_bucket
 from tests.fixtures.ports import free_port
+from tests.fixtures.readthrough import CHUNK, MiB, one, origin_gets, origin_put, readthrough_node
 
-MiB = 1024 * 1024
-CHUNK = MiB
-RUN = 4  # chunks per origin GET (cachenode.fill_run_bytes = RUN * CHUNK)
-
-
-def _gets(chunks: int) -> int:
-    """Origin GETs to fill ``chunks`` consecutive cold chunks from the first."""
-    return -(-chunks // RUN)
-
-
-async def _one(data: bytes):
-    yield data
+_seed = partial(origin_put, content_type="application/x-seed")
 
 
 def _origin_section(kind: str, request: pytest.FixtureRequest) -> dict:
@@ -44,20 +32,9 @@ def _origin_section(kind: str, request: pytest.FixtureRequest) -> dict:
 @pytest_asyncio.fixture(loop_scope="session", params=["file", "s3", "azure"])
 async def node_on(request, make_config, nc):
     """A cache node (1 MiB chunks) in front of each kind of origin, and a client."""
-    from edgecache.cachenode.service import start_node
-
-    config = make_config(
-        cachenode={"chunk_bytes": CHUNK, "fill_run_bytes": RUN * CHUNK, "node_id": f"o-{secrets.token_hex(3)}", "revalidate_after_s": 0.3},
-        origin=_origin_section(request.param, request),
-    )
-    async with AsyncExitStack() as stack:
-        node = await start_node(config, stack)
-        yield node, EdgecacheClient(nc, timeout_s=20.0, window_frames=8)
-
-
-async def _seed(node, bucket: str, key: str, data: bytes) -> None:
-    await node.origin.create_bucket(bucket)
-    await node.origin.put_object(bucket, key, _one(data), size=len(data), content_type="application/x-seed")
+    origin = _origin_section(request.param, request)
+    async with readthrough_node(make_config, nc, "o", origin=origin, revalidate_after_s=0.3) as node_and_client:
+        yield node_and_client
 
 
 async def test_cold_and_warm_reads_of_every_size(node_on) -> None:
@@ -71,10 +48,10 @@ async def test_cold_and_warm_reads_of_every_size(node_on) -> None:
         fills = node.counters.fills
         info, cold = await client.get_object_bytes(bucket, key)
         assert cold == data and info.size == len(data) and info.content_type == "application/x-seed"
-        assert node.counters.fills - fills == _gets(-(-len(data) // CHUNK))
+        assert node.counters.fills - fills == origin_gets(-(-len(data) // CHUNK))
         _, warm = await client.get_object_bytes(bucket, key)
         assert warm == data
-        assert node.counters.fills - fills == _gets(-(-len(data) // CHUNK))  # no origin GET for the warm read
+        assert node.counters.fills - fills == origin_gets(-(-len(data) // CHUNK))  # no origin GET for the warm read
 
 
 async def test_single_flight_and_range_fill(node_on) -> None:
@@ -85,7 +62,7 @@ async def test_single_flight_and_range_fill(node_on) -> None:
     fills = node.counters.fills
     got = await asyncio.gather(*[client.get_object_bytes(bucket, "hot") for _ in range(6)])
     assert all(body == data for _, body in got)
-    assert node.counters.fills - fills == _gets(13)  # each chunk fetched from the origin once
+    assert node.counters.fills - fills == origin_gets(13)  # each chunk fetched from the origin once
     await _seed(node, bucket, "ranged", data)
     fills = node.counters.fills
     first, last = 7 * CHUNK - 3, 7 * CHUNK + 3
@@ -103,7 +80,7 @@ async def test_listing_merges_origin_with_pending_writes(node_on) -> None:
     bucket = unique_bucket("ls")
     for key in ("a", "c", "d/1", "d/2"):
         await _seed(node, bucket, key, key.encode())
-    await client.put_object(wire.PutObject(bucket=bucket, key="b", size=1), _one(b"b"))
+    await client.put_object(wire.PutObject(bucket=bucket, key="b", size=1), one(b"b"))
     await client.request(wire.DeleteObject(bucket=bucket, key="c"))
     flat = await client.request(wire.ListObjects(bucket=bucket))
     assert [o.key for o in flat.contents] == ["a", "b", "d/1", "d/2"]
@@ -143,16 +120,12 @@ def own_moto(aws_test_env, tmp_path: Path):
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def node_on_own_moto(own_moto, make_config, nc):
-    from edgecache.cachenode.service import start_node
-
     url, server = own_moto
-    config = make_config(
-        cachenode={"chunk_bytes": CHUNK, "fill_run_bytes": RUN * CHUNK, "node_id": f"m-{secrets.token_hex(3)}", "revalidate_after_s": 0.2, "fill_concurrency": 2},
-        origin={"kind": "s3", "endpoint_url": url, "region": "us-east-1", "timeout_s": 2.0},
-    )
-    async with AsyncExitStack() as stack:
-        node = await start_node(config, stack)
-        yield node, EdgecacheClient(nc, timeout_s=20.0, window_frames=2), server
+    origin = {"kind": "s3", "endpoint_url": url, "region": "us-east-1", "timeout_s": 2.0}
+    async with readthrough_node(
+        make_config, nc, "m", origin=origin, window_frames=2, revalidate_after_s=0.2, fill_concurrency=2
+    ) as (node, client):
+        yield node, client, server
 
 
 async def test_fill_cut_half_way_fails_the_read_and_keeps_no_partial_chunk(node_on_own_moto) -> None:
@@ -198,14 +171,10 @@ async def test_origin_down_serves_cached_and_refuses_uncached(node_on_own_moto) 
 @pytest_asyncio.fixture(loop_scope="session")
 async def small_node(make_config, nc):
     """A node with 8 MiB of cache (1 MiB chunks) and no writeback running: PUTs stay dirty."""
-    from edgecache.cachenode.service import start_node
-
-    config = make_config(
-        cachenode={"chunk_bytes": CHUNK, "fill_run_bytes": RUN * CHUNK, "node_id": f"s-{secrets.token_hex(3)}", "capacity_bytes": 8 * CHUNK, "high_watermark": 0.9, "low_watermark": 0.5},
-    )
-    async with AsyncExitStack() as stack:
-        node = await start_node(config, stack)
-        yield node, EdgecacheClient(nc, timeout_s=20.0, window_frames=8)
+    async with readthrough_node(
+        make_config, nc, "s", capacity_bytes=8 * CHUNK, high_watermark=0.9, low_watermark=0.5
+    ) as node_and_client:
+        yield node_and_client
 
 
 async def test_eviction_keeps_dirty_chunks_and_refills_clean_ones(small_node) -> None:
@@ -213,7 +182,7 @@ async def test_eviction_keeps_dirty_chunks_and_refills_clean_ones(small_node) ->
     bucket = unique_bucket("ev")
     await client.request(wire.CreateBucket(bucket=bucket))
     dirty = os.urandom(3 * CHUNK)
-    await client.put_object(wire.PutObject(bucket=bucket, key="dirty", size=len(dirty)), _one(dirty))
+    await client.put_object(wire.PutObject(bucket=bucket, key="dirty", size=len(dirty)), one(dirty))
     cold = os.urandom(10 * CHUNK)
     await _seed(node, bucket, "cold", cold)
     evictions = node.store.stats.evictions

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import crc32c
 import pytest
-from edgecache.cachenode import chunkstore as cs
+
+from edgecache.cachenode import chunkformat, chunkstore, chunkwriter
 from edgecache.cachenode.chunkstore import (
     TRAILER,
     ChunkCorrupt,
@@ -52,7 +53,7 @@ def payload(n: int, seed: int = 0) -> bytes:
 
 
 def chunk_file(store: ChunkStore, chunk_id: str, *, dirty: bool) -> Path:
-    return store.root / ("dirty" if dirty else "clean") / cs._shard(chunk_id) / chunk_id
+    return store.root / ("dirty" if dirty else "clean") / chunkformat.shard(chunk_id) / chunk_id
 
 
 def tmp_files(store: ChunkStore) -> list[Path]:
@@ -126,7 +127,7 @@ async def test_on_disk_format(open_store: OpenStore) -> None:
     magic, version, flags, reserved, length, crc = TRAILER.unpack(raw[len(data) :])
     assert (magic, version, flags, reserved, length) == (b"ECCK", 1, 0, 0, len(data))
     assert crc == crc32c.crc32c(data)
-    assert cs._shard("fmt.0") == f"{crc32c.crc32c(b'fmt.0') & 0xFF:02x}"
+    assert chunkformat.shard("fmt.0") == f"{crc32c.crc32c(b'fmt.0') & 0xFF:02x}"
 
 
 async def test_large_chunk_mixed_piece_sizes(open_store: OpenStore) -> None:
@@ -247,14 +248,14 @@ async def test_cancelled_writer_leaves_nothing(
 ) -> None:
     store = await open_store()
     entered = threading.Event()
-    real_append = cs._append
+    real_append = chunkwriter.append
 
     def slow_append(f, data, crc):  # type: ignore[no-untyped-def]
         entered.set()
         threading.Event().wait(0.2)
         return real_append(f, data, crc)
 
-    monkeypatch.setattr(cs, "_append", slow_append)
+    monkeypatch.setattr(chunkwriter, "append", slow_append)
 
     async def writing() -> None:
         async with store.writer("c.0", dirty=True) as w:
@@ -278,7 +279,7 @@ async def test_disk_full_during_write(
     def full(f, data, crc):  # type: ignore[no-untyped-def]
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cs, "_append", full)
+    monkeypatch.setattr(chunkwriter, "append", full)
     w = store.writer("f.0", dirty=True)
     with pytest.raises(ChunkStoreFull) as info:
         await w.write(payload(2 * MiB))
@@ -299,7 +300,7 @@ async def test_disk_full_at_commit(open_store: OpenStore, monkeypatch: pytest.Mo
         f.close()
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cs, "_finish", full)
+    monkeypatch.setattr(chunkwriter, "seal", full)
     with pytest.raises(ChunkStoreFull):
         async with store.writer("f.0", dirty=True) as w:
             await w.write(b"small")
@@ -317,7 +318,7 @@ async def test_other_os_errors_pass_through(
     def broken(f, data, crc):  # type: ignore[no-untyped-def]
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(cs, "_append", broken)
+    monkeypatch.setattr(chunkwriter, "append", broken)
     with pytest.raises(OSError) as info:
         await store.writer("f.0", dirty=True).write(payload(2 * MiB))
     assert not isinstance(info.value, ChunkStoreFull)
@@ -573,14 +574,14 @@ async def test_chunk_being_read_is_not_evicted(
     for i in range(10):
         await put(store, f"p.{i}", payload(100, seed=i))
     started, release = threading.Event(), threading.Event()
-    real_read = cs._read_verified
+    real_read = chunkstore.read_verified
 
     def blocked_read(path: Path) -> bytes:
         started.set()
         release.wait(5)
         return real_read(path)
 
-    monkeypatch.setattr(cs, "_read_verified", blocked_read)
+    monkeypatch.setattr(chunkstore, "read_verified", blocked_read)
     reading = asyncio.create_task(store.read("p.0"))  # p.0 is first in line for eviction
     await asyncio.to_thread(started.wait, 5)
     evicted = await store.evict()

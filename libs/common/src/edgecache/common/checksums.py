@@ -11,21 +11,28 @@ import base64
 import binascii
 import hashlib
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import crc32c
 
 from edgecache.common import errors
 
-__all__ = ["ALGORITHMS", "Digests", "verify_content_md5"]
+__all__ = ["ALGORITHMS", "Digests", "RunningChecksum", "verify_content_md5"]
 
-ALGORITHMS = ("crc32", "crc32c", "sha1", "sha256")
+
+class RunningChecksum(Protocol):
+    """What a running checksum offers: hashlib's ``update``/``digest``."""
+
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
 
 
 class _Crc:
-    def __init__(self, fn) -> None:  # type: ignore[no-untyped-def]
-        self._fn = fn
-        self._value = 0
+    """A running CRC with the hashlib ``update``/``digest`` interface (4-byte big-endian digest)."""
+
+    def __init__(self, fn: Callable[[bytes, int], int]) -> None:
+        self._fn, self._value = fn, 0
 
     def update(self, data: bytes) -> None:
         self._value = self._fn(data, self._value)
@@ -34,21 +41,27 @@ class _Crc:
         return self._value.to_bytes(4, "big")
 
 
-def _new(algorithm: str):  # type: ignore[no-untyped-def]
-    if algorithm == "crc32":
-        return _Crc(zlib.crc32)
-    if algorithm == "crc32c":
-        return _Crc(crc32c.crc32c)
-    if algorithm in ("sha1", "sha256"):
-        return hashlib.new(algorithm)
-    raise errors.InvalidRequest(f"checksum algorithm {algorithm!r} is not supported")
+# Algorithm name (lower case, as in ``x-amz-checksum-<name>``) -> running-checksum factory.
+ALGORITHMS: dict[str, Callable[[], RunningChecksum]] = {
+    "crc32": lambda: _Crc(zlib.crc32),
+    "crc32c": lambda: _Crc(crc32c.crc32c),
+    "sha1": hashlib.sha1,
+    "sha256": hashlib.sha256,
+}
+
+
+def _new(algorithm: str) -> RunningChecksum:
+    factory = ALGORITHMS.get(algorithm)
+    if factory is None:
+        raise errors.InvalidRequest(f"checksum algorithm {algorithm!r} is not supported")
+    return factory()
 
 
 class Digests:
     """MD5 plus the requested ``x-amz-checksum-*`` algorithms over one body.
 
     Args:
-        algorithms: lower-case names from :data:`ALGORITHMS`.
+        algorithms: lower-case names, keys of :data:`ALGORITHMS`.
 
     Raises:
         InvalidRequest: an unsupported algorithm.

@@ -22,18 +22,15 @@ import base64
 import hashlib
 import hmac
 import re
-import zlib
 from typing import TYPE_CHECKING, Protocol
 
-import crc32c
-
 from edgecache.common import errors
+from edgecache.common.checksums import ALGORITHMS
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Callable
+    from collections.abc import AsyncIterable, AsyncIterator
 
 __all__ = [
-    "CHECKSUM_ALGORITHMS",
     "MAX_LINE_BYTES",
     "SIGNED_PAYLOAD",
     "SIGNED_PAYLOAD_TRAILER",
@@ -60,28 +57,6 @@ _TRAILER_ALGORITHM = "AWS4-HMAC-SHA256-TRAILER"
 _CHECKSUM_PREFIX = "x-amz-checksum-"
 
 
-class _Crc:
-    """A running CRC with the hashlib ``update``/``digest`` interface (4-byte big-endian digest)."""
-
-    def __init__(self, fn: Callable[[bytes, int], int]) -> None:
-        self._fn, self._value = fn, 0
-
-    def update(self, data: bytes) -> None:
-        self._value = self._fn(data, self._value)
-
-    def digest(self) -> bytes:
-        return self._value.to_bytes(4, "big")
-
-
-# Trailer algorithm name (lower case, without ``x-amz-checksum-``) -> running-checksum factory.
-CHECKSUM_ALGORITHMS = {
-    "crc32": lambda: _Crc(zlib.crc32),
-    "crc32c": lambda: _Crc(crc32c.crc32c),
-    "sha1": hashlib.sha1,
-    "sha256": hashlib.sha256,
-}
-
-
 class SigningContext(Protocol):
     """What chunk signatures chain from; :class:`edgecache.gateway.sigv4.AuthContext` is one."""
 
@@ -103,7 +78,7 @@ def parse_trailer_names(x_amz_trailer: str | None) -> tuple[str, ...]:
             (comma-separated if several), or ``None`` when absent.
 
     Returns:
-        Algorithm names in :data:`CHECKSUM_ALGORITHMS`, e.g. ``("crc32",)``.
+        Algorithm names in :data:`edgecache.common.checksums.ALGORITHMS`, e.g. ``("crc32",)``.
 
     Raises:
         InvalidArgument: a name is not an ``x-amz-checksum-*`` header this
@@ -115,7 +90,7 @@ def parse_trailer_names(x_amz_trailer: str | None) -> tuple[str, ...]:
         if not name:
             continue
         algorithm = name.removeprefix(_CHECKSUM_PREFIX)
-        if not name.startswith(_CHECKSUM_PREFIX) or algorithm not in CHECKSUM_ALGORITHMS:
+        if not name.startswith(_CHECKSUM_PREFIX) or algorithm not in ALGORITHMS:
             raise errors.InvalidArgument(f"Unsupported trailing header in x-amz-trailer: {name}")
         if algorithm not in names:
             names.append(algorithm)
@@ -240,7 +215,7 @@ class ChunkedDecoder:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         reader = _Reader(self._body)
-        checksums = {name: CHECKSUM_ALGORITHMS[name]() for name in self._trailer_names}
+        checksums = {name: ALGORITHMS[name]() for name in self._trailer_names}
         previous = self._signing.seed_signature if self._signing else ""
         total = 0
         while True:
