@@ -23,7 +23,7 @@ from edgecache.cachenode.chunkstore import (
     ChunkStoreFull,
     validate_chunk_id,
 )
-from edgecache.cachenode.eviction import S3FifoPolicy
+from edgecache.common.s3fifo import S3FifoPolicy
 
 MiB = 1024 * 1024
 

@@ -63,7 +63,7 @@ from edgecache.cachenode.chunkformat import (
     validate_chunk_id,
 )
 from edgecache.cachenode.chunkwriter import ChunkWriter
-from edgecache.cachenode.eviction import S3FifoPolicy
+from edgecache.common.s3fifo import S3FifoPolicy
 from edgecache.cachenode.keyedlock import KeyedLocks
 from edgecache.cachenode.recovery import scan
 

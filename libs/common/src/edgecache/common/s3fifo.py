@@ -1,4 +1,5 @@
-"""S3-FIFO eviction policy for the chunk store (private to :mod:`edgecache.cachenode.chunkstore`).
+"""S3-FIFO eviction policy, byte-sized over string keys: the cache node's chunk store and
+the gateway's memory tier both use it.
 
 S3-FIFO (Yang et al., SOSP 2023) keeps three FIFO queues:
 
@@ -12,12 +13,13 @@ S3-FIFO (Yang et al., SOSP 2023) keeps three FIFO queues:
 
 Reads bump ``freq`` up to 3. Sizes are in bytes: S is emptied first while it holds at least
 ``small_fraction`` (10 %) of the tracked bytes. The policy tracks only keys the caller may
-evict (the chunk store adds clean chunks and removes chunks that turn dirty or are deleted);
+evict (the chunk store adds clean chunks and removes chunks that turn dirty or are deleted;
+the memory tier adds every object it holds);
 keys that cannot be evicted right now (``can_evict`` false, e.g. a read in flight) are
 treated as if they had been read, without spending their ``freq``.
 
-Everything here is synchronous and in memory; it is not thread-safe (the chunk store calls it
-from the event loop only).
+Everything here is synchronous and in memory; it is not thread-safe (its users call it from
+their event loop only).
 """
 
 from __future__ import annotations
