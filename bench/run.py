@@ -62,7 +62,7 @@ import boto3
 import yarl
 from botocore.config import Config as BotoConfig
 
-from edgecache.common.natsserver import free_port
+from edgecache.launcher.natsserver import free_port
 
 MiB = 1024 * 1024
 MB = 1_000_000
