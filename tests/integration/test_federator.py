@@ -26,9 +26,9 @@ from nats.aio.client import Client as NATS
 
 from edgecache.common import subjects, wire
 from edgecache.common.config import Config
-from edgecache.common.natsserver import NatsServer
 from edgecache.federator.membership import ChangeKind, Membership
 from edgecache.federator.service import serve
+from edgecache.launcher.natsserver import NatsServer
 
 T = TypeVar("T")
 TTL_S = 1.0

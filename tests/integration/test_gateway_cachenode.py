@@ -20,8 +20,8 @@ import pytest_asyncio
 import uvicorn
 
 from edgecache.common.config import Config
-from edgecache.common.natsserver import NatsServer, free_port
 from edgecache.gateway.app import create_app
+from edgecache.launcher.natsserver import NatsServer, free_port
 
 AK, SK = "AKIAGATEWAYNODE", "gateway-node-secret"
 

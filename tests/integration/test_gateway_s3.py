@@ -34,8 +34,8 @@ import uvicorn
 
 from edgecache.common import errors, ranges, stream, wire
 from edgecache.common.config import load_config
-from edgecache.common.natsserver import NatsServer, free_port
 from edgecache.gateway.app import create_app
+from edgecache.launcher.natsserver import NatsServer, free_port
 
 ACCESS_KEY = "AKIAEDGECACHETEST"
 SECRET_KEY = "edgecache-test-secret-key/0123456789abcdef"

@@ -17,10 +17,10 @@ import pytest
 
 from edgecache.common import errors
 from edgecache.common.config import OriginConfig, load_config
-from edgecache.common.origin import Origin, open_origin
-from edgecache.common.origin.azure import AzureOrigin
-from edgecache.common.origin.file import FileOrigin
-from edgecache.common.origin.s3 import S3Origin
+from edgecache.origin import Origin, open_origin
+from edgecache.origin.azure import AzureOrigin
+from edgecache.origin.file import FileOrigin
+from edgecache.origin.s3 import S3Origin
 from tests.fixtures.origins import azurite_connection_string
 from tests.fixtures.ports import free_port
 

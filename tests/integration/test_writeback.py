@@ -26,11 +26,12 @@ import pytest_asyncio
 from nats.js.errors import KeyNotFoundError
 
 from edgecache.common import errors, kvkeys, stream, subjects, wire
-from edgecache.common.cli import read_status, render_status
 from edgecache.common.config import WritebackConfig
 from edgecache.common.jetstream import State, ensure_state
-from edgecache.common.natsserver import NatsServer
-from edgecache.common.origin import Origin
+from edgecache.launcher.natsserver import NatsServer
+from edgecache.launcher.render import render_status
+from edgecache.launcher.status import read_status
+from edgecache.origin import Origin
 from edgecache.writeback.service import WritebackService
 
 FAST = WritebackConfig(ack_wait_s=2.0, backoff_base_s=0.05, backoff_max_s=0.2)

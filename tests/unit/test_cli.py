@@ -21,10 +21,13 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from edgecache.common import cli, wire
+from edgecache.common import wire
 from edgecache.common.config import Config, load_config
-from edgecache.common.natsserver import free_port
-from edgecache.common.supervisor import Backoff, ChildSpec, FatalExit, Supervisor
+from edgecache.launcher import cli, configfile, credentials, datadir, render, status
+from edgecache.launcher import up as up_mod
+from edgecache.launcher.natsserver import free_port
+from edgecache.launcher.supervisor import ChildSpec, FatalExit, Supervisor
+from edgecache.launcher.supervisor import RestartBackoff as Backoff
 
 EDGECACHE = Path(sys.executable).parent / "edgecache"
 
@@ -71,7 +74,7 @@ def captured_up(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         seen.update(config=config, root=root, **kwargs)
         return 0
 
-    monkeypatch.setattr(cli, "_run_up", fake_run_up)
+    monkeypatch.setattr(up_mod, "run", fake_run_up)
     return seen
 
 
@@ -153,32 +156,32 @@ def _mode(path: Path) -> int:
 
 
 def test_credentials_generated_once_then_reused(tmp_path: Path) -> None:
-    access, secret, created = cli.load_or_create_credentials(tmp_path)
+    access, secret, created = credentials.load_or_create_credentials(tmp_path)
     assert created
     assert re.fullmatch(r"EC[A-Z0-9]{18}", access)
     assert re.fullmatch(r"[A-Za-z0-9]{40}", secret)
-    path = tmp_path / cli.CREDENTIALS_FILE
+    path = tmp_path / datadir.CREDENTIALS_FILE
     assert _mode(path) == 0o600
     assert f"aws_secret_access_key = {secret}" in path.read_text()
-    assert cli.load_or_create_credentials(tmp_path) == (access, secret, False)
+    assert credentials.load_or_create_credentials(tmp_path) == (access, secret, False)
 
 
 def test_credentials_mode_is_repaired_and_bad_file_is_an_error(tmp_path: Path) -> None:
-    access, _, _ = cli.load_or_create_credentials(tmp_path)
-    path = tmp_path / cli.CREDENTIALS_FILE
+    access, _, _ = credentials.load_or_create_credentials(tmp_path)
+    path = tmp_path / datadir.CREDENTIALS_FILE
     path.chmod(0o644)
-    assert cli.load_or_create_credentials(tmp_path)[0] == access
+    assert credentials.load_or_create_credentials(tmp_path)[0] == access
     assert _mode(path) == 0o600
     path.write_text("[other]\nx = 1\n")
     with pytest.raises(click.ClickException, match="delete the file"):
-        cli.load_or_create_credentials(tmp_path)
+        credentials.load_or_create_credentials(tmp_path)
 
 
 def test_each_data_dir_gets_its_own_credentials(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a = cli.load_or_create_credentials(tmp_path / "a")
-    b = cli.load_or_create_credentials(tmp_path / "b")
+    a = credentials.load_or_create_credentials(tmp_path / "a")
+    b = credentials.load_or_create_credentials(tmp_path / "b")
     assert a[0] != b[0] and a[1] != b[1]
 
 
@@ -193,19 +196,19 @@ def test_config_file_round_trips(tmp_path: Path) -> None:
         Config,
     )
     path = tmp_path / "edgecache.toml"
-    cli.write_config(config, path)
+    configfile.write_config(config, path)
     assert _mode(path) == 0o600
     assert msgspec.convert(tomllib.loads(path.read_text()), Config) == config
     assert load_config(path, env={}) == config
     assert load_config(path, env={}).log.json is True
     default = tmp_path / "default.toml"
-    cli.write_config(Config(), default)
+    configfile.write_config(Config(), default)
     assert load_config(default, env={}) == Config()  # None (log.json) is left out
 
 
 def test_dump_toml_scalars() -> None:
     tree = {"a": float("inf"), "b": 1e-05, "c": -0.5, "d": 2**40, "e": "", "f": None, "t": {}}
-    assert tomllib.loads(cli.dump_toml(tree)) == {
+    assert tomllib.loads(configfile.dump_toml(tree)) == {
         "a": float("inf"),
         "b": 1e-05,
         "c": -0.5,
@@ -214,13 +217,13 @@ def test_dump_toml_scalars() -> None:
         "t": {},
     }
     with pytest.raises(TypeError):
-        cli.dump_toml({"x": [1]})
+        configfile.dump_toml({"x": b"raw"})
 
 
 def test_children_get_no_edgecache_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGECACHE_PORT", "1")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    env = cli._child_env()
+    env = up_mod.child_env()
     assert "EDGECACHE_PORT" not in env
     assert env["AWS_REGION"] == "eu-west-1"
 
@@ -236,34 +239,34 @@ def test_status_fails_clearly_when_nats_is_unreachable(runner: CliRunner) -> Non
 def test_status_reads_the_url_up_wrote(runner: CliRunner, tmp_path: Path) -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     config = msgspec.convert({"nats": {"url": url}}, Config)
-    cli.write_config(config, tmp_path / cli.CONFIG_FILE)
+    configfile.write_config(config, tmp_path / datadir.CONFIG_FILE)
     result = runner.invoke(cli.main, ["status", "--data-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert url in result.output
 
 
 def test_human_units() -> None:
-    assert cli.human_bytes(0) == "0 B"
-    assert cli.human_bytes(1023) == "1023 B"
-    assert cli.human_bytes(1536) == "1.5 KiB"
-    assert cli.human_bytes(64 * 1024**3) == "64.0 GiB"
-    assert cli.human_duration(59) == "59s"
-    assert cli.human_duration(4000) == "1h06m"
-    assert cli.human_duration(2 * 86400 + 3600) == "2d01h"
+    assert render.human_bytes(0) == "0 B"
+    assert render.human_bytes(1023) == "1023 B"
+    assert render.human_bytes(1536) == "1.5 KiB"
+    assert render.human_bytes(64 * 1024**3) == "64.0 GiB"
+    assert render.human_duration(59) == "59s"
+    assert render.human_duration(4000) == "1h06m"
+    assert render.human_duration(2 * 86400 + 3600) == "2d01h"
 
 
 def test_render_status() -> None:
     stats = wire.NodeStats(capacity_bytes=2 * 1024**3, used_bytes=1024**3, hits=7, misses=2)
-    node = cli.NodeStatus(
+    node = status.NodeStatus(
         node_id="n1", host="h1", started=0.0, uptime_s=65, last_seen_s=1.2, stats=stats
     )
-    failing = cli.FailingIntent(bucket="b", key="k", attempts=4, error="AccessDenied: no")
-    backlog = cli.Backlog(
+    failing = status.FailingIntent(bucket="b", key="k", attempts=4, error="AccessDenied: no")
+    backlog = status.Backlog(
         intents=3, in_flight=1, redelivered=0, oldest_age_s=12.0, partitions=[], retrying=1,
         failing=[failing],
     )
-    text = cli.render_status(
-        cli.ClusterStatus(nats_url="nats://x:1", nodes=[node], writeback=backlog)
+    text = render.render_status(
+        status.ClusterStatus(nats_url="nats://x:1", nodes=[node], writeback=backlog)
     )
     lines = text.splitlines()
     assert lines[0] == "nats nats://x:1: 1 cache node(s)"
@@ -443,7 +446,7 @@ class _Up:
         )
         assert self.process.stdout is not None
         self.ready = self.process.stdout.readline()
-        if not self.ready.startswith(cli.READY_PREFIX):
+        if not self.ready.startswith(render.READY_PREFIX):
             self.process.kill()
             pytest.fail(f"no readiness line: {self.ready!r}\n{self.process.communicate()}")
         self.banner = [self.ready]
@@ -475,13 +478,13 @@ def test_up_runs_supervises_and_stops_the_stack(tmp_path: Path, fake_services: P
     up = _Up(data_dir, fake_services, port)
     try:
         assert re.fullmatch(
-            rf"{cli.READY_PREFIX} endpoint=http://127.0.0.1:{port} nats=nats://\S+\n", up.ready
+            rf"{render.READY_PREFIX} endpoint=http://127.0.0.1:{port} nats=nats://\S+\n", up.ready
         )
         access = up.value("access key")
         # the files up leaves behind, and the config the services got
-        assert _mode(data_dir / cli.CREDENTIALS_FILE) == 0o600
-        assert _mode(data_dir / cli.CONFIG_FILE) == 0o600
-        config = load_config(data_dir / cli.CONFIG_FILE, env={})
+        assert _mode(data_dir / datadir.CREDENTIALS_FILE) == 0o600
+        assert _mode(data_dir / datadir.CONFIG_FILE) == 0o600
+        config = load_config(data_dir / datadir.CONFIG_FILE, env={})
         assert config.gateway.port == port
         assert config.gateway.access_key == access
         assert config.cachenode.heartbeat_s == 0.2
@@ -557,7 +560,7 @@ def test_a_second_ctrl_c_later_kills_at_once(tmp_path: Path, fake_services: Path
             if "edgecache.federator" in Path(f"/proc/{child}/cmdline").read_text():
                 os.kill(child, signal.SIGSTOP)
         up.process.send_signal(signal.SIGINT)
-        time.sleep(cli.SECOND_SIGNAL_AFTER_S + 0.3)
+        time.sleep(up_mod.SECOND_SIGNAL_AFTER_S + 0.3)
         up.process.send_signal(signal.SIGINT)
         _, err = up.process.communicate(timeout=8)  # well under the 10 s stop timeout
     finally:

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgecache.common import errors
-from edgecache.common.origin import _keypath as kp
-from edgecache.common.origin.file import FileOrigin
+from edgecache.origin import _keypath as kp
+from edgecache.origin.file import FileOrigin
 
 ROOT = "/srv/origin/bucket"
 BUCKET = "bkt"

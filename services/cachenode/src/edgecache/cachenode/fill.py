@@ -35,7 +35,7 @@ from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
     from edgecache.cachenode.node import CacheNode
-    from edgecache.common.origin import OriginObject
+    from edgecache.origin import OriginObject
 
 __all__ = ["ChunkFill", "Filler", "chunk_spans", "lookup", "read", "read_chunk_span"]
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from edgecache.cachenode.membership import LiveNodes
     from edgecache.common.config import Config
     from edgecache.common.jetstream import State
-    from edgecache.common.origin import Origin
+    from edgecache.origin import Origin
 
 __all__ = ["Answered", "CacheNode", "Counters", "new_id", "now"]
 

@@ -25,8 +25,8 @@ from edgecache.cachenode.node import Answered, CacheNode
 from edgecache.common import errors, stream, subjects, wire
 from edgecache.common.jetstream import ensure_state
 from edgecache.common.logging import get_logger
-from edgecache.common.origin import open_origin
 from edgecache.common.runtime import connect_nats
+from edgecache.origin import open_origin
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg

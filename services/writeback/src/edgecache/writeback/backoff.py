@@ -1,10 +1,16 @@
 """Retry delays: exponential backoff with full jitter (AWS Architecture Blog, "Exponential
-Backoff And Jitter"), driven by JetStream's delivery count."""
+Backoff And Jitter"), driven by JetStream's delivery count.
+
+The scheme is :class:`edgecache.common.backoff.Backoff`; this module adds the writeback
+policy on top of it: a failing side's ``retry_after_s`` hint is a floor.
+"""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+
+from edgecache.common.backoff import Backoff
 
 __all__ = ["retry_delay_s"]
 
@@ -31,9 +37,7 @@ def retry_delay_s(
         Seconds, uniform in ``[0, min(max_s, base_s * 2**(attempt - 1))]`` (full jitter),
         raised to ``min(retry_after_s, max_s)`` when a hint is given.
     """
-    exponent = min(max(attempt, 1) - 1, 62)  # 2**62 * base overflows nothing; min() caps it
-    cap = min(max_s, base_s * float(2**exponent))
-    delay = rng() * max(cap, 0.0)
+    delay = Backoff(base_s=base_s, max_s=max_s).full_jitter(attempt, rng=rng)
     if retry_after_s:
         delay = max(delay, min(float(retry_after_s), max_s))
     return delay

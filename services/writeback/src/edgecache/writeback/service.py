@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
     from edgecache.common.config import Config, WritebackConfig
     from edgecache.common.jetstream import State
-    from edgecache.common.origin import Origin
+    from edgecache.origin import Origin
 
 __all__ = ["WritebackService", "WritebackStats", "serve"]
 
@@ -417,7 +417,7 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
 async def serve(config: Config, stop: asyncio.Event) -> None:
     """The service's entry: connect, make sure the JetStream state exists, open the origin,
     pull intents until ``stop`` is set, then drain the connection."""
-    from edgecache.common.origin import open_origin
+    from edgecache.origin import open_origin
 
     async with AsyncExitStack() as stack:
         nc = await connect_nats(config.nats, name="edgecache-writeback")

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.js.kv import KeyValue
 
-    from edgecache.common.origin import Origin
+    from edgecache.origin import Origin
 
 __all__ = ["IntentApplier", "Outcome", "Superseded", "new_event_id", "op_of"]
 

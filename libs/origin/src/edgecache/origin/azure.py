@@ -42,7 +42,7 @@ from azure.storage.blob.aio import BlobServiceClient, LinearRetry
 
 from edgecache.common import errors
 from edgecache.common.config import OriginConfig
-from edgecache.common.origin._util import (
+from edgecache.origin._util import (
     check_key,
     check_range,
     part_size_for,
@@ -51,7 +51,7 @@ from edgecache.common.origin._util import (
     system_headers,
     upload_parts,
 )
-from edgecache.common.origin.base import Origin, OriginBucket, OriginObject
+from edgecache.origin.base import Origin, OriginBucket, OriginObject
 
 __all__ = ["AzureOrigin", "decode_metadata_name", "encode_metadata_name"]
 

@@ -1,15 +1,17 @@
 """Origin backends behind one interface; :func:`open_origin` picks one from config.
 
-The backends live in their own modules (:mod:`.file`, :mod:`.s3`, :mod:`.azure`) and are
-imported only when chosen, so a process using the file origin never loads aiobotocore or
-the Azure SDK.
+This is the ``edgecache-origin`` library: only the services that talk to the origin (the
+cache node and the writeback service) depend on it, so the gateway and the federator
+install neither aiobotocore nor the Azure SDK. The backends live in their own modules
+(:mod:`.file`, :mod:`.s3`, :mod:`.azure`) and are imported only when chosen, so a process
+using the file origin never loads aiobotocore or the Azure SDK either.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgecache.common.origin.base import Origin, OriginBucket, OriginObject
+from edgecache.origin.base import Origin, OriginBucket, OriginObject
 
 if TYPE_CHECKING:
     from edgecache.common.config import Config
@@ -31,15 +33,15 @@ def open_origin(config: Config) -> Origin:
     """
     kind = config.origin.kind
     if kind == "file":
-        from edgecache.common.origin.file import FileOrigin
+        from edgecache.origin.file import FileOrigin
 
         return FileOrigin(config.origin_path())
     if kind == "s3":
-        from edgecache.common.origin.s3 import S3Origin
+        from edgecache.origin.s3 import S3Origin
 
         return S3Origin(config.origin)
     if kind == "azure":
-        from edgecache.common.origin.azure import AzureOrigin
+        from edgecache.origin.azure import AzureOrigin
 
         return AzureOrigin(config.origin)
     raise ValueError(f"unknown origin kind {kind!r}")

@@ -18,7 +18,7 @@ over 249 bytes once escaped            pieces of at most 247 bytes, each but the
 Names the encoding never produces for a segment are reserved for the layout:
 
 * ``<component>%`` -- the *displaced* file of key ``k`` when ``k/...`` keys also exist, so
-  the name ``k`` is a directory (see :mod:`edgecache.common.origin.file`);
+  the name ``k`` is a directory (see :mod:`edgecache.origin.file`);
 * ``<component>%.json`` -- the metadata file beside a component, in the metadata tree.
 
 Every escape is ``%`` + two upper-case hex digits, and only ``%25``, ``%00`` and ``%2E``

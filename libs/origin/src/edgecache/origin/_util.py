@@ -1,6 +1,6 @@
 """Helpers shared by the origin backends: validation, header shapes, part streaming.
 
-Private to :mod:`edgecache.common.origin`; nothing here talks to a backend.
+Private to :mod:`edgecache.origin`; nothing here talks to a backend.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from aiobotocore.session import AioSession
 
 from edgecache.common import errors
 from edgecache.common.config import OriginConfig
-from edgecache.common.origin._util import (
+from edgecache.origin._util import (
     check_key,
     check_range,
     part_size_for,
@@ -33,7 +33,7 @@ from edgecache.common.origin._util import (
     system_headers,
     upload_parts,
 )
-from edgecache.common.origin.base import Origin, OriginBucket, OriginObject
+from edgecache.origin.base import Origin, OriginBucket, OriginObject
 
 __all__ = ["S3Origin"]
 

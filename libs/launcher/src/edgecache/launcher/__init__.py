@@ -1,0 +1,16 @@
+"""The ``edgecache`` command: runs the whole stack on one machine (``edgecache up``),
+one service in the foreground, and ``edgecache status``.
+
+An application, not a library: the ``edgecache-launcher`` distribution owns the console
+entry point and is installed where a person runs the stack (``make up``, the tests), never
+in a service image. It only spawns the services as processes (``python -m
+edgecache.<service>``), so it imports none of them.
+
+Modules, one noun each: :mod:`.cli` (the click commands and their flags), :mod:`.up`
+(planning and running the stack), :mod:`.status` (reading the cluster's state),
+:mod:`.render` (what a person reads: the banner, the status table), :mod:`.datadir` (the
+data directory's files and lock), :mod:`.credentials`, :mod:`.configfile` (the effective
+``edgecache.toml``), :mod:`.ports` (TCP/HTTP probes), :mod:`.connection` (short NATS
+connections), :mod:`.supervisor` (child processes) and :mod:`.natsserver` (the private
+``nats-server``).
+"""

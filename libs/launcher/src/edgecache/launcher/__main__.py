@@ -1,0 +1,5 @@
+"""``python -m edgecache.launcher``: the same as the ``edgecache`` command."""
+
+from edgecache.launcher.cli import main
+
+main()

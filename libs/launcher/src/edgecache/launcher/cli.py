@@ -1,0 +1,204 @@
+"""The ``edgecache`` command line: ``up`` (the whole stack on one machine), one service in
+the foreground, and ``status``.
+
+This module holds the click commands and their flags only; the work is done by
+:mod:`~edgecache.launcher.up` and :mod:`~edgecache.launcher.status`. Flags fall back to
+environment variables (``EDGECACHE_DATA_DIR``, ``EDGECACHE_PORT``, …); the services
+themselves get exactly one source of config: the TOML file ``up`` writes to
+``<data-dir>/edgecache.toml``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+import msgspec
+
+from edgecache.common.config import NatsConfig
+from edgecache.launcher import configfile, status, up
+from edgecache.launcher.datadir import lock_data_dir
+from edgecache.launcher.render import render_status
+
+__all__ = ["SERVICES", "main"]
+
+SERVICES: tuple[str, ...] = ("gateway", "cachenode", "writeback", "federator")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="edgecache-launcher", prog_name="edgecache")
+def main() -> None:
+    """edgecache: an S3-compatible edge cache and write-back object store over NATS."""
+
+
+def _service_command(name: str) -> click.Command:
+    @click.command(name=name, help=f"Run the {name} service in the foreground.")
+    @click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        help="TOML config file (default: $EDGECACHE_CONFIG, else defaults + env).",
+    )
+    def command(config_file: str | None) -> NoReturn:
+        argv = [sys.executable, "-m", f"edgecache.{name}"]
+        if config_file:
+            argv += ["--config", config_file]
+        os.execv(sys.executable, argv)  # noqa: S606 - replaces this process on purpose
+
+    return command
+
+
+for _name in SERVICES:
+    main.add_command(_service_command(_name))
+
+
+@main.command("up")
+@click.option(
+    "--data-dir",
+    envvar="EDGECACHE_DATA_DIR",
+    type=click.Path(file_okay=False),
+    help="State, origin (file) and logs.  [env: EDGECACHE_DATA_DIR; default: ./.edgecache]",
+)
+@click.option(
+    "--port",
+    envvar="EDGECACHE_PORT",
+    type=click.IntRange(1, 65535),
+    help="Gateway HTTP port.  [env: EDGECACHE_PORT; default: 9000]",
+)
+@click.option(
+    "--nats-url",
+    envvar="EDGECACHE_NATS_URL",
+    help="Use this NATS (with JetStream) instead of starting a private nats-server."
+    "  [env: EDGECACHE_NATS_URL]",
+)
+@click.option(
+    "--nats-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port of the private nats-server; 0 picks a free one.",
+)
+@click.option(
+    "--origin",
+    envvar="EDGECACHE_ORIGIN",
+    type=click.Choice(["file", "s3", "azure"]),
+    help="Where objects live durably.  [env: EDGECACHE_ORIGIN; default: file]",
+)
+@click.option(
+    "--origin-endpoint-url",
+    envvar="EDGECACHE_ORIGIN_ENDPOINT_URL",
+    help="S3-compatible origin endpoint.  [env: EDGECACHE_ORIGIN_ENDPOINT_URL]",
+)
+@click.option(
+    "--origin-path",
+    envvar="EDGECACHE_ORIGIN_PATH",
+    type=click.Path(file_okay=False),
+    help="File origin directory.  [env: EDGECACHE_ORIGIN_PATH; default: <data-dir>/origin]",
+)
+@click.option(
+    "--config",
+    "config_file",
+    envvar="EDGECACHE_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="TOML config; flags and env override it.  [env: EDGECACHE_CONFIG]",
+)
+@click.option(
+    "--ready-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the gateway to answer HTTP before giving up.",
+)
+@click.option(
+    "--stop-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds each child gets to stop after SIGTERM before SIGKILL.",
+)
+def up_command(
+    data_dir: str | None,
+    port: int | None,
+    nats_url: str | None,
+    nats_port: int,
+    origin: str | None,
+    origin_endpoint_url: str | None,
+    origin_path: str | None,
+    config_file: str | None,
+    ready_timeout: float,
+    stop_timeout: float,
+) -> None:
+    """Run the whole stack on this machine: nats-server, federator, writeback, one cache
+    node and the gateway, each a child process, restarted if it dies.
+
+    Credentials come from EDGECACHE_ACCESS_KEY / EDGECACHE_SECRET_KEY, else from
+    <data-dir>/credentials (generated on first run, mode 0600). The resolved config is
+    written to <data-dir>/edgecache.toml and handed to every service; their logs go to
+    <data-dir>/logs/. Prints "edgecache is up: endpoint=URL nats=URL" when the gateway
+    answers. Ctrl-C or SIGTERM stops everything (gateway first, nats-server last).
+    """
+    overrides = {
+        "data_dir": data_dir,
+        "gateway": {"port": port},
+        "nats": {"url": nats_url},
+        "origin": {"kind": origin, "endpoint_url": origin_endpoint_url, "path": origin_path},
+    }
+    config = configfile.resolve(config_file, overrides)
+    root = Path(config.data_dir)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # a private nats-server unless a NATS URL was given (flag, env or config file)
+    external_nats = bool(nats_url) or config.nats.url != NatsConfig().url
+    with lock_data_dir(root):
+        code = up.run(
+            config,
+            root,
+            external_nats=external_nats,
+            nats_port=nats_port,
+            ready_timeout_s=ready_timeout,
+            stop_timeout_s=stop_timeout,
+        )
+    raise SystemExit(code)
+
+
+@main.command("status")
+@click.option(
+    "--nats-url",
+    envvar="EDGECACHE_NATS_URL",
+    help="NATS to read.  [env: EDGECACHE_NATS_URL; default: the one `up` wrote in "
+    "<data-dir>/edgecache.toml, else nats://127.0.0.1:4222]",
+)
+@click.option(
+    "--data-dir",
+    envvar="EDGECACHE_DATA_DIR",
+    default=".edgecache",
+    type=click.Path(file_okay=False),
+    help="Where `up` runs.  [env: EDGECACHE_DATA_DIR]",
+)
+@click.option(
+    "--config",
+    "config_file",
+    envvar="EDGECACHE_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="Take the NATS URL from this TOML config.  [env: EDGECACHE_CONFIG]",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--timeout", type=float, default=5.0, show_default=True, help="Seconds for NATS to answer."
+)
+def status_command(
+    nats_url: str | None, data_dir: str, config_file: str | None, as_json: bool, timeout: float
+) -> None:
+    """Show the live cache nodes (KV nodes) and the write-back backlog.
+
+    Exits 1 with a message on stderr when NATS is unreachable or holds no edgecache state.
+    """
+    url = status.nats_url_for(nats_url, config_file, data_dir)
+    result = asyncio.run(status.read_status(url, timeout_s=timeout))
+    if as_json:
+        click.echo(msgspec.json.encode(result).decode())
+    else:
+        click.echo(render_status(result))

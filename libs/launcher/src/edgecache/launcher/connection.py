@@ -1,0 +1,73 @@
+"""Short NATS connections for the launcher's one-off jobs: creating the JetStream state
+before the services start, reading it for ``status``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+    from edgecache.common.config import Config
+
+# nats-py (and edgecache.common.jetstream, which uses it) is imported inside the functions:
+# it pulls in aiohttp, about a second of start-up that `edgecache --help` and
+# `edgecache <service>` (an exec of the service) should not pay.
+
+__all__ = ["connect", "prepare_state"]
+
+
+async def connect(url: str, timeout_s: float) -> NATS:
+    """Connect to NATS for a short job: two attempts, no reconnects, no error noise.
+
+    Raises:
+        click.ClickException: nothing answered at ``url`` within ``timeout_s`` seconds.
+    """
+    import nats
+
+    errors: list[Exception] = []
+
+    async def remember(exc: Exception) -> None:
+        errors.append(exc)
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                url,
+                name="edgecache-cli",
+                connect_timeout=timeout_s,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,  # nats-py: 0 would mean "forever"
+                reconnect_time_wait=0.2,
+                error_cb=remember,
+            ),
+            timeout_s + 1,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        cause = errors[-1] if errors else exc
+        raise click.ClickException(
+            f"cannot reach NATS at {url}: {cause or type(cause).__name__}"
+        ) from exc
+
+
+async def prepare_state(config: Config) -> None:
+    """Create the JetStream state (KV buckets, ``WRITEBACK``) once, before the services
+    start.
+
+    Raises:
+        click.ClickException: NATS is unreachable.
+    """
+    from edgecache.common.jetstream import ensure_state
+
+    nc = await connect(config.nats.url, config.nats.connect_timeout_s)
+    try:
+        await ensure_state(
+            nc.jetstream(),
+            node_ttl_s=config.federator.node_ttl_s,
+            ack_wait_s=config.writeback.ack_wait_s,
+        )
+    finally:
+        await nc.close()

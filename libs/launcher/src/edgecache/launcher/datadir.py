@@ -1,0 +1,62 @@
+"""The data directory ``edgecache up`` runs in: its files, private writes and its lock.
+
+Layout of ``<data-dir>`` (default ``./.edgecache``)::
+
+    credentials      the gateway's keys, an AWS shared-credentials file (mode 0600)
+    edgecache.toml   the effective config every service reads (mode 0600)
+    up.lock          held by the running ``up``
+    logs/<child>.log each child's stdout and stderr
+    nats/            the private nats-server's config and JetStream store
+    origin/          the file origin (unless ``--origin-path`` says otherwise)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+__all__ = [
+    "CONFIG_FILE",
+    "CREDENTIALS_FILE",
+    "LOCK_FILE",
+    "LOGS_DIR",
+    "NATS_DIR",
+    "lock_data_dir",
+    "write_private",
+]
+
+CONFIG_FILE = "edgecache.toml"
+CREDENTIALS_FILE = "credentials"
+LOCK_FILE = "up.lock"
+LOGS_DIR = "logs"
+NATS_DIR = "nats"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically with mode 0600 (it may hold secrets)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def lock_data_dir(data_dir: Path) -> Iterator[None]:
+    """Hold ``<data_dir>/up.lock`` so that two ``up`` do not share one data dir.
+
+    Raises:
+        click.ClickException: another process holds the lock.
+    """
+    with open(data_dir / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise click.ClickException(f"another `edgecache up` is using {data_dir}") from None
+        yield

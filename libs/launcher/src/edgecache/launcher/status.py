@@ -1,0 +1,197 @@
+"""``edgecache status``: what the cluster's NATS says about it, the live cache nodes (KV
+``nodes``) and the write-back backlog (stream ``WRITEBACK``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from edgecache.common import subjects, wire
+from edgecache.common.config import ConfigError, load_config
+from edgecache.launcher.connection import connect
+from edgecache.launcher.datadir import CONFIG_FILE
+
+__all__ = [
+    "MAX_FAILING_SHOWN",
+    "Backlog",
+    "ClusterStatus",
+    "FailingIntent",
+    "NodeStatus",
+    "PartitionBacklog",
+    "nats_url_for",
+    "read_status",
+]
+
+MAX_FAILING_SHOWN = 20  # failing intents listed by name; the rest are only counted
+
+
+class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One live cache node, as ``status --json`` prints it (times in s)."""
+
+    node_id: str
+    host: str
+    started: float
+    uptime_s: float
+    last_seen_s: float
+    stats: wire.NodeStats
+
+
+class PartitionBacklog(msgspec.Struct, frozen=True, kw_only=True):
+    partition: int
+    pending: int  # intents not yet delivered
+    in_flight: int  # delivered, not yet acknowledged
+    redelivered: int
+
+
+class FailingIntent(msgspec.Struct, frozen=True, kw_only=True):
+    """An intent waiting for its scheduled retry after a failed attempt."""
+
+    bucket: str
+    key: str  # "" for a bucket intent
+    attempts: int  # attempts so far
+    error: str  # why the last one failed
+
+
+class Backlog(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``WRITEBACK`` stream: intents not yet applied to the origin."""
+
+    intents: int  # messages in the stream (work queue: acked ones are gone)
+    in_flight: int
+    redelivered: int
+    oldest_age_s: float | None  # age of the oldest intent, None when there is none
+    partitions: list[PartitionBacklog]
+    retrying: int = 0  # of ``intents``: failed ones waiting for their scheduled retry
+    failing: list[FailingIntent] = []  # the first MAX_FAILING_SHOWN of those
+
+
+class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
+    nats_url: str
+    nodes: list[NodeStatus]
+    writeback: Backlog
+
+
+async def read_status(url: str, *, timeout_s: float = 5.0) -> ClusterStatus:
+    """Read KV ``nodes`` and the ``WRITEBACK`` stream's state from the NATS at ``url``.
+
+    Raises:
+        click.ClickException: NATS is unreachable, or it holds no edgecache state.
+    """
+    from nats.js.errors import NotFoundError  # heavy: see edgecache.launcher.connection
+
+    nc = await connect(url, timeout_s)
+    try:
+        js = nc.jetstream(timeout=timeout_s)
+        try:
+            kv = await js.key_value(subjects.KV_NODES)
+            info = await js.stream_info(subjects.WRITEBACK_STREAM)
+        except NotFoundError:
+            raise click.ClickException(
+                f"NATS at {url} has no edgecache state yet (no KV {subjects.KV_NODES!r} "
+                f"or stream {subjects.WRITEBACK_STREAM!r}): is edgecache running there?"
+            ) from None
+        now = time.time()
+        nodes: list[NodeStatus] = []
+        watcher = await kv.watchall(ignore_deletes=True)
+        async for entry in watcher:
+            if entry is None:  # the initial values are all delivered
+                break
+            try:
+                beat = wire.decode(entry.value, wire.Heartbeat)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            nodes.append(
+                NodeStatus(
+                    node_id=beat.node_id,
+                    host=beat.host,
+                    started=beat.started,
+                    uptime_s=max(0.0, now - beat.started),
+                    last_seen_s=max(0.0, now - beat.at_ns / 1e9),
+                    stats=beat.stats,
+                )
+            )
+        await watcher.stop()
+        partitions = []
+        for p in range(subjects.WRITEBACK_PARTITIONS):
+            ci = await js.consumer_info(subjects.WRITEBACK_STREAM, subjects.writeback_consumer(p))
+            partitions.append(
+                PartitionBacklog(
+                    partition=p,
+                    pending=ci.num_pending or 0,
+                    in_flight=ci.num_ack_pending or 0,
+                    redelivered=ci.num_redelivered or 0,
+                )
+            )
+        retrying, failing = await _failing_intents(js)
+        oldest: float | None = None
+        if info.state.messages:
+            try:
+                first = await js.get_msg(subjects.WRITEBACK_STREAM, seq=info.state.first_seq)
+                oldest = max(0.0, now - first.time.timestamp()) if first.time else None
+            except NotFoundError:
+                oldest = None
+    finally:
+        await nc.close()
+    return ClusterStatus(
+        nats_url=url,
+        nodes=sorted(nodes, key=lambda n: n.node_id),
+        writeback=Backlog(
+            intents=info.state.messages,
+            in_flight=sum(p.in_flight for p in partitions),
+            redelivered=sum(p.redelivered for p in partitions),
+            oldest_age_s=oldest,
+            partitions=partitions,
+            retrying=retrying,
+            failing=failing,
+        ),
+    )
+
+
+async def _failing_intents(js: Any) -> tuple[int, list[FailingIntent]]:
+    """How many intents wait for a scheduled retry, and the first
+    :data:`MAX_FAILING_SHOWN` of them with their attempts and last error (read from the
+    schedules' ``Ec-Attempt`` and ``Ec-Error`` headers)."""
+    from nats.js.errors import NotFoundError
+    info = await js.stream_info(subjects.WRITEBACK_STREAM, subjects_filter=subjects.WRITEBACK_RETRIES)
+    names = sorted(info.state.subjects or {})
+    failing: list[FailingIntent] = []
+    for name in names[:MAX_FAILING_SHOWN]:
+        try:
+            msg = await js.get_last_msg(subjects.WRITEBACK_STREAM, name)
+        except NotFoundError:
+            continue  # fired meanwhile
+        headers = msg.headers or {}
+        try:
+            body = msgspec.json.decode(msg.data or b"{}")
+        except msgspec.DecodeError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        try:
+            attempts = int(headers.get("Ec-Attempt", "2")) - 1
+        except ValueError:
+            attempts = 1
+        failing.append(
+            FailingIntent(
+                bucket=str(body.get("bucket", "")),
+                key=str(body.get("key", "")),
+                attempts=attempts,
+                error=headers.get("Ec-Error", ""),
+            )
+        )
+    return len(names), failing
+
+
+def nats_url_for(nats_url: str | None, config_file: str | None, data_dir: str) -> str:
+    """``--nats-url``, else the config file's, else the one ``up`` wrote in the data dir,
+    else the default (env included)."""
+    if nats_url:
+        return nats_url
+    written = Path(data_dir) / CONFIG_FILE
+    path = config_file or (str(written) if written.exists() else None)
+    try:
+        return load_config(path).nats.url
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,202 @@
+"""``edgecache up``: the whole stack on this machine, each service a supervised child.
+
+:func:`plan` settles what will run (credentials, ports, the private nats-server, the
+effective ``edgecache.toml``); :func:`run` starts it, prints the banner when the gateway
+answers, supervises until a signal and stops everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import msgspec
+
+from edgecache.common.config import Config
+from edgecache.launcher.configfile import write_config
+from edgecache.launcher.connection import prepare_state
+from edgecache.launcher.credentials import load_or_create_credentials
+from edgecache.launcher.datadir import CONFIG_FILE, LOGS_DIR, NATS_DIR
+from edgecache.launcher.natsserver import NatsServer, find_binary
+from edgecache.launcher.ports import http_answers, port_in_use, wait_tcp
+from edgecache.launcher.render import render_banner
+from edgecache.launcher.supervisor import ChildSpec, FatalExit, Supervisor, tail
+
+__all__ = [
+    "NATS_CHILD",
+    "SECOND_SIGNAL_AFTER_S",
+    "UP_ORDER",
+    "Endpoint",
+    "Plan",
+    "child_env",
+    "plan",
+    "run",
+]
+
+# `up` starts them in this order after nats-server and stops them in reverse: the gateway
+# first (no new requests), then the cache node, writeback, federator, nats-server last.
+UP_ORDER: tuple[str, ...] = ("federator", "writeback", "cachenode", "gateway")
+NATS_CHILD = "nats-server"
+SECOND_SIGNAL_AFTER_S = 1.0  # a signal this soon after the first is the same Ctrl-C
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where the gateway is probed (a wildcard listen address becomes loopback)."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What ``up`` will run: the final config (written to ``config_path``) and the children."""
+
+    config: Config
+    config_path: Path
+    specs: list[ChildSpec]
+    endpoint: Endpoint
+    nats: NatsServer | None  # the private nats-server, if any
+    new_credentials: bool
+
+
+def child_env() -> dict[str, str]:
+    """The services' environment: ours without ``EDGECACHE_*`` (the config file is their
+    only source of config, so they see exactly what ``up`` resolved)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECACHE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def plan(config: Config, root: Path, *, external_nats: bool, nats_port: int) -> Plan:
+    """Settle credentials, ports and the private nats-server; write ``edgecache.toml``.
+
+    Raises:
+        click.ClickException: half the credentials given, or the gateway port taken.
+    """
+    gw = config.gateway
+    if bool(gw.access_key) != bool(gw.secret_key):
+        raise click.ClickException(
+            "set both EDGECACHE_ACCESS_KEY and EDGECACHE_SECRET_KEY, or neither"
+        )
+    created = False
+    if not gw.access_key:
+        access, secret, created = load_or_create_credentials(root)
+        gw = msgspec.structs.replace(gw, access_key=access, secret_key=secret)
+    if port_in_use(gw.host or "0.0.0.0", gw.port):
+        raise click.ClickException(
+            f"port {gw.port} is in use: pick another with --port or EDGECACHE_PORT"
+        )
+    config = msgspec.structs.replace(config, gateway=gw)
+
+    logs = root / LOGS_DIR
+    specs: list[ChildSpec] = []
+    nats_server = None
+    if not external_nats:
+        nats_server = NatsServer(root / NATS_DIR, port=nats_port)
+        argv = [find_binary(), "-c", str(nats_server.write_config())]
+        specs.append(ChildSpec(NATS_CHILD, argv, logs / f"{NATS_CHILD}.log"))
+        nats = msgspec.structs.replace(config.nats, url=nats_server.url)
+        config = msgspec.structs.replace(config, nats=nats)
+    if config.origin.kind == "file":
+        config.origin_path().mkdir(parents=True, exist_ok=True)
+    config_path = root / CONFIG_FILE
+    write_config(config, config_path)
+    env = child_env()
+    for name in UP_ORDER:
+        argv = [sys.executable, "-m", f"edgecache.{name}", "--config", str(config_path)]
+        specs.append(ChildSpec(name, argv, logs / f"{name}.log", env))
+    probe_host = "127.0.0.1" if gw.host in ("", "0.0.0.0", "::") else gw.host
+    return Plan(config, config_path, specs, Endpoint(probe_host, gw.port), nats_server, created)
+
+
+def run(
+    config: Config,
+    root: Path,
+    *,
+    external_nats: bool,
+    nats_port: int,
+    ready_timeout_s: float,
+    stop_timeout_s: float,
+) -> int:
+    """``edgecache up`` once the config is resolved and the data dir locked: start the
+    children, print the banner when the gateway answers, supervise until a signal, stop.
+
+    Returns:
+        The exit code: 0 after a signal, 1 when the stack could not start.
+
+    Raises:
+        click.ClickException: see :func:`plan`; NATS unreachable.
+    """
+    the_plan = plan(config, root, external_nats=external_nats, nats_port=nats_port)
+    logs = root / LOGS_DIR
+    supervisor = Supervisor(the_plan.specs)
+    stops = 0
+    first_stop_at = 0.0
+
+    def on_signal(signum: int, frame: object) -> None:
+        # One Ctrl-C under `make up` arrives twice at once (from the terminal to the whole
+        # foreground group, and forwarded by `uv run`): only a second press counts.
+        nonlocal stops, first_stop_at
+        now = time.monotonic()
+        if not stops:
+            stops, first_stop_at = 1, now
+        elif now - first_stop_at >= SECOND_SIGNAL_AFTER_S:
+            stops += 1
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    def say(line: str) -> None:
+        click.echo(f"edgecache: {line}", err=True)
+
+    try:
+        if the_plan.nats is not None:
+            supervisor.start(NATS_CHILD)
+
+            def nats_alive() -> bool:
+                return supervisor.pid(NATS_CHILD) is not None and not stops
+
+            if not wait_tcp(the_plan.nats.host, the_plan.nats.port, 10.0, nats_alive):
+                say(f"nats-server did not start:\n{tail(logs / f'{NATS_CHILD}.log')}")
+                return 1
+        asyncio.run(prepare_state(the_plan.config))
+        supervisor.start_all()
+        deadline = time.monotonic() + ready_timeout_s
+        ready = False
+        endpoint = the_plan.endpoint
+        while not stops:
+            supervisor.poll()
+            if not ready and http_answers(endpoint.host, endpoint.port):
+                ready = True
+                click.echo(
+                    render_banner(the_plan.config, endpoint.url, root, the_plan.new_credentials)
+                )
+                sys.stdout.flush()
+            elif not ready and time.monotonic() > deadline:
+                gateway_log = logs / "gateway.log"
+                say(
+                    f"the gateway did not answer on {endpoint.url} within "
+                    f"{ready_timeout_s:.0f}s; see {gateway_log}:\n{tail(gateway_log)}"
+                )
+                return 1
+            time.sleep(0.1)
+        return 0
+    except FatalExit as exc:
+        say(f"{exc}; see {logs}:\n{exc.log_tail}")
+        return 1
+    finally:
+        if stops:
+            say("stopping (Ctrl-C again to kill)")
+        supervisor.stop(timeout_s=stop_timeout_s, force=lambda: stops > 1)
+        say("stopped")
