@@ -45,6 +45,8 @@ from typing import BinaryIO
 import crc32c
 import structlog
 
+from edgecache.common.durable import fsync_dir
+
 __all__ = [
     "SHARDS",
     "STATES",
@@ -53,7 +55,6 @@ __all__ = [
     "append",
     "chunk_path",
     "discard",
-    "fsync_dir",
     "is_chunk_id",
     "open_tmp",
     "read_verified",
@@ -193,15 +194,6 @@ def discard(f: BinaryIO | None, path: Path) -> None:
 
 
 # == Publishing, state changes, deletion ========================================================
-def fsync_dir(path: Path) -> None:
-    """fsync a directory, so that the renames and creations in it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def replace(tmp: Path, dest: Path) -> None:
     """Rename ``tmp`` over ``dest``; on failure remove ``tmp``."""
     try:

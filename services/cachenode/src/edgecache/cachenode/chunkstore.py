@@ -63,9 +63,9 @@ from edgecache.cachenode.chunkformat import (
     validate_chunk_id,
 )
 from edgecache.cachenode.chunkwriter import ChunkWriter
-from edgecache.common.s3fifo import S3FifoPolicy
 from edgecache.cachenode.keyedlock import KeyedLocks
 from edgecache.cachenode.recovery import scan
+from edgecache.common.s3fifo import S3FifoPolicy
 
 __all__ = [
     "TRAILER",

@@ -25,10 +25,10 @@ from edgecache.cachenode.chunkformat import (
     SHARDS,
     STATES,
     TRAILER,
-    fsync_dir,
     is_chunk_id,
     shard,
 )
+from edgecache.common.durable import fsync_dir
 
 __all__ = ["Found", "scan"]
 
