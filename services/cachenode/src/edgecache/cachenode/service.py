@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from edgecache.common.config import Config
 
-__all__ = ["MAX_INFLIGHT", "default_node_id", "serve", "start_node"]
+__all__ = ["HANDLERS", "MAX_INFLIGHT", "Handler", "default_node_id", "serve", "start_node"]
 
 log = get_logger(__name__)
 MAX_INFLIGHT = 256
@@ -83,41 +83,44 @@ async def dispatch(node: CacheNode, msg: Msg) -> None:
         )
 
 
+Handler = Callable[[CacheNode, "Msg", Any], Awaitable[wire.Reply | None]]
+
+
+def _replying(operation: Callable[[CacheNode, Any], Awaitable[wire.Reply]]) -> Handler:
+    """A handler from an operation that answers with one reply (no stream)."""
+
+    async def handler(node: CacheNode, msg: Msg, request: Any) -> wire.Reply:
+        return await operation(node, request)
+
+    return handler
+
+
+#: The cache node's half of the operation table: the handler of each request type of
+#: ``wire.Request``. Streaming operations answer on their own stream and return ``None``.
+HANDLERS: dict[type[wire.Request], Handler] = {
+    wire.CreateBucket: _replying(buckets.create_bucket),
+    wire.DeleteBucket: _replying(buckets.delete_bucket),
+    wire.HeadBucket: _replying(buckets.head_bucket),
+    wire.ListBuckets: _replying(buckets.list_buckets),
+    wire.PutObject: objects.put_object,
+    wire.GetObject: objects.get_object,
+    wire.HeadObject: _replying(objects.head_object),
+    wire.DeleteObject: _replying(objects.delete_object),
+    wire.ListObjects: _replying(listing.list_objects),
+    wire.CreateMultipartUpload: _replying(multipart.create_multipart_upload),
+    wire.UploadPart: multipart.upload_part,
+    wire.CompleteMultipartUpload: _replying(multipart.complete_multipart_upload),
+    wire.AbortMultipartUpload: _replying(multipart.abort_multipart_upload),
+    wire.ListParts: _replying(multipart.list_parts),
+}
+
+
 async def _run(node: CacheNode, msg: Msg, request: wire.Request) -> wire.Reply | None:
     """Run one operation. Streaming operations answer on their own stream (``None``)."""
-    match request:
-        case wire.GetObject():
-            await objects.get_object(node, msg, request)
-            return None
-        case wire.PutObject():
-            await objects.put_object(node, msg, request)
-            return None
-        case wire.UploadPart():
-            await multipart.upload_part(node, msg, request)
-            return None
-        case wire.HeadObject():
-            return await objects.head_object(node, request)
-        case wire.DeleteObject():
-            return await objects.delete_object(node, request)
-        case wire.ListObjects():
-            return await listing.list_objects(node, request)
-        case wire.CreateBucket():
-            return await buckets.create_bucket(node, request)
-        case wire.HeadBucket():
-            return await buckets.head_bucket(node, request)
-        case wire.DeleteBucket():
-            return await buckets.delete_bucket(node, request)
-        case wire.ListBuckets():
-            return await buckets.list_buckets(node, request)
-        case wire.CreateMultipartUpload():
-            return await multipart.create_multipart_upload(node, request)
-        case wire.CompleteMultipartUpload():
-            return await multipart.complete_multipart_upload(node, request)
-        case wire.AbortMultipartUpload():
-            return await multipart.abort_multipart_upload(node, request)
-        case wire.ListParts():
-            return await multipart.list_parts(node, request)
-    raise errors.NotImplementedError_(f"{type(request).__name__} is not implemented")
+    handler = HANDLERS.get(type(request))
+    if handler is None:
+        raise errors.NotImplementedError_(f"{type(request).__name__} is not implemented")
+    return await handler(node, msg, request)
 
 
 class _Tasks:
