@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import socket
 import time
@@ -41,8 +42,6 @@ MAX_INFLIGHT = 256
 
 def default_node_id(config: Config) -> str:
     """``<host>-<hash of the chunk store path>``: stable across restarts of one node."""
-    import hashlib
-
     digest = hashlib.blake2b(str(config.cachenode_dir().resolve()).encode(), digest_size=3).hexdigest()
     host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname().lower())[:40]
     return f"{host or 'node'}-{digest}"
@@ -193,9 +192,9 @@ async def on_released(node: CacheNode, msg: Msg) -> None:
 async def on_clean(node: CacheNode, msg: Msg) -> None:
     """``ObjectClean``: the version is in the origin; its chunks here become evictable."""
     event = wire.decode(msg.data, wire.ObjectClean)
-    found = await node.get_manifest(event.bucket, event.key)
-    if found is not None and found[0].version == event.version:
-        await node.store.mark_clean(c.id for c in found[0].chunks if node.store.has(c.id))
+    found = await node.catalog.get(event.bucket, event.key)
+    if found is not None and found.manifest.version == event.version:
+        await node.store.mark_clean(c.id for c in found.manifest.chunks if node.store.has(c.id))
 
 
 async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
@@ -222,7 +221,7 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
     structlog.contextvars.bind_contextvars(node=node.node_id)
     stack.push_async_callback(node.filler.close)
     await node.live.refresh()
-    recovered = await node.recover()
+    recovered = await node.catalog.recover(node.node_id)
     tasks = _Tasks(MAX_INFLIGHT)
     stack.push_async_callback(tasks.close, 10.0)
     subs = [
