@@ -9,6 +9,8 @@ import secrets
 import time
 from contextlib import AsyncExitStack
 
+from edgecache.cachenode import readthrough
+from edgecache.cachenode.service import start_node
 from edgecache.common import placement, subjects, wire
 from edgecache.common.client import EdgecacheClient
 
@@ -37,8 +39,6 @@ async def _sees(node, ids: set[str], timeout_s: float = 5.0) -> None:
 
 
 async def test_cold_object_is_filled_once_across_two_nodes(make_config, nc, tmp_path) -> None:
-    from edgecache.cachenode.service import start_node
-
     origin_dir = str(tmp_path / "shared-origin")
     async with AsyncExitStack() as stack:
         nodes = []
@@ -67,10 +67,8 @@ async def test_cold_object_is_filled_once_across_two_nodes(make_config, nc, tmp_
 
         # the other node has nothing cached: reading through it still costs the origin nothing
         fills = owner.counters.fills
-        manifest = await other.get_manifest(bucket, "hot")
-        from edgecache.cachenode import fill
-
-        body = b"".join([p async for p in fill.read(other, manifest[0], 0, len(data) - 1)])
+        manifest = await other.catalog.get(bucket, "hot")
+        body = b"".join([p async for p in readthrough.read(other, manifest[0], 0, len(data) - 1)])
         assert body == data and owner.counters.fills == fills
         await _forget(nc, nodes)
 
@@ -83,8 +81,6 @@ async def _forget(nc, nodes) -> None:
 
 
 async def test_an_acknowledged_write_survives_the_node_that_took_it(make_config, nc, tmp_path) -> None:
-    from edgecache.cachenode.service import start_node
-
     stacks = {name: AsyncExitStack() for name in ("a", "b")}
     nodes = {}
     try:
@@ -101,7 +97,7 @@ async def test_an_acknowledged_write_survives_the_node_that_took_it(make_config,
         await client.request(wire.CreateBucket(bucket=bucket))
         data = os.urandom(3 * MiB + 5)
         await client.put_object(wire.PutObject(bucket=bucket, key="k", size=len(data)), _one(data))
-        manifest = (await nodes["a"].get_manifest(bucket, "k"))[0]
+        manifest = (await nodes["a"].catalog.get(bucket, "k"))[0]
         both = {n.node_id for n in nodes.values()}
         assert all(set(c.nodes) == both for c in manifest.chunks) and set(manifest.nodes) == both
         for node in nodes.values():  # a pinned copy on each node

@@ -29,3 +29,12 @@ async def test_documented_example_puts_and_gets(nc, client, bucket_name) -> None
     assert await example["get_object"](nc, bucket_name, "doc/key") == data
     _, via_client = await client.get_object_bytes(bucket_name, "doc/key")
     assert via_client == data
+
+
+def test_the_operations_table_lists_every_operation() -> None:
+    from edgecache.common import wire
+
+    rows = re.findall(r"^\| `s3\.([a-z.]+)` \| `([a-z.0-9]+)`", DOC.read_text(), re.M)
+    documented = {operation: tag for operation, tag in rows}
+    assert len(rows) == len(documented)
+    assert documented == {t.operation: t.__struct_config__.tag for t in wire.REQUESTS}

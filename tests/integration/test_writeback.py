@@ -25,7 +25,8 @@ import pytest
 import pytest_asyncio
 from nats.js.errors import KeyNotFoundError
 
-from edgecache.common import errors, kvkeys, stream, subjects, wire
+from edgecache.common import errors, stream, subjects, wire
+from edgecache.common.catalog import Catalog, Entry
 from edgecache.common.config import WritebackConfig
 from edgecache.common.jetstream import State, ensure_state
 from edgecache.launcher.natsserver import NatsServer
@@ -167,24 +168,16 @@ class ChunkServer:
 class Cluster:
     """The cache nodes' side of the contract: chunks, manifests, intents."""
 
-    def __init__(self, state: State, servers: list[ChunkServer], chunk_bytes: int) -> None:
+    def __init__(
+        self, catalog: Catalog, state: State, servers: list[ChunkServer], chunk_bytes: int
+    ) -> None:
+        self.catalog = catalog
         self.state = state
         self.servers = servers
         self.chunk_bytes = chunk_bytes
 
-    async def manifest(self, bucket: str, key: str) -> tuple[wire.Manifest, int] | None:
-        try:
-            entry = await self.state.objects.get(kvkeys.object_key(bucket, key))
-        except KeyNotFoundError:
-            return None
-        return wire.decode(entry.value, wire.Manifest), entry.revision
-
-    async def _intent(self, intent: wire.Intent, bucket: str, key: str) -> None:
-        await self.state.js.publish(
-            subjects.writeback_subject_for(bucket, key),
-            wire.encode(intent),
-            headers={"Nats-Msg-Id": intent.id},
-        )
+    async def manifest(self, bucket: str, key: str) -> Entry | None:
+        return await self.catalog.get(bucket, key)
 
     async def put(
         self,
@@ -219,18 +212,16 @@ class Cluster:
             nodes=nodes if nodes is not None else [s.node_id for s in holders],
             **fields,
         )
-        await self.state.objects.put(kvkeys.object_key(bucket, key), wire.encode(manifest))
+        await self.catalog.put(manifest)
         if publish:
             await self.publish_put(manifest)
         return manifest
 
     async def publish_put(self, m: wire.Manifest) -> None:
-        await self._intent(
+        await self.catalog.publish_intent(
             wire.ObjectWritten(
                 id=m.version, at_ns=time.time_ns(), bucket=m.bucket, key=m.key, version=m.version
-            ),
-            m.bucket,
-            m.key,
+            )
         )
 
     async def delete(self, bucket: str, key: str) -> wire.Manifest:
@@ -244,13 +235,11 @@ class Cluster:
             last_modified=time.time(),
             deleted=True,
         )
-        await self.state.objects.put(kvkeys.object_key(bucket, key), wire.encode(tomb))
-        await self._intent(
+        await self.catalog.commit(
+            tomb,
             wire.ObjectDeleted(
                 id=version, at_ns=time.time_ns(), bucket=bucket, key=key, version=version
             ),
-            bucket,
-            key,
         )
         return tomb
 
@@ -258,16 +247,16 @@ class Cluster:
         """Like cachenode: a live record in KV ``buckets`` (over a tombstone), then the intent."""
         record = wire.BucketRecord(name=bucket, created=time.time())
         await self.state.buckets.put(bucket, wire.encode(record))
-        await self._intent(
-            wire.BucketCreated(id=f"bc-{next(_versions)}", at_ns=0, bucket=bucket), bucket, ""
+        await self.catalog.publish_intent(
+            wire.BucketCreated(id=f"bc-{next(_versions)}", at_ns=0, bucket=bucket)
         )
 
     async def delete_bucket(self, bucket: str) -> None:
         """Like cachenode: a tombstone in KV ``buckets``, then the intent."""
         record = wire.BucketRecord(name=bucket, created=time.time(), deleted=True)
         await self.state.buckets.put(bucket, wire.encode(record))
-        await self._intent(
-            wire.BucketDeleted(id=f"bd-{next(_versions)}", at_ns=0, bucket=bucket), bucket, ""
+        await self.catalog.publish_intent(
+            wire.BucketDeleted(id=f"bd-{next(_versions)}", at_ns=0, bucket=bucket)
         )
 
     async def bucket_record(self, bucket: str) -> wire.BucketRecord | None:
@@ -308,7 +297,7 @@ def store(file_origin: Origin) -> Wrapped:
 @pytest_asyncio.fixture
 async def cluster(conn: nats.NATS, state: State) -> Cluster:
     servers = [await ChunkServer(conn, "node-a").up(), await ChunkServer(conn, "node-b").up()]
-    return Cluster(state, servers, chunk_bytes=700_000)
+    return Cluster(Catalog(conn, state), state, servers, chunk_bytes=700_000)
 
 
 @pytest_asyncio.fixture
@@ -431,10 +420,8 @@ async def test_redelivered_clean_intent_is_acked_and_announced_again(
     m = await cluster.put("photos", "k", b"x" * 5000)
     async with running(conn, state, store):
         await eventually(lambda: is_clean(cluster, m))
-        await cluster._intent(  # a re-publish with a new id: a redelivery in effect
-            wire.ObjectWritten(id="again", at_ns=0, bucket="photos", key="k", version=m.version),
-            "photos",
-            "k",
+        await cluster.catalog.publish_intent(  # a re-publish with a new id: a redelivery in effect
+            wire.ObjectWritten(id="again", at_ns=0, bucket="photos", key="k", version=m.version)
         )
         await eventually(lambda: _async(len(events) == 2))
     assert len(store.puts) == 1
@@ -472,7 +459,7 @@ async def test_manifest_changed_in_place_is_marked_clean_without_a_second_upload
     async def move() -> None:  # same version, another holder list: the CAS must retry
         if len(store.puts) == 1:
             moved = msgspec.structs.replace(m, nodes=["node-b", *m.nodes])
-            await state.objects.put(kvkeys.object_key("photos", "k"), wire.encode(moved))
+            await cluster.catalog.put(moved)
 
     store.after_put = move
     async with running(conn, state, store) as service:
@@ -584,7 +571,7 @@ async def test_per_chunk_nodes_are_honoured(conn, state, store, cluster) -> None
         ],
         nodes=["node-a", "node-b"],
     )
-    await state.objects.put(kvkeys.object_key("photos", "mp"), wire.encode(m))
+    await cluster.catalog.put(m)
     await cluster.publish_put(m)
     async with running(conn, state, store):
         await eventually(lambda: is_clean(cluster, m))

@@ -65,7 +65,7 @@ class FakeApplier:
 
 def service_with(applier: FakeApplier) -> WritebackService:
     nc = SimpleNamespace(jetstream=lambda: None, is_closed=False)
-    state = SimpleNamespace(objects=None, buckets=None, schedules=False)
+    state = SimpleNamespace(js=None, objects=None, buckets=None, schedules=False)
     service = WritebackService(nc, state, None, CONFIG)  # type: ignore[arg-type]
     service._applier = applier  # type: ignore[assignment]
     return service

@@ -26,27 +26,10 @@ __all__ = ["EdgecacheClient", "operation_of"]
 
 R = TypeVar("R")
 
-_OPERATIONS: dict[type, str] = {
-    wire.CreateBucket: "createbucket",
-    wire.DeleteBucket: "deletebucket",
-    wire.HeadBucket: "headbucket",
-    wire.ListBuckets: "listbuckets",
-    wire.PutObject: "putobject",
-    wire.GetObject: "getobject",
-    wire.HeadObject: "headobject",
-    wire.DeleteObject: "deleteobject",
-    wire.ListObjects: "listobjects",
-    wire.CreateMultipartUpload: "multipart.init",
-    wire.UploadPart: "multipart.upload",
-    wire.CompleteMultipartUpload: "multipart.complete",
-    wire.AbortMultipartUpload: "multipart.abort",
-    wire.ListParts: "multipart.listparts",
-}
-
 
 def operation_of(request: wire.Request) -> str:
     """The ``s3.<operation>`` subject of a request."""
-    return subjects.s3(_OPERATIONS[type(request)])
+    return subjects.s3_request(request)
 
 
 def _expect(reply: wire.Reply, type_: type[R]) -> R:

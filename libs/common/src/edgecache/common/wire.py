@@ -12,12 +12,14 @@ them (``checksums`` maps the algorithm in lower case — ``crc32``, ``crc32c``, 
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar, get_args
 
 import msgspec
 
 __all__ = [
+    "OPERATIONS",
     "REPLY_DECODER",
+    "REQUESTS",
     "REQUEST_DECODER",
     "AbortMultipartUpload",
     "BucketCreated",
@@ -75,8 +77,15 @@ _OPTS = {"frozen": True, "kw_only": True, "tag_field": "type", "omit_defaults": 
 
 
 # == Requests: the public s3.* API ===========================================================
+# The operation table. Each request type is one S3 operation: it is named after the S3
+# action (``PutObject``), its ``operation`` ClassVar is its subject token (``s3.<operation>``,
+# built by ``subjects.s3``) and its tag is ``<operation>.v<n>``. The ``Request`` union below
+# lists them all; ``subjects.S3_OPERATIONS``, the client's subjects, the cache node's
+# handlers and the gateway's routes are derived from it (tests/unit/test_operation_table.py).
 class CreateBucket(msgspec.Struct, **_OPTS, tag="createbucket.v1"):
     """``s3.createbucket`` → :class:`Ok`. Errors: InvalidBucketName, BucketAlreadyOwnedByYou."""
+
+    operation: ClassVar[str] = "createbucket"
 
     bucket: str
 
@@ -84,17 +93,23 @@ class CreateBucket(msgspec.Struct, **_OPTS, tag="createbucket.v1"):
 class DeleteBucket(msgspec.Struct, **_OPTS, tag="deletebucket.v1"):
     """``s3.deletebucket`` → :class:`Ok`. Errors: NoSuchBucket, BucketNotEmpty."""
 
+    operation: ClassVar[str] = "deletebucket"
+
     bucket: str
 
 
 class HeadBucket(msgspec.Struct, **_OPTS, tag="headbucket.v1"):
     """``s3.headbucket`` → :class:`BucketInfo`. Errors: NoSuchBucket."""
 
+    operation: ClassVar[str] = "headbucket"
+
     bucket: str
 
 
 class ListBuckets(msgspec.Struct, **_OPTS, tag="listbuckets.v1"):
     """``s3.listbuckets`` → :class:`BucketList`."""
+
+    operation: ClassVar[str] = "listbuckets"
 
 
 class PutObject(msgspec.Struct, **_OPTS, tag="putobject.v1"):
@@ -106,6 +121,8 @@ class PutObject(msgspec.Struct, **_OPTS, tag="putobject.v1"):
     ``Content-Disposition``, ``Content-Encoding``, ``Content-Language``, ``Expires``).
     Errors: NoSuchBucket, BadDigest, InvalidDigest, IncompleteBody.
     """
+
+    operation: ClassVar[str] = "putobject"
 
     bucket: str
     key: str
@@ -125,6 +142,8 @@ class GetObject(msgspec.Struct, **_OPTS, tag="getobject.v1"):
     Errors: NoSuchBucket, NoSuchKey, InvalidRange.
     """
 
+    operation: ClassVar[str] = "getobject"
+
     bucket: str
     key: str
     range: str | None = None
@@ -133,6 +152,8 @@ class GetObject(msgspec.Struct, **_OPTS, tag="getobject.v1"):
 class HeadObject(msgspec.Struct, **_OPTS, tag="headobject.v1"):
     """``s3.headobject`` → :class:`ObjectInfo`. Errors: NoSuchBucket, NoSuchKey, InvalidRange."""
 
+    operation: ClassVar[str] = "headobject"
+
     bucket: str
     key: str
     range: str | None = None
@@ -140,6 +161,8 @@ class HeadObject(msgspec.Struct, **_OPTS, tag="headobject.v1"):
 
 class DeleteObject(msgspec.Struct, **_OPTS, tag="deleteobject.v1"):
     """``s3.deleteobject`` → :class:`Ok` (also when the key did not exist). Errors: NoSuchBucket."""
+
+    operation: ClassVar[str] = "deleteobject"
 
     bucket: str
     key: str
@@ -153,6 +176,8 @@ class ListObjects(msgspec.Struct, **_OPTS, tag="listobjects.v1"):
     Errors: NoSuchBucket, InvalidArgument (bad token or max_keys).
     """
 
+    operation: ClassVar[str] = "listobjects"
+
     bucket: str
     prefix: str = ""
     delimiter: str = ""
@@ -164,6 +189,8 @@ class ListObjects(msgspec.Struct, **_OPTS, tag="listobjects.v1"):
 
 class CreateMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.init.v1"):
     """``s3.multipart.init`` → :class:`MultipartUpload`. Errors: NoSuchBucket."""
+
+    operation: ClassVar[str] = "multipart.init"
 
     bucket: str
     key: str
@@ -177,6 +204,8 @@ class UploadPart(msgspec.Struct, **_OPTS, tag="multipart.upload.v1"):
 
     ``part_number`` is 1..10000. Errors: NoSuchUpload, InvalidArgument, BadDigest.
     """
+
+    operation: ClassVar[str] = "multipart.upload"
 
     bucket: str
     key: str
@@ -199,6 +228,8 @@ class CompleteMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.complete.v
     the last under 5 MiB), MalformedXML (no parts).
     """
 
+    operation: ClassVar[str] = "multipart.complete"
+
     bucket: str
     key: str
     upload_id: str
@@ -208,6 +239,8 @@ class CompleteMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.complete.v
 class AbortMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.abort.v1"):
     """``s3.multipart.abort`` → :class:`Ok`. Errors: NoSuchUpload."""
 
+    operation: ClassVar[str] = "multipart.abort"
+
     bucket: str
     key: str
     upload_id: str
@@ -215,6 +248,8 @@ class AbortMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.abort.v1"):
 
 class ListParts(msgspec.Struct, **_OPTS, tag="multipart.listparts.v1"):
     """``s3.multipart.listparts`` → :class:`ListPartsResult`. Errors: NoSuchUpload."""
+
+    operation: ClassVar[str] = "multipart.listparts"
 
     bucket: str
     key: str
@@ -239,6 +274,11 @@ Request = (
     | AbortMultipartUpload
     | ListParts
 )
+
+#: Every request type, in the order of the ``Request`` union.
+REQUESTS: tuple[type[Request], ...] = get_args(Request)
+#: Request type by operation name (``"multipart.init"`` → :class:`CreateMultipartUpload`).
+OPERATIONS: dict[str, type[Request]] = {t.operation: t for t in REQUESTS}
 
 
 # == Replies ==================================================================================

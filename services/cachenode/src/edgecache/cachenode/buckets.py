@@ -12,8 +12,9 @@ import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 
 from edgecache.cachenode import listing
-from edgecache.cachenode.node import CacheNode, new_id, now
+from edgecache.cachenode.node import CacheNode, now
 from edgecache.common import errors, wire
+from edgecache.common.ids import new_id
 from edgecache.common.names import validate_bucket_name
 
 __all__ = ["create_bucket", "delete_bucket", "head_bucket", "list_buckets"]
@@ -39,7 +40,7 @@ async def create_bucket(node: CacheNode, request: wire.CreateBucket) -> wire.Ok:
         except KeyWrongLastSequenceError as race:
             raise errors.BucketAlreadyOwnedByYou(resource=request.bucket) from race
     intent = wire.BucketCreated(id=new_id(), at_ns=time.time_ns(), bucket=request.bucket)
-    await node.publish_intent(intent, request.bucket, "")
+    await node.catalog.publish_intent(intent)
     return wire.Ok()
 
 
@@ -63,7 +64,7 @@ async def delete_bucket(node: CacheNode, request: wire.DeleteBucket) -> wire.Ok:
     tombstone = msgspec.structs.replace(record, deleted=True)
     await node.state.buckets.put(request.bucket, wire.encode(tombstone))
     intent = wire.BucketDeleted(id=new_id(), at_ns=time.time_ns(), bucket=request.bucket)
-    await node.publish_intent(intent, request.bucket, "")
+    await node.catalog.publish_intent(intent)
     return wire.Ok()
 
 

@@ -1,5 +1,5 @@
 """Moving object bytes into chunks (uploads) and serving this node's chunks to peers and to
-the writeback service. Reading objects out of chunks is :mod:`.fill`'s.
+the writeback service. Reading objects out of chunks is :mod:`.readthrough`'s.
 """
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from edgecache.cachenode import readthrough
 from edgecache.cachenode.chunkstore import ChunkCorrupt, ChunkMissing
 from edgecache.common import errors, stream, wire
 from edgecache.common.checksums import Digests
@@ -86,8 +87,6 @@ async def serve_chunk(node: CacheNode, msg: Msg) -> None:
     A request naming the object (we are its owner) is filled from the origin when the chunk
     is not here; otherwise a missing chunk is ``NoSuchKey``.
     """
-    from edgecache.cachenode import fill
-
     try:
         request = wire.decode(msg.data, wire.ChunkGet)
     except Exception as exc:  # noqa: BLE001 - a bad request from a peer
@@ -96,12 +95,12 @@ async def serve_chunk(node: CacheNode, msg: Msg) -> None:
     tx = node.download_sender(msg)
     try:
         if request.bucket and request.index >= 0:
-            found = await node.get_manifest(request.bucket, request.key)
-            if found is None or found[0].version != request.version or request.index >= len(found[0].chunks):
+            found = await node.catalog.get(request.bucket, request.key)
+            manifest = found.manifest if found is not None else None
+            if manifest is None or manifest.version != request.version or request.index >= len(manifest.chunks):
                 raise errors.NoSuchKey(f"version {request.version} of {request.bucket}/{request.key} is gone")
-            manifest = found[0]
             size = manifest.chunks[request.index].size
-            pieces = fill.read_chunk_span(
+            pieces = readthrough.read_chunk_span(
                 node, manifest, request.index, request.first,
                 size - 1 if request.last is None else request.last,
                 prefetch=request.prefetch, local_only=True,

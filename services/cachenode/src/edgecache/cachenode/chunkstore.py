@@ -18,7 +18,7 @@ The store is split along its nouns:
   a crash left behind;
 - :mod:`edgecache.cachenode.keyedlock`: the per-chunk-id locks;
 - :mod:`edgecache.cachenode.chunkerrors`: the errors;
-- :mod:`edgecache.cachenode.eviction`: the S3-FIFO policy.
+- :mod:`edgecache.common.s3fifo`: the S3-FIFO policy.
 
 A committed chunk is durable and complete or absent. ``mark_clean`` is a rename ``dirty/ ->
 clean/`` followed by an fsync of both directories. If a crash leaves the same id in both (a
@@ -30,7 +30,7 @@ Accounting: ``used_bytes`` counts payload bytes of committed chunks; the trailer
 directories, filesystem block rounding and writes in progress are not counted, so leave
 some headroom below the disk size.
 
-Eviction is S3-FIFO (:mod:`edgecache.cachenode.eviction`) over clean chunks: above
+Eviction is S3-FIFO (:mod:`edgecache.common.s3fifo`) over clean chunks: above
 ``high_watermark * capacity_bytes``, :meth:`ChunkStore.evict` deletes clean chunks until
 ``used_bytes <= low_watermark * capacity_bytes`` (or no clean chunk is left to evict).
 

@@ -1,6 +1,6 @@
 """ListObjects (v1 and v2): the origin's listing merged with writes not yet persisted.
 
-The overlay is every **dirty** manifest of the bucket in KV ``objects`` (puts and
+The overlay is every **dirty** manifest of the bucket in the catalog (puts and
 tombstones); clean objects come from the origin, which is their source of truth. Keys are
 merged in UTF-8 binary order; a dirty put replaces the origin's entry, a dirty tombstone
 hides it. Delimiters roll keys up into common prefixes after the merge.
@@ -14,8 +14,7 @@ import heapq
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from edgecache.common import errors, kvkeys, wire
-from edgecache.common.jetstream import current_values
+from edgecache.common import errors, wire
 
 if TYPE_CHECKING:
     from edgecache.cachenode.node import CacheNode
@@ -43,9 +42,8 @@ def _utf8(key: str) -> bytes:
 async def _overlay(node: CacheNode, bucket: str, prefix: str, after: str) -> list[wire.Manifest]:
     """Dirty manifests of ``bucket`` under ``prefix`` sorting after ``after``, in key order."""
     found: list[wire.Manifest] = []
-    async for value in current_values(node.state.objects, kvkeys.bucket_filter(bucket)):
-        m = wire.decode(value, wire.Manifest)
-        if m.state == "dirty" and m.key.startswith(prefix) and _utf8(m.key) > _utf8(after):
+    async for m in node.catalog.dirty(bucket):
+        if m.key.startswith(prefix) and _utf8(m.key) > _utf8(after):
             found.append(m)
     found.sort(key=lambda m: _utf8(m.key))
     return found

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 from nats.js.errors import KeyNotFoundError
 
 from edgecache.cachenode import objects
-from edgecache.cachenode.node import Answered, CacheNode, new_id, now
+from edgecache.cachenode.node import Answered, CacheNode, now
 from edgecache.common import errors, kvkeys, wire
+from edgecache.common.ids import new_id
 from edgecache.common.jetstream import current_values
 from edgecache.common.names import validate_key
 
@@ -179,7 +180,7 @@ async def complete_multipart_upload(
         wire.ChunkRef(id=c.id, size=c.size, nodes=c.nodes or p.nodes) for p in chosen for c in p.chunks
     ]
     version = new_id()
-    previous = await node.get_manifest(request.bucket, request.key)
+    previous = await node.catalog.get(request.bucket, request.key)
     manifest = wire.Manifest(
         bucket=request.bucket,
         key=request.key,
@@ -194,7 +195,7 @@ async def complete_multipart_upload(
         chunks=chunks,
         nodes=sorted({n for c in chunks for n in c.nodes}),
     )
-    await node.commit_object(
+    await node.catalog.commit(
         manifest,
         wire.ObjectWritten(id=version, at_ns=time.time_ns(), bucket=request.bucket, key=request.key, version=version),
     )

@@ -1,21 +1,25 @@
 """The cache node's shared state and the primitives its operations are built from.
 
-A :class:`CacheNode` owns one chunk store, one origin handle and one NATS connection; the
-operation modules (:mod:`.buckets`, :mod:`.objects`, :mod:`.listing`, :mod:`.multipart`)
-take it as their first argument.
+A :class:`CacheNode` owns one chunk store, one origin handle, one NATS connection, the
+catalog of manifests it reads and changes them through, its fills and its view of the live
+nodes; the operation modules (:mod:`.buckets`, :mod:`.objects`, :mod:`.listing`,
+:mod:`.multipart`, :mod:`.readthrough`) take it as their first argument.
 """
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from edgecache.common import errors, kvkeys, stream, subjects, wire
-from edgecache.common.jetstream import current_values
+from edgecache.cachenode.counters import Counters
+from edgecache.cachenode.fill import Filler
+from edgecache.cachenode.membership import LiveNodes
+from edgecache.common import errors, stream, subjects, wire
+from edgecache.common.catalog import Catalog, Entry
+from edgecache.common.ids import new_id
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
@@ -23,20 +27,13 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
     from edgecache.cachenode.chunkstore import ChunkStore
-    from edgecache.cachenode.fill import Filler
-    from edgecache.cachenode.membership import LiveNodes
     from edgecache.common.config import Config
     from edgecache.common.jetstream import State
     from edgecache.origin import Origin
 
-__all__ = ["Answered", "CacheNode", "Counters", "new_id", "now"]
+__all__ = ["Answered", "CacheNode", "now"]
 
 log = get_logger(__name__)
-
-
-def new_id() -> str:
-    """A fresh id for versions, uploads and streams: time-ordered, 26 chars of ``[0-9a-z]``."""
-    return f"{time.time_ns():016x}{secrets.token_hex(5)}"
 
 
 def now() -> float:
@@ -54,19 +51,6 @@ class Answered(Exception):
 
 
 @dataclass
-class Counters:
-    """What this node did since it started (counts, bytes)."""
-
-    hits: int = 0
-    misses: int = 0
-    fills: int = 0
-    fill_bytes: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    requests: int = 0
-
-
-@dataclass
 class CacheNode:
     """State shared by every operation of one cache node."""
 
@@ -76,17 +60,21 @@ class CacheNode:
     origin: Origin
     config: Config
     node_id: str
+    catalog: Catalog = field(init=False)
     filler: Filler = field(init=False)
     live: LiveNodes = field(init=False)
     started: float = field(default_factory=now)
     counters: Counters = field(default_factory=Counters)
 
     def __post_init__(self) -> None:
-        from edgecache.cachenode.fill import Filler
-        from edgecache.cachenode.membership import LiveNodes
-
+        self.catalog = Catalog(self.nc, self.state)
         self.filler = Filler(
-            self, slots=4 * self.config.cachenode.fill_concurrency, run_bytes=self.config.cachenode.fill_run_bytes
+            self.store,
+            self.origin,
+            self.catalog,
+            self.counters,
+            slots=4 * self.config.cachenode.fill_concurrency,
+            run_bytes=self.config.cachenode.fill_run_bytes,
         )
         self.live = LiveNodes(self.state.nodes, self.node_id, refresh_s=self.config.cachenode.heartbeat_s)
 
@@ -95,67 +83,13 @@ class CacheNode:
         """Size of the chunks this node cuts uploads into, in bytes."""
         return self.config.cachenode.chunk_bytes
 
-    # -- KV ----------------------------------------------------------------------------------
-    async def get_manifest(self, bucket: str, key: str) -> tuple[wire.Manifest, int] | None:
-        """The manifest of ``bucket/key`` in KV ``objects`` and its revision, or ``None``."""
-        try:
-            entry = await self.state.objects.get(kvkeys.object_key(bucket, key))
-        except KeyNotFoundError:
-            return None
-        if entry.value is None:
-            return None
-        return wire.decode(entry.value, wire.Manifest), entry.revision
+    # -- manifests ---------------------------------------------------------------------------
+    async def get_manifest(self, bucket: str, key: str) -> Entry | None:
+        """The manifest of ``bucket/key`` and its revision, or ``None``: the catalog's
+        :meth:`~edgecache.common.catalog.Catalog.get`, for callers outside the node."""
+        return await self.catalog.get(bucket, key)
 
-    async def put_manifest(self, manifest: wire.Manifest, *, revision: int | None = None) -> int:
-        """Write ``manifest``; with ``revision``, only if the entry is still at it (CAS;
-        ``0``: only if absent). Returns the new revision.
-
-        Raises:
-            KeyWrongLastSequenceError: the CAS failed (someone else wrote first).
-        """
-        kv_key = kvkeys.object_key(manifest.bucket, manifest.key)
-        data = wire.encode(manifest)
-        if revision is None:
-            return await self.state.objects.put(kv_key, data)
-        if revision == 0:
-            return await self.state.objects.create(kv_key, data)
-        return await self.state.objects.update(kv_key, data, last=revision)
-
-    async def publish_intent(self, intent: wire.Intent, bucket: str, key: str) -> None:
-        """Append a write intent to ``WRITEBACK`` (de-duplicated by its id); waits for the
-        stream's acknowledgement, so the intent is durable when this returns."""
-        await self.state.js.publish(
-            subjects.writeback_subject_for(bucket, key),
-            wire.encode(intent),
-            headers={"Nats-Msg-Id": intent.id},
-        )
-
-    async def commit_object(self, manifest: wire.Manifest, intent: wire.Intent) -> None:
-        """Make a new version visible and durable: manifest first, then its intent.
-
-        A crash between the two leaves a dirty manifest without an intent; the node
-        re-publishes intents for its dirty manifests when it starts (:meth:`recover`).
-        """
-        await self.put_manifest(manifest)
-        await self.publish_intent(intent, manifest.bucket, manifest.key)
-
-    async def recover(self) -> int:
-        """Re-publish the intent of every dirty manifest this node holds chunks of (or any
-        dirty tombstone), de-duplicated by id in ``WRITEBACK``. Returns how many."""
-        count = 0
-        async for value in current_values(self.state.objects, ">"):
-            m = wire.decode(value, wire.Manifest)
-            if m.state != "dirty" or (m.nodes and self.node_id not in m.nodes):
-                continue
-            intent_type = wire.ObjectDeleted if m.deleted else wire.ObjectWritten
-            await self.publish_intent(
-                intent_type(id=m.version, at_ns=time.time_ns(), bucket=m.bucket, key=m.key, version=m.version),
-                m.bucket,
-                m.key,
-            )
-            count += 1
-        return count
-
+    # -- streams -----------------------------------------------------------------------------
     def upload_receiver(self, msg: Msg) -> stream.UploadReceiver:
         """The receiving end of the upload stream ``msg`` opens (not yet open)."""
         return stream.UploadReceiver(

@@ -5,17 +5,20 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from edgecache.cachenode import chunks, fill
+from edgecache.cachenode import chunks, readthrough
 from edgecache.cachenode.chunkstore import ChunkMissing
-from edgecache.cachenode.node import Answered, CacheNode, new_id, now
+from edgecache.cachenode.node import Answered, CacheNode, now
 from edgecache.cachenode.replication import Replicator
 from edgecache.common import errors, stream, wire
 from edgecache.common.checksums import Digests, verify_content_md5
+from edgecache.common.ids import new_id
 from edgecache.common.names import validate_key
 from edgecache.common.ranges import parse_range
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
+
+    from edgecache.common.catalog import Entry
 
 __all__ = ["delete_object", "get_object", "head_object", "info_of", "put_object", "verify_upload"]
 
@@ -103,7 +106,7 @@ async def put_object(node: CacheNode, msg: Msg, request: wire.PutObject) -> None
     version = new_id()
     rx, refs, digests, checksums = await receive(node, msg, request, prefix=version)
     try:
-        previous = await node.get_manifest(request.bucket, request.key)
+        previous = await node.catalog.get(request.bucket, request.key)
         manifest = wire.Manifest(
             bucket=request.bucket,
             key=request.key,
@@ -118,7 +121,7 @@ async def put_object(node: CacheNode, msg: Msg, request: wire.PutObject) -> None
             chunks=refs,
             nodes=holders_of(node, refs),
         )
-        await node.commit_object(
+        await node.catalog.commit(
             manifest,
             wire.ObjectWritten(
                 id=version, at_ns=time.time_ns(), bucket=request.bucket, key=request.key, version=version
@@ -140,11 +143,11 @@ def holders_of(node: CacheNode, refs: list[wire.ChunkRef]) -> list[str]:
     return sorted({n for r in refs for n in r.nodes} or {node.node_id})
 
 
-async def release_previous(node: CacheNode, previous: tuple[wire.Manifest, int] | None) -> None:
+async def release_previous(node: CacheNode, previous: Entry | None) -> None:
     """A superseded version's chunks stop being pinned: the writeback service skips
     superseded versions, so they are only a cache now (evictable)."""
-    if previous is not None and previous[0].state == "dirty" and previous[0].chunks:
-        await node.release([c.id for c in previous[0].chunks])
+    if previous is not None and previous.manifest.state == "dirty" and previous.manifest.chunks:
+        await node.release([c.id for c in previous.manifest.chunks])
 
 
 async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None:
@@ -155,12 +158,12 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
     """
     tx = node.download_sender(msg)
     try:
-        manifest = await fill.lookup(node, request.bucket, request.key)
+        manifest = await readthrough.lookup(node, request.bucket, request.key)
         span = parse_range(request.range, manifest.size)
         first, last = span if span else (0, manifest.size - 1)
         await tx.start(info_of(manifest, first=span[0] if span else None, last=span[1] if span else None))
         if manifest.size:
-            async for piece in fill.read(node, manifest, first, last):
+            async for piece in readthrough.read(node, manifest, first, last):
                 await tx.send(piece)
         await tx.end()
     except ChunkMissing as exc:
@@ -176,7 +179,7 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
 
 async def head_object(node: CacheNode, request: wire.HeadObject) -> wire.ObjectInfo:
     """The object's metadata (and the range a GET with ``request.range`` would send)."""
-    manifest = await fill.lookup(node, request.bucket, request.key)
+    manifest = await readthrough.lookup(node, request.bucket, request.key)
     span = parse_range(request.range, manifest.size)
     return info_of(manifest, first=span[0] if span else None, last=span[1] if span else None)
 
@@ -186,8 +189,8 @@ async def delete_object(node: CacheNode, request: wire.DeleteObject) -> wire.Ok:
     key that does not exist, as S3 does."""
     validate_key(request.bucket, request.key)
     await node.require_bucket(request.bucket)
-    previous = await node.get_manifest(request.bucket, request.key)
-    if previous is not None and previous[0].deleted and previous[0].state == "clean":
+    previous = await node.catalog.get(request.bucket, request.key)
+    if previous is not None and previous.manifest.deleted and previous.manifest.state == "clean":
         return wire.Ok()
     version = new_id()
     tombstone = wire.Manifest(
@@ -200,7 +203,7 @@ async def delete_object(node: CacheNode, request: wire.DeleteObject) -> wire.Ok:
         deleted=True,
         nodes=[node.node_id],
     )
-    await node.commit_object(
+    await node.catalog.commit(
         tombstone,
         wire.ObjectDeleted(
             id=version, at_ns=time.time_ns(), bucket=request.bucket, key=request.key, version=version

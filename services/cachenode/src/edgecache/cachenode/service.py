@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
     from edgecache.common.config import Config
 
-__all__ = ["MAX_INFLIGHT", "default_node_id", "serve", "start_node"]
+__all__ = ["HANDLERS", "MAX_INFLIGHT", "Handler", "default_node_id", "serve", "start_node"]
 
 log = get_logger(__name__)
 MAX_INFLIGHT = 256
@@ -41,8 +42,6 @@ MAX_INFLIGHT = 256
 
 def default_node_id(config: Config) -> str:
     """``<host>-<hash of the chunk store path>``: stable across restarts of one node."""
-    import hashlib
-
     digest = hashlib.blake2b(str(config.cachenode_dir().resolve()).encode(), digest_size=3).hexdigest()
     host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname().lower())[:40]
     return f"{host or 'node'}-{digest}"
@@ -83,41 +82,44 @@ async def dispatch(node: CacheNode, msg: Msg) -> None:
         )
 
 
+Handler = Callable[[CacheNode, "Msg", Any], Awaitable[wire.Reply | None]]
+
+
+def _replying(operation: Callable[[CacheNode, Any], Awaitable[wire.Reply]]) -> Handler:
+    """A handler from an operation that answers with one reply (no stream)."""
+
+    async def handler(node: CacheNode, msg: Msg, request: Any) -> wire.Reply:
+        return await operation(node, request)
+
+    return handler
+
+
+#: The cache node's half of the operation table: the handler of each request type of
+#: ``wire.Request``. Streaming operations answer on their own stream and return ``None``.
+HANDLERS: dict[type[wire.Request], Handler] = {
+    wire.CreateBucket: _replying(buckets.create_bucket),
+    wire.DeleteBucket: _replying(buckets.delete_bucket),
+    wire.HeadBucket: _replying(buckets.head_bucket),
+    wire.ListBuckets: _replying(buckets.list_buckets),
+    wire.PutObject: objects.put_object,
+    wire.GetObject: objects.get_object,
+    wire.HeadObject: _replying(objects.head_object),
+    wire.DeleteObject: _replying(objects.delete_object),
+    wire.ListObjects: _replying(listing.list_objects),
+    wire.CreateMultipartUpload: _replying(multipart.create_multipart_upload),
+    wire.UploadPart: multipart.upload_part,
+    wire.CompleteMultipartUpload: _replying(multipart.complete_multipart_upload),
+    wire.AbortMultipartUpload: _replying(multipart.abort_multipart_upload),
+    wire.ListParts: _replying(multipart.list_parts),
+}
+
+
 async def _run(node: CacheNode, msg: Msg, request: wire.Request) -> wire.Reply | None:
     """Run one operation. Streaming operations answer on their own stream (``None``)."""
-    match request:
-        case wire.GetObject():
-            await objects.get_object(node, msg, request)
-            return None
-        case wire.PutObject():
-            await objects.put_object(node, msg, request)
-            return None
-        case wire.UploadPart():
-            await multipart.upload_part(node, msg, request)
-            return None
-        case wire.HeadObject():
-            return await objects.head_object(node, request)
-        case wire.DeleteObject():
-            return await objects.delete_object(node, request)
-        case wire.ListObjects():
-            return await listing.list_objects(node, request)
-        case wire.CreateBucket():
-            return await buckets.create_bucket(node, request)
-        case wire.HeadBucket():
-            return await buckets.head_bucket(node, request)
-        case wire.DeleteBucket():
-            return await buckets.delete_bucket(node, request)
-        case wire.ListBuckets():
-            return await buckets.list_buckets(node, request)
-        case wire.CreateMultipartUpload():
-            return await multipart.create_multipart_upload(node, request)
-        case wire.CompleteMultipartUpload():
-            return await multipart.complete_multipart_upload(node, request)
-        case wire.AbortMultipartUpload():
-            return await multipart.abort_multipart_upload(node, request)
-        case wire.ListParts():
-            return await multipart.list_parts(node, request)
-    raise errors.NotImplementedError_(f"{type(request).__name__} is not implemented")
+    handler = HANDLERS.get(type(request))
+    if handler is None:
+        raise errors.NotImplementedError_(f"{type(request).__name__} is not implemented")
+    return await handler(node, msg, request)
 
 
 class _Tasks:
@@ -190,9 +192,9 @@ async def on_released(node: CacheNode, msg: Msg) -> None:
 async def on_clean(node: CacheNode, msg: Msg) -> None:
     """``ObjectClean``: the version is in the origin; its chunks here become evictable."""
     event = wire.decode(msg.data, wire.ObjectClean)
-    found = await node.get_manifest(event.bucket, event.key)
-    if found is not None and found[0].version == event.version:
-        await node.store.mark_clean(c.id for c in found[0].chunks if node.store.has(c.id))
+    found = await node.catalog.get(event.bucket, event.key)
+    if found is not None and found.manifest.version == event.version:
+        await node.store.mark_clean(c.id for c in found.manifest.chunks if node.store.has(c.id))
 
 
 async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
@@ -219,7 +221,7 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
     structlog.contextvars.bind_contextvars(node=node.node_id)
     stack.push_async_callback(node.filler.close)
     await node.live.refresh()
-    recovered = await node.recover()
+    recovered = await node.catalog.recover(node.node_id)
     tasks = _Tasks(MAX_INFLIGHT)
     stack.push_async_callback(tasks.close, 10.0)
     subs = [

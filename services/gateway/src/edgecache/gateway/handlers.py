@@ -3,14 +3,17 @@ cache nodes through :class:`~edgecache.common.client.EdgecacheClient`, build the
 
 Every handler has the shape ``async (x: Exchange) -> Response`` and raises
 :class:`~edgecache.common.errors.S3Error` for anything the client should see as an S3
-error; :data:`HANDLERS` maps operation names (see :mod:`edgecache.gateway.operations`)
-to them.
+error. Each is registered with :func:`serves` under the S3 action it serves and the
+``s3.*`` request it sends (:data:`ROUTES`); an action that sends one request is named
+after that request type of ``wire`` (the operation table), and :data:`HANDLERS` maps the
+operation names :func:`~edgecache.gateway.operations.route` returns to the handlers.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from edgecache.gateway.exchange import Exchange
     from edgecache.gateway.operations import Operation
 
-__all__ = ["HANDLERS", "Handler"]
+__all__ = ["HANDLERS", "ROUTES", "Handler", "Route", "serves"]
 
 Handler = Callable[["Exchange"], Awaitable[Response[Any]]]
 R = TypeVar("R")
@@ -48,6 +51,43 @@ _RANGE_HEADER_MAX = 256
 _CONDITIONAL_HEADERS = frozenset(
     {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How the gateway serves one S3 action.
+
+    Attributes:
+        action: the S3 action, as :func:`~edgecache.gateway.operations.route` names it.
+        handler: the coroutine that serves it.
+        request: the ``s3.*`` request type it sends to the cache nodes (``None``: it
+            answers with an error itself).
+    """
+
+    action: str
+    handler: Handler
+    request: type[wire.Request] | None
+
+
+#: The gateway's half of the operation table: every S3 action, filled by :func:`serves`.
+ROUTES: dict[str, Route] = {}
+
+
+def serves(
+    request: type[wire.Request] | None, *, action: str | None = None
+) -> Callable[[Handler], Handler]:
+    """Register the decorated handler as the gateway's route for ``action``, which sends
+    ``request``. ``action`` defaults to the request type's name: the operation table
+    (``wire.Request``) names each request type after its S3 action."""
+
+    def register(handler: Handler) -> Handler:
+        name = action or (request.__name__ if request is not None else "")
+        if not name or name in ROUTES:
+            raise ValueError(f"no action, or a second route for {name!r}")
+        ROUTES[name] = Route(action=name, handler=handler, request=request)
+        return handler
+
+    return register
 
 
 def _expect(reply: wire.Reply, type_: type[R]) -> R:
@@ -85,12 +125,14 @@ def _check_key(op: Operation) -> None:
 
 
 # == service and buckets =========================================================================
+@serves(wire.ListBuckets)
 async def list_buckets(x: Exchange) -> Response[Any]:
     """ListBuckets (``GET /``) → ``<ListAllMyBucketsResult>``."""
     reply = _expect(await x.gateway.client.request(wire.ListBuckets()), wire.BucketList)
     return xml_response(x, xml.list_buckets_result(reply.buckets, owner=x.gateway.owner))
 
 
+@serves(wire.CreateBucket)
 async def create_bucket(x: Exchange) -> Response[Any]:
     """CreateBucket (``PUT /b``, optional ``<CreateBucketConfiguration>``).
 
@@ -112,6 +154,7 @@ async def create_bucket(x: Exchange) -> Response[Any]:
     return empty(x, headers={"location": f"/{op.bucket}"})
 
 
+@serves(wire.HeadBucket)
 async def head_bucket(x: Exchange) -> Response[Any]:
     """HeadBucket (``HEAD /b``) → 200 with ``x-amz-bucket-region``. Raises: NoSuchBucket."""
     op = _op(x)
@@ -119,6 +162,7 @@ async def head_bucket(x: Exchange) -> Response[Any]:
     return empty(x, headers={"x-amz-bucket-region": x.gateway.config.region})
 
 
+@serves(wire.DeleteBucket)
 async def delete_bucket(x: Exchange) -> Response[Any]:
     """DeleteBucket (``DELETE /b``) → 204. Raises: NoSuchBucket, BucketNotEmpty."""
     op = _op(x)
@@ -126,6 +170,7 @@ async def delete_bucket(x: Exchange) -> Response[Any]:
     return empty(x, status=204)
 
 
+@serves(wire.HeadBucket, action="GetBucketLocation")
 async def get_bucket_location(x: Exchange) -> Response[Any]:
     """GetBucketLocation (``GET /b?location``): empty for us-east-1, else the region."""
     op = _op(x)
@@ -142,6 +187,7 @@ def _encoding_url(query: dict[str, str]) -> bool:
     return True
 
 
+@serves(wire.ListObjects, action="ListObjectsV2")
 async def list_objects_v2(x: Exchange) -> Response[Any]:
     """ListObjectsV2 (``GET /b?list-type=2``): ``max-keys`` capped at 1000.
 
@@ -181,6 +227,7 @@ async def list_objects_v2(x: Exchange) -> Response[Any]:
     return xml_response(x, body)
 
 
+@serves(wire.ListObjects)
 async def list_objects(x: Exchange) -> Response[Any]:
     """ListObjects v1 (``GET /b``): ``marker``, ``NextMarker`` with a delimiter."""
     op = _op(x)
@@ -206,6 +253,7 @@ async def list_objects(x: Exchange) -> Response[Any]:
     return xml_response(x, body)
 
 
+@serves(wire.DeleteObject, action="DeleteObjects")
 async def delete_objects(x: Exchange) -> Response[Any]:
     """DeleteObjects: up to 1000 keys, deleted with bounded concurrency; per-key errors
     go in the result, as S3 does."""
@@ -267,6 +315,7 @@ async def _at_most(body: AsyncIterable[bytes], limit: int) -> AsyncIterator[byte
         yield piece
 
 
+@serves(wire.PutObject)
 async def put_object(x: Exchange) -> Response[Any]:
     """PutObject (``PUT /b/k``), streamed → 200 with ``ETag`` and checksum headers.
 
@@ -294,6 +343,7 @@ async def put_object(x: Exchange) -> Response[Any]:
     return empty(x, headers={"etag": f'"{info.etag}"', **_checksum_headers(info.checksums)})
 
 
+@serves(wire.UploadPart)
 async def upload_part(x: Exchange) -> Response[Any]:
     """UploadPart (``PUT /b/k?partNumber=N&uploadId=U``), streamed → ``ETag``.
 
@@ -340,6 +390,7 @@ def _status_of(info: wire.ObjectInfo) -> int:
     return 206 if info.range_first is not None else 200
 
 
+@serves(wire.HeadObject)
 async def head_object(x: Exchange) -> Response[Any]:
     """HeadObject (``HEAD /b/k``): GetObject's headers, no body; 304/412 preconditions."""
     op = _op(x)
@@ -358,6 +409,7 @@ def _checksum_mode(x: Exchange) -> bool:
     return x.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"
 
 
+@serves(wire.GetObject)
 async def get_object(x: Exchange) -> Response[Any]:
     """GetObject, streamed: the first piece is awaited before the headers go out (so an
     early failure is still a proper S3 error); a later failure cuts the connection.
@@ -439,6 +491,7 @@ async def _send(
         x.finish(status, error=error, cut=not completed)
 
 
+@serves(wire.DeleteObject)
 async def delete_object(x: Exchange) -> Response[Any]:
     """DeleteObject (``DELETE /b/k``) → 204, also for a missing key."""
     op = _op(x)
@@ -455,6 +508,7 @@ def _upload_id(op: Operation) -> str:
     return upload_id
 
 
+@serves(wire.CreateMultipartUpload)
 async def create_multipart_upload(x: Exchange) -> Response[Any]:
     """CreateMultipartUpload (``POST /b/k?uploads``) → ``<InitiateMultipartUploadResult>``."""
     op = _op(x)
@@ -473,6 +527,7 @@ async def create_multipart_upload(x: Exchange) -> Response[Any]:
     return xml_response(x, xml.initiate_multipart_result(_expect(reply, wire.MultipartUpload)))
 
 
+@serves(wire.CompleteMultipartUpload)
 async def complete_multipart_upload(x: Exchange) -> Response[Any]:
     """CompleteMultipartUpload (``POST /b/k?uploadId=U``, XML list of parts).
 
@@ -494,6 +549,7 @@ async def complete_multipart_upload(x: Exchange) -> Response[Any]:
     return xml_response(x, xml.complete_multipart_result(info, location=location))
 
 
+@serves(wire.AbortMultipartUpload)
 async def abort_multipart_upload(x: Exchange) -> Response[Any]:
     """AbortMultipartUpload (``DELETE /b/k?uploadId=U``) → 204. Raises: NoSuchUpload."""
     op = _op(x)
@@ -504,6 +560,7 @@ async def abort_multipart_upload(x: Exchange) -> Response[Any]:
     return empty(x, status=204)
 
 
+@serves(wire.ListParts)
 async def list_parts(x: Exchange) -> Response[Any]:
     """ListParts (``GET /b/k?uploadId=U``): ``max-parts``, ``part-number-marker``."""
     op = _op(x)
@@ -526,6 +583,7 @@ async def list_parts(x: Exchange) -> Response[Any]:
 
 
 # == what we do not serve ========================================================================
+@serves(None, action="NotImplemented")
 async def not_implemented(x: Exchange) -> Response[Any]:
     """Any operation or sub-resource we do not serve → 501 NotImplemented."""
     detail = _op(x).detail
@@ -534,29 +592,11 @@ async def not_implemented(x: Exchange) -> Response[Any]:
     )
 
 
+@serves(None, action="MethodNotAllowed")
 async def method_not_allowed(x: Exchange) -> Response[Any]:
     """A method the target does not support → 405 MethodNotAllowed."""
     raise errors.MethodNotAllowed(resource=_op(x).resource)
 
 
-HANDLERS: dict[str, Handler] = {
-    "ListBuckets": list_buckets,
-    "CreateBucket": create_bucket,
-    "HeadBucket": head_bucket,
-    "DeleteBucket": delete_bucket,
-    "GetBucketLocation": get_bucket_location,
-    "ListObjects": list_objects,
-    "ListObjectsV2": list_objects_v2,
-    "DeleteObjects": delete_objects,
-    "PutObject": put_object,
-    "GetObject": get_object,
-    "HeadObject": head_object,
-    "DeleteObject": delete_object,
-    "CreateMultipartUpload": create_multipart_upload,
-    "UploadPart": upload_part,
-    "CompleteMultipartUpload": complete_multipart_upload,
-    "AbortMultipartUpload": abort_multipart_upload,
-    "ListParts": list_parts,
-    "NotImplemented": not_implemented,
-    "MethodNotAllowed": method_not_allowed,
-}
+#: The handler of every S3 action :func:`~edgecache.gateway.operations.route` names.
+HANDLERS: dict[str, Handler] = {action: r.handler for action, r in ROUTES.items()}

@@ -8,6 +8,10 @@ query comes from the raw ``query_string``.
 Sub-resources we do not serve (``?acl``, ``?versioning``, …) route to the operation
 ``NotImplemented``; a method a target does not support routes to ``MethodNotAllowed``. The
 handlers turn both into S3 errors, after authentication.
+
+The names routed to are the actions of :data:`edgecache.gateway.handlers.ROUTES`; an action
+that sends one ``s3.*`` request is named after its request type in ``wire`` (the operation
+table), and tests/unit/test_operation_table.py checks that every one is routed to.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ object is never held in memory. Per chunk, the first node that answers wins (the
 that served the previous chunk is asked first); a node that fails mid-chunk is replaced
 by the next one, resuming at the byte where the stream broke (``ChunkGet.first``). While
 the origin consumes the tail of one chunk, the next chunk's stream is already opened
-(prefetch), so the origin does not wait a round trip at every chunk boundary.
+(prefetch), so the origin does not wait a round trip at every chunk boundary. Opening a
+chunk on the first node that answers is :func:`edgecache.common.peers.open_chunk`, which
+cache nodes use for their peer reads too.
 
 Before the last piece is handed over, the whole body is checked against the manifest
 (total size; MD5 when the ETag is a plain MD5) and a caller-given fence runs, so an
@@ -23,7 +25,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from edgecache.common import errors, stream, subjects, wire
+from edgecache.common import errors, peers, stream, wire
 from edgecache.common.checksums import Digests
 from edgecache.common.logging import get_logger
 
@@ -38,8 +40,6 @@ _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 
 _closing: set[asyncio.Future[None]] = set()  # strong refs to streams being closed
 
-# (node, body iterator already started, its first piece)
-_Opened = tuple[str, AsyncIterator[bytes], bytes]
 
 
 class ObjectBody:
@@ -97,7 +97,7 @@ class ObjectBody:
 
         return sorted(nodes, key=rank)
 
-    async def _open(self, chunk: wire.ChunkRef, first: int, order: list[str]) -> _Opened:
+    async def _open(self, chunk: wire.ChunkRef, first: int, order: list[str]) -> peers.Opened:
         """Open a stream of ``chunk`` from byte ``first`` on the first node of ``order`` that
         answers with at least one byte. Nodes that fail move to the end of ``order``.
 
@@ -105,35 +105,32 @@ class ObjectBody:
             ServiceUnavailable: no node in ``order`` served it.
         """
         problems: list[str] = []
-        for node in list(order):
-            try:
-                _, body = await stream.download(
-                    self._nc,
-                    subjects.chunk_get(node),
-                    wire.ChunkGet(chunk_id=chunk.id, first=first),
-                    window=self._window,
-                    timeout_s=self._timeout,
-                )
-                try:
-                    piece = await anext(body)  # starts the stream: aclose() now cancels it
-                except StopAsyncIteration:
-                    raise errors.IncompleteBody(f"chunk ended at byte {first}") from None
-            except errors.S3Error as exc:
-                problems.append(f"{node}: {exc.code} {exc.message}")
-                self._demoted.add(node)
-                order.remove(node)
-                order.append(node)
-                continue
-            self._demoted.discard(node)
-            return node, body, piece
-        raise errors.ServiceUnavailable(
-            f"no node serves chunk {chunk.id} from byte {first}: "
-            + ("; ".join(problems) or "no nodes listed"),
-            retry_after_s=1,
+
+        def failed(node: str, exc: errors.S3Error) -> None:
+            problems.append(f"{node}: {exc.code} {exc.message}")
+            self._demoted.add(node)
+            order.remove(node)
+            order.append(node)
+
+        request = wire.ChunkGet(chunk_id=chunk.id, first=first)
+        opened = await peers.open_chunk(
+            self._nc,
+            [(node, request) for node in order],
+            window=self._window,
+            timeout_s=self._timeout,
+            on_failure=failed,
         )
+        if opened is None:
+            raise errors.ServiceUnavailable(
+                f"no node serves chunk {chunk.id} from byte {first}: "
+                + ("; ".join(problems) or "no nodes listed"),
+                retry_after_s=1,
+            )
+        self._demoted.discard(opened.node)
+        return opened
 
     # -- one chunk -----------------------------------------------------------------------------
-    async def _chunk(self, chunk: wire.ChunkRef, opened: _Opened | None) -> AsyncIterator[bytes]:
+    async def _chunk(self, chunk: wire.ChunkRef, opened: peers.Opened | None) -> AsyncIterator[bytes]:
         """The bytes of one chunk, failing over between its nodes mid-stream."""
         order = self._candidates(chunk)
         budget = 2 * max(1, len(order))  # stream breaks tolerated for this chunk
@@ -192,12 +189,12 @@ class ObjectBody:
     # -- the object ----------------------------------------------------------------------------
     async def _pieces(self) -> AsyncIterator[bytes]:
         chunks = [c for c in self._manifest.chunks if c.size > 0]
-        ahead: asyncio.Task[_Opened] | None = None
+        ahead: asyncio.Task[peers.Opened] | None = None
         # start the next chunk's stream once this many bytes of the current one are left
         threshold = self._window * stream.frame_bytes(self._nc)
         try:
             for i, chunk in enumerate(chunks):
-                opened: _Opened | None = None
+                opened: peers.Opened | None = None
                 if ahead is not None:
                     task, ahead = ahead, None
                     try:
@@ -241,10 +238,10 @@ class ObjectBody:
             yield held
 
 
-def _discard(task: asyncio.Task[_Opened]) -> None:
+def _discard(task: asyncio.Task[peers.Opened]) -> None:
     """Drop a prefetch: cancel it, and close the stream it opened if it got that far."""
 
-    def close_opened(done: asyncio.Task[_Opened]) -> None:
+    def close_opened(done: asyncio.Task[peers.Opened]) -> None:
         if done.cancelled() or done.exception() is not None:
             return
         _, body, _ = done.result()

@@ -39,9 +39,11 @@ import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from edgecache.common import errors, subjects, wire
+from edgecache.common.catalog import Catalog
 from edgecache.common.jetstream import ensure_state
 from edgecache.common.logging import get_logger
 from edgecache.common.runtime import connect_nats
+from edgecache.origin import open_origin
 from edgecache.writeback.backoff import retry_delay_s
 from edgecache.writeback.worker import IntentApplier, op_of
 
@@ -108,7 +110,8 @@ class WritebackService:
 
     Args:
         nc: a connected NATS client (JetStream enabled).
-        state: the JetStream state (KV ``objects`` and ``buckets`` are used).
+        state: the JetStream state (the manifests in KV ``objects``, through a
+            :class:`~edgecache.common.catalog.Catalog`, and KV ``buckets``).
         origin: the started origin.
         config: retry and redelivery timing.
         partitions: which partitions this replica serves (default: all).
@@ -145,7 +148,7 @@ class WritebackService:
         self._grace = shutdown_grace_s
         self._applier = IntentApplier(
             nc,
-            state.objects,
+            Catalog(nc, state),
             state.buckets,
             origin,
             window_frames=window_frames,
@@ -417,8 +420,6 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
 async def serve(config: Config, stop: asyncio.Event) -> None:
     """The service's entry: connect, make sure the JetStream state exists, open the origin,
     pull intents until ``stop`` is set, then drain the connection."""
-    from edgecache.origin import open_origin
-
     async with AsyncExitStack() as stack:
         nc = await connect_nats(config.nats, name="edgecache-writeback")
         stack.push_async_callback(nc.drain)

@@ -1,6 +1,7 @@
 """Applying one write intent to the origin: the writeback state machine.
 
-For an object intent the manifest in KV ``objects`` decides (``version`` is the intent's):
+For an object intent the manifest decides (read and changed through the
+:class:`~edgecache.common.catalog.Catalog`; ``version`` is the intent's):
 
 ========================================  ===============================================
 manifest                                  action
@@ -11,10 +12,10 @@ this version, dirty, put                  stream chunks → ``origin.put_object`
 this version, dirty tombstone             ``origin.delete_object``; CAS-delete the entry
 ========================================  ===============================================
 
-then ``ObjectClean`` on ``edgecache.events.object.clean``. A ``BucketCreated`` creates the
-bucket in the origin while its record in KV ``buckets`` is live; a ``BucketDeleted`` deletes
-the bucket in the origin and then its tombstone in KV ``buckets``, unless the bucket was
-re-created since. Intents of one key are never applied at once, but a retried one may come
+then ``ObjectClean`` on ``edgecache.events.object.clean`` (the catalog publishes it with
+the change). A ``BucketCreated`` creates the bucket in the origin while its record in KV
+``buckets`` is live; a ``BucketDeleted`` deletes the bucket in the origin and then its
+tombstone in KV ``buckets``, unless the bucket was re-created since. Intents of one key are never applied at once, but a retried one may come
 after later ones (see :mod:`.service`): the manifest, not the order, decides. Every step is idempotent, so a
 redelivery after a crash anywhere redoes the work harmlessly. A put is fenced: just before
 the origin gets its last byte, the manifest is read again and the write is abandoned if
@@ -26,15 +27,14 @@ Errors propagate to the caller (:mod:`.service`), which retries the intent later
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError
 
-from edgecache.common import errors, kvkeys, subjects, wire
+from edgecache.common import errors, wire
 from edgecache.common.logging import get_logger
 from edgecache.writeback.chunks import ObjectBody
 
@@ -42,9 +42,10 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.js.kv import KeyValue
 
+    from edgecache.common.catalog import Catalog, Entry
     from edgecache.origin import Origin
 
-__all__ = ["IntentApplier", "Outcome", "Superseded", "new_event_id", "op_of"]
+__all__ = ["IntentApplier", "Outcome", "Superseded", "op_of"]
 
 log = get_logger(__name__)
 
@@ -90,17 +91,13 @@ def op_of(intent: wire.Intent) -> Op:
     raise TypeError(f"not an intent: {type(intent).__name__}")
 
 
-def new_event_id() -> str:
-    """A fresh event id: time-ordered, 26 chars of ``[0-9a-f]`` (as cache nodes make them)."""
-    return f"{time.time_ns():016x}{secrets.token_hex(5)}"
-
-
 class IntentApplier:
-    """Applies intents to the origin and records the result in KV ``objects``.
+    """Applies intents to the origin and records the result in the catalog (manifests,
+    which announces ``ObjectClean``) and KV ``buckets``.
 
     Args:
-        nc: the NATS connection (chunk reads, events).
-        objects: KV ``objects`` (manifests).
+        nc: the NATS connection (chunk reads).
+        catalog: the manifests (KV ``objects``).
         buckets: KV ``buckets`` (bucket records and tombstones).
         origin: where objects go.
         window_frames: download credit per chunk stream, in frames.
@@ -113,7 +110,7 @@ class IntentApplier:
     def __init__(
         self,
         nc: NATS,
-        objects: KeyValue,
+        catalog: Catalog,
         buckets: KeyValue,
         origin: Origin,
         *,
@@ -124,7 +121,7 @@ class IntentApplier:
     ) -> None:
         self._nc = nc
         self._uploads = asyncio.Semaphore(max_uploads)
-        self._kv = objects
+        self._catalog = catalog
         self._buckets = buckets
         self._origin = origin
         self._window = window_frames
@@ -151,39 +148,13 @@ class IntentApplier:
                 return await self._delete_bucket(intent)
         raise TypeError(f"not an intent: {type(intent).__name__}")
 
-    # -- KV ----------------------------------------------------------------------------------
-    async def _read(self, bucket: str, key: str) -> tuple[wire.Manifest, int] | None:
-        """The manifest of ``bucket/key`` and its KV revision; ``None`` if there is none."""
-        try:
-            entry = await self._kv.get(kvkeys.object_key(bucket, key))
-        except KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        return wire.decode(entry.value, wire.Manifest), entry.revision
-
-    async def _current(
-        self, intent: wire.ObjectWritten | wire.ObjectDeleted
-    ) -> tuple[wire.Manifest, int] | None:
+    # -- manifests ---------------------------------------------------------------------------
+    async def _current(self, intent: wire.ObjectWritten | wire.ObjectDeleted) -> Entry | None:
         """The manifest if it is still this intent's version, else ``None``."""
-        found = await self._read(intent.bucket, intent.key)
-        if found is None or found[0].version != intent.version:
+        found = await self._catalog.get(intent.bucket, intent.key)
+        if found is None or found.manifest.version != intent.version:
             return None
         return found
-
-    async def _announce(self, m: wire.Manifest, *, deleted: bool) -> None:
-        event = wire.ObjectClean(
-            id=new_event_id(),
-            at_ns=time.time_ns(),
-            bucket=m.bucket,
-            key=m.key,
-            version=m.version,
-            deleted=deleted,
-            origin_etag=m.origin_etag,
-        )
-        await self._nc.publish(
-            subjects.EVENTS_OBJECT_CLEAN, wire.encode(event), headers={"Nats-Msg-Id": event.id}
-        )
 
     # -- put ---------------------------------------------------------------------------------
     async def _put(self, intent: wire.ObjectWritten) -> Outcome:
@@ -195,7 +166,7 @@ class IntentApplier:
                 return Outcome("put", "superseded", written)
             m, revision = found
             if m.state == "clean":
-                await self._announce(m, deleted=False)  # the first announcement may be lost
+                await self._catalog.announce_clean(m, deleted=False)  # the first may be lost
                 return Outcome("put", "already_clean", written)
             if etag is None:
                 try:
@@ -204,8 +175,7 @@ class IntentApplier:
                     continue  # look again: superseded, or finished by another replica
                 written += m.size
             clean = _cleaned(m, etag)
-            if await self._mark_clean(intent, clean, revision):
-                await self._announce(clean, deleted=False)
+            if await self._catalog.mark_clean(clean, revision):  # announces ObjectClean
                 return Outcome("put", "written", written)
             # the manifest changed since we read it: the next round looks again; if it is
             # still this dirty version (e.g. its nodes changed), it is marked clean over the
@@ -249,37 +219,21 @@ class IntentApplier:
                 raise Superseded(str(exc)) from exc
             raise
 
-    async def _mark_clean(
-        self, intent: wire.ObjectWritten, clean: wire.Manifest, revision: int
-    ) -> bool:
-        """CAS the clean manifest over ``revision``; ``False`` if the entry moved on."""
-        kv_key = kvkeys.object_key(intent.bucket, intent.key)
-        try:
-            await self._kv.update(kv_key, wire.encode(clean), last=revision)
-        except KeyWrongLastSequenceError:
-            return False
-        return True
-
     # -- delete ------------------------------------------------------------------------------
     async def _delete(self, intent: wire.ObjectDeleted) -> Outcome:
-        found = await self._read(intent.bucket, intent.key)
+        found = await self._catalog.get(intent.bucket, intent.key)
         if found is None:
             # the tombstone is gone: we (or a replica) applied it; announce again in case
             # the first announcement was lost between the KV delete and the publish
-            await self._announce(_tombstone(intent), deleted=True)
+            await self._catalog.announce_clean(_tombstone(intent), deleted=True)
             return Outcome("delete", "already_clean")
         m, revision = found
         if m.version != intent.version or not m.deleted:
             return Outcome("delete", "superseded")
         await self._origin.delete_object(m.bucket, m.key)
-        try:
-            await self._kv.delete(kvkeys.object_key(m.bucket, m.key), last=revision)
-        except APIError as exc:
-            if exc.err_code not in _WRONG_LAST_SEQUENCE:
-                raise
+        if not await self._catalog.remove_tombstone(m, revision):  # announces ObjectClean
             # a newer version was written meanwhile; its own intent follows
             return Outcome("delete", "superseded")
-        await self._announce(m, deleted=True)
         return Outcome("delete", "deleted")
 
     # -- buckets -----------------------------------------------------------------------------

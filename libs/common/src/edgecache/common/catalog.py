@@ -1,0 +1,214 @@
+"""The catalog: the one owner of manifests (KV ``objects``) and of write-back intents.
+
+A manifest (``wire.Manifest`` at ``kvkeys.object_key(bucket, key)``) is the truth about
+an object's current version, or a tombstone. Cache nodes (puts, deletes, multipart
+completions, read-through adoption and revalidation, the dirty overlay of listings,
+recovery) and the writeback service (marking versions clean, removing tombstones) read
+and change manifests through a :class:`Catalog` only; nothing else touches KV ``objects``.
+
+**Changes.** Every write or delete of a manifest goes through one method,
+:meth:`Catalog._change`, which publishes the change's events before the caller learns
+that the change happened: today ``ObjectClean`` (``edgecache.events.object.clean``) when
+a version has reached the origin. Events that every change must emit (invalidations for
+memory tiers and other sites) belong there too. A compare-and-set that loses changes and
+publishes nothing and returns ``None``/``False`` rather than raising: the caller re-reads.
+
+**Intents.** A new version's manifest is written before its write-back intent is appended
+to ``WRITEBACK`` (:meth:`Catalog.commit`). A crash between the two leaves a dirty manifest
+without an intent; :meth:`Catalog.recover` re-publishes those when a cache node starts
+(``WRITEBACK`` de-duplicates by intent id, the version).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+
+from edgecache.common import kvkeys, subjects, wire
+from edgecache.common.ids import new_id
+from edgecache.common.jetstream import current_values
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+    from edgecache.common.jetstream import State
+
+__all__ = ["Catalog", "Entry"]
+
+_WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed compare-and-set
+
+
+class Entry(NamedTuple):
+    """A manifest as read from KV ``objects``, with its revision (the ``revision`` to pass
+    to a later compare-and-set)."""
+
+    manifest: wire.Manifest
+    revision: int
+
+
+class Catalog:
+    """Reads and changes manifests; appends write-back intents.
+
+    Args:
+        nc: the NATS connection (events).
+        state: the JetStream state (KV ``objects``; the ``WRITEBACK`` stream for intents).
+    """
+
+    def __init__(self, nc: NATS, state: State) -> None:
+        self._nc = nc
+        self._js = state.js
+        self._kv = state.objects
+
+    # -- reading ------------------------------------------------------------------------------
+    async def get(self, bucket: str, key: str) -> Entry | None:
+        """The manifest of ``bucket/key`` (maybe a tombstone) and its revision, or ``None``."""
+        try:
+            entry = await self._kv.get(kvkeys.object_key(bucket, key))
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return Entry(wire.decode(entry.value, wire.Manifest), entry.revision)
+
+    async def dirty(self, bucket: str | None = None) -> AsyncIterator[wire.Manifest]:
+        """Every dirty manifest (puts and tombstones not yet applied to the origin) of
+        ``bucket``, or of every bucket, read in one pass; in KV order, not key order."""
+        key_filter = ">" if bucket is None else kvkeys.bucket_filter(bucket)
+        async for value in current_values(self._kv, key_filter):
+            manifest = wire.decode(value, wire.Manifest)
+            if manifest.state == "dirty":
+                yield manifest
+
+    # -- changing -----------------------------------------------------------------------------
+    async def commit(self, manifest: wire.Manifest, intent: wire.Intent) -> None:
+        """Make a new version (or tombstone) current and durable: :meth:`put` its manifest,
+        then append its intent (see the module docstring)."""
+        await self.put(manifest)
+        await self.publish_intent(intent)
+
+    async def put(self, manifest: wire.Manifest) -> None:
+        """Write ``manifest`` whatever was there before (the last write wins). A dirty
+        manifest needs its intent too: :meth:`commit` writes both."""
+        await self._change(manifest.bucket, manifest.key, manifest, revision=None)
+
+    async def create(self, manifest: wire.Manifest) -> bool:
+        """Record ``manifest`` if ``bucket/key`` has no entry; ``False`` if it has one (a
+        tombstone counts: it is an entry)."""
+        return await self._change(manifest.bucket, manifest.key, manifest, revision=0)
+
+    async def replace(self, manifest: wire.Manifest, revision: int) -> bool:
+        """Write ``manifest`` over the entry if it is still at ``revision``; ``False`` if it
+        moved on."""
+        return await self._change(manifest.bucket, manifest.key, manifest, revision=revision)
+
+    async def delete(self, bucket: str, key: str, revision: int) -> bool:
+        """Remove the entry of ``bucket/key`` if it is still at ``revision``; ``False`` if it
+        moved on."""
+        return await self._change(bucket, key, None, revision=revision)
+
+    async def mark_clean(self, clean: wire.Manifest, revision: int) -> bool:
+        """The version of ``clean`` is in the origin: write ``clean`` over its dirty manifest
+        (if still at ``revision``) and announce ``ObjectClean``. ``False``: the entry moved
+        on; nothing was written nor announced."""
+        event = _clean_event(clean, deleted=False)
+        return await self._change(clean.bucket, clean.key, clean, revision=revision, events=[event])
+
+    async def remove_tombstone(self, tombstone: wire.Manifest, revision: int) -> bool:
+        """The delete of ``tombstone`` is applied to the origin: remove the tombstone (if
+        still at ``revision``) and announce ``ObjectClean`` (``deleted``). ``False``: the
+        entry moved on (a newer version); nothing was removed nor announced."""
+        event = _clean_event(tombstone, deleted=True)
+        return await self._change(
+            tombstone.bucket, tombstone.key, None, revision=revision, events=[event]
+        )
+
+    async def announce_clean(self, manifest: wire.Manifest, *, deleted: bool) -> None:
+        """Announce ``ObjectClean`` again for a version already marked clean (or a tombstone
+        already removed): the first announcement may have been lost with a crash."""
+        await self._publish(_clean_event(manifest, deleted=deleted))
+
+    async def _change(
+        self,
+        bucket: str,
+        key: str,
+        manifest: wire.Manifest | None,
+        *,
+        revision: int | None,
+        events: Sequence[wire.ObjectClean] = (),
+    ) -> bool:
+        """The one place KV ``objects`` changes: write ``manifest`` (``None``: delete the
+        entry) for ``bucket/key``, then publish ``events``, before returning.
+
+        ``revision``: ``None`` writes whatever is there; ``0`` writes only if there is no
+        entry; ``n`` changes the entry only if it is at revision ``n`` (a delete needs it).
+
+        Returns:
+            ``False`` when the compare-and-set lost: nothing changed, nothing published.
+        """
+        kv_key = kvkeys.object_key(bucket, key)
+        try:
+            if manifest is None:
+                if not revision:
+                    raise ValueError("a manifest is deleted only at a known revision")
+                await self._kv.delete(kv_key, last=revision)
+            elif revision is None:
+                await self._kv.put(kv_key, wire.encode(manifest))
+            elif revision == 0:
+                await self._kv.create(kv_key, wire.encode(manifest))
+            else:
+                await self._kv.update(kv_key, wire.encode(manifest), last=revision)
+        except KeyWrongLastSequenceError:
+            return False
+        except APIError as exc:  # nats-py does not translate a delete's lost CAS
+            if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                raise
+            return False
+        for event in events:
+            await self._publish(event)
+        return True
+
+    async def _publish(self, event: wire.ObjectClean) -> None:
+        await self._nc.publish(
+            subjects.EVENTS_OBJECT_CLEAN, wire.encode(event), headers={"Nats-Msg-Id": event.id}
+        )
+
+    # -- intents ------------------------------------------------------------------------------
+    async def publish_intent(self, intent: wire.Intent) -> None:
+        """Append ``intent`` to its partition of ``WRITEBACK`` (that of ``bucket/key``;
+        ``key`` ``""`` for bucket intents), de-duplicated by its id. Waits for the stream's
+        acknowledgement: the intent is durable when this returns."""
+        key = intent.key if isinstance(intent, wire.ObjectWritten | wire.ObjectDeleted) else ""
+        await self._js.publish(
+            subjects.writeback_subject_for(intent.bucket, key),
+            wire.encode(intent),
+            headers={"Nats-Msg-Id": intent.id},
+        )
+
+    async def recover(self, holder: str) -> int:
+        """Re-publish the intent of every dirty manifest that names ``holder`` among its
+        nodes (or names no node). Returns how many."""
+        count = 0
+        async for m in self.dirty():
+            if m.nodes and holder not in m.nodes:
+                continue
+            intent_type = wire.ObjectDeleted if m.deleted else wire.ObjectWritten
+            await self.publish_intent(
+                intent_type(id=m.version, at_ns=time.time_ns(), bucket=m.bucket, key=m.key, version=m.version)
+            )
+            count += 1
+        return count
+
+
+def _clean_event(m: wire.Manifest, *, deleted: bool) -> wire.ObjectClean:
+    return wire.ObjectClean(
+        id=new_id(),
+        at_ns=time.time_ns(),
+        bucket=m.bucket,
+        key=m.key,
+        version=m.version,
+        deleted=deleted,
+        origin_etag=m.origin_etag,
+    )

@@ -1,0 +1,21 @@
+"""What a cache node counts: requests, cache hits and misses, fills and bytes moved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Counters"]
+
+
+@dataclass
+class Counters:
+    """What this node did since it started (counts, bytes). Heartbeats carry them
+    (``wire.NodeStats``)."""
+
+    hits: int = 0
+    misses: int = 0
+    fills: int = 0  # ranged GETs of the origin
+    fill_bytes: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    requests: int = 0

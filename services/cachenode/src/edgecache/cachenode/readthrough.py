@@ -1,0 +1,242 @@
+"""Read-through: finding an object's current version, and reading its bytes from wherever
+they are — this node's disk, a peer's, or the origin (filling the cache as they stream).
+
+**Lookup.** A manifest in the catalog (KV ``objects``) is the current version. A clean one
+older than ``revalidate_after_s`` is checked against the origin's ETag first (changed: a
+new version; gone: NoSuchKey; origin unreachable: served stale if ``stale_if_error``).
+With no manifest, the origin is asked (HEAD) and a clean manifest with unfilled chunks is
+recorded.
+
+**Reading a chunk**, in order of preference: this node's store; a fill of it already
+running here (follow it); the nodes the manifest names; the object's **owner** (rendezvous
+hash over the live nodes), which fills it — so a cold object is fetched from the origin
+once across the cluster; and, if the owner is unreachable, a fill here (:mod:`.fill`),
+which also starts filling the chunks after it (up to ``fill_concurrency`` runs' worth).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from edgecache.cachenode.chunkstore import ChunkCorrupt, ChunkMissing
+from edgecache.common import errors, peers, placement, wire
+from edgecache.common.ids import new_id
+from edgecache.common.logging import get_logger
+
+if TYPE_CHECKING:
+    from edgecache.cachenode.node import CacheNode
+    from edgecache.origin import OriginObject
+
+__all__ = ["chunk_spans", "lookup", "read", "read_chunk_span"]
+
+log = get_logger(__name__)
+
+
+# -- lookup -------------------------------------------------------------------------------
+def _from_origin(node: CacheNode, bucket: str, obj: OriginObject, version: str) -> wire.Manifest:
+    size, step = obj.size, node.chunk_bytes
+    chunks = [
+        wire.ChunkRef(id=f"{version}.{i}", size=min(step, size - offset))
+        for i, offset in enumerate(range(0, size, step))
+    ]
+    return wire.Manifest(
+        bucket=bucket,
+        key=obj.key,
+        version=version,
+        size=size,
+        etag=obj.etag,
+        last_modified=obj.last_modified,
+        content_type=obj.content_type,
+        metadata=obj.metadata,
+        headers=obj.headers,
+        chunks=chunks,
+        state="clean",
+        origin_etag=obj.etag,
+        validated_at=time.time(),
+    )
+
+
+async def _adopt(node: CacheNode, bucket: str, key: str) -> wire.Manifest:
+    """Record the origin's current version of ``bucket/key``, if it has no manifest yet.
+
+    Raises:
+        NoSuchBucket / NoSuchKey / ServiceUnavailable: from the origin.
+    """
+    obj = await node.origin.head_object(bucket, key)
+    manifest = _from_origin(node, bucket, obj, new_id())
+    if not await node.catalog.create(manifest):
+        found = await node.catalog.get(bucket, key)  # another node recorded it first
+        if found is not None and not found.manifest.deleted:
+            return found.manifest
+    return manifest
+
+
+async def _revalidate(node: CacheNode, manifest: wire.Manifest, revision: int) -> wire.Manifest:
+    try:
+        obj = await node.origin.head_object(manifest.bucket, manifest.key)
+    except errors.ServiceUnavailable:
+        if node.config.cachenode.stale_if_error:
+            log.warning("revalidate.stale", bucket=manifest.bucket, key=manifest.key)
+            return manifest
+        raise
+    except errors.NoSuchKey:
+        with contextlib.suppress(Exception):
+            await node.catalog.delete(manifest.bucket, manifest.key, revision)
+        raise
+    if obj.etag == manifest.origin_etag:
+        fresh = msgspec.structs.replace(manifest, validated_at=time.time())
+        await node.catalog.replace(fresh, revision)  # another node may have done it first
+        return fresh
+    log.info("revalidate.changed", bucket=manifest.bucket, key=manifest.key)
+    changed = _from_origin(node, manifest.bucket, obj, new_id())
+    if not await node.catalog.replace(changed, revision):
+        found = await node.catalog.get(manifest.bucket, manifest.key)
+        if found is not None and not found.manifest.deleted:
+            return found.manifest
+    await node.store.mark_clean(c.id for c in manifest.chunks if node.store.has(c.id))
+    return changed
+
+
+async def lookup(node: CacheNode, bucket: str, key: str) -> wire.Manifest:
+    """The current version of ``bucket/key``, from KV or else the origin.
+
+    Raises:
+        NoSuchBucket: the bucket does not exist.
+        NoSuchKey: no such object, or it was deleted (here or in the origin).
+        ServiceUnavailable: the object is not cached and the origin is unreachable.
+    """
+    found = await node.catalog.get(bucket, key)
+    if found is not None:
+        manifest, revision = found
+        if manifest.deleted:
+            await node.require_bucket(bucket)
+            raise errors.NoSuchKey(resource=f"{bucket}/{key}")
+        stale = time.time() - manifest.validated_at > node.config.cachenode.revalidate_after_s
+        if manifest.state == "clean" and stale:
+            try:
+                return await _revalidate(node, manifest, revision)
+            except errors.NoSuchKey as exc:
+                exc.resource = f"{bucket}/{key}"
+                raise
+        return manifest
+    try:
+        return await _adopt(node, bucket, key)
+    except (errors.NoSuchKey, errors.NoSuchBucket) as exc:
+        # the origin may lack a bucket created here and not yet written back
+        await node.require_bucket(bucket)
+        raise errors.NoSuchKey(resource=f"{bucket}/{key}") from exc
+
+
+# -- reading ------------------------------------------------------------------------------
+def chunk_spans(chunks: list[wire.ChunkRef], first: int, last: int) -> list[tuple[int, int, int]]:
+    """``(index, first, last)`` of each chunk covering object bytes ``first..last``, with the
+    inclusive range to take from it, in order."""
+    spans = []
+    offset = 0
+    for index, chunk in enumerate(chunks):
+        end = offset + chunk.size - 1
+        if offset > last:
+            break
+        if end >= first:
+            spans.append((index, max(first, offset) - offset, min(last, end) - offset))
+        offset += chunk.size
+    return spans
+
+
+async def read_chunk_span(
+    node: CacheNode,
+    manifest: wire.Manifest,
+    index: int,
+    first: int,
+    last: int,
+    *,
+    prefetch: int = 0,
+    local_only: bool = False,
+) -> AsyncIterator[bytes]:
+    """Bytes ``first..last`` (inclusive) of chunk ``index`` of ``manifest``, from the best
+    source (see the module docstring). ``prefetch``: how many chunks after this one the
+    reader will want (fills may take them in); ``local_only``: do not ask the owner (we
+    are it).
+
+    Raises:
+        ChunkMissing: a dirty chunk is on no reachable node (it cannot come from the origin).
+        ServiceUnavailable / PreconditionFailed: a fill from the origin failed.
+    """
+    chunk = manifest.chunks[index]
+    fill = node.filler.active.get(chunk.id)
+    if fill is None:
+        try:
+            data = await node.store.read(chunk.id, first, last)
+            node.counters.hits += 1
+            yield data
+            return
+        except (ChunkMissing, ChunkCorrupt):
+            pass
+        plain = wire.ChunkGet(chunk_id=chunk.id, first=first, last=last)
+        sources = [(n, plain) for n in (chunk.nodes or manifest.nodes) if n != node.node_id]
+        owner = placement.owner(manifest.bucket, manifest.key, node.live.ids())
+        if manifest.state == "clean" and not local_only and owner and owner != node.node_id:
+            sources.append((owner, wire.ChunkGet(
+                chunk_id=chunk.id, first=first, last=last, bucket=manifest.bucket,
+                key=manifest.key, version=manifest.version, index=index, prefetch=prefetch,
+            )))
+        opened = await peers.open_chunk(
+            node.nc,
+            sources,
+            window=node.config.cachenode.window_frames,
+            timeout_s=node.config.nats.request_timeout_s,
+        )
+        if opened is not None:
+            try:
+                yield opened.first
+                async for piece in opened.body:
+                    yield piece
+            finally:  # a reader that stops early stops the peer's stream
+                with contextlib.suppress(Exception):
+                    await opened.body.aclose()  # type: ignore[attr-defined]
+            node.counters.hits += 1
+            return
+        if manifest.state == "dirty":
+            raise ChunkMissing(chunk.id)
+        fill = node.filler.start(manifest, index, until=index + prefetch)
+    node.counters.misses += 1
+    pieces = fill.follow(first, last)
+    head = await anext(pieces, None)  # the first byte first: prefetching competes with it at the origin
+    node.filler.prefetch(manifest, _ahead(node, manifest, index, prefetch), until=index + prefetch)
+    if head is not None:
+        yield head
+        async for piece in pieces:
+            yield piece
+
+
+def _ahead(node: CacheNode, manifest: wire.Manifest, index: int, wanted: int) -> list[int]:
+    """The chunks after ``index`` (of the ``wanted`` the reader still needs) whose fills
+    should start now: ``fill_concurrency`` runs' worth of bytes ahead, no more."""
+    budget = node.config.cachenode.fill_concurrency * node.config.cachenode.fill_run_bytes
+    out, total = [], 0
+    for j in range(index + 1, min(len(manifest.chunks), index + 1 + wanted)):
+        total += manifest.chunks[j].size
+        if total > budget:
+            break
+        out.append(j)
+    return out
+
+
+async def read(node: CacheNode, manifest: wire.Manifest, first: int, last: int) -> AsyncIterator[bytes]:
+    """Bytes ``first..last`` (inclusive) of ``manifest``'s version, in order, chunk by chunk,
+    each piece as soon as it is available. Only the chunks covering the range are filled.
+
+    Raises:
+        ChunkMissing, ServiceUnavailable, PreconditionFailed: see :func:`read_chunk_span`.
+    """
+    spans = chunk_spans(manifest.chunks, first, last)
+    last_index = spans[-1][0] if spans else -1
+    for index, cfirst, clast in spans:
+        async for piece in read_chunk_span(node, manifest, index, cfirst, clast, prefetch=last_index - index):
+            node.counters.bytes_out += len(piece)
+            yield piece
