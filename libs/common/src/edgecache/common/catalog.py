@@ -8,10 +8,19 @@ and change manifests through a :class:`Catalog` only; nothing else touches KV ``
 
 **Changes.** Every write or delete of a manifest goes through one method,
 :meth:`Catalog._change`, which publishes the change's events before the caller learns
-that the change happened: today ``ObjectClean`` (``edgecache.events.object.clean``) when
-a version has reached the origin. Events that every change must emit (invalidations for
-memory tiers and other sites) belong there too. A compare-and-set that loses changes and
-publishes nothing and returns ``None``/``False`` rather than raising: the caller re-reads.
+that the change happened: an :class:`~edgecache.common.wire.Invalidation`
+(``edgecache.events.invalidate``) whenever what a reader sees changes (a new version, a
+delete, a change found in the origin; not a version turning clean), so that memory tiers
+drop it; and ``ObjectClean`` (``edgecache.events.object.clean``) when a version has
+reached the origin. A compare-and-set that loses changes and publishes nothing and returns
+``None``/``False`` rather than raising: the caller re-reads.
+
+**Invalidations are ordered before the acknowledgement** without a round trip: they are
+published on the same NATS connection as the reply that acknowledges the change, and NATS
+delivers one connection's messages in order, so the server has handed the invalidation to
+every subscriber before it sees the reply. Each catalog numbers its invalidations 1, 2, 3,
+… (``publisher``, ``publisher_started_ns``, ``seq``) so a subscriber can prove it missed
+none.
 
 **Intents.** A new version's manifest is written before its write-back intent is appended
 to ``WRITEBACK`` (:meth:`Catalog.commit`). A crash between the two leaves a dirty manifest
@@ -21,6 +30,7 @@ without an intent; :meth:`Catalog.recover` re-publishes those when a cache node 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -61,6 +71,10 @@ class Catalog:
         self._nc = nc
         self._js = state.js
         self._kv = state.objects
+        self._publisher = new_id()
+        self._started_ns = time.time_ns()
+        self._seq = 0
+        self._seq_lock = asyncio.Lock()  # seq numbers go out in order
 
     # -- reading ------------------------------------------------------------------------------
     async def get(self, bucket: str, key: str) -> Entry | None:
@@ -99,10 +113,13 @@ class Catalog:
         tombstone counts: it is an entry)."""
         return await self._change(manifest.bucket, manifest.key, manifest, revision=0)
 
-    async def replace(self, manifest: wire.Manifest, revision: int) -> bool:
+    async def replace(self, manifest: wire.Manifest, revision: int, *, same_version: bool = False) -> bool:
         """Write ``manifest`` over the entry if it is still at ``revision``; ``False`` if it
-        moved on."""
-        return await self._change(manifest.bucket, manifest.key, manifest, revision=revision)
+        moved on. ``same_version``: only bookkeeping changed (readers see the same bytes and
+        metadata), so nothing is invalidated."""
+        return await self._change(
+            manifest.bucket, manifest.key, manifest, revision=revision, invalidates=not same_version
+        )
 
     async def delete(self, bucket: str, key: str, revision: int) -> bool:
         """Remove the entry of ``bucket/key`` if it is still at ``revision``; ``False`` if it
@@ -114,15 +131,17 @@ class Catalog:
         (if still at ``revision``) and announce ``ObjectClean``. ``False``: the entry moved
         on; nothing was written nor announced."""
         event = _clean_event(clean, deleted=False)
-        return await self._change(clean.bucket, clean.key, clean, revision=revision, events=[event])
+        return await self._change(
+            clean.bucket, clean.key, clean, revision=revision, events=[event], invalidates=False
+        )
 
     async def remove_tombstone(self, tombstone: wire.Manifest, revision: int) -> bool:
         """The delete of ``tombstone`` is applied to the origin: remove the tombstone (if
         still at ``revision``) and announce ``ObjectClean`` (``deleted``). ``False``: the
         entry moved on (a newer version); nothing was removed nor announced."""
         event = _clean_event(tombstone, deleted=True)
-        return await self._change(
-            tombstone.bucket, tombstone.key, None, revision=revision, events=[event]
+        return await self._change(  # readers saw the delete when the tombstone was written
+            tombstone.bucket, tombstone.key, None, revision=revision, events=[event], invalidates=False
         )
 
     async def announce_clean(self, manifest: wire.Manifest, *, deleted: bool) -> None:
@@ -138,9 +157,11 @@ class Catalog:
         *,
         revision: int | None,
         events: Sequence[wire.ObjectClean] = (),
+        invalidates: bool = True,
     ) -> bool:
         """The one place KV ``objects`` changes: write ``manifest`` (``None``: delete the
-        entry) for ``bucket/key``, then publish ``events``, before returning.
+        entry) for ``bucket/key``, then publish its :class:`~wire.Invalidation` (unless
+        ``invalidates`` is false) and ``events``, before returning.
 
         ``revision``: ``None`` writes whatever is there; ``0`` writes only if there is no
         entry; ``n`` changes the entry only if it is at revision ``n`` (a delete needs it).
@@ -166,9 +187,31 @@ class Catalog:
             if exc.err_code not in _WRONG_LAST_SEQUENCE:
                 raise
             return False
+        if invalidates:
+            version = "" if manifest is None or manifest.deleted else manifest.version
+            await self._invalidate(bucket, key, version)
         for event in events:
             await self._publish(event)
         return True
+
+    async def invalidate_bucket(self, bucket: str) -> None:
+        """Every object of ``bucket`` changed (the bucket was deleted): tell memory tiers."""
+        await self._invalidate(bucket, None, "")
+
+    async def _invalidate(self, bucket: str, key: str | None, version: str) -> None:
+        async with self._seq_lock:
+            self._seq += 1
+            event = wire.Invalidation(
+                id=new_id(),
+                at_ns=time.time_ns(),
+                bucket=bucket,
+                key=key,
+                version=version,
+                publisher=self._publisher,
+                publisher_started_ns=self._started_ns,
+                seq=self._seq,
+            )
+            await self._nc.publish(subjects.EVENTS_INVALIDATE, wire.encode(event))
 
     async def _publish(self, event: wire.ObjectClean) -> None:
         await self._nc.publish(

@@ -52,6 +52,8 @@ class GatewayConfig(msgspec.Struct, **_OPTS):
     region: str = "us-east-1"
     max_skew_s: int = 900  # allowed clock difference for signed requests (S3: 15 min)
     window_frames: int = 8  # frames in flight per download stream
+    memory_tier_bytes: int = 128 * MiB  # the memory tier's capacity (0: off)
+    memory_tier_gate_bytes: int = MiB  # largest object it holds
 
 
 class CacheNodeConfig(msgspec.Struct, **_OPTS):

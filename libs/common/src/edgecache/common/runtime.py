@@ -11,7 +11,8 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import nats
 import uvloop
@@ -20,13 +21,27 @@ from nats.aio.client import Client as NATS
 from edgecache.common.config import Config, ConfigError, NatsConfig, load_config
 from edgecache.common.logging import configure_logging, get_logger
 
-__all__ = ["connect_nats", "run_service"]
+__all__ = ["ConnectionWatcher", "connect_nats", "run_service"]
 
 log = get_logger(__name__)
 
 
-async def connect_nats(config: NatsConfig, *, name: str) -> NATS:
-    """Connect to NATS at ``config.url``, reconnecting forever on loss.
+class ConnectionWatcher(Protocol):
+    """Told of what happens to a NATS connection (see :func:`connect_nats`)."""
+
+    def disconnected(self) -> None: ...
+
+    def reconnected(self) -> None: ...
+
+    def error(self, exc: Exception) -> None: ...
+
+
+async def connect_nats(
+    config: NatsConfig, *, name: str, watchers: Sequence[ConnectionWatcher] = ()
+) -> NATS:
+    """Connect to NATS at ``config.url``, reconnecting forever on loss. ``watchers`` hear
+    of every disconnect, reconnect and asynchronous error (a slow consumer, for one) after
+    it is logged.
 
     Raises:
         nats.errors.NoServersError: no server answered within ``connect_timeout_s``.
@@ -34,12 +49,18 @@ async def connect_nats(config: NatsConfig, *, name: str) -> NATS:
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats.error", error=str(exc))
+        for watcher in watchers:
+            watcher.error(exc)
 
     async def on_disconnect() -> None:
         log.warning("nats.disconnected")
+        for watcher in watchers:
+            watcher.disconnected()
 
     async def on_reconnect() -> None:
         log.info("nats.reconnected")
+        for watcher in watchers:
+            watcher.reconnected()
 
     return await nats.connect(
         config.url,

@@ -19,6 +19,7 @@ from edgecache.common import wire
 __all__ = [
     "CACHENODE_QUEUE",
     "EVENTS_CHUNKS_RELEASED",
+    "EVENTS_INVALIDATE",
     "EVENTS_OBJECT_CLEAN",
     "HEARTBEAT_WILDCARD",
     "KV_BUCKETS",
@@ -59,6 +60,7 @@ WRITEBACK_RETRIES = "edgecache.writeback.retry.>"  # scheduled retries of failed
 # events
 EVENTS_OBJECT_CLEAN = "edgecache.events.object.clean"
 EVENTS_CHUNKS_RELEASED = "edgecache.events.chunks.released"
+EVENTS_INVALIDATE = "edgecache.events.invalidate"  # wire.Invalidation, to memory tiers
 HEARTBEAT_WILDCARD = "edgecache.heartbeat.*"
 
 

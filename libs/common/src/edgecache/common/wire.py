@@ -45,6 +45,7 @@ __all__ = [
     "HeadBucket",
     "HeadObject",
     "Heartbeat",
+    "Invalidation",
     "Intent",
     "ListBuckets",
     "ListObjects",
@@ -549,6 +550,24 @@ class ObjectClean(Event, tag="object.clean.v1"):
     version: str
     deleted: bool = False
     origin_etag: str = ""
+
+
+class Invalidation(Event, tag="invalidation.v1"):
+    """cachenode → every gateway (``edgecache.events.invalidate``): what ``bucket/key`` holds
+    changed (a new version, a delete, a change found in the origin); ``key`` ``None``: the
+    whole bucket (it was deleted). Published before the change is acknowledged.
+
+    ``publisher`` (an id the publisher draws at start), ``publisher_started_ns`` and ``seq``
+    (1, 2, 3, … per publisher) let a subscriber prove it missed none of a publisher's
+    events; one that cannot must drop everything it caches.
+    """
+
+    bucket: str
+    key: str | None
+    publisher: str
+    publisher_started_ns: int
+    seq: int
+    version: str = ""  # the new version; "" for a delete
 
 
 class ChunksReleased(Event, tag="chunks.released.v1"):

@@ -63,6 +63,7 @@ async def delete_bucket(node: CacheNode, request: wire.DeleteBucket) -> wire.Ok:
         raise errors.BucketNotEmpty(resource=request.bucket)
     tombstone = msgspec.structs.replace(record, deleted=True)
     await node.state.buckets.put(request.bucket, wire.encode(tombstone))
+    await node.catalog.invalidate_bucket(request.bucket)
     intent = wire.BucketDeleted(id=new_id(), at_ns=time.time_ns(), bucket=request.bucket)
     await node.catalog.publish_intent(intent)
     return wire.Ok()

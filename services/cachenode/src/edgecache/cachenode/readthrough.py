@@ -90,7 +90,8 @@ async def _revalidate(node: CacheNode, manifest: wire.Manifest, revision: int) -
         raise
     if obj.etag == manifest.origin_etag:
         fresh = msgspec.structs.replace(manifest, validated_at=time.time())
-        await node.catalog.replace(fresh, revision)  # another node may have done it first
+        # another node may have done it first
+        await node.catalog.replace(fresh, revision, same_version=True)
         return fresh
     log.info("revalidate.changed", bucket=manifest.bucket, key=manifest.key)
     changed = _from_origin(node, manifest.bucket, obj, new_id())

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
     from edgecache.common.config import Config
+    from edgecache.gateway.invalidations import InvalidationListener
+    from edgecache.gateway.memtier import MemoryTier
 
 __all__ = ["create_app", "dispatch"]
 
@@ -108,6 +110,8 @@ def create_app(
     credentials: Mapping[str, str] | None = None,
     verify: Callable[..., Any] = sigv4.verify,
     wrap_body: Callable[..., Any] = sigv4.wrap_body,
+    memtier: MemoryTier | None = None,
+    invalidations: InvalidationListener | None = None,
 ) -> Litestar:
     """Build the gateway's ASGI app around a connected NATS client.
 
@@ -120,6 +124,10 @@ def create_app(
         credentials: access key → secret key; default the single pair in ``config.gateway``.
         verify: the SigV4 verifier (tests may pass another with the same signature).
         wrap_body: the body verifier that goes with ``verify``.
+        memtier: the memory tier; used only with ``invalidations``, which the lifespan
+            starts on ``nc`` (and which should watch ``nc``: see
+            :func:`edgecache.common.runtime.connect_nats`).
+        invalidations: what keeps ``memtier`` coherent.
     """
     gw = config.gateway
     if credentials is None:
@@ -135,13 +143,19 @@ def create_app(
             )
         else:
             s3_client = client
+        coherent = memtier is not None and invalidations is not None and nc is not None
         app.state.gateway = GatewayState(
             client=s3_client,
             config=gw,
             credentials=dict(credentials),
             verify=verify,
             wrap_body=wrap_body,
+            memtier=memtier if coherent else None,
+            invalidations=invalidations if coherent else None,
         )
+        if coherent:
+            assert invalidations is not None and nc is not None
+            await invalidations.start(nc)
         # a cut stream is logged by the gateway; the server's traceback of it is noise
         server_log = logging.getLogger("uvicorn.error")
         cut_filter = StreamCutFilter()
@@ -150,6 +164,9 @@ def create_app(
             yield
         finally:
             server_log.removeFilter(cut_filter)
+            if coherent:
+                assert invalidations is not None
+                await invalidations.stop()
 
     return Litestar(
         route_handlers=[s3_endpoint],

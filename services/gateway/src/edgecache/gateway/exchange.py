@@ -30,9 +30,11 @@ if TYPE_CHECKING:
 
     from edgecache.gateway.state import GatewayState
 
-__all__ = ["Exchange", "LiveTrailers"]
+__all__ = ["RANGE_HEADER_MAX", "Exchange", "LiveTrailers"]
 
 log = get_logger("edgecache.gateway")
+
+RANGE_HEADER_MAX = 256  # characters of a Range header worth parsing
 
 
 class LiveTrailers(Mapping[str, str]):
@@ -149,6 +151,18 @@ class Exchange:
         self.op = op
         structlog.contextvars.bind_contextvars(operation=op.name, bucket=op.bucket, key=op.key)
         return op
+
+    def range_header(self) -> str | None:
+        """The ``Range`` header if S3 would honour it: one range, at most
+        ``RANGE_HEADER_MAX`` characters (S3 serves the whole object for several ranges)."""
+        value = self.headers.get("range")
+        if value is None or len(value) > RANGE_HEADER_MAX or "," in value:
+            return None
+        return value
+
+    def checksum_mode(self) -> bool:
+        """Whether the client asked for checksums (``x-amz-checksum-mode: ENABLED``)."""
+        return self.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"
 
     def body(self) -> Any:
         """The request body, verified as its signature requires, counted into ``bytes_in``.

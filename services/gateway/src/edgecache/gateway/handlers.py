@@ -23,11 +23,10 @@ from litestar.response import Stream
 
 from edgecache.common import errors, names, wire
 from edgecache.common.errors import IllegalLocationConstraintException
-from edgecache.gateway import conditions, xml
+from edgecache.gateway import conditions, memory, xml
 from edgecache.gateway.exchange import LiveTrailers
 from edgecache.gateway.headers import (
     MAX_PART_BYTES,
-    http_date,
     object_attributes,
     object_headers,
     upload_digests,
@@ -47,7 +46,6 @@ R = TypeVar("R")
 MAX_XML_BYTES = 4 * 1024 * 1024  # CompleteMultipartUpload with 10000 parts is ~1.5 MB
 MAX_SMALL_XML_BYTES = 64 * 1024
 DELETE_CONCURRENCY = 16
-_RANGE_HEADER_MAX = 256
 _CONDITIONAL_HEADERS = frozenset(
     {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
 )
@@ -371,21 +369,6 @@ async def upload_part(x: Exchange) -> Response[Any]:
     return empty(x, headers={"etag": f'"{part.etag}"', **_checksum_headers(part.checksums)})
 
 
-def _range_header(x: Exchange) -> str | None:
-    value = x.headers.get("range")
-    if value is None or len(value) > _RANGE_HEADER_MAX or "," in value:
-        return None  # S3 serves the whole object for several ranges or nonsense
-    return value
-
-
-def _not_modified(x: Exchange, info: wire.ObjectInfo) -> Response[Any]:
-    return empty(
-        x,
-        status=304,
-        headers={"etag": f'"{info.etag}"', "last-modified": http_date(info.last_modified)},
-    )
-
-
 def _status_of(info: wire.ObjectInfo) -> int:
     return 206 if info.range_first is not None else 200
 
@@ -395,18 +378,17 @@ async def head_object(x: Exchange) -> Response[Any]:
     """HeadObject (``HEAD /b/k``): GetObject's headers, no body; 304/412 preconditions."""
     op = _op(x)
     _check_key(op)
+    cached = memory.held(x, op)
+    if cached is not None:
+        return memory.answer(x, op, cached, head=True)
     reply = await x.gateway.client.request(
-        wire.HeadObject(bucket=op.bucket, key=op.key, range=_range_header(x))
+        wire.HeadObject(bucket=op.bucket, key=op.key, range=x.range_header())
     )
     info = _expect(reply, wire.ObjectInfo)
     if conditions.not_modified(x.headers, info.etag, info.last_modified):
-        return _not_modified(x, info)
-    headers = object_headers(info, query=op.query, checksum_mode=_checksum_mode(x))
+        return memory.not_modified(x, info)
+    headers = object_headers(info, query=op.query, checksum_mode=x.checksum_mode())
     return empty(x, status=_status_of(info), headers=headers)
-
-
-def _checksum_mode(x: Exchange) -> bool:
-    return x.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"
 
 
 @serves(wire.GetObject)
@@ -417,25 +399,33 @@ async def get_object(x: Exchange) -> Response[Any]:
     Conditional requests are answered from a HeadObject first, so a 304 or 412 does not
     start a download (nor an origin fill at the node); they are checked again against
     the download's own metadata in case the object changed in between.
+
+    Small objects are answered from the gateway's memory tier when it holds them, and a
+    whole-object GET that misses it fills it (:mod:`edgecache.gateway.memory`).
     """
     op = _op(x)
     _check_key(op)
+    cached = memory.held(x, op)
+    if cached is not None:
+        return memory.answer(x, op, cached, head=False)
+    fill = memory.start_fill(x, op)
     if _CONDITIONAL_HEADERS.intersection(x.headers):
         reply = await x.gateway.client.request(wire.HeadObject(bucket=op.bucket, key=op.key))
         head = _expect(reply, wire.ObjectInfo)
         if conditions.not_modified(x.headers, head.etag, head.last_modified):
-            return _not_modified(x, head)
+            return memory.not_modified(x, head)
     info, body = await x.gateway.client.get_object(
-        wire.GetObject(bucket=op.bucket, key=op.key, range=_range_header(x))
+        wire.GetObject(bucket=op.bucket, key=op.key, range=x.range_header())
     )
+    collector = memory.Collector(x, fill, info)
     try:
         # started before anything else: closing a download that never started would not
         # release its subscription nor tell the node to stop
         first = await anext(body, None)
         if conditions.not_modified(x.headers, info.etag, info.last_modified):
             await _close(body)
-            return _not_modified(x, info)
-        headers = object_headers(info, query=op.query, checksum_mode=_checksum_mode(x))
+            return memory.not_modified(x, info)
+        headers = object_headers(info, query=op.query, checksum_mode=x.checksum_mode())
     except BaseException:
         await _close(body)
         raise
@@ -443,10 +433,11 @@ async def get_object(x: Exchange) -> Response[Any]:
     out = x.response_headers()
     out.update(headers)
     if first is None:  # empty object (or range): nothing to stream
+        collector.complete()
         return Response(b"", status_code=status, headers=out, media_type=info.content_type)
     x.deferred = True
     return Stream(
-        _send(x, status, first, body),
+        _send(x, status, first, body, collector),
         status_code=status,
         headers=out,
         media_type=info.content_type,
@@ -464,9 +455,14 @@ async def _close(body: AsyncIterator[bytes]) -> None:
 
 
 async def _send(
-    x: Exchange, status: int, first: bytes, body: AsyncIterator[bytes]
+    x: Exchange,
+    status: int,
+    first: bytes,
+    body: AsyncIterator[bytes],
+    collector: memory.Collector,
 ) -> AsyncIterator[bytes]:
-    """The streamed body of a GetObject; logs the request when it ends.
+    """The streamed body of a GetObject; logs the request when it ends, and hands a whole
+    small object to the memory tier.
 
     Raises:
         StreamCut: the download broke mid-way; the server must drop the connection.
@@ -475,11 +471,14 @@ async def _send(
     completed = False
     try:
         x.bytes_out += len(first)
+        collector.add(first)
         yield first
         async for piece in body:
             x.bytes_out += len(piece)
+            collector.add(piece)
             yield piece
         completed = True
+        collector.complete()
     except errors.S3Error as exc:
         error = exc
         raise StreamCut(f"{exc.code}: {exc.message}") from exc

@@ -19,6 +19,8 @@ from edgecache.common.config import Config
 from edgecache.common.logging import get_logger
 from edgecache.common.runtime import connect_nats
 from edgecache.gateway.app import create_app
+from edgecache.gateway.invalidations import InvalidationListener
+from edgecache.gateway.memtier import MemoryTier
 
 __all__ = ["GRACEFUL_SHUTDOWN_S", "serve", "uvicorn_config"]
 
@@ -64,9 +66,14 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         log.warning(
             "gateway.no_credentials", hint="set EDGECACHE_ACCESS_KEY and EDGECACHE_SECRET_KEY"
         )
-    nc = await connect_nats(config.nats, name="edgecache-gateway")
+    tier = MemoryTier(capacity_bytes=gw.memory_tier_bytes, gate_bytes=gw.memory_tier_gate_bytes)
+    listener = InvalidationListener(tier) if tier.enabled else None
+    nc = await connect_nats(
+        config.nats, name="edgecache-gateway", watchers=[listener] if listener else []
+    )
     try:
-        server = _Server(uvicorn_config(create_app(config, nc), gw.host, gw.port))
+        app = create_app(config, nc, memtier=tier, invalidations=listener)
+        server = _Server(uvicorn_config(app, gw.host, gw.port))
 
         async def stopper() -> None:
             await stop.wait()

@@ -13,6 +13,8 @@ from edgecache.gateway import sigv4
 if TYPE_CHECKING:
     from edgecache.common.client import EdgecacheClient
     from edgecache.common.config import GatewayConfig
+    from edgecache.gateway.invalidations import InvalidationListener
+    from edgecache.gateway.memtier import MemoryTier
 
 __all__ = ["GatewayState"]
 
@@ -28,6 +30,9 @@ class GatewayState:
         verify: :func:`edgecache.gateway.sigv4.verify` (replaceable in tests).
         wrap_body: :func:`edgecache.gateway.sigv4.wrap_body`.
         owner: the owner ID and display name shown in listings.
+        memtier: the memory tier, or ``None`` when it is off (or no events can keep it
+            coherent, as with a stand-in client in tests).
+        invalidations: what keeps ``memtier`` coherent.
     """
 
     client: EdgecacheClient
@@ -36,3 +41,9 @@ class GatewayState:
     verify: Callable[..., Any] = field(default=sigv4.verify)
     wrap_body: Callable[..., Any] = field(default=sigv4.wrap_body)
     owner: str = "edgecache"
+    memtier: MemoryTier | None = None
+    invalidations: InvalidationListener | None = None
+
+    def in_sync(self) -> bool:
+        """Whether the memory tier may be used now (it saw every invalidation event)."""
+        return self.invalidations is not None and self.invalidations.in_sync

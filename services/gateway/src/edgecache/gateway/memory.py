@@ -1,0 +1,112 @@
+"""GetObject and HeadObject answered from the gateway's memory tier, and the tier filled by
+the GETs that miss it (see :mod:`edgecache.gateway.memtier` for what it holds and why it is
+coherent).
+
+A hit is answered like the cache node would: conditional requests (304/412), ``Range``
+(206, or 416 InvalidRange), ``response-*`` overrides and ``x-amz-checksum-mode``. Only a
+GET of the whole object (no ``Range``) that the node answered completely, with its
+checksum verified, fills the tier.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from litestar import Response
+
+from edgecache.common.ranges import parse_range
+from edgecache.gateway import conditions
+from edgecache.gateway.headers import http_date, object_headers
+from edgecache.gateway.responses import empty
+
+if TYPE_CHECKING:
+    from edgecache.common import wire
+    from edgecache.gateway.exchange import Exchange
+    from edgecache.gateway.memtier import CachedObject, Fill
+    from edgecache.gateway.operations import Operation
+
+__all__ = ["Collector", "answer", "held", "not_modified", "start_fill"]
+
+
+def held(x: Exchange, op: Operation) -> CachedObject | None:
+    """The object if this gateway's memory tier holds it and may serve it now (it is in
+    sync with the invalidation events)."""
+    tier = x.gateway.memtier
+    if tier is None or not x.gateway.in_sync():
+        return None
+    return tier.lookup(op.bucket, op.key)
+
+
+def answer(x: Exchange, op: Operation, cached: CachedObject, *, head: bool) -> Response[Any]:
+    """The GET (or HEAD, ``head``) answer for a held object.
+
+    Raises:
+        PreconditionFailed: ``If-Match`` / ``If-Unmodified-Since`` does not hold.
+        InvalidRange: the range selects nothing of the object.
+    """
+    info = cached.info
+    if conditions.not_modified(x.headers, info.etag, info.last_modified):
+        return not_modified(x, info)
+    body = cached.data
+    selected = parse_range(x.range_header(), info.size)
+    status = 200
+    if selected is not None:
+        first, last = selected
+        info = msgspec.structs.replace(info, range_first=first, range_last=last)
+        body = body[first : last + 1]
+        status = 206
+    headers = object_headers(info, query=op.query, checksum_mode=x.checksum_mode())
+    if head:
+        return empty(x, status=status, headers=headers)
+    out = x.response_headers()
+    out.update(headers)
+    x.bytes_out += len(body)
+    return Response(body, status_code=status, headers=out, media_type=info.content_type)
+
+
+def not_modified(x: Exchange, info: wire.ObjectInfo) -> Response[Any]:
+    """``304 Not Modified`` with the object's ETag and Last-Modified."""
+    return empty(
+        x,
+        status=304,
+        headers={"etag": f'"{info.etag}"', "last-modified": http_date(info.last_modified)},
+    )
+
+
+def start_fill(x: Exchange, op: Operation) -> Fill | None:
+    """A ticket to fill the tier with this GET's object, taken before the node is asked;
+    ``None`` when the GET cannot fill it (tier off or out of sync, a ``Range``)."""
+    tier = x.gateway.memtier
+    if tier is None or not x.gateway.in_sync() or x.range_header() is not None:
+        return None
+    return tier.start_fill(op.bucket, op.key)
+
+
+class Collector:
+    """Keeps the pieces of a whole-object GET small enough for the tier, and admits them
+    when the download has ended with its checksum verified."""
+
+    def __init__(self, x: Exchange, fill: Fill | None, info: wire.ObjectInfo) -> None:
+        tier = x.gateway.memtier
+        eligible = (
+            fill is not None
+            and tier is not None
+            and info.range_first is None
+            and info.size <= tier.gate_bytes
+        )
+        self._x = x
+        self._fill = fill if eligible else None
+        self._info = info
+        self._pieces: list[bytes] = []
+
+    def add(self, piece: bytes) -> None:
+        if self._fill is not None:
+            self._pieces.append(piece)
+
+    def complete(self) -> None:
+        """The body ended whole: admit it (the tier refuses it if it changed meanwhile)."""
+        tier = self._x.gateway.memtier
+        if self._fill is not None and tier is not None:
+            tier.admit(self._fill, self._info, b"".join(self._pieces))
+        self._pieces = []
