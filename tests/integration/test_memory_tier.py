@@ -184,11 +184,13 @@ async def test_a_lost_connection_drops_the_tier_and_it_refills_after(
         while listener.in_sync and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert not listener.in_sync and tier.stats.objects == 0
+        assert not await listener.settled()  # no hit is answered meanwhile
         private.start()
         deadline = time.monotonic() + 10
         while not listener.in_sync and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert listener.in_sync
+        assert all(await asyncio.gather(*(listener.settled() for _ in range(50))))
         await listener.stop()
         await nc.drain()
     finally:

@@ -378,7 +378,7 @@ async def head_object(x: Exchange) -> Response[Any]:
     """HeadObject (``HEAD /b/k``): GetObject's headers, no body; 304/412 preconditions."""
     op = _op(x)
     _check_key(op)
-    cached = memory.held(x, op)
+    cached = await memory.held(x, op)
     if cached is not None:
         return memory.answer(x, op, cached, head=True)
     reply = await x.gateway.client.request(
@@ -405,7 +405,7 @@ async def get_object(x: Exchange) -> Response[Any]:
     """
     op = _op(x)
     _check_key(op)
-    cached = memory.held(x, op)
+    cached = await memory.held(x, op)
     if cached is not None:
         return memory.answer(x, op, cached, head=False)
     fill = memory.start_fill(x, op)

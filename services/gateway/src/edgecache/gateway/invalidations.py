@@ -13,10 +13,19 @@ The tier is dropped when:
 
 While disconnected nothing is served from the tier (every request goes through a node, or
 fails with 503 like any other request without NATS); it fills again after reconnecting.
+
+**Read barrier.** A writer's acknowledgement leaves its cache node after the invalidation
+(same connection, and NATS keeps one connection's order), so nats-server has queued the
+event for this gateway before the writer can even learn of its write. A hit must not be
+answered before this gateway has *applied* that event: :meth:`settled` sends a PING and
+waits for the PONG (which nats-server queues behind everything queued for us before it),
+then lets the subscription apply what arrived. Concurrent hits share one PING, so under
+load it costs one loopback round trip per batch, not per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -39,6 +48,8 @@ log = get_logger(__name__)
 
 _DECODER = msgspec.json.Decoder(wire.Invalidation)
 _MAX_PUBLISHERS = 4096  # publishers remembered; beyond it the oldest is forgotten
+_BARRIER_TIMEOUT_S = 2  # a PING unanswered this long: serve through the nodes
+_MAX_YIELDS = 1000  # turns of the event loop to apply queued events before giving up
 
 
 class InvalidationListener:
@@ -56,6 +67,8 @@ class InvalidationListener:
         self._since_ns = 0
         self._last: dict[tuple[str, int], int] = {}  # (publisher, started_ns) -> last seq
         self.in_sync = False
+        self._next: asyncio.Future[bool] | None = None  # the next PING, not yet sent
+        self._pinging: asyncio.Task[None] | None = None
 
     async def start(self, nc: NATS) -> None:
         """Subscribe on ``nc``; the tier serves from now on."""
@@ -75,6 +88,39 @@ class InvalidationListener:
             except Exception:  # noqa: BLE001 - the connection is closing
                 pass
             self._sub = None
+
+    async def settled(self) -> bool:
+        """Wait until every event nats-server queued for this gateway before now is applied
+        (the read barrier above). ``False``: that could not be shown (no connection, a
+        timeout, an endless stream of events): answer without the tier."""
+        if not self.in_sync or self._nc is None:
+            return False
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        waiter = self._next
+        if self._pinging is None or self._pinging.done():
+            self._pinging = asyncio.create_task(self._ping())
+        return await asyncio.shield(waiter)
+
+    async def _ping(self) -> None:
+        """Send PINGs while requests wait for one that was sent after they arrived."""
+        while self._next is not None:
+            waiter, self._next = self._next, None  # later arrivals wait for the next PING
+            ok = await self._round_trip()
+            if not waiter.done():
+                waiter.set_result(ok and self.in_sync)
+
+    async def _round_trip(self) -> bool:
+        assert self._nc is not None
+        try:
+            await self._nc.flush(timeout=_BARRIER_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - disconnected, timed out: no proof
+            return False
+        for _ in range(_MAX_YIELDS):  # the subscription's task applies what arrived
+            if self._sub is None or self._sub.pending_msgs == 0:
+                return True
+            await asyncio.sleep(0)
+        return False
 
     def disconnected(self) -> None:
         """The connection is gone: events may be lost from now on."""

@@ -29,11 +29,15 @@ if TYPE_CHECKING:
 __all__ = ["Collector", "answer", "held", "not_modified", "start_fill"]
 
 
-def held(x: Exchange, op: Operation) -> CachedObject | None:
-    """The object if this gateway's memory tier holds it and may serve it now (it is in
-    sync with the invalidation events)."""
-    tier = x.gateway.memtier
-    if tier is None or not x.gateway.in_sync():
+async def held(x: Exchange, op: Operation) -> CachedObject | None:
+    """The object if this gateway's memory tier holds it and may serve it now: the tier is
+    in sync with the invalidation events, and every event queued for this gateway before
+    the request arrived is applied (the read barrier of
+    :meth:`~edgecache.gateway.invalidations.InvalidationListener.settled`)."""
+    tier, listener = x.gateway.memtier, x.gateway.invalidations
+    if tier is None or listener is None or not tier.holds(op.bucket, op.key):
+        return None
+    if not await listener.settled():
         return None
     return tier.lookup(op.bucket, op.key)
 

@@ -106,12 +106,19 @@ class MemoryTier:
             return None
         name = _name(bucket, key)
         found = self._objects.get(name)
-        if found is None:
+        if found is None:  # not held, or invalidated since holds() said it was
             self.stats.misses += 1
             return None
         self.stats.hits += 1
         self._policy.access(name)
         return found
+
+    def holds(self, bucket: str, key: str) -> bool:
+        """Whether ``bucket/key`` is held (counted nowhere; a miss is counted here)."""
+        if self.enabled and _name(bucket, key) in self._objects:
+            return True
+        self.stats.misses += 1
+        return False
 
     def start_fill(self, bucket: str, key: str) -> Fill | None:
         """A ticket for admitting ``bucket/key`` once its GET is complete; ``None`` when
