@@ -146,6 +146,23 @@ def test_aws_presigned_example_verifies_until_it_expires():
         check("GET", b"/test.txt", PRESIGNED_QUERY, host, now=T0 - 3600)
 
 
+def test_a_presigned_url_verified_before_is_checked_again_for_what_may_differ():
+    """Verified once, the same URL is not re-hashed, but a changed secret, a changed signed
+    header or the clock still decide."""
+    host = [HOST]
+    now = T0 + 60
+    assert check("GET", b"/test.txt", PRESIGNED_QUERY, host, now=now).presigned
+    assert check("GET", b"/test.txt", PRESIGNED_QUERY, host, now=now).presigned  # again
+    with pytest.raises(errors.SignatureDoesNotMatch):
+        check("GET", b"/test.txt", PRESIGNED_QUERY, host, now=now, credentials={AK: "rotated"})
+    with pytest.raises(errors.SignatureDoesNotMatch):
+        check("GET", b"/test.txt", PRESIGNED_QUERY, [(b"host", b"other.example")], now=now)
+    with pytest.raises(errors.AccessDenied, match="unsigned|not signed"):
+        check("GET", b"/test.txt", PRESIGNED_QUERY, [*host, (b"x-amz-meta-a", b"1")], now=now)
+    with pytest.raises(errors.AccessDenied, match="Request has expired"):
+        check("GET", b"/test.txt", PRESIGNED_QUERY, host, now=T0 + 86401)
+
+
 def test_any_change_to_a_signed_part_breaks_the_signature():
     method, path, query, headers = get_object_example()
     changed = [(n, b"bytes=0-10" if n == b"range" else v) for n, v in headers]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
+import msgspec
 import structlog
 
 from edgecache.common.config import LogConfig
@@ -23,9 +25,14 @@ def configure_logging(config: LogConfig, *, service: str) -> None:
     if not isinstance(level, int):
         level = logging.INFO
     as_json = config.json if config.json is not None else not sys.stderr.isatty()
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
-    )
+    if as_json:  # bytes straight to stderr: msgspec renders a request line in ~2 µs
+        renderer: structlog.typing.Processor = structlog.processors.JSONRenderer(
+            serializer=_json_bytes
+        )
+        factory: object = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
+    else:
+        renderer = structlog.dev.ConsoleRenderer()
+        factory = structlog.PrintLoggerFactory(file=sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -36,12 +43,20 @@ def configure_logging(config: LogConfig, *, service: str) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr)
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=repr)
+
+
+def _json_bytes(event: dict[str, Any], **_: Any) -> bytes:
+    """structlog's serializer: one JSON object (values it cannot encode as their repr)."""
+    return _ENCODER.encode(event)
 
 
 def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger:
