@@ -52,8 +52,9 @@ class GatewayConfig(msgspec.Struct, **_OPTS):
     region: str = "us-east-1"
     max_skew_s: int = 900  # allowed clock difference for signed requests (S3: 15 min)
     window_frames: int = 8  # frames in flight per download stream
-    memory_tier_bytes: int = 128 * MiB  # the memory tier's capacity (0: off)
+    memory_tier_bytes: int = 128 * MiB  # the memory tier's capacity, all workers together (0: off)
     memory_tier_gate_bytes: int = MiB  # largest object it holds
+    workers: int = 0  # processes sharing the port (SO_REUSEPORT); 0: one per core
 
 
 class CacheNodeConfig(msgspec.Struct, **_OPTS):

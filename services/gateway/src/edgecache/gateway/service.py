@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -21,8 +22,9 @@ from edgecache.common.runtime import connect_nats
 from edgecache.gateway.app import create_app
 from edgecache.gateway.invalidations import InvalidationListener
 from edgecache.gateway.memtier import MemoryTier
+from edgecache.gateway.workers import run_workers
 
-__all__ = ["GRACEFUL_SHUTDOWN_S", "serve", "uvicorn_config"]
+__all__ = ["GRACEFUL_SHUTDOWN_S", "serve", "serve_worker", "uvicorn_config"]
 
 log = get_logger("edgecache.gateway")
 
@@ -56,11 +58,18 @@ def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
-    """Run the gateway until ``stop`` is set.
+    """Run the gateway, in ``gateway.workers`` processes sharing its port
+    (:mod:`edgecache.gateway.workers`), until ``stop`` is set.
 
     Raises:
         nats.errors.NoServersError: NATS is unreachable at start.
+        OSError: the port cannot be bound.
     """
+    await run_workers(config, stop, serve_worker)
+
+
+async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket) -> None:
+    """One worker: its NATS connection, memory tier and app, serving on ``sock``."""
     gw = config.gateway
     if not gw.access_key or not gw.secret_key:
         log.warning(
@@ -82,7 +91,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         watcher = asyncio.create_task(stopper())
         try:
             log.info("gateway.listening", endpoint=f"http://{gw.host}:{gw.port}", region=gw.region)
-            await server.serve()
+            await server.serve(sockets=[sock])
         finally:
             watcher.cancel()
     finally:

@@ -1,0 +1,124 @@
+"""Gateway worker processes sharing one port.
+
+One Python process serves HTTP on one core. ``gateway.workers`` processes (0: one per
+core) each bind their own listening socket to the same address with ``SO_REUSEPORT``, and
+the kernel spreads new connections over them. Each worker is a whole gateway — its own
+NATS connection and its own memory tier, kept coherent by the same invalidation events —
+so nothing is shared but the port. The first worker is the service's own process; it
+starts the others (``multiprocessing``, spawn) and stops them when it stops, and starts
+one again if it dies. A worker also dies with its parent (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import uvloop
+
+from edgecache.common.backoff import Backoff
+from edgecache.common.config import Config
+from edgecache.common.logging import configure_logging, get_logger
+
+__all__ = ["listening_socket", "run_workers", "worker_count"]
+
+log = get_logger("edgecache.gateway")
+
+Serve = Callable[[Config, asyncio.Event, socket.socket], Awaitable[None]]
+_RESTART = Backoff(base_s=0.5, max_s=10.0)
+
+
+def worker_count(config: Config) -> int:
+    """How many worker processes ``config`` asks for (``0``: one per core)."""
+    return config.gateway.workers or os.cpu_count() or 1
+
+
+def per_worker(config: Config) -> Config:
+    """``config`` with the memory tier's capacity split between the workers (the
+    configured capacity bounds the whole gateway service)."""
+    gw = config.gateway
+    share = gw.memory_tier_bytes // worker_count(config)
+    return msgspec.structs.replace(
+        config, gateway=msgspec.structs.replace(gw, memory_tier_bytes=share)
+    )
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT``, listening."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def run_workers(config: Config, stop: asyncio.Event, serve: Serve) -> None:
+    """Serve in this process and in ``worker_count(config) - 1`` others until ``stop``."""
+    config = per_worker(config)
+    count = worker_count(config)
+    sock = listening_socket(config.gateway.host, config.gateway.port)
+    if count == 1:
+        await serve(config, stop, sock)
+        return
+    context = multiprocessing.get_context("spawn")
+    children: dict[int, multiprocessing.process.BaseProcess] = {}
+
+    def start(index: int) -> None:
+        process = context.Process(
+            target=_worker_main, args=(config, serve, index), name=f"gateway-{index}"
+        )
+        process.start()
+        children[index] = process
+
+    async def keep_alive() -> None:
+        restarts = 0
+        while not stop.is_set():
+            await asyncio.sleep(0.5)
+            for index, process in list(children.items()):
+                if not process.is_alive() and not stop.is_set():
+                    restarts += 1
+                    log.warning("gateway.worker_died", worker=index, exitcode=process.exitcode)
+                    await asyncio.sleep(_RESTART.delay(restarts))
+                    start(index)
+
+    for index in range(1, count):
+        start(index)
+    watcher = asyncio.create_task(keep_alive())
+    try:
+        await serve(config, stop, sock)
+    finally:
+        watcher.cancel()
+        for process in children.values():
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        for process in children.values():
+            await asyncio.to_thread(process.join, 35)
+            if process.is_alive():
+                process.kill()
+
+
+def _worker_main(config: Config, serve: Serve, index: int) -> None:
+    """A worker process: dies with its parent, stops on SIGTERM/SIGINT."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    configure_logging(config.log, service="gateway")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        sock = listening_socket(config.gateway.host, config.gateway.port)
+        await serve(config, stop, sock)
+
+    uvloop.run(main())
