@@ -9,11 +9,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from edgecache.common.config import Config, load_config
 from edgecache.launcher import configfile, credentials, datadir, natsauth, status
 from edgecache.launcher import up as up_mod
 from edgecache.launcher.natsserver import find_binary, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "compose"
 
 
 def _mode(path: Path) -> int:
@@ -105,3 +109,29 @@ def test_nats_credentials_file_errors_are_clear(tmp_path: Path) -> None:
     (tmp_path / datadir.NATS_CREDENTIALS_FILE).write_text("[gateway]\nuser = 1\n")
     with pytest.raises(Exception, match="delete the file"):
         credentials.load_or_create_nats_identities(tmp_path, ["gateway"])
+
+
+def test_compose_nats_config_is_the_table_and_validates() -> None:
+    conf = COMPOSE / "nats-server.conf"
+    text = conf.read_text()
+    assert natsauth.authorization_block() in text, (
+        "compose/nats-server.conf is out of date: paste in\n" + natsauth.authorization_block()
+    )
+    assert "sync_interval: always" in text
+    env = {natsauth.password_variable(name): "x" for name in natsauth.IDENTITIES}
+    result = _validate(conf, env)
+    assert result.returncode == 0, result.stderr
+    assert _validate(conf, {}).returncode != 0  # no password, no server
+
+
+def test_compose_services_connect_as_their_identities() -> None:
+    compose = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
+    services = compose["services"]
+    nats_env = services["nats"]["environment"]
+    for name in natsauth.IDENTITIES:
+        assert natsauth.password_variable(name) in nats_env
+    for service, identity in natsauth.SERVICE_IDENTITIES.items():
+        env = services[service]["environment"]
+        assert env["EDGECACHE_NATS__USER"] == identity
+        assert env["EDGECACHE_NATS__INBOX_PREFIX"] == natsauth.inbox_prefix(identity)
+        assert natsauth.password_variable(identity) in env["EDGECACHE_NATS__PASSWORD"]
