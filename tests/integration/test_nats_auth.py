@@ -15,6 +15,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import click
 import msgspec
 import nats
 import pytest
@@ -28,6 +29,7 @@ from edgecache.common.jetstream import ensure_state
 from edgecache.common.runtime import connect_nats
 from edgecache.launcher.natsauth import IDENTITIES, authorization_block, inbox_prefix
 from edgecache.launcher.natsserver import NatsServer
+from edgecache.launcher.status import read_status
 
 MiB = 1024 * 1024
 PASSWORDS = {name: secrets.token_hex(16) for name in IDENTITIES}
@@ -111,6 +113,15 @@ async def test_anonymous_and_wrong_password_are_refused(server: NatsServer) -> N
             allow_reconnect=False,
             max_reconnect_attempts=1,
         )
+
+
+async def test_status_says_what_to_do_when_refused(server: NatsServer, as_identity) -> None:
+    with pytest.raises(
+        click.ClickException, match="refused an anonymous client: pass the --data-dir"
+    ):
+        await read_status(server.url, timeout_s=2.0)
+    admin = await read_status(identity(server, "admin"), timeout_s=5.0)  # the operator may
+    assert admin.writeback.intents >= 0
 
 
 # what each identity must not do: delete or read state it has no business with, forge

@@ -61,8 +61,15 @@ async def connect(target: str | NatsConfig, timeout_s: float) -> NATS:
         )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         cause = errors[-1] if errors else exc
+        hint = ""
+        if "authorization violation" in str(cause).lower():
+            hint = (
+                f"; it refused {'user ' + repr(user) if user else 'an anonymous client'}: pass "
+                "the --data-dir of its `edgecache up`, or set EDGECACHE_NATS__USER and "
+                "EDGECACHE_NATS__PASSWORD (docs/security.md)"
+            )
         raise click.ClickException(
-            f"cannot reach NATS at {url}: {cause or type(cause).__name__}"
+            f"cannot reach NATS at {url}: {cause or type(cause).__name__}{hint}"
         ) from exc
 
 
