@@ -173,10 +173,14 @@ async def _request_rate(url: str, seconds: float, concurrency: int) -> tuple[int
         return ok, failed, time.perf_counter() - t0
 
 
-def cache_stats(nats_url: str) -> dict[str, int]:
-    """The cache node's counters, summed over nodes, from ``edgecache status --json``."""
+def cache_stats(nats_url: str, data_dir: Path) -> dict[str, int]:
+    """The cache node's counters, summed over nodes, from ``edgecache status --json`` (as
+    the ``admin`` identity of the stack's private NATS, found through its data dir)."""
     out = subprocess.run(
-        [str(VENV_BIN / "edgecache"), "status", "--json", "--nats-url", nats_url],
+        [
+            str(VENV_BIN / "edgecache"),
+            *("status", "--json", "--nats-url", nats_url, "--data-dir", str(data_dir)),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -353,7 +357,7 @@ class Bench:
 
     def _stats_after_heartbeat(self) -> dict[str, int]:
         time.sleep(2.5)  # cache nodes publish their counters every 2 s
-        return cache_stats(self.stack.nats_url)
+        return cache_stats(self.stack.nats_url, self.stack.data_dir)
 
     def _check_size(self, got: int, expected: int, what: str) -> None:
         if got != expected:

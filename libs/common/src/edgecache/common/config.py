@@ -42,6 +42,12 @@ class NatsConfig(msgspec.Struct, **_OPTS):
     url: str = "nats://127.0.0.1:4222"
     connect_timeout_s: float = 5.0
     request_timeout_s: float = 30.0  # a whole request/reply, or one wait for stream credit
+    # this service's NATS identity (docs/security.md); empty: connect without credentials
+    user: str = ""
+    password: str = ""
+    # reply subjects are <inbox_prefix>.<id>: a locked-down NATS lets each identity
+    # subscribe only under its own prefix (`edgecache up` uses _INBOX.<identity>)
+    inbox_prefix: str = "_INBOX"
 
 
 class GatewayConfig(msgspec.Struct, **_OPTS):

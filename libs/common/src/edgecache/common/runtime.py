@@ -39,12 +39,17 @@ class ConnectionWatcher(Protocol):
 async def connect_nats(
     config: NatsConfig, *, name: str, watchers: Sequence[ConnectionWatcher] = ()
 ) -> NATS:
-    """Connect to NATS at ``config.url``, reconnecting forever on loss. ``watchers`` hear
+    """Connect to NATS at ``config.url`` as ``config.user`` (none when empty), with reply
+    subjects under ``config.inbox_prefix``, reconnecting forever on loss. ``watchers`` hear
     of every disconnect, reconnect and asynchronous error (a slow consumer, for one) after
     it is logged.
 
+    A publish or subscription the server's permissions refuse is not an exception here:
+    the server drops it and says so, and ``on_error`` logs it as ``nats.error``.
+
     Raises:
         nats.errors.NoServersError: no server answered within ``connect_timeout_s``.
+        nats.errors.Error: the server refused the credentials (``Authorization Violation``).
     """
 
     async def on_error(exc: Exception) -> None:
@@ -65,6 +70,9 @@ async def connect_nats(
     return await nats.connect(
         config.url,
         name=name,
+        user=config.user or None,
+        password=config.password or None,
+        inbox_prefix=config.inbox_prefix,
         connect_timeout=config.connect_timeout_s,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

@@ -9,8 +9,9 @@ edgecache.<service>``), so it imports none of them.
 Modules, one noun each: :mod:`.cli` (the click commands and their flags), :mod:`.up`
 (planning and running the stack), :mod:`.status` (reading the cluster's state),
 :mod:`.render` (what a person reads: the banner, the status table), :mod:`.datadir` (the
-data directory's files and lock), :mod:`.credentials`, :mod:`.configfile` (the effective
-``edgecache.toml``), :mod:`.ports` (TCP/HTTP probes), :mod:`.connection` (short NATS
-connections), :mod:`.supervisor` (child processes) and :mod:`.natsserver` (the private
-``nats-server``).
+data directory's files and lock), :mod:`.credentials` (the gateway's keys and the NATS
+identities' passwords), :mod:`.configfile` (the effective ``edgecache.toml``),
+:mod:`.ports` (TCP/HTTP probes), :mod:`.connection` (short NATS connections),
+:mod:`.supervisor` (child processes), :mod:`.natsserver` (the private ``nats-server``) and
+:mod:`.natsauth` (the NATS identities and their permissions).
 """

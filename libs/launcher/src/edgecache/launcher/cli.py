@@ -4,8 +4,9 @@ the foreground, and ``status``.
 This module holds the click commands and their flags only; the work is done by
 :mod:`~edgecache.launcher.up` and :mod:`~edgecache.launcher.status`. Flags fall back to
 environment variables (``EDGECACHE_DATA_DIR``, ``EDGECACHE_PORT``, …); the services
-themselves get exactly one source of config: the TOML file ``up`` writes to
-``<data-dir>/edgecache.toml``.
+themselves get exactly one source of config: the TOML file ``up`` writes for each, the
+resolved ``<data-dir>/edgecache.toml`` with the service's own NATS identity
+(``<data-dir>/services/<service>.toml``).
 """
 
 from __future__ import annotations
@@ -136,8 +137,12 @@ def up_command(
     node and the gateway, each a child process, restarted if it dies.
 
     Credentials come from EDGECACHE_ACCESS_KEY / EDGECACHE_SECRET_KEY, else from
-    <data-dir>/credentials (generated on first run, mode 0600). The resolved config is
-    written to <data-dir>/edgecache.toml and handed to every service; their logs go to
+    <data-dir>/credentials (generated on first run, mode 0600). The private nats-server
+    admits only the NATS identities in <data-dir>/nats-credentials.toml (one per service,
+    `platform` for other platform services, `admin`; generated on first run, mode 0600),
+    each with least-privilege permissions, and fsyncs JetStream writes before acknowledging
+    them. The resolved config is written to <data-dir>/edgecache.toml, and to
+    <data-dir>/services/<service>.toml with each service's identity; their logs go to
     <data-dir>/logs/. Prints "edgecache is up: endpoint=URL nats=URL" when the gateway
     answers. Ctrl-C or SIGTERM stops everything (gateway first, nats-server last).
     """
@@ -194,10 +199,12 @@ def status_command(
 ) -> None:
     """Show the live cache nodes (KV nodes) and the write-back backlog.
 
+    Connects as the config's nats.user (--config, EDGECACHE_NATS__USER/__PASSWORD), else,
+    for the private nats-server of the `up` in --data-dir, as its `admin` identity.
     Exits 1 with a message on stderr when NATS is unreachable or holds no edgecache state.
     """
-    url = status.nats_url_for(nats_url, config_file, data_dir)
-    result = asyncio.run(status.read_status(url, timeout_s=timeout))
+    nats = status.nats_config_for(nats_url, config_file, data_dir)
+    result = asyncio.run(status.read_status(nats, timeout_s=timeout))
     if as_json:
         click.echo(msgspec.json.encode(result).decode())
     else:

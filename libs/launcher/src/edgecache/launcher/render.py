@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgecache.common.config import Config
+from edgecache.launcher.datadir import NATS_CREDENTIALS_FILE
 from edgecache.launcher.status import ClusterStatus
 
 __all__ = ["READY_PREFIX", "human_bytes", "human_duration", "render_banner", "render_status"]
@@ -13,10 +14,13 @@ __all__ = ["READY_PREFIX", "human_bytes", "human_duration", "render_banner", "re
 READY_PREFIX = "edgecache is up:"  # the banner's first line: "<prefix> endpoint=URL nats=URL"
 
 
-def render_banner(config: Config, endpoint_url: str, data_dir: Path, created: bool) -> str:
+def render_banner(
+    config: Config, endpoint_url: str, data_dir: Path, created: bool, *, nats_users: bool = False
+) -> str:
     """What ``up`` prints once the gateway answers: a first line scripts wait for
     (:data:`READY_PREFIX`), then the endpoint, the credentials (``created``: new ones were
-    just saved in the data dir), the origin, where the logs are, and how to try it."""
+    just saved in the data dir), the origin, NATS (``nats_users``: the private server's
+    identities are in the data dir), where the logs are, and how to try it."""
     gw = config.gateway
     origin = config.origin
     where = {
@@ -34,7 +38,8 @@ def render_banner(config: Config, endpoint_url: str, data_dir: Path, created: bo
             + ("   (new, saved in credentials)" if created else ""),
             f"  origin       {origin.kind}: {where}",
             f"  data dir     {data_dir}",
-            f"  nats         {config.nats.url}",
+            f"  nats         {config.nats.url}"
+            + (f"   (users in {NATS_CREDENTIALS_FILE})" if nats_users else ""),
             f"  logs         {data_dir / 'logs'}/<service>.log",
             "",
             "  Try it:",

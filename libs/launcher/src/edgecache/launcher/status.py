@@ -11,9 +11,11 @@ import click
 import msgspec
 
 from edgecache.common import subjects, wire
-from edgecache.common.config import ConfigError, load_config
+from edgecache.common.config import ConfigError, NatsConfig, load_config
 from edgecache.launcher.connection import connect
+from edgecache.launcher.credentials import load_nats_identity
 from edgecache.launcher.datadir import CONFIG_FILE
+from edgecache.launcher.natsauth import ADMIN
 
 __all__ = [
     "MAX_FAILING_SHOWN",
@@ -22,7 +24,7 @@ __all__ = [
     "FailingIntent",
     "NodeStatus",
     "PartitionBacklog",
-    "nats_url_for",
+    "nats_config_for",
     "read_status",
 ]
 
@@ -74,15 +76,17 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     writeback: Backlog
 
 
-async def read_status(url: str, *, timeout_s: float = 5.0) -> ClusterStatus:
-    """Read KV ``nodes`` and the ``WRITEBACK`` stream's state from the NATS at ``url``.
+async def read_status(target: str | NatsConfig, *, timeout_s: float = 5.0) -> ClusterStatus:
+    """Read KV ``nodes`` and the ``WRITEBACK`` stream's state from NATS: ``target`` is its
+    URL, or a ``NatsConfig`` (URL and identity).
 
     Raises:
         click.ClickException: NATS is unreachable, or it holds no edgecache state.
     """
     from nats.js.errors import NotFoundError  # heavy: see edgecache.launcher.connection
 
-    nc = await connect(url, timeout_s)
+    url = target if isinstance(target, str) else target.url
+    nc = await connect(target, timeout_s)
     try:
         js = nc.jetstream(timeout=timeout_s)
         try:
@@ -155,7 +159,10 @@ async def _failing_intents(js: Any) -> tuple[int, list[FailingIntent]]:
     :data:`MAX_FAILING_SHOWN` of them with their attempts and last error (read from the
     schedules' ``Ec-Attempt`` and ``Ec-Error`` headers)."""
     from nats.js.errors import NotFoundError
-    info = await js.stream_info(subjects.WRITEBACK_STREAM, subjects_filter=subjects.WRITEBACK_RETRIES)
+
+    info = await js.stream_info(
+        subjects.WRITEBACK_STREAM, subjects_filter=subjects.WRITEBACK_RETRIES
+    )
     names = sorted(info.state.subjects or {})
     failing: list[FailingIntent] = []
     for name in names[:MAX_FAILING_SHOWN]:
@@ -184,14 +191,28 @@ async def _failing_intents(js: Any) -> tuple[int, list[FailingIntent]]:
     return len(names), failing
 
 
-def nats_url_for(nats_url: str | None, config_file: str | None, data_dir: str) -> str:
-    """``--nats-url``, else the config file's, else the one ``up`` wrote in the data dir,
-    else the default (env included)."""
-    if nats_url:
-        return nats_url
+def nats_config_for(nats_url: str | None, config_file: str | None, data_dir: str) -> NatsConfig:
+    """Where ``status`` connects, and as whom.
+
+    The URL: ``--nats-url``, else the config file's, else the one ``up`` wrote in the data
+    dir, else the default (env included). The identity: the config's ``nats.user`` (file or
+    ``EDGECACHE_NATS__*``), else, for the private nats-server of the ``up`` in
+    ``data_dir``, its ``admin`` identity from ``nats-credentials.toml``.
+
+    Raises:
+        click.ClickException: a config file or credentials file is invalid.
+    """
     written = Path(data_dir) / CONFIG_FILE
     path = config_file or (str(written) if written.exists() else None)
     try:
-        return load_config(path).nats.url
+        nats = load_config(path).nats
+        private_url = load_config(written, env={}).nats.url if written.exists() else None
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    if nats_url:
+        nats = msgspec.structs.replace(nats, url=nats_url)
+    if not nats.user and nats.url == private_url:
+        admin = load_nats_identity(Path(data_dir), ADMIN)
+        if admin is not None:  # only ever sent to the server it belongs to
+            nats = admin.apply(nats)
+    return nats

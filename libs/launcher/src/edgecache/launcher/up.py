@@ -1,8 +1,9 @@
 """``edgecache up``: the whole stack on this machine, each service a supervised child.
 
-:func:`plan` settles what will run (credentials, ports, the private nats-server, the
-effective ``edgecache.toml``); :func:`run` starts it, prints the banner when the gateway
-answers, supervises until a signal and stops everything in reverse order.
+:func:`plan` settles what will run (credentials, ports, the private nats-server with one
+NATS identity per service, the effective ``edgecache.toml`` and each service's copy of it);
+:func:`run` starts it, prints the banner when the gateway answers, supervises until a
+signal and stops everything in reverse order.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ from pathlib import Path
 import click
 import msgspec
 
-from edgecache.common.config import Config
+from edgecache.common.config import Config, NatsConfig
 from edgecache.launcher.configfile import write_config
 from edgecache.launcher.connection import prepare_state
-from edgecache.launcher.credentials import load_or_create_credentials
-from edgecache.launcher.datadir import CONFIG_FILE, LOGS_DIR, NATS_DIR
+from edgecache.launcher.credentials import (
+    load_or_create_credentials,
+    load_or_create_nats_identities,
+)
+from edgecache.launcher.datadir import CONFIG_FILE, LOGS_DIR, NATS_DIR, SERVICES_DIR
+from edgecache.launcher.natsauth import ADMIN, IDENTITIES, SERVICE_IDENTITIES, authorization_block
 from edgecache.launcher.natsserver import NatsServer, find_binary
 from edgecache.launcher.ports import http_answers, port_in_use, wait_tcp
 from edgecache.launcher.render import render_banner
@@ -31,6 +36,7 @@ from edgecache.launcher.supervisor import ChildSpec, FatalExit, Supervisor, tail
 __all__ = [
     "NATS_CHILD",
     "SECOND_SIGNAL_AFTER_S",
+    "SYNC_INTERVAL",
     "UP_ORDER",
     "Endpoint",
     "Plan",
@@ -43,6 +49,9 @@ __all__ = [
 # first (no new requests), then the cache node, writeback, federator, nats-server last.
 UP_ORDER: tuple[str, ...] = ("federator", "writeback", "cachenode", "gateway")
 NATS_CHILD = "nats-server"
+# what makes an acknowledged write survive a power loss: JetStream fsyncs each write before
+# it acknowledges it (the server's default is every 2 minutes)
+SYNC_INTERVAL = "always"
 SECOND_SIGNAL_AFTER_S = 1.0  # a signal this soon after the first is the same Ctrl-C
 
 
@@ -60,7 +69,8 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What ``up`` will run: the final config (written to ``config_path``) and the children."""
+    """What ``up`` will run: the final config (written to ``config_path``; each service reads
+    its copy with its own NATS identity) and the children."""
 
     config: Config
     config_path: Path
@@ -68,6 +78,7 @@ class Plan:
     endpoint: Endpoint
     nats: NatsServer | None  # the private nats-server, if any
     new_credentials: bool
+    admin: NatsConfig  # how `up` itself connects, to create the JetStream state
 
 
 def child_env() -> dict[str, str]:
@@ -79,7 +90,14 @@ def child_env() -> dict[str, str]:
 
 
 def plan(config: Config, root: Path, *, external_nats: bool, nats_port: int) -> Plan:
-    """Settle credentials, ports and the private nats-server; write ``edgecache.toml``.
+    """Settle credentials, ports and the private nats-server; write ``edgecache.toml`` and
+    ``services/<service>.toml``.
+
+    The private nats-server admits only the identities of
+    :data:`~edgecache.launcher.natsauth.IDENTITIES` (passwords in
+    ``nats-credentials.toml``) and fsyncs JetStream writes before acknowledging them. Each
+    service's file names its own identity. With an external NATS every service, and ``up``,
+    connect as the config's ``nats.user`` (if any).
 
     Raises:
         click.ClickException: half the credentials given, or the gateway port taken.
@@ -102,22 +120,43 @@ def plan(config: Config, root: Path, *, external_nats: bool, nats_port: int) -> 
     logs = root / LOGS_DIR
     specs: list[ChildSpec] = []
     nats_server = None
+    identity_of = {name: config.nats for name in UP_ORDER}
+    admin = config.nats
     if not external_nats:
-        nats_server = NatsServer(root / NATS_DIR, port=nats_port)
+        identities = load_or_create_nats_identities(root, IDENTITIES)
+        nats_server = NatsServer(
+            root / NATS_DIR,
+            port=nats_port,
+            authorization=authorization_block({n: i.password for n, i in identities.items()}),
+            sync_interval=SYNC_INTERVAL,
+        )
         argv = [find_binary(), "-c", str(nats_server.write_config())]
         specs.append(ChildSpec(NATS_CHILD, argv, logs / f"{NATS_CHILD}.log"))
-        nats = msgspec.structs.replace(config.nats, url=nats_server.url)
+        # the shared file names no identity: each service's copy names its own
+        nats = msgspec.structs.replace(
+            config.nats,
+            url=nats_server.url,
+            user="",
+            password="",
+            inbox_prefix=NatsConfig().inbox_prefix,
+        )
         config = msgspec.structs.replace(config, nats=nats)
+        identity_of = {n: identities[SERVICE_IDENTITIES[n]].apply(nats) for n in UP_ORDER}
+        admin = identities[ADMIN].apply(nats)
     if config.origin.kind == "file":
         config.origin_path().mkdir(parents=True, exist_ok=True)
     config_path = root / CONFIG_FILE
     write_config(config, config_path)
+    (root / SERVICES_DIR).mkdir(mode=0o700, exist_ok=True)
     env = child_env()
     for name in UP_ORDER:
-        argv = [sys.executable, "-m", f"edgecache.{name}", "--config", str(config_path)]
+        service_path = root / SERVICES_DIR / f"{name}.toml"
+        write_config(msgspec.structs.replace(config, nats=identity_of[name]), service_path)
+        argv = [sys.executable, "-m", f"edgecache.{name}", "--config", str(service_path)]
         specs.append(ChildSpec(name, argv, logs / f"{name}.log", env))
     probe_host = "127.0.0.1" if gw.host in ("", "0.0.0.0", "::") else gw.host
-    return Plan(config, config_path, specs, Endpoint(probe_host, gw.port), nats_server, created)
+    endpoint = Endpoint(probe_host, gw.port)
+    return Plan(config, config_path, specs, endpoint, nats_server, created, admin)
 
 
 def run(
@@ -170,7 +209,7 @@ def run(
             if not wait_tcp(the_plan.nats.host, the_plan.nats.port, 10.0, nats_alive):
                 say(f"nats-server did not start:\n{tail(logs / f'{NATS_CHILD}.log')}")
                 return 1
-        asyncio.run(prepare_state(the_plan.config))
+        asyncio.run(prepare_state(msgspec.structs.replace(the_plan.config, nats=the_plan.admin)))
         supervisor.start_all()
         deadline = time.monotonic() + ready_timeout_s
         ready = False
@@ -180,7 +219,13 @@ def run(
             if not ready and http_answers(endpoint.host, endpoint.port):
                 ready = True
                 click.echo(
-                    render_banner(the_plan.config, endpoint.url, root, the_plan.new_credentials)
+                    render_banner(
+                        the_plan.config,
+                        endpoint.url,
+                        root,
+                        the_plan.new_credentials,
+                        nats_users=the_plan.nats is not None,
+                    )
                 )
                 sys.stdout.flush()
             elif not ready and time.monotonic() > deadline:

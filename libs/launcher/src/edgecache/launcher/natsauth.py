@@ -1,0 +1,236 @@
+"""Who may do what on NATS: one identity per service, one for other platform services, one
+for the operator, each with least-privilege publish/subscribe permissions.
+
+:data:`IDENTITIES` is the table; :func:`authorization_block` renders it as the
+``authorization {}`` block of a nats-server config (the private server of ``edgecache up``,
+and ``compose/nats-server.conf``, which a test keeps equal to it). docs/security.md explains
+each line.
+
+The subjects are those of :mod:`edgecache.common.subjects` and of the JetStream API that
+nats-py calls for them:
+
+- KV ``<b>``: writes (put, create, update, delete, purge) publish to ``$KV.<b>.<key>``;
+  reads are ``$JS.API.DIRECT.GET.KV_<b>[.<subject>]`` (``allow_direct`` buckets) or
+  ``$JS.API.STREAM.MSG.GET.KV_<b>``; ``keys()`` and watches create an ordered consumer
+  (``$JS.API.CONSUMER.CREATE.KV_<b>[...]``, then ``$JS.API.CONSUMER.INFO.KV_<b>.<name>``
+  for the number of initial values) whose flow-control requests are answered on the reply
+  subject they arrive with (``allow_responses``).
+- ``WRITEBACK``: intents are published to ``edgecache.writeback.<p>``; the writeback
+  service pulls (``$JS.API.CONSUMER.MSG.NEXT.WRITEBACK.<durable>``) and acks
+  (``$JS.ACK.WRITEBACK.>``).
+- :func:`edgecache.common.jetstream.ensure_state`, which the cache node, writeback and
+  federator call at start (and the federator again when KV ``nodes``, kept in memory, is
+  lost with a NATS restart): create or look up each stream, update ``WRITEBACK`` when its
+  config changed, create its durable consumers. Nothing but the operator may delete or
+  purge a stream.
+
+Reply subjects: every identity has its own inbox prefix, ``_INBOX.<identity>`` (nats-py's
+``inbox_prefix``), and may subscribe under it only, so no one reads another's replies. The
+cache node answers and streams to every requester's inbox; requesters send credit to the
+cache node's inbox and upload frames to ``edgecache.stream.<node>.<id>``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from edgecache.common import subjects
+
+__all__ = [
+    "ADMIN",
+    "IDENTITIES",
+    "PLATFORM",
+    "SERVICE_IDENTITIES",
+    "Permissions",
+    "authorization_block",
+    "inbox_prefix",
+    "password_variable",
+]
+
+PLATFORM = "platform"  # other platform services that call s3.*
+ADMIN = "admin"  # the operator: `edgecache up` (creates the state) and `edgecache status`
+
+_API = "$JS.API"
+_KV_STREAM = "KV_{bucket}"  # nats-py's stream name of a KV bucket
+_ALL_KV = (subjects.KV_BUCKETS, subjects.KV_OBJECTS, subjects.KV_UPLOADS, subjects.KV_NODES)
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """What one identity may publish and subscribe to (NATS subjects, wildcards allowed).
+
+    ``allow_responses``: it may also publish one reply to the reply subject of a message it
+    received, within 2 minutes (JetStream flow-control requests of KV watches).
+    """
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    allow_responses: bool = False
+
+
+def inbox_prefix(identity: str) -> str:
+    """Where ``identity``'s reply subjects live: ``_INBOX.<identity>`` (pass it to
+    ``nats.connect(inbox_prefix=...)``, or set ``nats.inbox_prefix``)."""
+    return f"_INBOX.{identity}"
+
+
+def _inboxes(identity: str) -> str:
+    return f"{inbox_prefix(identity)}.>"
+
+
+def _kv_read(bucket: str) -> tuple[str, ...]:
+    stream = _KV_STREAM.format(bucket=bucket)
+    return (
+        f"{_API}.DIRECT.GET.{stream}",
+        f"{_API}.DIRECT.GET.{stream}.>",
+        f"{_API}.STREAM.MSG.GET.{stream}",
+    )
+
+
+def _kv_watch(bucket: str) -> tuple[str, ...]:
+    stream = _KV_STREAM.format(bucket=bucket)
+    return (
+        f"{_API}.CONSUMER.CREATE.{stream}",
+        f"{_API}.CONSUMER.CREATE.{stream}.>",
+        f"{_API}.CONSUMER.INFO.{stream}.*",  # how many initial values a watch will get
+    )
+
+
+def _kv_write(bucket: str) -> tuple[str, ...]:
+    return (f"$KV.{bucket}.>",)
+
+
+def _ensure_state() -> tuple[str, ...]:
+    streams = [*(_KV_STREAM.format(bucket=b) for b in _ALL_KV), subjects.WRITEBACK_STREAM]
+    wb = subjects.WRITEBACK_STREAM
+    return (
+        *(f"{_API}.STREAM.CREATE.{s}" for s in streams),
+        *(f"{_API}.STREAM.INFO.{s}" for s in streams),
+        f"{_API}.STREAM.UPDATE.{wb}",
+        *(
+            f"{_API}.CONSUMER.DURABLE.CREATE.{wb}.{subjects.writeback_consumer(p)}"
+            for p in range(subjects.WRITEBACK_PARTITIONS)
+        ),
+    )
+
+
+_STREAM_DATA = subjects.stream_inbox("*", "*")  # upload frames, to the receiving node
+_CACHENODE_INBOXES = _inboxes("cachenode")  # download credit, to the sending node
+_INTENTS = tuple(subjects.writeback_subject(p) for p in range(subjects.WRITEBACK_PARTITIONS))
+
+
+def _requester(identity: str, *, also_subscribe: tuple[str, ...] = ()) -> Permissions:
+    """A caller of the ``s3.*`` API (gateway, platform service): requests, upload frames,
+    download credit; replies on its own inbox."""
+    return Permissions(
+        publish=("s3.>", _STREAM_DATA, _CACHENODE_INBOXES),
+        subscribe=(_inboxes(identity), *also_subscribe),
+    )
+
+
+#: Every identity, by name (also its NATS user name). ``None``: no restriction (the
+#: operator's). The services' identities carry the service's name.
+IDENTITIES: dict[str, Permissions | None] = {
+    "gateway": _requester("gateway", also_subscribe=(subjects.EVENTS_INVALIDATE,)),
+    "cachenode": Permissions(
+        publish=(
+            "_INBOX.>",  # replies and download frames to every requester (see docs/security.md)
+            subjects.chunk_get("*"),
+            subjects.chunk_put("*"),
+            _STREAM_DATA,
+            subjects.HEARTBEAT_WILDCARD,
+            subjects.EVENTS_OBJECT_CLEAN,
+            subjects.EVENTS_CHUNKS_RELEASED,
+            subjects.EVENTS_INVALIDATE,
+            *_INTENTS,
+            *_ensure_state(),
+            *(
+                s
+                for b in (subjects.KV_BUCKETS, subjects.KV_OBJECTS, subjects.KV_UPLOADS)
+                for s in _kv_write(b)
+            ),
+            *(s for b in _ALL_KV for s in (*_kv_read(b), *_kv_watch(b))),
+        ),
+        subscribe=(
+            "s3.>",
+            subjects.chunk_get("*"),
+            subjects.chunk_put("*"),
+            _STREAM_DATA,
+            subjects.EVENTS_OBJECT_CLEAN,
+            subjects.EVENTS_CHUNKS_RELEASED,
+            _inboxes("cachenode"),
+        ),
+        allow_responses=True,
+    ),
+    "writeback": Permissions(
+        publish=(
+            subjects.chunk_get("*"),
+            _CACHENODE_INBOXES,
+            subjects.EVENTS_OBJECT_CLEAN,
+            subjects.WRITEBACK_RETRIES,
+            f"{_API}.CONSUMER.MSG.NEXT.{subjects.WRITEBACK_STREAM}.*",
+            f"$JS.ACK.{subjects.WRITEBACK_STREAM}.>",
+            *_ensure_state(),
+            *(
+                s
+                for b in (subjects.KV_BUCKETS, subjects.KV_OBJECTS)
+                for s in (*_kv_write(b), *_kv_read(b))
+            ),
+        ),
+        subscribe=(_inboxes("writeback"),),
+    ),
+    "federator": Permissions(
+        publish=(*_ensure_state(), *_kv_write(subjects.KV_NODES), *_kv_read(subjects.KV_NODES)),
+        subscribe=(subjects.HEARTBEAT_WILDCARD, _inboxes("federator")),
+    ),
+    PLATFORM: _requester(PLATFORM),
+    ADMIN: None,
+}
+
+#: The identity of each service ``edgecache up`` runs.
+SERVICE_IDENTITIES: dict[str, str] = {
+    name: name for name in ("gateway", "cachenode", "writeback", "federator")
+}
+
+
+def password_variable(identity: str) -> str:
+    """The environment variable that holds ``identity``'s password in the compose stack
+    (``EDGECACHE_NATS_<IDENTITY>_PASSWORD``): nats-server reads it as ``$NAME``."""
+    return f"EDGECACHE_NATS_{identity.upper()}_PASSWORD"
+
+
+def _strings(values: tuple[str, ...], indent: str) -> str:
+    return "[\n" + "".join(f"{indent}  {json.dumps(v)}\n" for v in values) + f"{indent}]"
+
+
+def authorization_block(passwords: Mapping[str, str] | None = None) -> str:
+    """The ``authorization {}`` block of a nats-server config: one user per identity of
+    :data:`IDENTITIES` with its permissions; no anonymous connections.
+
+    Args:
+        passwords: each identity's password, written quoted; ``None`` writes environment
+            references instead (``$EDGECACHE_NATS_<IDENTITY>_PASSWORD``, for compose).
+
+    Raises:
+        KeyError: ``passwords`` lacks an identity.
+    """
+    lines = ["authorization {", "  users = ["]
+    for name, perms in IDENTITIES.items():
+        secret = (
+            json.dumps(passwords[name]) if passwords is not None else f"${password_variable(name)}"
+        )
+        if perms is None:
+            lines.append(f"    {{user: {json.dumps(name)}, password: {secret}}}")
+            continue
+        lines += [
+            f"    {{user: {json.dumps(name)}, password: {secret}, permissions: {{",
+            f"      publish: {{allow: {_strings(perms.publish, '      ')}}}",
+            f"      subscribe: {{allow: {_strings(perms.subscribe, '      ')}}}",
+        ]
+        if perms.allow_responses:
+            lines.append('      allow_responses: {max: 1, expires: "2m"}')
+        lines.append("    }}")
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
