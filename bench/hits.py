@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -273,12 +274,22 @@ class HitBench:
         return md5.hexdigest()
 
 
-def _fetch_md5(url: str) -> tuple[int, str]:
-    md5 = hashlib.md5()  # noqa: S324
-    with urllib.request.urlopen(url, timeout=300) as response:
-        while piece := response.read(MiB):
-            md5.update(piece)
-        return response.status, md5.hexdigest()
+def _fetch_md5(url: str, *, tries: int = 5) -> tuple[int, str]:
+    """GET ``url`` whole: (status, MD5 of the body); a 503 (a stack still warming up, a
+    node busy with another test's load) is tried again, a second apart, as S3 clients do."""
+    for attempt in range(tries):
+        md5 = hashlib.md5()  # noqa: S324
+        try:
+            with urllib.request.urlopen(url, timeout=300) as response:
+                while piece := response.read(MiB):
+                    md5.update(piece)
+                return response.status, md5.hexdigest()
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == tries - 1:
+                raise
+            print(f"  (503 on a check GET, trying again: {exc.read()[:200]!r})", file=sys.stderr)
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def hits(bench: HitBench, gateway: Any, gateway_url: str, cache_url: str, meter: CpuMeter) -> None:

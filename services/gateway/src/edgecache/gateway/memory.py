@@ -10,7 +10,7 @@ checksum verified, fills the tier.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 from litestar import Response
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from edgecache.gateway.memtier import CachedObject, Fill
     from edgecache.gateway.operations import Operation
 
-__all__ = ["Collector", "answer", "held", "not_modified", "start_fill"]
+__all__ = ["Answer", "Collector", "answer", "held", "not_modified", "render", "start_fill"]
 
 
 async def held(x: Exchange, op: Operation) -> CachedObject | None:
@@ -42,16 +42,26 @@ async def held(x: Exchange, op: Operation) -> CachedObject | None:
     return tier.lookup(op.bucket, op.key)
 
 
-def answer(x: Exchange, op: Operation, cached: CachedObject, *, head: bool) -> Response[Any]:
-    """The GET (or HEAD, ``head``) answer for a held object.
+class Answer(NamedTuple):
+    """A memory-tier answer before any framework sees it: status, every header, body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def render(x: Exchange, op: Operation, cached: CachedObject, *, head: bool) -> Answer:
+    """The GET (or HEAD, ``head``) answer for a held object; counts ``bytes_out``.
 
     Raises:
         PreconditionFailed: ``If-Match`` / ``If-Unmodified-Since`` does not hold.
         InvalidRange: the range selects nothing of the object.
     """
     info = cached.info
+    out = x.response_headers()
     if conditions.not_modified(x.headers, info.etag, info.last_modified):
-        return not_modified(x, info)
+        out.update(_not_modified_headers(info))
+        return Answer(304, out, b"")
     body = cached.data
     selected = parse_range(x.range_header(), info.size)
     status = 200
@@ -60,22 +70,28 @@ def answer(x: Exchange, op: Operation, cached: CachedObject, *, head: bool) -> R
         info = msgspec.structs.replace(info, range_first=first, range_last=last)
         body = body[first : last + 1]
         status = 206
-    headers = object_headers(info, query=op.query, checksum_mode=x.checksum_mode())
+    out.update(object_headers(info, query=op.query, checksum_mode=x.checksum_mode()))
     if head:
-        return empty(x, status=status, headers=headers)
-    out = x.response_headers()
-    out.update(headers)
+        return Answer(status, out, b"")
     x.bytes_out += len(body)
-    return Response(body, status_code=status, headers=out, media_type=info.content_type)
+    return Answer(status, out, body)
+
+
+def answer(x: Exchange, op: Operation, cached: CachedObject, *, head: bool) -> Response[Any]:
+    """:func:`render` as a Litestar response (the handlers' path)."""
+    status, headers, body = render(x, op, cached, head=head)
+    if status == 304 or head:
+        return empty(x, status=status, headers=headers)
+    return Response(body, status_code=status, headers=headers, media_type=cached.info.content_type)
 
 
 def not_modified(x: Exchange, info: wire.ObjectInfo) -> Response[Any]:
     """``304 Not Modified`` with the object's ETag and Last-Modified."""
-    return empty(
-        x,
-        status=304,
-        headers={"etag": f'"{info.etag}"', "last-modified": http_date(info.last_modified)},
-    )
+    return empty(x, status=304, headers=_not_modified_headers(info))
+
+
+def _not_modified_headers(info: wire.ObjectInfo) -> dict[str, str]:
+    return {"etag": f'"{info.etag}"', "last-modified": http_date(info.last_modified)}
 
 
 def start_fill(x: Exchange, op: Operation) -> Fill | None:

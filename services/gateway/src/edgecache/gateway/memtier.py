@@ -113,11 +113,13 @@ class MemoryTier:
         self._policy.access(name)
         return found
 
-    def holds(self, bucket: str, key: str) -> bool:
-        """Whether ``bucket/key`` is held (counted nowhere; a miss is counted here)."""
+    def holds(self, bucket: str, key: str, *, count_miss: bool = True) -> bool:
+        """Whether ``bucket/key`` is held (a hit is counted by :meth:`lookup`; a miss here,
+        unless ``count_miss`` is false)."""
         if self.enabled and _name(bucket, key) in self._objects:
             return True
-        self.stats.misses += 1
+        if count_miss:
+            self.stats.misses += 1
         return False
 
     def start_fill(self, bucket: str, key: str) -> Fill | None:

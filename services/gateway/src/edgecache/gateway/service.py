@@ -20,6 +20,7 @@ from edgecache.common.config import Config
 from edgecache.common.logging import get_logger
 from edgecache.common.runtime import connect_nats
 from edgecache.gateway.app import create_app
+from edgecache.gateway.fastpath import with_fast_hits
 from edgecache.gateway.invalidations import InvalidationListener
 from edgecache.gateway.memtier import MemoryTier
 from edgecache.gateway.workers import run_workers
@@ -82,7 +83,7 @@ async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket)
     )
     try:
         app = create_app(config, nc, memtier=tier, invalidations=listener)
-        server = _Server(uvicorn_config(app, gw.host, gw.port))
+        server = _Server(uvicorn_config(with_fast_hits(app), gw.host, gw.port))
 
         async def stopper() -> None:
             await stop.wait()
