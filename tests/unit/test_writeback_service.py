@@ -59,7 +59,7 @@ class FakeApplier:
 
 
 def service_with(applier: FakeApplier) -> WritebackService:
-    nc = SimpleNamespace(jetstream=lambda: None, is_closed=False)
+    nc = SimpleNamespace(jetstream=lambda: None, is_closed=False, max_payload=1024 * 1024)
     state = SimpleNamespace(objects=None, buckets=None)
     service = WritebackService(nc, state, None, CONFIG)  # type: ignore[arg-type]
     service._applier = applier  # type: ignore[assignment]

@@ -104,7 +104,7 @@ async def serve_chunk(node: CacheNode, msg: Msg) -> None:
             pieces = fill.read_chunk_span(
                 node, manifest, request.index, request.first,
                 size - 1 if request.last is None else request.last,
-                prefetch=request.prefetch, local_only=True,
+                prefetch=request.prefetch, local_only=True, downstream=tx,
             )
             started = False
             async for piece in pieces:

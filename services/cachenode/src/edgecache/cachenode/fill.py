@@ -337,21 +337,29 @@ class _PeerFailed(Exception):
     """A peer could not serve a chunk before sending any byte of it: try another source."""
 
 
-async def _from_peer(node: CacheNode, peer: str, request: wire.ChunkGet) -> AsyncIterator[bytes]:
-    """The bytes ``peer`` sends for ``request``.
+async def _from_peer(
+    node: CacheNode, peer: str, request: wire.ChunkGet, downstream: stream.Downstream | None
+) -> AsyncIterator[bytes]:
+    """The bytes ``peer`` sends for ``request``; with ``downstream`` (the sender they are
+    relayed to), asked for no faster than it can pass them on.
 
     Raises:
         _PeerFailed: it failed before the first byte (the caller may try elsewhere).
         S3Error: it failed after some bytes (too late to switch sources).
     """
     got = 0
+    body: AsyncIterator[bytes] | None = None
+    if downstream is not None:
+        await downstream.ready()  # its reader's failure is not the peer's: not caught below
     try:
         _, body = await stream.download(
             node.nc,
             subjects.chunk_get(peer),
             request,
+            budget=node.credit,
             window=node.config.cachenode.window_frames,
             timeout_s=node.config.nats.request_timeout_s,
+            downstream=downstream,
         )
         async for piece in body:
             got += len(piece)
@@ -359,8 +367,11 @@ async def _from_peer(node: CacheNode, peer: str, request: wire.ChunkGet) -> Asyn
     except errors.S3Error as exc:
         if got:
             raise
-        log.warning("chunk.peer_read_failed", chunk=request.chunk_id, peer=peer, error=exc.code)
+        log.warning("chunk.peer_read_failed", chunk=request.chunk_id, peer=peer, error=exc.code, message=exc.message)
         raise _PeerFailed(peer) from exc
+    finally:
+        if body is not None:  # also when our reader stops early: the peer stops, the credit returns
+            await body.aclose()  # type: ignore[attr-defined]
 
 
 async def read_chunk_span(
@@ -372,11 +383,13 @@ async def read_chunk_span(
     *,
     prefetch: int = 0,
     local_only: bool = False,
+    downstream: stream.Downstream | None = None,
 ) -> AsyncIterator[bytes]:
     """Bytes ``first..last`` (inclusive) of chunk ``index`` of ``manifest``, from the best
     source (see the module docstring). ``prefetch``: how many chunks after this one the
     reader will want (fills may take them in); ``local_only``: do not ask the owner (we
-    are it).
+    are it); ``downstream``: the sender the bytes go to — a peer is asked for no more than
+    its credit.
 
     Raises:
         ChunkMissing: a dirty chunk is on no reachable node (it cannot come from the origin).
@@ -402,7 +415,7 @@ async def read_chunk_span(
             )))
         for peer, request in sources:
             try:
-                async for piece in _from_peer(node, peer, request):
+                async for piece in _from_peer(node, peer, request, downstream):
                     yield piece
                 node.counters.hits += 1
                 return
@@ -434,9 +447,17 @@ def _ahead(node: CacheNode, manifest: wire.Manifest, index: int, wanted: int) ->
     return out
 
 
-async def read(node: CacheNode, manifest: wire.Manifest, first: int, last: int) -> AsyncIterator[bytes]:
+async def read(
+    node: CacheNode,
+    manifest: wire.Manifest,
+    first: int,
+    last: int,
+    *,
+    downstream: stream.Downstream | None = None,
+) -> AsyncIterator[bytes]:
     """Bytes ``first..last`` (inclusive) of ``manifest``'s version, in order, chunk by chunk,
     each piece as soon as it is available. Only the chunks covering the range are filled.
+    ``downstream``: the sender the bytes go to (see :func:`read_chunk_span`).
 
     Raises:
         ChunkMissing, ServiceUnavailable, PreconditionFailed: see :func:`read_chunk_span`.
@@ -444,6 +465,9 @@ async def read(node: CacheNode, manifest: wire.Manifest, first: int, last: int) 
     spans = chunk_spans(manifest.chunks, first, last)
     last_index = spans[-1][0] if spans else -1
     for index, cfirst, clast in spans:
-        async for piece in read_chunk_span(node, manifest, index, cfirst, clast, prefetch=last_index - index):
+        pieces = read_chunk_span(
+            node, manifest, index, cfirst, clast, prefetch=last_index - index, downstream=downstream
+        )
+        async for piece in pieces:
             node.counters.bytes_out += len(piece)
             yield piece

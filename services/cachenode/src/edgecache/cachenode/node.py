@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from edgecache.common import errors, kvkeys, stream, subjects, wire
+from edgecache.common.credit import CreditBudget
 from edgecache.common.jetstream import current_values
 from edgecache.common.logging import get_logger
 
@@ -68,7 +69,11 @@ class Counters:
 
 @dataclass
 class CacheNode:
-    """State shared by every operation of one cache node."""
+    """State shared by every operation of one cache node.
+
+    ``credit`` is the download credit of ``nc``: every chunk this node reads from a peer
+    takes its credit from there (``nats.download_credit_bytes``).
+    """
 
     nc: NATS
     state: State
@@ -78,6 +83,7 @@ class CacheNode:
     node_id: str
     filler: Filler = field(init=False)
     live: LiveNodes = field(init=False)
+    credit: CreditBudget = field(init=False)
     started: float = field(default_factory=now)
     counters: Counters = field(default_factory=Counters)
 
@@ -89,6 +95,7 @@ class CacheNode:
             self, slots=4 * self.config.cachenode.fill_concurrency, run_bytes=self.config.cachenode.fill_run_bytes
         )
         self.live = LiveNodes(self.state.nodes, self.node_id, refresh_s=self.config.cachenode.heartbeat_s)
+        self.credit = CreditBudget(self.nc, max_bytes=self.config.nats.download_credit_bytes)
 
     @property
     def chunk_bytes(self) -> int:

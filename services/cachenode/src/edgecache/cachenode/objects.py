@@ -160,7 +160,7 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
         first, last = span if span else (0, manifest.size - 1)
         await tx.start(info_of(manifest, first=span[0] if span else None, last=span[1] if span else None))
         if manifest.size:
-            async for piece in fill.read(node, manifest, first, last):
+            async for piece in fill.read(node, manifest, first, last, downstream=tx):
                 await tx.send(piece)
         await tx.end()
     except ChunkMissing as exc:

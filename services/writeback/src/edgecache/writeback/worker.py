@@ -33,6 +33,7 @@ import msgspec
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from edgecache.common import errors, kvkeys, subjects, wire
+from edgecache.common.credit import CreditBudget
 from edgecache.common.logging import get_logger
 from edgecache.writeback.chunks import ObjectBody
 
@@ -101,7 +102,8 @@ class IntentApplier:
         objects: KV ``objects`` (manifests).
         buckets: KV ``buckets`` (bucket records and tombstones).
         origin: where objects go.
-        window_frames: download credit per chunk stream, in frames.
+        credit: the download credit of ``nc``, shared by every chunk stream.
+        window_frames: most download credit per chunk stream, in frames.
         chunk_timeout_s: wait for a cache node's answer or next frame, seconds.
         prefetch: open the next chunk's stream while the origin consumes the current one.
         max_uploads: origin uploads at once (each buffers up to a part or a small object):
@@ -115,6 +117,7 @@ class IntentApplier:
         buckets: KeyValue,
         origin: Origin,
         *,
+        credit: CreditBudget,
         window_frames: int = 8,
         chunk_timeout_s: float = 30.0,
         prefetch: bool = True,
@@ -125,6 +128,7 @@ class IntentApplier:
         self._kv = objects
         self._buckets = buckets
         self._origin = origin
+        self._credit = credit
         self._window = window_frames
         self._chunk_timeout = chunk_timeout_s
         self._prefetch = prefetch
@@ -223,6 +227,7 @@ class IntentApplier:
         body = ObjectBody(
             self._nc,
             m,
+            credit=self._credit,
             window_frames=self._window,
             timeout_s=self._chunk_timeout,
             prefetch=self._prefetch,
