@@ -388,8 +388,8 @@ async def read_chunk_span(
     """Bytes ``first..last`` (inclusive) of chunk ``index`` of ``manifest``, from the best
     source (see the module docstring). ``prefetch``: how many chunks after this one the
     reader will want (fills may take them in); ``local_only``: do not ask the owner (we
-    are it); ``downstream``: the sender the bytes go to — a peer is asked for no more than
-    its credit.
+    are it); ``downstream``: the sender the bytes go to — a chunk is read from disk only
+    once it has credit, and a peer is asked for no more than that credit.
 
     Raises:
         ChunkMissing: a dirty chunk is on no reachable node (it cannot come from the origin).
@@ -398,6 +398,8 @@ async def read_chunk_span(
     chunk = manifest.chunks[index]
     fill = node.filler.active.get(chunk.id)
     if fill is None:
+        if downstream is not None:
+            await downstream.ready()  # hold no chunk in memory while the reader takes nothing
         try:
             data = await node.store.read(chunk.id, first, last)
             node.counters.hits += 1
@@ -471,3 +473,4 @@ async def read(
         async for piece in pieces:
             node.counters.bytes_out += len(piece)
             yield piece
+            del piece  # a whole chunk: not kept alive while the next one is read

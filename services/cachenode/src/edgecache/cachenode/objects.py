@@ -162,6 +162,7 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
         if manifest.size:
             async for piece in fill.read(node, manifest, first, last, downstream=tx):
                 await tx.send(piece)
+                del piece  # a whole chunk: not kept alive while the next one is read
         await tx.end()
     except ChunkMissing as exc:
         error = errors.ServiceUnavailable(f"chunk {exc} is unavailable", retry_after_s=1)
