@@ -49,6 +49,9 @@ class NatsServer:
         store_dir: JetStream storage directory (created).
         port: client port; 0 picks a free one.
         max_payload_bytes: the server's ``max_payload`` (default 1 MiB, the NATS default).
+        max_pending_bytes: the server's per-connection ``max_pending``: bytes it buffers for
+            one client before it marks it a slow consumer and drops its messages; ``None``:
+            the server's default (64 MiB).
         host: listen address.
     """
 
@@ -58,12 +61,14 @@ class NatsServer:
         *,
         port: int = 0,
         max_payload_bytes: int = 1024 * 1024,
+        max_pending_bytes: int | None = None,
         host: str = "127.0.0.1",
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port or free_port(host)
         self.max_payload_bytes = max_payload_bytes
+        self.max_pending_bytes = max_pending_bytes
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,11 +80,11 @@ class NatsServer:
         caller that runs the process itself (``edgecache up``'s supervisor)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
-        conf.write_text(
-            f'listen: "{self.host}:{self.port}"\n'
-            f"max_payload: {self.max_payload_bytes}\n"
-            f'jetstream {{\n  store_dir: "{self.store_dir / "jetstream"}"\n}}\n'
-        )
+        lines = [f'listen: "{self.host}:{self.port}"', f"max_payload: {self.max_payload_bytes}"]
+        if self.max_pending_bytes is not None:
+            lines.append(f"max_pending: {self.max_pending_bytes}")
+        lines.append(f'jetstream {{\n  store_dir: "{self.store_dir / "jetstream"}"\n}}')
+        conf.write_text("\n".join(lines) + "\n")
         return conf
 
     def start(self, *, timeout_s: float = 10.0, log_file: Path | None = None) -> None:
