@@ -460,7 +460,9 @@ class _DownloadBody:
     and everything held goes back when the stream ends or is closed.
 
     ``aclose()`` cancels the stream at the sender and releases the inbox, also when
-    iteration never started (a bare async generator would skip its cleanup then).
+    iteration never started (a bare async generator would skip its cleanup then). A stream
+    that fails closes itself; one whose ``__anext__`` is cancelled is left to ``aclose()``
+    (nothing can be awaited in a cancelled task under anyio's cancel scopes).
     """
 
     def __init__(
@@ -500,8 +502,8 @@ class _DownloadBody:
                 await self._release(cancel=False)
                 raise StopAsyncIteration
             raise errors.InternalError(f"unexpected {type(control).__name__} in download stream")
-        except StopAsyncIteration:
-            raise
+        except (StopAsyncIteration, asyncio.CancelledError):
+            raise  # cancelled: nothing can be awaited here any more, the owner's aclose() cleans up
         except BaseException:
             await self._release(cancel=True)
             raise
@@ -555,9 +557,11 @@ class _DownloadBody:
                 await send_error(self._nc, self._credit_subject, errors.RequestTimeout("reader went away"))
                 if not self._stalled:
                     await self._drain()
-            await _unsubscribe(self._sub)
         finally:
-            self._share.close()
+            try:
+                await _unsubscribe(self._sub)  # drops the local subscription before it awaits
+            finally:
+                self._share.close()
 
     async def _drain(self) -> None:
         """After a cancel: take in the frames the sender was granted and may still send, up
