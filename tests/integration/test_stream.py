@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import pytest
@@ -254,3 +255,32 @@ async def test_end_arriving_while_waiting_for_credit_ends_the_stream(nc) -> None
     assert (budget.available, budget.waiting) == (2, 0)
     await big.unsubscribe()
     await small.unsubscribe()
+
+
+async def test_a_close_cut_short_leaves_the_connection_reading(nc, nats_server) -> None:
+    """The gateway gives a closing download 5 s, then cancels the close. Whatever it was
+    waiting for then (frames still in flight, the sender's answer), the connection must go
+    on reading: nats-py's flush(), cancelled, would leave a future in its PONG queue and the
+    next PONG would kill the connection's reader, breaking every stream on it."""
+    import nats
+
+    payload = os.urandom(2 * 1024 * 1024)
+    sub = await _serve_download(nc, "test.dl.cutclose", payload)
+    reader = await nats.connect(nats_server.url)
+    budget = CreditBudget(reader)
+    try:
+        for ticks in range(1, 9):  # the close has started (a task cancelled before it runs never does)
+            _, body = await stream.download(reader, "test.dl.cutclose", wire.Ok(), budget=budget, window=4, timeout_s=5)
+            closing = asyncio.ensure_future(body.aclose())
+            for _ in range(ticks):
+                await asyncio.sleep(0)
+            closing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await closing
+            assert budget.available == budget.frames
+        await reader.flush(timeout=2)  # a PONG comes back; the reader survives it
+        _, body = await stream.download(reader, "test.dl.cutclose", wire.Ok(), budget=budget, window=4, timeout_s=5)
+        assert b"".join([p async for p in body]) == payload
+    finally:
+        await reader.close()
+        await sub.unsubscribe()

@@ -140,4 +140,7 @@ class EdgecacheClient:
     async def get_object_bytes(self, bucket: str, key: str) -> tuple[wire.ObjectInfo, bytes]:
         """The whole object in memory: for small objects and tests."""
         info, body = await self.get_object(wire.GetObject(bucket=bucket, key=key))
-        return info, b"".join([piece async for piece in body])
+        try:
+            return info, b"".join([piece async for piece in body])
+        finally:
+            await body.aclose()  # type: ignore[attr-defined]  # a no-op once it ended

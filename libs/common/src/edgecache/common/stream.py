@@ -460,7 +460,9 @@ class _DownloadBody:
     and everything held goes back when the stream ends or is closed.
 
     ``aclose()`` cancels the stream at the sender and releases the inbox, also when
-    iteration never started (a bare async generator would skip its cleanup then).
+    iteration never started (a bare async generator would skip its cleanup then). A stream
+    that fails closes itself; one whose ``__anext__`` is cancelled is left to ``aclose()``
+    (nothing can be awaited in a cancelled task under anyio's cancel scopes).
     """
 
     def __init__(
@@ -481,6 +483,7 @@ class _DownloadBody:
         self._downstream = downstream
         self._checker = _Checker()
         self._closed = False
+        self._stalled = False  # nothing came for timeout_s: nothing more will
 
     def __aiter__(self) -> _DownloadBody:
         return self
@@ -499,10 +502,10 @@ class _DownloadBody:
                 await self._release(cancel=False)
                 raise StopAsyncIteration
             raise errors.InternalError(f"unexpected {type(control).__name__} in download stream")
-        except StopAsyncIteration:
-            raise
+        except (StopAsyncIteration, asyncio.CancelledError):
+            raise  # cancelled: nothing can be awaited here any more, the owner's aclose() cleans up
         except BaseException:
-            await self.aclose()
+            await self._release(cancel=True)
             raise
 
     async def _next_msg(self) -> Msg:
@@ -529,6 +532,7 @@ class _DownloadBody:
             try:
                 return await asyncio.wait_for(got, self._timeout_s)
             except TimeoutError as exc:
+                self._stalled = True
                 raise errors.ServiceUnavailable("stream stalled", retry_after_s=1) from exc
         finally:
             share.withdraw()
@@ -538,6 +542,7 @@ class _DownloadBody:
         try:
             return await self._sub.next_msg(timeout=timeout_s)
         except NatsTimeoutError as exc:
+            self._stalled = True
             raise errors.ServiceUnavailable("stream stalled", retry_after_s=1) from exc
 
     async def _grant(self, frames: int) -> None:
@@ -550,15 +555,33 @@ class _DownloadBody:
         try:
             if cancel and self._credit_subject:
                 await send_error(self._nc, self._credit_subject, errors.RequestTimeout("reader went away"))
-            await _unsubscribe(self._sub)
-            if cancel and self._share.held:
-                # Frames granted before the cancel may still sit in the server's buffer for
-                # this connection: lend their credit again only once they are through (the
-                # server answers a PING after everything it buffered before it).
-                with contextlib.suppress(Exception):
-                    await self._nc.flush(timeout=max(1, round(self._timeout_s)))
+                if not self._stalled:
+                    await self._drain()
         finally:
-            self._share.close()
+            try:
+                await _unsubscribe(self._sub)  # drops the local subscription before it awaits
+            finally:
+                self._share.close()
+
+    async def _drain(self) -> None:
+        """After a cancel: take in the frames the sender was granted and may still send, up
+        to the ``Error`` (or ``End``) with which it stops, so that their credit is lent again
+        only once they are through; give up after ``timeout_s`` without a message.
+
+        (Not ``nc.flush()``: nats-py 2.16 leaves the future of a flush that is cancelled or
+        times out in its PONG queue, and the next PONG then kills the connection's reader.)
+        """
+        while self._share.held:
+            try:
+                msg = await self._sub.next_msg(timeout=self._timeout_s)
+            except Exception:  # noqa: BLE001 - timed out, or the connection is gone
+                return
+            if not is_frame(msg):
+                return
+            try:
+                self._share.frame_read()
+            except errors.S3Error:  # a frame beyond its credit: nothing more to wait for
+                return
 
     async def aclose(self) -> None:
         """Stop early: tell the sender, release the inbox, return the credit. Idempotent."""
