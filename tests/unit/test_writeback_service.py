@@ -64,7 +64,7 @@ class FakeApplier:
 
 
 def service_with(applier: FakeApplier) -> WritebackService:
-    nc = SimpleNamespace(jetstream=lambda: None, is_closed=False)
+    nc = SimpleNamespace(jetstream=lambda: None, is_closed=False, max_payload=1024 * 1024)
     state = SimpleNamespace(js=None, objects=None, buckets=None, schedules=False)
     service = WritebackService(nc, state, None, CONFIG)  # type: ignore[arg-type]
     service._applier = applier  # type: ignore[assignment]

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, TypeVar
 
 from edgecache.common import errors, stream, subjects, wire
+from edgecache.common.credit import CreditBudget
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -44,13 +45,28 @@ class EdgecacheClient:
     Args:
         nc: a connected nats-py client.
         timeout_s: how long to wait for any one answer or credit grant, in seconds.
-        window_frames: download credit, in frames of up to ``max_payload`` bytes.
+        window_frames: most credit one download asks for, in frames of up to
+            ``max_payload`` bytes.
+        budget: the download credit of ``nc``, shared by all its downloads (see
+            :mod:`edgecache.common.credit`); default: one of its own, of
+            ``DEFAULT_CREDIT_BYTES``. Whatever else downloads on ``nc`` must share it.
+
+    Attributes:
+        budget: the download credit budget of ``nc``.
     """
 
-    def __init__(self, nc: NATS, *, timeout_s: float = 30.0, window_frames: int = 8) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        timeout_s: float = 30.0,
+        window_frames: int = 8,
+        budget: CreditBudget | None = None,
+    ) -> None:
         self.nc = nc
         self.timeout_s = timeout_s
         self.window_frames = window_frames
+        self.budget = budget if budget is not None else CreditBudget(nc)
 
     async def request(self, request: wire.Request) -> wire.Reply:
         """Send a request that has no body either way and return its reply.
@@ -103,18 +119,28 @@ class EdgecacheClient:
             The object's metadata (``range_first``/``range_last`` say which bytes follow,
             inclusive) and an iterator of its bytes. The iterator raises an S3Error if the
             stream breaks (the body is then short: cut the client connection). Call
-            ``aclose()`` on it when stopping early.
+            ``aclose()`` on it when stopping early: that also returns its credit.
+
+        Raises:
+            S3Error: the node's error; ServiceUnavailable when no node answered, or no
+                download credit came free, within ``timeout_s``.
         """
         reply, body = await stream.download(
             self.nc,
             operation_of(request),
             request,
+            budget=self.budget,
             window=self.window_frames,
             timeout_s=self.timeout_s,
         )
+        if not isinstance(reply, wire.ObjectInfo):
+            await body.aclose()  # type: ignore[attr-defined]
         return _expect(reply, wire.ObjectInfo), body
 
     async def get_object_bytes(self, bucket: str, key: str) -> tuple[wire.ObjectInfo, bytes]:
         """The whole object in memory: for small objects and tests."""
         info, body = await self.get_object(wire.GetObject(bucket=bucket, key=key))
-        return info, b"".join([piece async for piece in body])
+        try:
+            return info, b"".join([piece async for piece in body])
+        finally:
+            await body.aclose()  # type: ignore[attr-defined]  # a no-op once it ended

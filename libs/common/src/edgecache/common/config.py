@@ -48,6 +48,11 @@ class NatsConfig(msgspec.Struct, **_OPTS):
     # reply subjects are <inbox_prefix>.<id>: a locked-down NATS lets each identity
     # subscribe only under its own prefix (`edgecache up` uses _INBOX.<identity>)
     inbox_prefix: str = "_INBOX"
+    # Every download stream on one connection together: bytes granted to the senders and not
+    # yet read. At most a quarter of the server's max_pending (64 MiB by default: the server
+    # can count up to twice this as pending), or the server cuts the connection off as a slow
+    # consumer and every stream on it breaks.
+    download_credit_bytes: int = 16 * MiB
 
 
 class GatewayConfig(msgspec.Struct, **_OPTS):
@@ -57,7 +62,7 @@ class GatewayConfig(msgspec.Struct, **_OPTS):
     secret_key: str = ""
     region: str = "us-east-1"
     max_skew_s: int = 900  # allowed clock difference for signed requests (S3: 15 min)
-    window_frames: int = 8  # frames in flight per download stream
+    window_frames: int = 8  # most frames in flight per download stream (nats.download_credit_bytes bounds them all)
     memory_tier_bytes: int = 128 * MiB  # the memory tier's capacity, all workers together (0: off)
     memory_tier_gate_bytes: int = MiB  # largest object it holds
     workers: int = 0  # processes sharing the port (SO_REUSEPORT); 0: one per core

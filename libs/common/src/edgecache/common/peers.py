@@ -20,6 +20,8 @@ from edgecache.common.logging import get_logger
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
+    from edgecache.common.credit import CreditBudget
+
 __all__ = ["Opened", "Source", "open_chunk"]
 
 log = get_logger(__name__)
@@ -48,8 +50,10 @@ async def open_chunk(
     nc: NATS,
     sources: Sequence[Source],
     *,
+    budget: CreditBudget,
     window: int,
     timeout_s: float,
+    downstream: stream.Downstream | None = None,
     on_failure: Callable[[str, errors.S3Error], None] | None = None,
 ) -> Opened | None:
     """Open the download of one chunk from the first source that sends a byte of it.
@@ -57,8 +61,11 @@ async def open_chunk(
     Args:
         nc: the NATS connection.
         sources: whom to ask, in order.
-        window: download credit, in frames.
+        budget: the download credit of ``nc`` (shared by every download on it).
+        window: most download credit of this stream, in frames.
         timeout_s: how long to wait for a node's answer or its next frame, seconds.
+        downstream: the sender the bytes are relayed to, if any (see
+            :func:`edgecache.common.stream.download`).
         on_failure: told of each source that failed before its first byte (unreachable,
             ``NoSuchKey``, a stream that broke or ended at once), before the next is asked.
 
@@ -68,7 +75,13 @@ async def open_chunk(
     for node, request in sources:
         try:
             _, body = await stream.download(
-                nc, subjects.chunk_get(node), request, window=window, timeout_s=timeout_s
+                nc,
+                subjects.chunk_get(node),
+                request,
+                budget=budget,
+                window=window,
+                timeout_s=timeout_s,
+                downstream=downstream,
             )
             try:
                 first = await anext(body)  # starts the stream: aclose() now cancels it

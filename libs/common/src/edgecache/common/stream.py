@@ -9,6 +9,9 @@ The protocol (docs/protocol.md has the full description):
 * The receiver grants **credit** (:class:`~edgecache.common.wire.Credit`, in frames); the
   sender never has more frames outstanding than it was granted, so a slow reader slows
   the writer and nothing queues without bound or gets dropped as a slow consumer.
+* Every download stream on one connection lends its credit from that connection's
+  :class:`~edgecache.common.credit.CreditBudget`: the server buffers at most
+  ``max_pending`` bytes for a connection, whatever the number of streams on it.
 
 Downloads (``s3.getobject``, chunk reads): the requester publishes the request with a
 reply inbox and header ``Ec-Credit: <window>``; the server answers on that inbox with the
@@ -25,15 +28,17 @@ result Struct (or ``Error``) there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 import structlog
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from edgecache.common import errors, wire
+from edgecache.common.credit import HEADER_ROOM, CreditBudget, Share, frame_bytes
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -43,9 +48,11 @@ if TYPE_CHECKING:
 __all__ = [
     "HDR_CREDIT",
     "HDR_REQUEST_ID",
+    "HEADER_ROOM",
     "HDR_SEQ",
     "HDR_STREAM",
     "DownloadSender",
+    "Downstream",
     "UploadReceiver",
     "download",
     "error_of",
@@ -61,14 +68,7 @@ HDR_SEQ = "Ec-Seq"
 HDR_CREDIT = "Ec-Credit"
 HDR_STREAM = "Ec-Stream"
 HDR_REQUEST_ID = "Ec-Request-Id"  # optional: the caller's request id, for the node's log lines
-HEADER_ROOM = 256  # bytes kept free for NATS headers ("NATS/1.0\r\nEc-Seq: …\r\n\r\n")
 _MAX_WINDOW = 64
-
-
-def frame_bytes(nc: NATS) -> int:
-    """Largest frame body for this connection: the server's ``max_payload`` less room for
-    headers (the server counts headers in ``max_payload``; nats-py checks only the body)."""
-    return max(1024, nc.max_payload - HEADER_ROOM)
 
 
 NO_RESPONDER_RETRIES_S = (0.01, 0.05, 0.1, 0.25, 0.5)  # a node may be (re)starting
@@ -211,6 +211,20 @@ class _Tally:
         )
 
 
+class Downstream(Protocol):
+    """Where a relayed download goes next: a sender with credit of its own (a
+    :class:`DownloadSender`)."""
+
+    @property
+    def credit(self) -> int:
+        """Frames it may send now without waiting."""
+        ...
+
+    async def ready(self) -> None:
+        """Wait until ``credit`` is at least 1."""
+        ...
+
+
 class DownloadSender:
     """Server side of a download: reply Struct, then frames under credit, then ``End``.
 
@@ -245,9 +259,25 @@ class DownloadSender:
             self._reply, wire.encode(first), headers={HDR_STREAM: credit_subject}
         )
 
+    @property
+    def credit(self) -> int:
+        """Frames it may send now without waiting."""
+        return self._credit
+
+    async def ready(self) -> None:
+        """Wait until the reader has granted at least one frame of credit (before
+        :meth:`start`, only the request's ``Ec-Credit`` counts).
+
+        Raises:
+            RequestTimeout: no credit for ``idle_timeout_s``; the reader is gone.
+            S3Error: the reader cancelled the stream.
+        """
+        await self._wait_credit()
+
     async def _wait_credit(self) -> None:
-        assert self._sub is not None
         while self._credit <= 0:
+            if self._sub is None:  # before start(): only the request's credit counts
+                raise errors.InternalError("the request granted no credit")
             try:
                 msg = await self._sub.next_msg(timeout=self._idle)
             except NatsTimeoutError as exc:
@@ -359,50 +389,101 @@ async def download(
     subject: str,
     request: msgspec.Struct,
     *,
+    budget: CreditBudget,
     window: int,
     timeout_s: float,
+    downstream: Downstream | None = None,
 ) -> tuple[wire.Reply, AsyncIterator[bytes]]:
     """Requester side of a download.
+
+    Args:
+        nc: the connection.
+        subject: where the request goes.
+        request: the request Struct.
+        budget: the download credit of ``nc``, shared by every download on it; the stream
+            takes its credit from there (waiting in turn while it is spent).
+        window: most credit the stream asks for at once, in frames.
+        timeout_s: how long to wait for the first answer, for credit from ``budget``, or
+            for the next frame, seconds.
+        downstream: the sender the bytes are relayed to, if any: the stream then asks for
+            no more than its credit (and waits for some before asking), so it never holds
+            credit of ``budget`` while waiting downstream.
 
     Returns:
         The reply Struct that opened the stream, and an async iterator of the bytes, in
         frames. Close the iterator (``aclose()``) if you stop early: that cancels the
-        stream at the sender.
+        stream at the sender and returns its credit to ``budget``.
 
     Raises:
         S3Error: the server answered an error (before the stream, or mid-stream from the
-            iterator); ServiceUnavailable when no server answered within ``timeout_s``.
+            iterator); ServiceUnavailable when no server answered, or ``budget`` had no
+            credit free, within ``timeout_s``; SlowDown when too many streams already wait
+            for credit.
+        ValueError: ``budget`` belongs to another connection.
     """
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
+    if budget.nc is not nc:
+        raise ValueError("the credit budget belongs to another connection")
+    share = Share(budget, window)
+    try:
+        if downstream is not None:
+            await downstream.ready()
+        initial = await share.open(limit=_limit(downstream), timeout_s=timeout_s)
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+    except BaseException:
+        share.close()
+        raise
     try:
         first = await open_request(
-            nc, sub, subject, wire.encode(request), reply=inbox, headers={HDR_CREDIT: str(window)}, timeout_s=timeout_s
+            nc, sub, subject, wire.encode(request), reply=inbox, headers={HDR_CREDIT: str(initial)}, timeout_s=timeout_s
         )
         reply = read_control(first)
         credit_subject = (first.headers or {}).get(HDR_STREAM, "")
     except BaseException:
         await _unsubscribe(sub)
+        share.close()
         raise
-    return reply, _DownloadBody(nc, sub, credit_subject, window=window, timeout_s=timeout_s)
+    return reply, _DownloadBody(
+        nc, sub, credit_subject, share=share, timeout_s=timeout_s, downstream=downstream
+    )
+
+
+def _limit(downstream: Downstream | None) -> int | None:
+    return None if downstream is None else downstream.credit
 
 
 class _DownloadBody:
     """The bytes of a download, frame by frame (an async iterator).
 
+    Its credit is a :class:`~edgecache.common.credit.Share` of the connection's budget:
+    frames read go back to the budget, credit is granted again as the budget can spare it,
+    and everything held goes back when the stream ends or is closed.
+
     ``aclose()`` cancels the stream at the sender and releases the inbox, also when
-    iteration never started (a bare async generator would skip its cleanup then).
+    iteration never started (a bare async generator would skip its cleanup then). A stream
+    that fails closes itself; one whose ``__anext__`` is cancelled is left to ``aclose()``
+    (nothing can be awaited in a cancelled task under anyio's cancel scopes).
     """
 
-    def __init__(self, nc: NATS, sub: Subscription, credit_subject: str, *, window: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        sub: Subscription,
+        credit_subject: str,
+        *,
+        share: Share,
+        timeout_s: float,
+        downstream: Downstream | None,
+    ) -> None:
         self._nc = nc
         self._sub = sub
         self._credit_subject = credit_subject
         self._timeout_s = timeout_s
-        self._batch = max(1, window // 2)
-        self._owed = 0
+        self._share = share
+        self._downstream = downstream
         self._checker = _Checker()
         self._closed = False
+        self._stalled = False  # nothing came for timeout_s: nothing more will
 
     def __aiter__(self) -> _DownloadBody:
         return self
@@ -411,15 +492,9 @@ class _DownloadBody:
         if self._closed:
             raise StopAsyncIteration
         try:
-            if self._owed >= self._batch and self._credit_subject:
-                await self._nc.publish(self._credit_subject, wire.encode(wire.Credit(frames=self._owed)))
-                self._owed = 0
-            try:
-                msg = await self._sub.next_msg(timeout=self._timeout_s)
-            except NatsTimeoutError as exc:
-                raise errors.ServiceUnavailable("stream stalled", retry_after_s=1) from exc
+            msg = await self._next_msg()
             if is_frame(msg):
-                self._owed += 1
+                self._share.frame_read()
                 return self._checker.add(msg)
             control = read_control(msg)
             if isinstance(control, wire.End):
@@ -427,23 +502,97 @@ class _DownloadBody:
                 await self._release(cancel=False)
                 raise StopAsyncIteration
             raise errors.InternalError(f"unexpected {type(control).__name__} in download stream")
-        except StopAsyncIteration:
-            raise
+        except (StopAsyncIteration, asyncio.CancelledError):
+            raise  # cancelled: nothing can be awaited here any more, the owner's aclose() cleans up
         except BaseException:
-            await self.aclose()
+            await self._release(cancel=True)
             raise
+
+    async def _next_msg(self) -> Msg:
+        """The next message, granting the sender credit first as the budget allows."""
+        if not self._credit_subject:  # nobody to grant credit to: the initial window is all
+            return await self._receive(self._timeout_s)
+        share, downstream = self._share, self._downstream
+        if downstream is not None and share.starved and not self._sub.pending_msgs:
+            await downstream.ready()  # ask for nothing the next hop cannot take at once
+        if frames := share.regrant(_limit(downstream)):
+            await self._grant(frames)
+        if not share.starved or self._sub.pending_msgs:
+            return await self._receive(self._timeout_s)
+        # Nothing granted is unread and the budget is spent (other streams are queued):
+        # queue for credit, but an End or Error may come meanwhile.
+        want = share.request(_limit(downstream))
+        got = asyncio.ensure_future(self._receive(None))
+        try:
+            await asyncio.wait((want, got), timeout=self._timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if want.done():
+                await self._grant(share.accept())
+            elif not got.done():
+                raise errors.ServiceUnavailable("no download credit came free", retry_after_s=1)
+            try:
+                return await asyncio.wait_for(got, self._timeout_s)
+            except TimeoutError as exc:
+                self._stalled = True
+                raise errors.ServiceUnavailable("stream stalled", retry_after_s=1) from exc
+        finally:
+            share.withdraw()
+            got.cancel()
+
+    async def _receive(self, timeout_s: float | None) -> Msg:
+        try:
+            return await self._sub.next_msg(timeout=timeout_s)
+        except NatsTimeoutError as exc:
+            self._stalled = True
+            raise errors.ServiceUnavailable("stream stalled", retry_after_s=1) from exc
+
+    async def _grant(self, frames: int) -> None:
+        await self._nc.publish(self._credit_subject, wire.encode(wire.Credit(frames=frames)))
 
     async def _release(self, *, cancel: bool) -> None:
         if self._closed:
             return
         self._closed = True
-        if cancel and self._credit_subject:
-            await send_error(self._nc, self._credit_subject, errors.RequestTimeout("reader went away"))
-        await _unsubscribe(self._sub)
+        try:
+            if cancel and self._credit_subject:
+                await send_error(self._nc, self._credit_subject, errors.RequestTimeout("reader went away"))
+                if not self._stalled:
+                    await self._drain()
+        finally:
+            try:
+                await _unsubscribe(self._sub)  # drops the local subscription before it awaits
+            finally:
+                self._share.close()
+
+    async def _drain(self) -> None:
+        """After a cancel: take in the frames the sender was granted and may still send, up
+        to the ``Error`` (or ``End``) with which it stops, so that their credit is lent again
+        only once they are through; give up after ``timeout_s`` without a message.
+
+        (Not ``nc.flush()``: nats-py 2.16 leaves the future of a flush that is cancelled or
+        times out in its PONG queue, and the next PONG then kills the connection's reader.)
+        """
+        while self._share.held:
+            try:
+                msg = await self._sub.next_msg(timeout=self._timeout_s)
+            except Exception:  # noqa: BLE001 - timed out, or the connection is gone
+                return
+            if not is_frame(msg):
+                return
+            try:
+                self._share.frame_read()
+            except errors.S3Error:  # a frame beyond its credit: nothing more to wait for
+                return
 
     async def aclose(self) -> None:
-        """Stop early: tell the sender, release the inbox. Idempotent."""
+        """Stop early: tell the sender, release the inbox, return the credit. Idempotent."""
         await self._release(cancel=True)
+
+    def __del__(self) -> None:
+        # Dropped without aclose() (a bug of the caller's): at least the credit goes back,
+        # or the connection's budget would shrink for good.
+        if not self._closed:
+            with contextlib.suppress(Exception):
+                self._share.close()
 
 
 async def upload(

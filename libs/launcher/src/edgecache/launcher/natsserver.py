@@ -53,6 +53,9 @@ class NatsServer:
         store_dir: JetStream storage directory (created).
         port: client port; 0 picks a free one.
         max_payload_bytes: the server's ``max_payload`` (default 1 MiB, the NATS default).
+        max_pending_bytes: the server's per-connection ``max_pending``: bytes it buffers for
+            one client before it marks it a slow consumer and drops its messages; ``None``:
+            the server's default (64 MiB).
         host: listen address.
         authorization: an ``authorization {}`` block (users and permissions, see
             :func:`edgecache.launcher.natsauth.authorization_block`); ``None``: anyone may
@@ -68,6 +71,7 @@ class NatsServer:
         *,
         port: int = 0,
         max_payload_bytes: int = 1024 * 1024,
+        max_pending_bytes: int | None = None,
         host: str = "127.0.0.1",
         authorization: str | None = None,
         sync_interval: str | None = None,
@@ -76,6 +80,7 @@ class NatsServer:
         self.host = host
         self.port = port or free_port(host)
         self.max_payload_bytes = max_payload_bytes
+        self.max_pending_bytes = max_pending_bytes
         self.authorization = authorization
         self.sync_interval = sync_interval
         self.process: subprocess.Popen[bytes] | None = None
@@ -89,15 +94,14 @@ class NatsServer:
         caller that runs the process itself (``edgecache up``'s supervisor)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
+        lines = [f'listen: "{self.host}:{self.port}"', f"max_payload: {self.max_payload_bytes}"]
+        if self.max_pending_bytes is not None:
+            lines.append(f"max_pending: {self.max_pending_bytes}")
         jetstream = [f'  store_dir: "{self.store_dir / "jetstream"}"']
         if self.sync_interval is not None:
             jetstream.append(f"  sync_interval: {self.sync_interval}")
-        text = (
-            f'listen: "{self.host}:{self.port}"\n'
-            f"max_payload: {self.max_payload_bytes}\n"
-            "jetstream {\n" + "\n".join(jetstream) + "\n}\n"
-        )
-        write_private(conf, text + (self.authorization or ""))
+        lines.append("jetstream {\n" + "\n".join(jetstream) + "\n}")
+        write_private(conf, "\n".join(lines) + "\n" + (self.authorization or ""))
         return conf
 
     def start(self, *, timeout_s: float = 10.0, log_file: Path | None = None) -> None:

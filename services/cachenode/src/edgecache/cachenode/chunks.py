@@ -103,7 +103,7 @@ async def serve_chunk(node: CacheNode, msg: Msg) -> None:
             pieces = readthrough.read_chunk_span(
                 node, manifest, request.index, request.first,
                 size - 1 if request.last is None else request.last,
-                prefetch=request.prefetch, local_only=True,
+                prefetch=request.prefetch, local_only=True, downstream=tx,
             )
             started = False
             async for piece in pieces:

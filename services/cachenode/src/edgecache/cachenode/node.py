@@ -19,6 +19,7 @@ from edgecache.cachenode.fill import Filler
 from edgecache.cachenode.membership import LiveNodes
 from edgecache.common import errors, stream, subjects, wire
 from edgecache.common.catalog import Catalog, Entry
+from edgecache.common.credit import CreditBudget
 from edgecache.common.ids import new_id
 from edgecache.common.logging import get_logger
 
@@ -52,7 +53,11 @@ class Answered(Exception):
 
 @dataclass
 class CacheNode:
-    """State shared by every operation of one cache node."""
+    """State shared by every operation of one cache node.
+
+    ``credit`` is the download credit of ``nc``: every chunk this node reads from a peer
+    takes its credit from there (``nats.download_credit_bytes``).
+    """
 
     nc: NATS
     state: State
@@ -63,6 +68,7 @@ class CacheNode:
     catalog: Catalog = field(init=False)
     filler: Filler = field(init=False)
     live: LiveNodes = field(init=False)
+    credit: CreditBudget = field(init=False)
     started: float = field(default_factory=now)
     counters: Counters = field(default_factory=Counters)
 
@@ -77,6 +83,7 @@ class CacheNode:
             run_bytes=self.config.cachenode.fill_run_bytes,
         )
         self.live = LiveNodes(self.state.nodes, self.node_id, refresh_s=self.config.cachenode.heartbeat_s)
+        self.credit = CreditBudget(self.nc, max_bytes=self.config.nats.download_credit_bytes)
 
     @property
     def chunk_bytes(self) -> int:

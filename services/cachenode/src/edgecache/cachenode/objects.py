@@ -163,8 +163,9 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
         first, last = span if span else (0, manifest.size - 1)
         await tx.start(info_of(manifest, first=span[0] if span else None, last=span[1] if span else None))
         if manifest.size:
-            async for piece in readthrough.read(node, manifest, first, last):
+            async for piece in readthrough.read(node, manifest, first, last, downstream=tx):
                 await tx.send(piece)
+                del piece  # a whole chunk: not kept alive while the next one is read
         await tx.end()
     except ChunkMissing as exc:
         error = errors.ServiceUnavailable(f"chunk {exc} is unavailable", retry_after_s=1)

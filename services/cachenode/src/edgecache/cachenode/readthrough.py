@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from edgecache.cachenode.chunkstore import ChunkCorrupt, ChunkMissing
-from edgecache.common import errors, peers, placement, wire
+from edgecache.common import errors, peers, placement, stream, wire
 from edgecache.common.ids import new_id
 from edgecache.common.logging import get_logger
 
@@ -158,11 +158,13 @@ async def read_chunk_span(
     *,
     prefetch: int = 0,
     local_only: bool = False,
+    downstream: stream.Downstream | None = None,
 ) -> AsyncIterator[bytes]:
     """Bytes ``first..last`` (inclusive) of chunk ``index`` of ``manifest``, from the best
     source (see the module docstring). ``prefetch``: how many chunks after this one the
     reader will want (fills may take them in); ``local_only``: do not ask the owner (we
-    are it).
+    are it); ``downstream``: the sender the bytes go to — a chunk is read from disk only
+    once it has credit, and a peer is asked for no more than that credit.
 
     Raises:
         ChunkMissing: a dirty chunk is on no reachable node (it cannot come from the origin).
@@ -171,6 +173,8 @@ async def read_chunk_span(
     chunk = manifest.chunks[index]
     fill = node.filler.active.get(chunk.id)
     if fill is None:
+        if downstream is not None:
+            await downstream.ready()  # hold no chunk in memory while the reader takes nothing
         try:
             data = await node.store.read(chunk.id, first, last)
             node.counters.hits += 1
@@ -189,6 +193,8 @@ async def read_chunk_span(
         opened = await peers.open_chunk(
             node.nc,
             sources,
+            budget=node.credit,
+            downstream=downstream,
             window=node.config.cachenode.window_frames,
             timeout_s=node.config.nats.request_timeout_s,
         )
@@ -228,9 +234,17 @@ def _ahead(node: CacheNode, manifest: wire.Manifest, index: int, wanted: int) ->
     return out
 
 
-async def read(node: CacheNode, manifest: wire.Manifest, first: int, last: int) -> AsyncIterator[bytes]:
+async def read(
+    node: CacheNode,
+    manifest: wire.Manifest,
+    first: int,
+    last: int,
+    *,
+    downstream: stream.Downstream | None = None,
+) -> AsyncIterator[bytes]:
     """Bytes ``first..last`` (inclusive) of ``manifest``'s version, in order, chunk by chunk,
     each piece as soon as it is available. Only the chunks covering the range are filled.
+    ``downstream``: the sender the bytes go to (see :func:`read_chunk_span`).
 
     Raises:
         ChunkMissing, ServiceUnavailable, PreconditionFailed: see :func:`read_chunk_span`.
@@ -238,6 +252,10 @@ async def read(node: CacheNode, manifest: wire.Manifest, first: int, last: int) 
     spans = chunk_spans(manifest.chunks, first, last)
     last_index = spans[-1][0] if spans else -1
     for index, cfirst, clast in spans:
-        async for piece in read_chunk_span(node, manifest, index, cfirst, clast, prefetch=last_index - index):
+        pieces = read_chunk_span(
+            node, manifest, index, cfirst, clast, prefetch=last_index - index, downstream=downstream
+        )
+        async for piece in pieces:
             node.counters.bytes_out += len(piece)
             yield piece
+            del piece  # a whole chunk: not kept alive while the next one is read

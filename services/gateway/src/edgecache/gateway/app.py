@@ -19,6 +19,7 @@ from litestar.exceptions import HTTPException
 
 from edgecache.common import errors
 from edgecache.common.client import EdgecacheClient
+from edgecache.common.credit import CreditBudget
 from edgecache.common.logging import get_logger
 from edgecache.gateway import sigv4
 from edgecache.gateway.exchange import Exchange
@@ -116,8 +117,8 @@ def create_app(
     """Build the gateway's ASGI app around a connected NATS client.
 
     Args:
-        config: the whole config (``gateway`` for credentials and region, ``nats`` for the
-            request timeout).
+        config: the whole config (``gateway`` for credentials, region and download window,
+            ``nats`` for the request timeout and the connection's download credit).
         nc: a connected nats-py client; the caller owns (and drains) it.
         client: the ``s3.*`` client to use instead of one built on ``nc`` (``nc`` may then
             be ``None``).
@@ -139,7 +140,10 @@ def create_app(
             if nc is None:
                 raise ValueError("create_app needs a NATS connection or a client")
             s3_client = EdgecacheClient(
-                nc, timeout_s=config.nats.request_timeout_s, window_frames=gw.window_frames
+                nc,
+                timeout_s=config.nats.request_timeout_s,
+                window_frames=gw.window_frames,
+                budget=CreditBudget(nc, max_bytes=config.nats.download_credit_bytes),
             )
         else:
             s3_client = client

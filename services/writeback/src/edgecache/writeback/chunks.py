@@ -14,7 +14,7 @@ Before the last piece is handed over, the whole body is checked against the mani
 origin that stops reading after ``size`` bytes still never commits unchecked bytes.
 
 Memory: at most two download windows (``window_frames`` frames of up to ``max_payload``
-bytes each) plus one held piece.
+bytes each, lent by the connection's credit budget) plus one held piece.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
+
+    from edgecache.common.credit import CreditBudget
 
 __all__ = ["ObjectBody"]
 
@@ -49,7 +51,8 @@ class ObjectBody:
         nc: the NATS connection.
         manifest: the (dirty) manifest whose chunks to read; ``ChunkRef.nodes`` when set,
             else ``manifest.nodes``, say who holds each chunk.
-        window_frames: download credit per chunk stream, in frames.
+        credit: the download credit of ``nc`` (shared by every download on it).
+        window_frames: most download credit per chunk stream, in frames.
         timeout_s: how long to wait for a node's first answer or its next frame, seconds.
         prefetch: open the next chunk's stream while the current one drains.
         before_last: awaited after every byte has been read and checked, before the last
@@ -71,6 +74,7 @@ class ObjectBody:
         nc: NATS,
         manifest: wire.Manifest,
         *,
+        credit: CreditBudget,
         window_frames: int = 8,
         timeout_s: float = 30.0,
         prefetch: bool = True,
@@ -78,6 +82,7 @@ class ObjectBody:
     ) -> None:
         self._nc = nc
         self._manifest = manifest
+        self._credit = credit
         self._window = max(1, window_frames)
         self._timeout = timeout_s
         self._prefetch = prefetch
@@ -116,6 +121,7 @@ class ObjectBody:
         opened = await peers.open_chunk(
             self._nc,
             [(node, request) for node in order],
+            budget=self._credit,
             window=self._window,
             timeout_s=self._timeout,
             on_failure=failed,

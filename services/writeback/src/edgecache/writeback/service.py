@@ -40,6 +40,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from edgecache.common import errors, subjects, wire
 from edgecache.common.catalog import Catalog
+from edgecache.common.credit import CreditBudget
 from edgecache.common.jetstream import ensure_state
 from edgecache.common.logging import get_logger
 from edgecache.common.runtime import connect_nats
@@ -119,9 +120,11 @@ class WritebackService:
             noticed.
         shutdown_grace_s: on stop, how long in-flight intents may run before they are
             cancelled and ``nak``-ed for another replica.
-        window_frames: download credit per chunk stream, frames.
+        window_frames: most download credit per chunk stream, frames.
         chunk_timeout_s: wait for a cache node's answer or next frame, seconds.
         prefetch: open the next chunk's stream while the origin consumes the current one.
+        credit: the download credit of ``nc`` that every chunk stream takes from;
+            default: one of its own, of ``DEFAULT_CREDIT_BYTES``.
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class WritebackService:
         window_frames: int = 8,
         chunk_timeout_s: float = 30.0,
         prefetch: bool = True,
+        credit: CreditBudget | None = None,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -151,6 +155,7 @@ class WritebackService:
             Catalog(nc, state),
             state.buckets,
             origin,
+            credit=credit if credit is not None else CreditBudget(nc),
             window_frames=window_frames,
             chunk_timeout_s=chunk_timeout_s,
             prefetch=prefetch,
@@ -438,5 +443,6 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             config.writeback,
             chunk_timeout_s=config.nats.request_timeout_s,
             window_frames=config.cachenode.window_frames,
+            credit=CreditBudget(nc, max_bytes=config.nats.download_credit_bytes),
         )
         await service.run(stop)

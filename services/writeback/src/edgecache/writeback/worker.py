@@ -35,6 +35,7 @@ import msgspec
 from nats.js.errors import APIError, KeyNotFoundError
 
 from edgecache.common import errors, wire
+from edgecache.common.credit import CreditBudget
 from edgecache.common.logging import get_logger
 from edgecache.writeback.chunks import ObjectBody
 
@@ -100,7 +101,8 @@ class IntentApplier:
         catalog: the manifests (KV ``objects``).
         buckets: KV ``buckets`` (bucket records and tombstones).
         origin: where objects go.
-        window_frames: download credit per chunk stream, in frames.
+        credit: the download credit of ``nc``, shared by every chunk stream.
+        window_frames: most download credit per chunk stream, in frames.
         chunk_timeout_s: wait for a cache node's answer or next frame, seconds.
         prefetch: open the next chunk's stream while the origin consumes the current one.
         max_uploads: origin uploads at once (each buffers up to a part or a small object):
@@ -114,6 +116,7 @@ class IntentApplier:
         buckets: KeyValue,
         origin: Origin,
         *,
+        credit: CreditBudget,
         window_frames: int = 8,
         chunk_timeout_s: float = 30.0,
         prefetch: bool = True,
@@ -124,6 +127,7 @@ class IntentApplier:
         self._catalog = catalog
         self._buckets = buckets
         self._origin = origin
+        self._credit = credit
         self._window = window_frames
         self._chunk_timeout = chunk_timeout_s
         self._prefetch = prefetch
@@ -194,6 +198,7 @@ class IntentApplier:
         body = ObjectBody(
             self._nc,
             m,
+            credit=self._credit,
             window_frames=self._window,
             timeout_s=self._chunk_timeout,
             prefetch=self._prefetch,
