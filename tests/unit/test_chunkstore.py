@@ -389,6 +389,34 @@ async def test_mark_clean_and_delete_are_idempotent(open_store: OpenStore) -> No
     assert store.stats.used_bytes == 5
 
 
+async def test_a_read_racing_mark_clean_finds_the_chunk_where_it_went(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mark_clean renames the file before it updates the index: a read in between found
+    no file under the dirty path, took the chunk for vanished and deleted it (a GET cut
+    by the write-back marking its object clean)."""
+    store = await open_store()
+    await put(store, "w.0", b"being written back", dirty=True)
+    renamed, resume = threading.Event(), threading.Event()
+    real = chunkstore.rename_many
+
+    def rename_then_wait(moves):  # type: ignore[no-untyped-def]
+        result = real(moves)
+        renamed.set()
+        resume.wait(10)
+        return result
+
+    monkeypatch.setattr(chunkstore, "rename_many", rename_then_wait)
+    cleaning = asyncio.create_task(store.mark_clean(["w.0"]))
+    await asyncio.to_thread(renamed.wait, 10)
+    reading = asyncio.create_task(store.read("w.0"))  # the dirty file is gone, the index not yet told
+    await asyncio.sleep(0.2)
+    resume.set()
+    await cleaning
+    assert await reading == b"being written back"
+    assert store.has("w.0") and not store.is_dirty("w.0")
+
+
 async def test_recommit_replaces(open_store: OpenStore) -> None:
     store = await open_store()
     await put(store, "r.0", payload(100), dirty=False)

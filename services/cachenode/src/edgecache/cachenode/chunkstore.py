@@ -313,8 +313,15 @@ class ChunkStore:
             try:
                 payload = await asyncio.to_thread(read_verified, path)
             except FileNotFoundError:
-                if self._index.get(chunk_id) is entry and self._path(chunk_id, entry.dirty) == path:
-                    # not moved by mark_clean nor replaced: the file vanished under us
+                # mark_clean renames the file before it updates the index (under the chunk's
+                # lock): wait for a change in progress to finish before judging
+                await self._locks.acquire(chunk_id)
+                try:
+                    same = self._index.get(chunk_id) is entry
+                    vanished = same and self._path(chunk_id, entry.dirty) == path and not path.exists()
+                finally:
+                    self._locks.release(chunk_id)
+                if vanished:  # not moved by mark_clean nor replaced: gone from under us
                     log.warning("chunk file vanished", chunk_id=chunk_id, path=str(path))
                     await self._drop(chunk_id, entry)
                     raise ChunkMissing(chunk_id) from None
