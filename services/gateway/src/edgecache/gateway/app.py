@@ -25,6 +25,7 @@ from edgecache.gateway.exchange import Exchange
 from edgecache.gateway.handlers import HANDLERS
 from edgecache.gateway.operations import Operation
 from edgecache.gateway.responses import StreamCutFilter, error_response
+from edgecache.gateway.shortcircuit import LocalReads
 from edgecache.gateway.state import GatewayState
 
 if TYPE_CHECKING:
@@ -152,6 +153,7 @@ def create_app(
             wrap_body=wrap_body,
             memtier=memtier if coherent else None,
             invalidations=invalidations if coherent else None,
+            local=LocalReads(gw.short_circuit_buffers) if gw.short_circuit and client is None else None,
         )
         if coherent:
             assert invalidations is not None and nc is not None
