@@ -92,7 +92,17 @@ async def _cached_object(node: Any, client: EdgecacheClient, bucket: str, key: s
     await origin_put(node, bucket, key, data, content_type="application/x-test")
     _, got = await client.get_object_bytes(bucket, key)
     assert got == data
+    await _wait_committed(node, bucket, key)
     return data
+
+
+async def _wait_committed(node: Any, bucket: str, key: str) -> None:
+    manifest = (await node.catalog.get(bucket, key)).manifest
+    for _ in range(500):
+        if all(node.store.has(c.id) and c.id not in node.filler.active for c in manifest.chunks):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the fill did not commit")
 
 
 async def _wait_no_leases(node: Any) -> None:
@@ -129,6 +139,10 @@ async def test_short_circuit_and_stream_give_identical_bytes(
         assert local.local.plans == plans + 1, range_  # the short-circuit path was taken
         assert local.local.completed == completed + 1, range_
     assert local.local.fallbacks == 0 and local.local.resumed == 0
+    # more readers at once than buffers: all whole, every buffer given back
+    bodies = await asyncio.gather(*(_get(local, bucket_name, "big/obj") for _ in range(8)))
+    assert all(b == data for b in bodies)
+    assert local.local.in_use == 0
     await _wait_no_leases(cachenode)
     assert cachenode.store.leases.released >= len(RANGES)
 
@@ -233,6 +247,7 @@ async def test_a_cold_object_is_streamed_then_planned_once_cached(
     assert isinstance(reply, wire.ObjectInfo) and body is not None
     assert b"".join([piece async for piece in body]) == data
     assert cachenode.counters.plans == plans
+    await _wait_committed(cachenode, bucket_name, "cold")  # bytes stream before the fill commits
     reply, body = await client.get_object_or_plan(request)
     assert isinstance(reply, wire.ReadPlan) and body is None
     assert cachenode.counters.plans == plans + 1

@@ -32,7 +32,15 @@ from pathlib import Path
 
 import crc32c
 
-__all__ = ["MAGIC", "TRAILER", "VERSION", "InvalidChunk", "pack_trailer", "read_verified"]
+__all__ = [
+    "MAGIC",
+    "TRAILER",
+    "VERSION",
+    "InvalidChunk",
+    "pack_trailer",
+    "read_verified",
+    "read_verified_into",
+]
 
 TRAILER = struct.Struct("<4sBBHQI")
 """The 20-byte chunk trailer: magic, version, flags, reserved, payload length, CRC32C."""
@@ -81,12 +89,59 @@ def read_verified(path: Path | str, *, touch: bool = True) -> bytes:
         raise
     if len(payload) != length or len(trailer) != TRAILER.size:
         raise InvalidChunk("file changed size while being read")
+    _verify(trailer, payload)
+    return payload
+
+
+def read_verified_into(path: Path | str, buffer: bytearray) -> memoryview:
+    """:func:`read_verified` into ``buffer`` (grown if smaller than the file; not touched):
+    for a reader that reuses its buffers. Returns a view of the payload in ``buffer``;
+    release it before resizing ``buffer``.
+
+    Raises:
+        As :func:`read_verified`.
+    """
+    try:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= TRAILER.size:
+                raise InvalidChunk(f"file of {size} B is too short")
+            if len(buffer) < size:
+                buffer.extend(bytes(size - len(buffer)))
+            with memoryview(buffer) as whole:
+                view = whole[:size]
+                done = 0
+                while done < size:
+                    n = f.readinto(view[done:])
+                    if not n:
+                        break
+                    done += n
+                grown = f.read(1)
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            raise InvalidChunk(f"I/O error: {exc}") from exc
+        raise
+    if done != size or grown:
+        view.release()
+        raise InvalidChunk("file changed size while being read")
+    length = size - TRAILER.size
+    payload = view[:length]
+    try:
+        _verify(bytes(view[length:]), payload)
+    except InvalidChunk:
+        payload.release()
+        view.release()
+        raise
+    view.release()
+    return payload
+
+
+def _verify(trailer: bytes, payload: bytes | memoryview) -> None:
     magic, version, flags, reserved, stored_length, stored_crc = TRAILER.unpack(trailer)
     if (magic, version, flags, reserved) != (MAGIC, VERSION, 0, 0):
         raise InvalidChunk(f"bad trailer {trailer.hex()}")
-    if stored_length != length:
-        raise InvalidChunk(f"trailer says {stored_length} B, file holds {length} B")
+    if stored_length != len(payload):
+        raise InvalidChunk(f"trailer says {stored_length} B, file holds {len(payload)} B")
     crc = crc32c.crc32c(payload)
     if crc != stored_crc:
         raise InvalidChunk(f"crc32c {crc:08x} != stored {stored_crc:08x}")
-    return payload

@@ -145,6 +145,7 @@ def create_app(
         else:
             s3_client = client
         coherent = memtier is not None and invalidations is not None and nc is not None
+        local = LocalReads(gw.short_circuit_buffers) if gw.short_circuit and client is None else None
         app.state.gateway = GatewayState(
             client=s3_client,
             config=gw,
@@ -153,7 +154,7 @@ def create_app(
             wrap_body=wrap_body,
             memtier=memtier if coherent else None,
             invalidations=invalidations if coherent else None,
-            local=LocalReads(gw.short_circuit_buffers) if gw.short_circuit and client is None else None,
+            local=local,
         )
         if coherent:
             assert invalidations is not None and nc is not None
@@ -166,6 +167,8 @@ def create_app(
             yield
         finally:
             server_log.removeFilter(cut_filter)
+            if local is not None:
+                local.close()
             if coherent:
                 assert invalidations is not None
                 await invalidations.stop()

@@ -4,7 +4,7 @@ from the node's chunk files by the gateway itself, instead of through nats-serve
 The gateway asks with its host id (``wire.GetObject.local_host``). A node on another host,
 or one missing a chunk of the range, streams as usual. A node on this host holding every
 chunk answers a :class:`~edgecache.common.wire.ReadPlan`; then, for each chunk in order,
-the gateway reads the whole chunk file in a thread (one large read), verifies its trailer
+the gateway reads the whole chunk file in a thread of its own (one large read), verifies its trailer
 and CRC32C (:func:`edgecache.common.chunkfile.read_verified`, the node's own check) and
 sends the planned slice. A byte that fails its check is never sent:
 
@@ -16,10 +16,13 @@ sends the planned slice. A byte that fails its check is never sent:
 
 The node re-reads a corrupt chunk itself on the streamed GET, drops it and fetches it again.
 
-**Memory.** A chunk is read whole to be verified: each read holds one buffer of at most
-``cachenode.chunk_bytes`` (8 MiB) from before the read until the next piece is asked for
-(so until the HTTP server has taken the slice). At most ``gateway.short_circuit_buffers``
-(default 4) such buffers exist per worker process: 32 MiB with the defaults.
+**Memory.** A chunk is read whole to be verified, into one of the worker's reusable
+buffers (at most ``cachenode.chunk_bytes``, 8 MiB, each); at most
+``gateway.short_circuit_buffers`` (default 4) exist per worker process — 32 MiB with the
+defaults — and a GET holds one from before its read until the HTTP server has taken the
+last of its slice, which is handed over in pieces of at most :data:`SEND_BYTES` (1 MiB) so
+the server's own send buffer stays small. A read cancelled mid-way gives its buffer back
+only when its thread is done with it.
 
 The lease is released (a message to the node) when the last chunk was read, when the
 client goes away, or on any failure; the node drops it by itself after ``lease_s``.
@@ -30,35 +33,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from edgecache.common import errors, wire
-from edgecache.common.chunkfile import InvalidChunk, read_verified
+from edgecache.common.chunkfile import InvalidChunk, read_verified_into
 from edgecache.common.hostid import host_id
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
     from edgecache.common.client import EdgecacheClient
 
-__all__ = ["LocalReads", "PlanBody", "get_object", "read_piece"]
+__all__ = ["SEND_BYTES", "LocalReads", "PlanBody", "get_object", "read_piece"]
 
 log = get_logger(__name__)
 
+SEND_BYTES = 1024 * 1024
+"""The largest piece handed to the HTTP server at once."""
+
 
 class LocalReads:
-    """The short-circuit reads of one gateway worker process: its host id, the buffer
-    bound and counters.
+    """The short-circuit reads of one gateway worker process: its host id, its chunk
+    buffers and counters.
 
     Args:
-        buffers: chunk buffers held at once, at most (``gateway.short_circuit_buffers``).
+        buffers: chunk buffers, at most (``gateway.short_circuit_buffers``).
         host: this host's id; default :func:`~edgecache.common.hostid.host_id`.
     """
 
     def __init__(self, buffers: int = 4, *, host: str | None = None) -> None:
         self.host = host_id() if host is None else host
-        self.buffers = asyncio.Semaphore(max(1, buffers))
+        self._buffers = max(1, buffers)
+        self._slots = asyncio.Semaphore(self._buffers)
+        # its own threads (one per buffer): reads never wait behind other blocking work
+        self._pool = ThreadPoolExecutor(self._buffers, thread_name_prefix="shortcircuit")
+        self._free: list[bytearray] = []  # buffers not in use (made on first need)
         self.plans = 0  # GETs answered with a read plan
         self.completed = 0  # plans whose every byte was read from the files
         self.fallbacks = 0  # plans given up before the first byte: streamed instead
@@ -66,9 +77,32 @@ class LocalReads:
         self.failed_chunks = 0  # chunk files missing, unreadable or failing their check
         self.bytes = 0  # bytes read from chunk files and sent
 
+    @property
+    def in_use(self) -> int:
+        """Buffers held by reads now."""
+        return self._buffers - self._slots._value  # noqa: SLF001 - asyncio has no public count
 
-def read_piece(piece: wire.PlanPiece) -> bytes:
-    """The planned bytes of one chunk file, after verifying the whole chunk (blocking).
+    async def read(self, piece: wire.PlanPiece, buffer: bytearray) -> memoryview:
+        """:func:`read_piece` in one of this worker's reader threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, read_piece, piece, buffer)
+
+    def close(self) -> None:
+        """Stop the reader threads (after the reads in progress)."""
+        self._pool.shutdown(wait=False)
+
+    async def take(self) -> bytearray:
+        """A buffer, waiting while all are in use. Give it back with :meth:`give_back`."""
+        await self._slots.acquire()
+        return self._free.pop() if self._free else bytearray()
+
+    def give_back(self, buffer: bytearray) -> None:
+        self._free.append(buffer)
+        self._slots.release()
+
+
+def read_piece(piece: wire.PlanPiece, buffer: bytearray) -> memoryview:
+    """The planned bytes of one chunk file, read into ``buffer`` after verifying the whole
+    chunk (blocking). Returns a view into ``buffer``.
 
     Raises:
         FileNotFoundError: the file is at none of ``piece.paths``.
@@ -77,14 +111,13 @@ def read_piece(piece: wire.PlanPiece) -> bytes:
     """
     for path in piece.paths:
         try:
-            payload = read_verified(path, touch=False)
+            payload = read_verified_into(path, buffer)
         except FileNotFoundError:
             continue
-        if len(payload) != piece.chunk_size:
-            raise InvalidChunk(f"{len(payload)} B, the plan says {piece.chunk_size}")
-        if piece.offset == 0 and piece.length == len(payload):
-            return payload
-        return payload[piece.offset : piece.offset + piece.length]
+        with payload:
+            if len(payload) != piece.chunk_size:
+                raise InvalidChunk(f"{len(payload)} B, the plan says {piece.chunk_size}")
+            return payload[piece.offset : piece.offset + piece.length]
     raise FileNotFoundError(piece.paths[0] if piece.paths else piece.chunk_id)
 
 
@@ -100,8 +133,8 @@ class PlanBody:
         self._plan = plan
         self._next = 0  # index of the next piece to read
         self._position = plan.info.range_first or 0  # object offset of the next byte
-        self._head: bytes | None = None
-        self._held = False  # a buffer permit
+        self._buffer: bytearray | None = None  # held while its data is being sent
+        self._data: memoryview | None = None  # the rest of the current piece, in the buffer
         self._leased = True
         self._rest: AsyncIterator[bytes] | None = None  # the streamed remainder
         self._closed = False
@@ -112,7 +145,7 @@ class PlanBody:
         Raises:
             FileNotFoundError, InvalidChunk, OSError: it cannot be read; nothing was sent.
         """
-        self._head = await self._read()
+        await self._read()
 
     def __aiter__(self) -> PlanBody:
         return self
@@ -121,13 +154,13 @@ class PlanBody:
         if self._closed:
             raise StopAsyncIteration
         try:
-            if self._head is not None:
-                head, self._head = self._head, None
-                return head
+            if self._data is not None:
+                return self._send()
             self._unhold()
             if self._rest is None and self._next < len(self._plan.pieces):
                 try:
-                    return await self._read()
+                    await self._read()
+                    return self._send()
                 except (OSError, InvalidChunk) as exc:
                     self._local.failed_chunks += 1
                     log.warning("shortcircuit.resume", chunk_id=self._plan.pieces[self._next].chunk_id, reason=str(exc))
@@ -151,7 +184,6 @@ class PlanBody:
         if self._closed:
             return
         self._closed = True
-        self._head = None
         self._unhold()
         await self._release_lease()
         if self._rest is not None:
@@ -163,20 +195,45 @@ class PlanBody:
     def __del__(self) -> None:  # a body dropped without aclose() (response never started)
         self._unhold()
 
-    async def _read(self) -> bytes:
+    async def _read(self) -> None:
+        """Read and verify the next piece into a buffer (``_data``)."""
         piece = self._plan.pieces[self._next]
-        await self._local.buffers.acquire()
-        self._held = True
-        data = await asyncio.to_thread(read_piece, piece)
+        buffer = await self._local.take()
+        reading = asyncio.ensure_future(self._local.read(piece, buffer))
+        try:
+            data = await asyncio.shield(reading)
+        except asyncio.CancelledError:  # the thread still writes into the buffer
+            reading.add_done_callback(lambda _: self._local.give_back(buffer))
+            raise
+        except BaseException:
+            self._local.give_back(buffer)
+            raise
+        self._buffer, self._data = buffer, data
         self._next += 1
         self._position += len(data)
         self._local.bytes += len(data)
-        return data
+
+    def _send(self) -> bytes:
+        """The next at most :data:`SEND_BYTES` of the current piece (a copy: the buffer is
+        reused once the piece is done)."""
+        assert self._data is not None
+        piece = bytes(self._data[:SEND_BYTES])
+        rest = self._data[SEND_BYTES:]
+        self._data.release()
+        if len(rest):
+            self._data = rest
+        else:
+            rest.release()
+            self._data = None
+        return piece
 
     def _unhold(self) -> None:
-        if self._held:
-            self._held = False
-            self._local.buffers.release()
+        if self._data is not None:
+            self._data.release()
+            self._data = None
+        if self._buffer is not None:
+            buffer, self._buffer = self._buffer, None
+            self._local.give_back(buffer)
 
     async def _release_lease(self) -> None:
         if self._leased:
