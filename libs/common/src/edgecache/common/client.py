@@ -137,6 +137,36 @@ class EdgecacheClient:
             await body.aclose()  # type: ignore[attr-defined]
         return _expect(reply, wire.ObjectInfo), body
 
+    async def get_object_or_plan(
+        self, request: wire.GetObject
+    ) -> tuple[wire.ObjectInfo, AsyncIterator[bytes]] | tuple[wire.ReadPlan, None]:
+        """Start a download that a node on this host may answer with a read plan (set
+        ``request.local_host``; see docs/protocol.md, short-circuit reads).
+
+        Returns:
+            ``(ObjectInfo, bytes)`` as :meth:`get_object` when the node streams, or
+            ``(ReadPlan, None)``: read the plan's files, then :meth:`release_lease`.
+        """
+        reply, body = await stream.download(
+            self.nc,
+            operation_of(request),
+            request,
+            window=self.window_frames,
+            timeout_s=self.timeout_s,
+        )
+        if isinstance(reply, wire.ReadPlan):
+            await body.aclose()  # type: ignore[attr-defined]  # no stream was opened: frees the inbox
+            return reply, None
+        return _expect(reply, wire.ObjectInfo), body
+
+    async def release_lease(self, plan: wire.ReadPlan) -> None:
+        """Tell the node that answered ``plan`` that its files are no longer read (best
+        effort: the lease expires anyway after ``plan.lease_s``)."""
+        try:
+            await self.nc.publish(plan.release_subject, wire.encode(wire.LeaseRelease(lease_id=plan.lease_id)))
+        except Exception:  # noqa: BLE001 - the connection is closed: the lease expires
+            pass
+
     async def get_object_bytes(self, bucket: str, key: str) -> tuple[wire.ObjectInfo, bytes]:
         """The whole object in memory: for small objects and tests."""
         info, body = await self.get_object(wire.GetObject(bucket=bucket, key=key))

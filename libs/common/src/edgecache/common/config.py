@@ -66,6 +66,9 @@ class GatewayConfig(msgspec.Struct, **_OPTS):
     memory_tier_bytes: int = 128 * MiB  # the memory tier's capacity, all workers together (0: off)
     memory_tier_gate_bytes: int = MiB  # largest object it holds
     workers: int = 0  # processes sharing the port (SO_REUSEPORT); 0: one per core
+    # read cache hits straight from a cache node's chunk files on this host (docs/protocol.md)
+    short_circuit: bool = True
+    short_circuit_buffers: int = 4  # chunk buffers (<= chunk_bytes each) per worker process
 
 
 class CacheNodeConfig(msgspec.Struct, **_OPTS):
@@ -83,6 +86,7 @@ class CacheNodeConfig(msgspec.Struct, **_OPTS):
     stale_if_error: bool = True  # serve a cached object when the origin is unreachable
     window_frames: int = 8  # frames in flight per upload stream
     stream_idle_timeout_s: float = 30.0
+    lease_s: float = 30.0  # a short-circuit read plan pins its chunks at most this long
 
 
 class WritebackConfig(msgspec.Struct, **_OPTS):

@@ -47,6 +47,7 @@ __all__ = [
     "Heartbeat",
     "Invalidation",
     "Intent",
+    "LeaseRelease",
     "ListBuckets",
     "ListObjects",
     "ListObjectsResult",
@@ -63,7 +64,9 @@ __all__ = [
     "Ok",
     "PartInfo",
     "PartRecord",
+    "PlanPiece",
     "PutObject",
+    "ReadPlan",
     "Reply",
     "Request",
     "UploadPart",
@@ -140,6 +143,9 @@ class GetObject(msgspec.Struct, **_OPTS, tag="getobject.v1"):
 
     ``range`` is the raw HTTP ``Range`` header (``bytes=first-last``, ``bytes=first-``,
     ``bytes=-suffix``); the reply's ``range_first``/``range_last`` say what is sent.
+    ``local_host`` (opt-in short-circuit read): the requester's host id
+    (:func:`edgecache.common.hostid.host_id`); a node on the same host holding every chunk
+    of the range may answer :class:`ReadPlan` instead of the stream.
     Errors: NoSuchBucket, NoSuchKey, InvalidRange.
     """
 
@@ -148,6 +154,7 @@ class GetObject(msgspec.Struct, **_OPTS, tag="getobject.v1"):
     bucket: str
     key: str
     range: str | None = None
+    local_host: str | None = None
 
 
 class HeadObject(msgspec.Struct, **_OPTS, tag="headobject.v1"):
@@ -385,6 +392,45 @@ class End(msgspec.Struct, **_OPTS, tag="end.v1"):
     checksums: dict[str, str] = {}
 
 
+class PlanPiece(msgspec.Struct, frozen=True, kw_only=True):
+    """One chunk file of a :class:`ReadPlan` and the part of it to send.
+
+    ``paths``: absolute paths where the chunk file may be, in order (the first that
+    exists; a chunk marked clean meanwhile moves to the second). The file is a chunk file
+    (:mod:`edgecache.common.chunkfile`) whose payload is ``chunk_size`` bytes; send payload
+    bytes ``offset`` .. ``offset + length - 1``.
+    """
+
+    chunk_id: str
+    paths: list[str]
+    chunk_size: int
+    offset: int
+    length: int
+
+
+class ReadPlan(msgspec.Struct, **_OPTS, tag="readplan.v1"):
+    """``s3.getobject`` with ``local_host``, answered by a node on the requester's host: the
+    bytes of ``info``'s range (the whole object when ``range_first`` is ``None``) are the
+    ``pieces``, in order, read from the node's chunk files, verified (trailer CRC32C) by the
+    reader. The chunks are pinned against eviction until ``lease_id`` is released (a
+    :class:`LeaseRelease` published to ``release_subject``) or ``lease_s`` seconds pass.
+    No stream follows; to get the bytes streamed instead, ask again without ``local_host``.
+    """
+
+    info: ObjectInfo
+    pieces: list[PlanPiece]
+    lease_id: str
+    lease_s: float
+    release_subject: str
+
+
+class LeaseRelease(msgspec.Struct, **_OPTS, tag="lease.release.v1"):
+    """Published (no reply) to a :class:`ReadPlan`'s ``release_subject``: the reader is done
+    with the plan's files."""
+
+    lease_id: str
+
+
 Reply = (
     Ok
     | Error
@@ -397,6 +443,7 @@ Reply = (
     | ListPartsResult
     | Credit
     | End
+    | ReadPlan
 )
 
 

@@ -8,19 +8,9 @@ On-disk layout (``root`` is ``CacheNodeConfig`` / ``Config.cachenode_dir()``)::
 
 ``<id>`` is ``[A-Za-z0-9._-]{1,200}`` except ``.`` and ``..`` (see :func:`validate_chunk_id`).
 ``<ss>`` is the shard, two lowercase hex digits: ``crc32c(id as ASCII) & 0xFF`` (256 shards
-per state, all created at open). A chunk file is the payload followed by a 20-byte
-little-endian trailer (``struct`` format ``<4sBBHQI``, :data:`TRAILER`):
-
-    ======  =====  ==================================================
-    offset  bytes  field
-    ======  =====  ==================================================
-    0       4      magic ``b"ECCK"``
-    4       1      format version, 1
-    5       1      flags, 0
-    6       2      reserved, 0
-    8       8      payload length in bytes (= file size - 20)
-    16      4      CRC32C (Castagnoli) of the payload
-    ======  =====  ==================================================
+per state, all created at open). A chunk file is the payload followed by a 20-byte trailer holding its length and CRC32C;
+the format and its reader, :func:`read_verified`, live in :mod:`edgecache.common.chunkfile`
+(the gateway's short-circuit reads use them too) and are re-exported here.
 
 A write streams into ``tmp/`` (:func:`open_tmp`, :func:`append`), appends the trailer and
 fsyncs the file (:func:`seal`), renames it into ``dirty/`` or ``clean/`` (:func:`replace`)
@@ -33,18 +23,16 @@ Everything here blocks: the store and its writer call it through ``asyncio.to_th
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import secrets
-import struct
-import time
 from pathlib import Path
 from typing import BinaryIO
 
 import crc32c
 import structlog
 
+from edgecache.common.chunkfile import TRAILER, InvalidChunk, pack_trailer, read_verified
 from edgecache.common.durable import fsync_dir
 
 __all__ = [
@@ -70,10 +58,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-TRAILER = struct.Struct("<4sBBHQI")
-"""The 20-byte chunk trailer: magic, version, flags, reserved, payload length, CRC32C."""
-_MAGIC = b"ECCK"
-_VERSION = 1
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _TMP_SUFFIX = ".tmp"
 SHARDS = [f"{i:02x}" for i in range(256)]
@@ -114,47 +98,6 @@ def tmp_path(root: Path, chunk_id: str) -> Path:
     return root / "tmp" / f"{chunk_id}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
 
 
-# == Reading ====================================================================================
-class InvalidChunk(Exception):
-    """Raised in a reader thread: the file is not a valid chunk."""
-
-
-def read_verified(path: Path) -> bytes:
-    """Read a chunk file, verify trailer and CRC32C, touch its atime; return the payload.
-
-    Raises:
-        FileNotFoundError: no such file.
-        InvalidChunk: bad trailer, length or checksum, or an I/O error (EIO) while reading.
-    """
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            length = st.st_size - TRAILER.size
-            if length <= 0:
-                raise InvalidChunk(f"file of {st.st_size} B is too short")
-            payload = f.read(length)
-            trailer = f.read(TRAILER.size + 1)
-            try:  # eviction order after a restart; best effort
-                os.utime(f.fileno(), ns=(time.time_ns(), st.st_mtime_ns))
-            except OSError:
-                pass
-    except OSError as exc:
-        if exc.errno == errno.EIO:
-            raise InvalidChunk(f"I/O error: {exc}") from exc
-        raise
-    if len(payload) != length or len(trailer) != TRAILER.size:
-        raise InvalidChunk("file changed size while being read")
-    magic, version, flags, reserved, stored_length, stored_crc = TRAILER.unpack(trailer)
-    if (magic, version, flags, reserved) != (_MAGIC, _VERSION, 0, 0):
-        raise InvalidChunk(f"bad trailer {trailer.hex()}")
-    if stored_length != length:
-        raise InvalidChunk(f"trailer says {stored_length} B, file holds {length} B")
-    crc = crc32c.crc32c(payload)
-    if crc != stored_crc:
-        raise InvalidChunk(f"crc32c {crc:08x} != stored {stored_crc:08x}")
-    return payload
-
-
 # == Writing ====================================================================================
 def open_tmp(path: Path) -> BinaryIO:
     """Create the temp file ``path`` (it must not exist)."""
@@ -172,7 +115,7 @@ def seal(f: BinaryIO, pending: bytes | bytearray | memoryview, crc: int, size: i
     try:
         if pending:
             crc = append(f, pending, crc)
-        f.write(TRAILER.pack(_MAGIC, _VERSION, 0, 0, size, crc))
+        f.write(pack_trailer(size, crc))
         f.flush()
         os.fsync(f.fileno())
     finally:

@@ -17,6 +17,7 @@ The store is split along its nouns:
 - :mod:`edgecache.cachenode.recovery`: the scan at :meth:`ChunkStore.open` that settles what
   a crash left behind;
 - :mod:`edgecache.cachenode.keyedlock`: the per-chunk-id locks;
+- :mod:`edgecache.cachenode.chunkleases`: leases pinning chunks a local reader reads;
 - :mod:`edgecache.cachenode.chunkerrors`: the errors;
 - :mod:`edgecache.common.s3fifo`: the S3-FIFO policy.
 
@@ -62,6 +63,7 @@ from edgecache.cachenode.chunkformat import (
     unlink_many,
     validate_chunk_id,
 )
+from edgecache.cachenode.chunkleases import Leases
 from edgecache.cachenode.chunkwriter import ChunkWriter
 from edgecache.cachenode.keyedlock import KeyedLocks
 from edgecache.cachenode.recovery import scan
@@ -149,6 +151,7 @@ class ChunkStore:
         self._policy = S3FifoPolicy()
         self._locks = KeyedLocks()
         self._readers: dict[str, int] = {}  # chunk id -> reads in flight (pins against eviction)
+        self.leases = Leases()  # chunks a reader on this host reads from their files (pinned)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._used = 0
         self._dirty = 0
@@ -217,6 +220,21 @@ class ChunkStore:
         self._check(chunk_id)
         entry = self._index.get(chunk_id)
         return None if entry is None else entry.dirty
+
+    def paths_of(self, chunk_id: str) -> list[Path] | None:
+        """Where the committed chunk's file is (its state's directory first, then the other
+        state's, where :meth:`mark_clean` may move it), or ``None`` if it is not here."""
+        self._check(chunk_id)
+        entry = self._index.get(chunk_id)
+        if entry is None:
+            return None
+        return [self._path(chunk_id, entry.dirty), self._path(chunk_id, not entry.dirty)]
+
+    def access(self, chunk_id: str) -> None:
+        """Count a read of ``chunk_id`` made outside the store (a short-circuit read) for
+        the eviction order."""
+        if chunk_id in self._index:
+            self._policy.access(chunk_id)
 
     def dirty_ids(self) -> list[str]:
         """Ids of all dirty chunks (e.g. to reconcile them with manifests after a restart)."""
@@ -439,7 +457,8 @@ class ChunkStore:
         """Evict clean chunks if ``used_bytes > high_watermark * capacity_bytes``.
 
         Frees clean chunks, S3-FIFO order, until ``used_bytes <= low_watermark *
-        capacity_bytes`` or no clean chunk can go. Dirty chunks, chunks being read and chunks
+        capacity_bytes`` or no clean chunk can go. Dirty chunks, chunks being read or under a
+        live lease (:mod:`.chunkleases`; expired ones are dropped first) and chunks
         being published, marked clean or deleted are never chosen; chunks being written are
         not in the index yet. Safe to call concurrently with everything else.
 
@@ -447,6 +466,7 @@ class ChunkStore:
             The evicted chunk ids (empty if under the high watermark or nothing evictable).
         """
         self._check()
+        self.leases.expire()
         if self._used <= self.high_watermark * self.capacity_bytes:
             return []
         need = self._used - int(self.low_watermark * self.capacity_bytes)
@@ -488,6 +508,7 @@ class ChunkStore:
             entry is not None
             and not entry.dirty
             and chunk_id not in self._readers
+            and not self.leases.pinned(chunk_id)
             and chunk_id not in self._locks
         )
 

@@ -19,3 +19,4 @@ class Counters:
     bytes_in: int = 0
     bytes_out: int = 0
     requests: int = 0
+    plans: int = 0  # GetObjects answered with a read plan (short-circuit)

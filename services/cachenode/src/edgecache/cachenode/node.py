@@ -71,6 +71,7 @@ class CacheNode:
     credit: CreditBudget = field(init=False)
     started: float = field(default_factory=now)
     counters: Counters = field(default_factory=Counters)
+    lease_subject: str = ""  # where short-circuit readers release leases (an inbox of ours)
 
     def __post_init__(self) -> None:
         self.catalog = Catalog(self.nc, self.state)

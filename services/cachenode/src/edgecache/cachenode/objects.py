@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from edgecache.cachenode import chunks, readthrough
+from edgecache.cachenode import chunks, readthrough, shortcircuit
 from edgecache.cachenode.chunkstore import ChunkMissing
 from edgecache.cachenode.node import Answered, CacheNode, now
 from edgecache.cachenode.replication import Replicator
@@ -151,7 +151,8 @@ async def release_previous(node: CacheNode, previous: Entry | None) -> None:
 
 
 async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None:
-    """Stream an object (or the requested range): ``ObjectInfo``, frames, ``End``.
+    """Stream an object (or the requested range): ``ObjectInfo``, frames, ``End`` — or, to a
+    requester on this host, a ``ReadPlan`` of the chunk files (:mod:`.shortcircuit`).
 
     An error before the first byte is answered as the reply; one mid-stream cuts the stream
     with an ``Error`` (the gateway then cuts the HTTP connection).
@@ -161,7 +162,10 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
         manifest = await readthrough.lookup(node, request.bucket, request.key)
         span = parse_range(request.range, manifest.size)
         first, last = span if span else (0, manifest.size - 1)
-        await tx.start(info_of(manifest, first=span[0] if span else None, last=span[1] if span else None))
+        info = info_of(manifest, first=span[0] if span else None, last=span[1] if span else None)
+        if await shortcircuit.answer(node, msg, request, manifest, info):  # a local requester reads the files
+            return
+        await tx.start(info)
         if manifest.size:
             async for piece in readthrough.read(node, manifest, first, last, downstream=tx):
                 await tx.send(piece)

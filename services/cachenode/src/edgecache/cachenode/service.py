@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import socket
@@ -20,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from edgecache.cachenode import buckets, chunks, listing, multipart, objects, replication
+from edgecache.cachenode import (
+    buckets,
+    chunks,
+    listing,
+    multipart,
+    objects,
+    replication,
+    shortcircuit,
+)
 from edgecache.cachenode.chunkstore import ChunkStore
 from edgecache.cachenode.node import Answered, CacheNode
 from edgecache.common import errors, stream, subjects, wire
@@ -232,6 +241,8 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
     subs.append(await nc.subscribe(subjects.EVENTS_OBJECT_CLEAN, cb=tasks.callback(lambda m: on_clean(node, m))))
     subs.append(await nc.subscribe(subjects.chunk_put(node.node_id), cb=tasks.callback(lambda m: replication.serve_chunk_put(node, m))))
     subs.append(await nc.subscribe(subjects.EVENTS_CHUNKS_RELEASED, cb=tasks.callback(lambda m: on_released(node, m))))
+    node.lease_subject = nc.new_inbox()  # under our inbox prefix: every requester may publish there
+    subs.append(await nc.subscribe(node.lease_subject, cb=functools.partial(shortcircuit.on_release, node)))
 
     async def unsubscribe() -> None:
         for sub in subs:

@@ -26,6 +26,7 @@ from edgecache.gateway.exchange import Exchange
 from edgecache.gateway.handlers import HANDLERS
 from edgecache.gateway.operations import Operation
 from edgecache.gateway.responses import StreamCutFilter, error_response
+from edgecache.gateway.shortcircuit import LocalReads
 from edgecache.gateway.state import GatewayState
 
 if TYPE_CHECKING:
@@ -148,6 +149,7 @@ def create_app(
         else:
             s3_client = client
         coherent = memtier is not None and invalidations is not None and nc is not None
+        local = LocalReads(gw.short_circuit_buffers) if gw.short_circuit and client is None else None
         app.state.gateway = GatewayState(
             client=s3_client,
             config=gw,
@@ -156,6 +158,7 @@ def create_app(
             wrap_body=wrap_body,
             memtier=memtier if coherent else None,
             invalidations=invalidations if coherent else None,
+            local=local,
         )
         if coherent:
             assert invalidations is not None and nc is not None
@@ -168,6 +171,8 @@ def create_app(
             yield
         finally:
             server_log.removeFilter(cut_filter)
+            if local is not None:
+                local.close()
             if coherent:
                 assert invalidations is not None
                 await invalidations.stop()

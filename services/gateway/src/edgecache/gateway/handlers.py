@@ -23,7 +23,7 @@ from litestar.response import Stream
 
 from edgecache.common import errors, names, wire
 from edgecache.common.errors import IllegalLocationConstraintException
-from edgecache.gateway import conditions, memory, xml
+from edgecache.gateway import conditions, memory, shortcircuit, xml
 from edgecache.gateway.exchange import LiveTrailers
 from edgecache.gateway.headers import (
     MAX_PART_BYTES,
@@ -414,8 +414,8 @@ async def get_object(x: Exchange) -> Response[Any]:
         head = _expect(reply, wire.ObjectInfo)
         if conditions.not_modified(x.headers, head.etag, head.last_modified):
             return memory.not_modified(x, head)
-    info, body = await x.gateway.client.get_object(
-        wire.GetObject(bucket=op.bucket, key=op.key, range=x.range_header())
+    info, body = await shortcircuit.get_object(  # from this host's chunk files when it can
+        x.gateway.client, x.gateway.local, wire.GetObject(bucket=op.bucket, key=op.key, range=x.range_header())
     )
     collector = memory.Collector(x, fill, info)
     try:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from edgecache.common.config import GatewayConfig
     from edgecache.gateway.invalidations import InvalidationListener
     from edgecache.gateway.memtier import MemoryTier
+    from edgecache.gateway.shortcircuit import LocalReads
 
 __all__ = ["GatewayState"]
 
@@ -33,6 +34,8 @@ class GatewayState:
         memtier: the memory tier, or ``None`` when it is off (or no events can keep it
             coherent, as with a stand-in client in tests).
         invalidations: what keeps ``memtier`` coherent.
+        local: short-circuit reads of cache nodes' chunk files on this host, or ``None``
+            when off (``gateway.short_circuit``).
     """
 
     client: EdgecacheClient
@@ -43,6 +46,7 @@ class GatewayState:
     owner: str = "edgecache"
     memtier: MemoryTier | None = None
     invalidations: InvalidationListener | None = None
+    local: LocalReads | None = None
 
     def in_sync(self) -> bool:
         """Whether the memory tier may be used now (it saw every invalidation event)."""

@@ -1,0 +1,289 @@
+"""Short-circuit reads: a GetObject whose chunks a cache node on this host holds is read
+from the node's chunk files by the gateway itself, instead of through nats-server.
+
+The gateway asks with its host id (``wire.GetObject.local_host``). A node on another host,
+or one missing a chunk of the range, streams as usual. A node on this host holding every
+chunk answers a :class:`~edgecache.common.wire.ReadPlan`; then, for each chunk in order,
+the gateway reads the whole chunk file in a thread of its own (one large read), verifies its trailer
+and CRC32C (:func:`edgecache.common.chunkfile.read_verified`, the node's own check) and
+sends the planned slice. A byte that fails its check is never sent:
+
+- a failure on the **first** chunk (file missing, unreadable, corrupt) happens before
+  anything is answered: the GET asks again without ``local_host`` and streams;
+- a failure on a **later** chunk continues from that byte with a streamed GET of the rest
+  (a ``Range`` of it), provided the object's ETag is unchanged; otherwise the body is cut
+  (the connection is dropped, as for a broken stream).
+
+The node re-reads a corrupt chunk itself on the streamed GET, drops it and fetches it again.
+
+**Memory.** A chunk is read whole to be verified, into one of the worker's reusable
+buffers (at most ``cachenode.chunk_bytes``, 8 MiB, each); at most
+``gateway.short_circuit_buffers`` (default 4) exist per worker process — 32 MiB with the
+defaults — and a GET holds one from before its read until the HTTP server has taken the
+last of its slice, which is handed over in pieces of at most :data:`SEND_BYTES` (1 MiB) so
+the server's own send buffer stays small. A read cancelled mid-way gives its buffer back
+only when its thread is done with it.
+
+The lease is released (a message to the node) when the last chunk was read, when the
+client goes away, or on any failure; the node drops it by itself after ``lease_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from edgecache.common import errors, wire
+from edgecache.common.chunkfile import InvalidChunk, read_verified_into
+from edgecache.common.hostid import host_id
+from edgecache.common.logging import get_logger
+
+if TYPE_CHECKING:
+    from edgecache.common.client import EdgecacheClient
+
+__all__ = ["SEND_BYTES", "LocalReads", "PlanBody", "get_object", "read_piece"]
+
+log = get_logger(__name__)
+
+SEND_BYTES = 1024 * 1024
+"""The largest piece handed to the HTTP server at once."""
+
+
+class LocalReads:
+    """The short-circuit reads of one gateway worker process: its host id, its chunk
+    buffers and counters.
+
+    Args:
+        buffers: chunk buffers, at most (``gateway.short_circuit_buffers``).
+        host: this host's id; default :func:`~edgecache.common.hostid.host_id`.
+    """
+
+    def __init__(self, buffers: int = 4, *, host: str | None = None) -> None:
+        self.host = host_id() if host is None else host
+        self._buffers = max(1, buffers)
+        self._slots = asyncio.Semaphore(self._buffers)
+        # its own threads (one per buffer): reads never wait behind other blocking work
+        self._pool = ThreadPoolExecutor(self._buffers, thread_name_prefix="shortcircuit")
+        self._free: list[bytearray] = []  # buffers not in use (made on first need)
+        self.plans = 0  # GETs answered with a read plan
+        self.completed = 0  # plans whose every byte was read from the files
+        self.fallbacks = 0  # plans given up before the first byte: streamed instead
+        self.resumed = 0  # plans finished by a streamed GET of the rest
+        self.failed_chunks = 0  # chunk files missing, unreadable or failing their check
+        self.bytes = 0  # bytes read from chunk files and sent
+
+    @property
+    def in_use(self) -> int:
+        """Buffers held by reads now."""
+        return self._buffers - self._slots._value  # noqa: SLF001 - asyncio has no public count
+
+    async def read(self, piece: wire.PlanPiece, buffer: bytearray) -> memoryview:
+        """:func:`read_piece` in one of this worker's reader threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, read_piece, piece, buffer)
+
+    def close(self) -> None:
+        """Stop the reader threads (after the reads in progress)."""
+        self._pool.shutdown(wait=False)
+
+    async def take(self) -> bytearray:
+        """A buffer, waiting while all are in use. Give it back with :meth:`give_back`."""
+        await self._slots.acquire()
+        return self._free.pop() if self._free else bytearray()
+
+    def give_back(self, buffer: bytearray) -> None:
+        self._free.append(buffer)
+        self._slots.release()
+
+
+def read_piece(piece: wire.PlanPiece, buffer: bytearray) -> memoryview:
+    """The planned bytes of one chunk file, read into ``buffer`` after verifying the whole
+    chunk (blocking). Returns a view into ``buffer``.
+
+    Raises:
+        FileNotFoundError: the file is at none of ``piece.paths``.
+        InvalidChunk: it failed its check, or its payload is not ``piece.chunk_size`` bytes.
+        OSError: another error reading it.
+    """
+    for path in piece.paths:
+        try:
+            payload = read_verified_into(path, buffer)
+        except FileNotFoundError:
+            continue
+        with payload:
+            if len(payload) != piece.chunk_size:
+                raise InvalidChunk(f"{len(payload)} B, the plan says {piece.chunk_size}")
+            return payload[piece.offset : piece.offset + piece.length]
+    raise FileNotFoundError(piece.paths[0] if piece.paths else piece.chunk_id)
+
+
+class PlanBody:
+    """The bytes of a :class:`~edgecache.common.wire.ReadPlan`, piece by piece (an async
+    iterator, like a streamed download's body). Call :meth:`prime` first; ``aclose()``
+    releases the buffer, the lease and any stream it resumed with. Idempotent."""
+
+    def __init__(self, local: LocalReads, client: EdgecacheClient, request: wire.GetObject, plan: wire.ReadPlan) -> None:
+        self._local = local
+        self._client = client
+        self._request = request
+        self._plan = plan
+        self._next = 0  # index of the next piece to read
+        self._position = plan.info.range_first or 0  # object offset of the next byte
+        self._buffer: bytearray | None = None  # held while its data is being sent
+        self._data: memoryview | None = None  # the rest of the current piece, in the buffer
+        self._leased = True
+        self._rest: AsyncIterator[bytes] | None = None  # the streamed remainder
+        self._closed = False
+
+    async def prime(self) -> None:
+        """Read (and verify) the first piece now.
+
+        Raises:
+            FileNotFoundError, InvalidChunk, OSError: it cannot be read; nothing was sent.
+        """
+        await self._read()
+
+    def __aiter__(self) -> PlanBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            if self._data is not None:
+                return self._send()
+            self._unhold()
+            if self._rest is None and self._next < len(self._plan.pieces):
+                try:
+                    await self._read()
+                    return self._send()
+                except (OSError, InvalidChunk) as exc:
+                    self._local.failed_chunks += 1
+                    log.warning("shortcircuit.resume", chunk_id=self._plan.pieces[self._next].chunk_id, reason=str(exc))
+                    self._unhold()
+                    await self._release_lease()
+                    self._rest = await self._resume()
+            if self._rest is not None:
+                return await anext(self._rest)  # StopAsyncIteration at its end
+            await self._release_lease()
+            self._local.completed += 1
+            raise StopAsyncIteration
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Release the buffer, the lease and the resumed stream. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._unhold()
+        await self._release_lease()
+        if self._rest is not None:
+            aclose = getattr(self._rest, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    def __del__(self) -> None:  # a body dropped without aclose() (response never started)
+        self._unhold()
+
+    async def _read(self) -> None:
+        """Read and verify the next piece into a buffer (``_data``)."""
+        piece = self._plan.pieces[self._next]
+        buffer = await self._local.take()
+        reading = asyncio.ensure_future(self._local.read(piece, buffer))
+        try:
+            data = await asyncio.shield(reading)
+        except asyncio.CancelledError:  # the thread still writes into the buffer
+            reading.add_done_callback(lambda _: self._local.give_back(buffer))
+            raise
+        except BaseException:
+            self._local.give_back(buffer)
+            raise
+        self._buffer, self._data = buffer, data
+        self._next += 1
+        self._position += len(data)
+        self._local.bytes += len(data)
+
+    def _send(self) -> bytes:
+        """The next at most :data:`SEND_BYTES` of the current piece (a copy: the buffer is
+        reused once the piece is done)."""
+        assert self._data is not None
+        piece = bytes(self._data[:SEND_BYTES])
+        rest = self._data[SEND_BYTES:]
+        self._data.release()
+        if len(rest):
+            self._data = rest
+        else:
+            rest.release()
+            self._data = None
+        return piece
+
+    def _unhold(self) -> None:
+        if self._data is not None:
+            self._data.release()
+            self._data = None
+        if self._buffer is not None:
+            buffer, self._buffer = self._buffer, None
+            self._local.give_back(buffer)
+
+    async def _release_lease(self) -> None:
+        if self._leased:
+            self._leased = False
+            await self._client.release_lease(self._plan)
+
+    async def _resume(self) -> AsyncIterator[bytes]:
+        """A streamed GET of the bytes not yet sent, of the same version.
+
+        Raises:
+            InternalError: the object changed meanwhile (the body must be cut).
+            S3Error: the node's error.
+        """
+        info = self._plan.info
+        last = info.size - 1 if info.range_last is None else info.range_last
+        request = msgspec.structs.replace(self._request, range=f"bytes={self._position}-{last}", local_host=None)
+        rest_info, rest = await self._client.get_object(request)
+        if (rest_info.etag, rest_info.last_modified, rest_info.range_first) != (info.etag, info.last_modified, self._position):
+            with contextlib.suppress(Exception):
+                await rest.aclose()  # type: ignore[attr-defined]
+            raise errors.InternalError("the object changed during a short-circuit read")
+        self._local.resumed += 1
+        return rest
+
+
+async def get_object(
+    client: EdgecacheClient, local: LocalReads | None, request: wire.GetObject
+) -> tuple[wire.ObjectInfo, AsyncIterator[bytes]]:
+    """Start a GetObject: from this host's chunk files when a node here holds them all,
+    else streamed (see the module docstring). Same contract as
+    :meth:`EdgecacheClient.get_object <edgecache.common.client.EdgecacheClient.get_object>`.
+    """
+    if local is None or not local.host:
+        return await client.get_object(request)
+    reply, body = await client.get_object_or_plan(msgspec.structs.replace(request, local_host=local.host))
+    if body is not None:
+        assert isinstance(reply, wire.ObjectInfo)
+        return reply, body
+    assert isinstance(reply, wire.ReadPlan)
+    local.plans += 1
+    planned = PlanBody(local, client, request, reply)
+    try:
+        await planned.prime()
+    except (OSError, InvalidChunk) as exc:
+        local.failed_chunks += 1
+        local.fallbacks += 1
+        log.warning("shortcircuit.fallback", chunk_id=reply.pieces[0].chunk_id, reason=str(exc))
+        await planned.aclose()
+        return await client.get_object(request)
+    except BaseException:
+        await planned.aclose()
+        raise
+    return reply.info, planned
