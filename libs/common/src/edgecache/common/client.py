@@ -151,6 +151,7 @@ class EdgecacheClient:
             self.nc,
             operation_of(request),
             request,
+            budget=self.budget,
             window=self.window_frames,
             timeout_s=self.timeout_s,
         )
