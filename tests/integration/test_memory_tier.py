@@ -16,7 +16,6 @@ import botocore.config
 import botocore.exceptions
 import nats
 import pytest_asyncio
-import uvicorn
 
 from edgecache.common import subjects, wire
 from edgecache.common.config import Config
@@ -26,6 +25,7 @@ from edgecache.gateway.fastpath import with_fast_hits
 from edgecache.gateway.invalidations import InvalidationListener
 from edgecache.gateway.memtier import MemoryTier
 from edgecache.launcher.natsserver import NatsServer, free_port
+from tests.fixtures.http import serving
 
 AK, SK = "AKIAMEMORYTIER", "memory-tier-secret"
 
@@ -55,18 +55,11 @@ async def gateway(config: Config) -> AsyncIterator[Gateway]:
     tier = MemoryTier(capacity_bytes=8 * 1024 * 1024, gate_bytes=1024 * 1024)
     listener = InvalidationListener(tier)
     nc = await connect_nats(config.nats, name="test-gateway", watchers=[listener])
-    port = free_port()
     app = with_fast_hits(create_app(config, nc, memtier=tier, invalidations=listener))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
     try:
-        yield Gateway(f"http://127.0.0.1:{port}", tier, listener)
+        async with serving(app) as url:
+            yield Gateway(url, tier, listener)
     finally:
-        server.should_exit = True
-        await task
         await nc.drain()
 
 

@@ -14,14 +14,14 @@ import boto3
 import botocore.config
 import nats
 import pytest_asyncio
-import uvicorn
 
 from edgecache.common import wire
 from edgecache.common.client import EdgecacheClient
 from edgecache.common.config import Config
 from edgecache.common.hostid import host_id
 from edgecache.gateway.app import create_app
-from edgecache.launcher.natsserver import NatsServer, free_port
+from edgecache.launcher.natsserver import NatsServer
+from tests.fixtures.http import serving
 from tests.fixtures.readthrough import origin_put
 
 AK, SK = "AKIASHORTCIRCUIT", "short-circuit-secret"
@@ -52,17 +52,10 @@ class Gateway:
 async def _gateway(nats_server: NatsServer, config: Config) -> AsyncIterator[Gateway]:
     nc = await nats.connect(nats_server.url)
     app = create_app(config, nc)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
     try:
-        yield Gateway(f"http://127.0.0.1:{port}", app)
+        async with serving(app) as url:
+            yield Gateway(url, app)
     finally:
-        server.should_exit = True
-        await task
         await nc.drain()
 
 
