@@ -125,14 +125,7 @@ class EdgecacheClient:
             S3Error: the node's error; ServiceUnavailable when no node answered, or no
                 download credit came free, within ``timeout_s``.
         """
-        reply, body = await stream.download(
-            self.nc,
-            operation_of(request),
-            request,
-            budget=self.budget,
-            window=self.window_frames,
-            timeout_s=self.timeout_s,
-        )
+        reply, body = await self._download(request)
         if not isinstance(reply, wire.ObjectInfo):
             await body.aclose()  # type: ignore[attr-defined]
         return _expect(reply, wire.ObjectInfo), body
@@ -147,7 +140,17 @@ class EdgecacheClient:
             ``(ObjectInfo, bytes)`` as :meth:`get_object` when the node streams, or
             ``(ReadPlan, None)``: read the plan's files, then :meth:`release_lease`.
         """
-        reply, body = await stream.download(
+        reply, body = await self._download(request)
+        if isinstance(reply, wire.ReadPlan):
+            await body.aclose()  # type: ignore[attr-defined]  # no stream was opened: frees the inbox
+            return reply, None
+        if not isinstance(reply, wire.ObjectInfo):
+            await body.aclose()  # type: ignore[attr-defined]
+        return _expect(reply, wire.ObjectInfo), body
+
+    async def _download(self, request: wire.GetObject) -> tuple[wire.Reply, AsyncIterator[bytes]]:
+        """Open the download of ``request`` with this connection's credit budget."""
+        return await stream.download(
             self.nc,
             operation_of(request),
             request,
@@ -155,10 +158,6 @@ class EdgecacheClient:
             window=self.window_frames,
             timeout_s=self.timeout_s,
         )
-        if isinstance(reply, wire.ReadPlan):
-            await body.aclose()  # type: ignore[attr-defined]  # no stream was opened: frees the inbox
-            return reply, None
-        return _expect(reply, wire.ObjectInfo), body
 
     async def release_lease(self, plan: wire.ReadPlan) -> None:
         """Tell the node that answered ``plan`` that its files are no longer read (best

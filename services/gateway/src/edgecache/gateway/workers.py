@@ -51,7 +51,13 @@ def per_worker(config: Config) -> Config:
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT``, listening."""
+    """A non-blocking TCP socket bound to ``host:port`` with ``SO_REUSEPORT``, listening
+    (backlog 2048).
+
+    Raises:
+        OSError: the address cannot be bound (in use without ``SO_REUSEPORT``, no such
+            interface, a privileged port).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -63,7 +69,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 async def run_workers(config: Config, stop: asyncio.Event, serve: Serve) -> None:
-    """Serve in this process and in ``worker_count(config) - 1`` others until ``stop``."""
+    """Serve in this process and in ``worker_count(config) - 1`` others until ``stop``;
+    a worker that dies is started again (backoff 0.5 s doubling to 10 s).
+
+    Raises:
+        OSError: this process cannot bind ``gateway.host:gateway.port``.
+    """
     config = per_worker(config)
     count = worker_count(config)
     sock = listening_socket(config.gateway.host, config.gateway.port)
