@@ -3,7 +3,7 @@
 Run it from the repository root (as root it installs nginx and wrk from Debian if missing):
 
     .venv/bin/python bench/hits.py [--seconds 10] [--cold-mib 256] [--readers 64]
-                                   [--readers-mib 1024] [--json]
+                                   [--readers-mib 1024] [--json] [--only STEP ...]
 
 What it starts, all on 127.0.0.1 and all stopped on exit, Ctrl-C or an exception:
 
@@ -445,10 +445,15 @@ def run(args: argparse.Namespace, tmp: Path) -> HitBench:
             ("peak RSS", lambda: peak_rss(bench)),
         ]
         for name, step in steps:
+            if args.only and name not in args.only:
+                continue
             try:
                 step()
             except Exception as exc:  # measure the rest, say what failed
                 bench.notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
+        if args.hold:
+            print(f"holding the stack {args.hold:.0f} s: pids {bench.pids}", file=sys.stderr, flush=True)
+            time.sleep(args.hold)
     return bench
 
 
@@ -459,6 +464,14 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=64, help="concurrent big readers (64)")
     parser.add_argument("--readers-mib", type=int, default=1024, help="their object (1024)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--only", action="append", choices=["hits", "cold", "many readers", "peak RSS"],
+        help="run only this step (repeatable); default: all",
+    )
+    parser.add_argument(
+        "--hold", type=float, default=0.0,
+        help="keep the stack up this many seconds after the steps (to attach py-spy)",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ensure_tools()
