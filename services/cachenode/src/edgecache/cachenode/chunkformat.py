@@ -105,8 +105,10 @@ def open_tmp(path: Path) -> BinaryIO:
 
 
 def append(f: BinaryIO, data: bytes | bytearray | memoryview, crc: int) -> int:
-    """Write ``data``; return the running CRC32C updated with it."""
+    """Write ``data`` through to the file (another reader of it sees it); return the
+    running CRC32C updated with it."""
     f.write(data)
+    f.flush()
     return crc32c.crc32c(data, value=crc)
 
 

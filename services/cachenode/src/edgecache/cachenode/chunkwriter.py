@@ -53,6 +53,7 @@ class ChunkWriter:
         self._buf = bytearray()
         self._crc = 0
         self._size = 0
+        self._landed = 0  # bytes in the file (not in _buf)
         self._finished = False  # committed, aborted or failed
         self._handed_off = False  # commit passed the temp file to publish
         self._discarded = False
@@ -62,6 +63,18 @@ class ChunkWriter:
     def size(self) -> int:
         """Bytes written so far."""
         return self._size
+
+    @property
+    def landed(self) -> int:
+        """Bytes of the payload in the temp file itself (readable by another reader of
+        :attr:`path`); the rest of :attr:`size` is still gathered in memory."""
+        return self._landed
+
+    @property
+    def path(self) -> Path:
+        """The temp file, which exists once :attr:`landed` is above 0, until the commit
+        renames it into place or an abort removes it."""
+        return self._tmp
 
     async def __aenter__(self) -> Self:
         return self
@@ -91,11 +104,13 @@ class ChunkWriter:
                 self._file = await self._thread(open_tmp, self._tmp)
             if not self._buf and n >= _WRITE_BUFFER_BYTES:
                 self._crc = await self._thread(append, self._file, data, self._crc)
+                self._landed += n
             else:
                 self._buf += data
                 if len(self._buf) >= _WRITE_BUFFER_BYTES:
                     buf, self._buf = self._buf, bytearray()
                     self._crc = await self._thread(append, self._file, buf, self._crc)
+                    self._landed += len(buf)
             self._size += n
 
     async def commit(self) -> int:
@@ -123,6 +138,7 @@ class ChunkWriter:
             pending, self._buf = self._buf, bytearray()
             await self._thread(seal, self._file, pending, self._crc, self._size)
             self._file = None  # closed by seal
+            self._landed = self._size
             self._handed_off = True  # the temp file now belongs to publish
             self._finished = True
             await self._publish(self.chunk_id, self._tmp, self._size, self.dirty)

@@ -2,9 +2,10 @@
 it arrives.
 
 A fill is one ranged GET of the origin (``If-Match`` the version's ETag), written to clean
-chunks and handed, piece by piece as it arrives, to every reader following it: the first
-byte reaches the client before the chunk is complete, and time to first byte does not
-grow with the object's size. A fill that fails leaves no chunk behind and fails its
+chunks; every reader following it reads each chunk's temp file as the bytes land there
+(:class:`ChunkFill`): the first byte reaches the client before the chunk is complete, time
+to first byte does not grow with the object's size, and a follower that lags holds no
+more of the chunk in memory than one read. A fill that fails leaves no chunk behind and fails its
 readers mid-stream; one that finds the object changed in the origin forgets the version
 (its manifest goes, through the catalog). Choosing what to fill is
 :mod:`.readthrough`'s.
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgecache.common import errors, wire
@@ -27,58 +30,93 @@ if TYPE_CHECKING:
     from edgecache.common.catalog import Catalog
     from edgecache.origin import Origin
 
-__all__ = ["ChunkFill", "Filler"]
+__all__ = ["FOLLOW_READ_BYTES", "ChunkFill", "Filler"]
 
 log = get_logger(__name__)
 
 
+FOLLOW_READ_BYTES = 1024 * 1024
+"""The most bytes a follower reads from the chunk file at once."""
+
+
 class ChunkFill:
-    """One chunk being filled from the origin; readers follow its pieces as they arrive."""
+    """One chunk being filled from the origin; readers follow it **on disk** as it lands.
+
+    The fill writes the chunk's temp file; a follower reads the bytes that have landed in
+    it (``pread`` on one descriptor the fill opens, which stays valid when the commit
+    renames the file into place), at most :data:`FOLLOW_READ_BYTES` at a time. Nothing of
+    the chunk is kept in memory for its followers: however far behind a follower is, it
+    holds one read.
+    """
 
     def __init__(self, chunk_id: str, size: int) -> None:
         self.chunk_id = chunk_id
         self.size = size
-        self.pieces: list[bytes] = []
-        self.received = 0
+        self.received = 0  # bytes handed to the writer
+        self.landed = 0  # bytes in the file, readable by followers
         self.done = False
         self.error: BaseException | None = None
         self._changed = asyncio.Condition()
+        self._fd: int | None = None
+        self._users = 1  # the fill itself, and each follower
 
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
 
-    async def add(self, piece: bytes) -> None:
-        """Record the next piece from the origin and wake the readers following the fill."""
-        self.pieces.append(piece)
-        self.received += len(piece)
+    async def landed_at(self, path: Path, landed: int) -> None:
+        """``landed`` bytes of the chunk are now in ``path`` (its temp file, which exists
+        from the writer's first write on): wake the followers."""
+        if self._fd is None:
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        if landed <= self.landed:
+            return
+        self.landed = landed
         await self._notify()
 
     async def finish(self, error: BaseException | None = None) -> None:
-        """End the fill: complete (committed to disk), or failed with ``error``, which its
-        readers then raise."""
+        """End the fill: complete (committed to disk, every byte landed), or failed with
+        ``error``, which its followers then raise."""
         self.done, self.error = True, error
+        if error is None:
+            self.landed = self.size
         await self._notify()
+        self._unuse()
+
+    def _unuse(self) -> None:
+        self._users -= 1
+        if not self._users and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     async def follow(self, first: int, last: int) -> AsyncIterator[bytes]:
-        """Bytes ``first..last`` (inclusive) of the chunk, as they arrive.
+        """Bytes ``first..last`` (inclusive) of the chunk, as they land on disk.
 
         Raises:
-            The fill's error, if it fails before ``last`` arrived.
+            The fill's error, if it fails before ``last`` landed.
         """
-        index = offset = 0  # next piece to look at, and its offset in the chunk
-        while offset <= last:
-            if index < len(self.pieces):
-                piece = self.pieces[index]
-                end = offset + len(piece) - 1
-                if end >= first:
-                    yield piece[max(first, offset) - offset : min(last, end) - offset + 1]
-                index, offset = index + 1, end + 1
-                continue
-            if self.done:
-                raise self.error or errors.InternalError(f"fill of {self.chunk_id} ended short")
-            async with self._changed:
-                await self._changed.wait_for(lambda: index < len(self.pieces) or self.done)  # noqa: B023
+        self._users += 1
+        try:
+            position = first
+            while position <= last:
+                if self.error is not None:
+                    raise self.error
+                if self.landed > position and self._fd is not None:
+                    n = min(last + 1, self.landed, position + FOLLOW_READ_BYTES) - position
+                    data = await asyncio.to_thread(os.pread, self._fd, n, position)
+                    if len(data) != n:
+                        raise errors.InternalError(
+                            f"chunk {self.chunk_id}: {len(data)} of {n} landed bytes read"
+                        )
+                    position += n
+                    yield data
+                    continue
+                if self.done:
+                    raise errors.InternalError(f"fill of {self.chunk_id} ended short")
+                async with self._changed:
+                    await self._changed.wait_for(lambda: self.landed > position or self.done)  # noqa: B023
+        finally:
+            self._unuse()
 
 
 class Filler:
@@ -159,31 +197,51 @@ class Filler:
                 self._counters.fills += 1  # one ranged GET of the origin
                 writer = self._store.writer(fills[0].chunk_id, dirty=False)
                 async for piece in self._origin.get_range(
-                    manifest.bucket, manifest.key, first, last, if_match=manifest.origin_etag or None
+                    manifest.bucket,
+                    manifest.key,
+                    first,
+                    last,
+                    if_match=manifest.origin_etag or None,
                 ):
                     view = memoryview(piece)
                     while view:
                         if writer is None:
-                            raise errors.ServiceUnavailable("origin sent more bytes than asked", retry_after_s=1)
+                            raise errors.ServiceUnavailable(
+                                "origin sent more bytes than asked", retry_after_s=1
+                            )
                         fill = fills[current]
                         room = fill.size - fill.received
-                        part = piece if len(view) == len(piece) and len(piece) <= room else bytes(view[:room])
+                        part = (
+                            piece
+                            if len(view) == len(piece) and len(piece) <= room
+                            else bytes(view[:room])
+                        )
                         view = view[len(part) :]
                         await writer.write(part)
-                        await fill.add(part)
+                        fill.received += len(part)
+                        await fill.landed_at(writer.path, writer.landed)
                         if fill.received == fill.size:
                             await writer.commit()
                             self._counters.fill_bytes += fill.size
                             self.active.pop(fill.chunk_id, None)
                             await fill.finish()
                             current += 1
-                            writer = self._store.writer(fills[current].chunk_id, dirty=False) if current < len(fills) else None
+                            writer = (
+                                self._store.writer(fills[current].chunk_id, dirty=False)
+                                if current < len(fills)
+                                else None
+                            )
                 if current < len(fills):
                     raise errors.ServiceUnavailable(
                         f"origin sent {fills[current].received} of {fills[current].size} bytes of {fills[current].chunk_id}",
                         retry_after_s=1,
                     )
-            log.debug("fill", chunks=len(fills), bytes=last - first + 1, ms=round((time.perf_counter() - started) * 1000, 1))
+            log.debug(
+                "fill",
+                chunks=len(fills),
+                bytes=last - first + 1,
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
         except BaseException as exc:
             if writer is not None:
                 await writer.abort()
@@ -193,8 +251,14 @@ class Filler:
                     found = await self._catalog.get(manifest.bucket, manifest.key)
                     if found is not None and found.manifest.version == manifest.version:
                         await self._catalog.delete(manifest.bucket, manifest.key, found.revision)
-                exc = errors.ServiceUnavailable("the object changed in the origin; retry", retry_after_s=1)
-            log.warning("fill.failed", chunk=fills[current].chunk_id if current < len(fills) else None, error=repr(exc))
+                exc = errors.ServiceUnavailable(
+                    "the object changed in the origin; retry", retry_after_s=1
+                )
+            log.warning(
+                "fill.failed",
+                chunk=fills[current].chunk_id if current < len(fills) else None,
+                error=repr(exc),
+            )
             error = exc if isinstance(exc, Exception) else errors.InternalError("fill cancelled")
             for fill in fills[current:]:
                 await fill.finish(error)
