@@ -20,6 +20,7 @@ from edgecache.common.client import EdgecacheClient
 from edgecache.common.config import Config
 from edgecache.common.hostid import host_id
 from edgecache.gateway.app import create_app
+from edgecache.gateway.shortcircuit import LocalReads
 from edgecache.launcher.natsserver import NatsServer
 from tests.fixtures.http import serving
 from tests.fixtures.readthrough import origin_put
@@ -96,6 +97,11 @@ async def _wait_committed(node: Any, bucket: str, key: str) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the fill did not commit")
+
+
+async def _no_files(span: wire.FileSpan) -> AsyncIterator[bytes]:
+    raise AssertionError(f"a file frame was not expected: {span}")
+    yield b""  # pragma: no cover - makes this an async generator
 
 
 async def _wait_no_leases(node: Any) -> None:
@@ -212,11 +218,13 @@ async def test_plans_only_for_this_host_and_leases_pin_until_released(
     request = wire.GetObject(bucket=bucket_name, key="p", range="bytes=10-1048600")
     # a plain request, or one from another host, streams
     for other in (None, "another-host/x/y"):
-        reply, body = await client.get_object_or_plan(wire.GetObject(bucket=bucket_name, key="p", local_host=other))
+        reply, body = await client.get_object_or_plan(
+            wire.GetObject(bucket=bucket_name, key="p", local_host=other), read_file=_no_files
+        )
         assert isinstance(reply, wire.ObjectInfo) and body is not None
         await body.aclose()
     reply, body = await client.get_object_or_plan(
-        wire.GetObject(bucket=bucket_name, key="p", range=request.range, local_host=host_id())
+        wire.GetObject(bucket=bucket_name, key="p", range=request.range, local_host=host_id()), read_file=_no_files
     )
     assert isinstance(reply, wire.ReadPlan) and body is None
     assert [(p.offset, p.length) for p in reply.pieces] == [(10, MiB - 10), (0, 1048600 - MiB + 1)]
@@ -229,20 +237,34 @@ async def test_plans_only_for_this_host_and_leases_pin_until_released(
     assert not any(cachenode.store.leases.pinned(i) for i in ids)
 
 
-async def test_a_cold_object_is_streamed_then_planned_once_cached(
+async def test_a_cold_object_is_read_from_the_files_of_its_fill_then_planned_once_cached(
     cachenode: Any, client: EdgecacheClient, bucket_name: str
 ) -> None:
     data = os.urandom(2 * MiB + 5)
     await origin_put(cachenode, bucket_name, "cold", data, content_type="x/y")
-    plans = cachenode.counters.plans
+    plans, hits_before = cachenode.counters.plans, cachenode.counters.misses
+    local = LocalReads()
     request = wire.GetObject(bucket=bucket_name, key="cold", local_host=host_id())
-    reply, body = await client.get_object_or_plan(request)  # not committed here: streamed (and filled)
+    # not committed here: streamed as file frames, read from the fill's files as they land
+    spans: list[wire.FileSpan] = []
+
+    def read_file(span: wire.FileSpan) -> AsyncIterator[bytes]:
+        spans.append(span)
+        return local.read_span(span)
+
+    reply, body = await client.get_object_or_plan(request, read_file=read_file)
     assert isinstance(reply, wire.ObjectInfo) and body is not None
     assert b"".join([piece async for piece in body]) == data
+    assert local.bytes == len(data)  # every byte came from a file, none through nats-server
+    assert any(not s.committed for s in spans)  # some followed the fill as it landed
+    assert {s.lease_id for s in spans} == {spans[0].lease_id}  # one lease for the stream
+    await client.release_lease(spans[0])
     assert cachenode.counters.plans == plans
-    await _wait_committed(cachenode, bucket_name, "cold")  # bytes stream before the fill commits
-    reply, body = await client.get_object_or_plan(request)
+    assert cachenode.counters.misses > hits_before
+    await _wait_committed(cachenode, bucket_name, "cold")
+    reply, body = await client.get_object_or_plan(request, read_file=_no_files)
     assert isinstance(reply, wire.ReadPlan) and body is None
     assert cachenode.counters.plans == plans + 1
     await client.release_lease(reply)
     await _wait_no_leases(cachenode)
+    local.close()

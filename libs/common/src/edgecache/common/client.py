@@ -131,16 +131,20 @@ class EdgecacheClient:
         return _expect(reply, wire.ObjectInfo), body
 
     async def get_object_or_plan(
-        self, request: wire.GetObject
+        self, request: wire.GetObject, *, read_file: stream.ReadFile
     ) -> tuple[wire.ObjectInfo, AsyncIterator[bytes]] | tuple[wire.ReadPlan, None]:
         """Start a download that a node on this host may answer with a read plan (set
         ``request.local_host``; see docs/protocol.md, short-circuit reads).
 
+        Args:
+            read_file: reads the bytes of the stream's file frames (:class:`wire.FileSpan`).
+
         Returns:
-            ``(ObjectInfo, bytes)`` as :meth:`get_object` when the node streams, or
-            ``(ReadPlan, None)``: read the plan's files, then :meth:`release_lease`.
+            ``(ObjectInfo, bytes)`` as :meth:`get_object` when the node streams (file frames
+            read with ``read_file``), or ``(ReadPlan, None)``: read the plan's files, then
+            :meth:`release_lease`.
         """
-        reply, body = await self._download(request)
+        reply, body = await self._download(request, read_file=read_file)
         if isinstance(reply, wire.ReadPlan):
             await body.aclose()  # type: ignore[attr-defined]  # no stream was opened: frees the inbox
             return reply, None
@@ -148,7 +152,9 @@ class EdgecacheClient:
             await body.aclose()  # type: ignore[attr-defined]
         return _expect(reply, wire.ObjectInfo), body
 
-    async def _download(self, request: wire.GetObject) -> tuple[wire.Reply, AsyncIterator[bytes]]:
+    async def _download(
+        self, request: wire.GetObject, *, read_file: stream.ReadFile | None = None
+    ) -> tuple[wire.Reply, AsyncIterator[bytes]]:
         """Open the download of ``request`` with this connection's credit budget."""
         return await stream.download(
             self.nc,
@@ -157,11 +163,12 @@ class EdgecacheClient:
             budget=self.budget,
             window=self.window_frames,
             timeout_s=self.timeout_s,
+            read_file=read_file,
         )
 
-    async def release_lease(self, plan: wire.ReadPlan) -> None:
-        """Tell the node that answered ``plan`` that its files are no longer read (best
-        effort: the lease expires anyway after ``plan.lease_s``)."""
+    async def release_lease(self, plan: wire.ReadPlan | wire.FileSpan) -> None:
+        """Tell the node that answered ``plan`` (or sent the file frame) that its files are
+        no longer read (best effort: the lease expires anyway after ``cachenode.lease_s``)."""
         try:
             await self.nc.publish(plan.release_subject, wire.encode(wire.LeaseRelease(lease_id=plan.lease_id)))
         except Exception:  # noqa: BLE001 - the connection is closed: the lease expires

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
@@ -48,12 +48,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HDR_CREDIT",
+    "HDR_FILE",
     "HDR_REQUEST_ID",
     "HEADER_ROOM",
     "HDR_SEQ",
     "HDR_STREAM",
     "DownloadSender",
     "Downstream",
+    "ReadFile",
     "UploadReceiver",
     "download",
     "error_of",
@@ -66,6 +68,7 @@ __all__ = [
 ]
 
 HDR_SEQ = "Ec-Seq"
+HDR_FILE = "Ec-File"  # a file frame: its body is a wire.FileSpan, not the bytes
 HDR_CREDIT = "Ec-Credit"
 HDR_STREAM = "Ec-Stream"
 HDR_REQUEST_ID = "Ec-Request-Id"  # optional: the caller's request id, for the node's log lines
@@ -177,6 +180,19 @@ class _Checker:
         self.crc = zlib.crc32(msg.data, self.crc)
         return msg.data
 
+    def add_span(self, msg: Msg) -> wire.FileSpan:
+        """A file frame: counted (its bytes are the span's, not in the CRC)."""
+        seq = int(msg.headers[HDR_SEQ])
+        if seq != self.frames:
+            raise errors.IncompleteBody(f"stream frame {seq} arrived, {self.frames} expected")
+        try:
+            span = wire.decode(msg.data, wire.FileSpan)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise errors.InternalError(f"undecodable file frame: {exc}") from exc
+        self.frames += 1
+        self.size += span.length
+        return span
+
     def check(self, end: wire.End) -> None:
         if (end.frames, end.size, end.crc32) != (self.frames, self.size, self.crc):
             raise errors.IncompleteBody(
@@ -205,6 +221,13 @@ class _Tally:
             self.size += len(piece)
             self.crc = zlib.crc32(piece, self.crc)
             yield piece, headers
+
+    def span(self, span: wire.FileSpan) -> tuple[bytes, dict[str, str]]:
+        """``(frame body, frame headers)`` of a file frame, counted."""
+        headers = {HDR_SEQ: str(self.frames), HDR_FILE: "1"}
+        self.frames += 1
+        self.size += span.length
+        return wire.encode(span), headers
 
     def end(self, checksums: dict[str, str] | None = None) -> bytes:
         """The encoded ``End`` of everything cut so far."""
@@ -300,6 +323,18 @@ class DownloadSender:
             self._credit -= 1
             await self._nc.publish(self._reply, piece, headers=headers)
 
+    async def send_span(self, span: wire.FileSpan) -> None:
+        """Send a file frame (one frame of credit): the reader, on this host, reads the
+        span's bytes from the file itself.
+
+        Raises:
+            RequestTimeout, S3Error: as :meth:`send`.
+        """
+        body, headers = self._tally.span(span)
+        await self._wait_credit()
+        self._credit -= 1
+        await self._nc.publish(self._reply, body, headers=headers)
+
     async def end(self) -> None:
         """Send ``End`` with the frame count, byte count and CRC-32 of everything sent."""
         await self._nc.publish(self._reply, self._tally.end())
@@ -386,6 +421,12 @@ class UploadReceiver:
             self._sub = None
 
 
+ReadFile = Callable[[wire.FileSpan], AsyncIterator[bytes]]
+"""Reads a file frame's bytes on the requester's host, in pieces (raises OSError or
+:class:`~edgecache.common.chunkfile.InvalidChunk` when it cannot). The stream takes every
+piece before its next frame, and closes it (``aclose()``) if it stops early."""
+
+
 async def download(
     nc: NATS,
     subject: str,
@@ -395,6 +436,7 @@ async def download(
     window: int,
     timeout_s: float,
     downstream: Downstream | None = None,
+    read_file: ReadFile | None = None,
 ) -> tuple[wire.Reply, AsyncIterator[bytes]]:
     """Requester side of a download.
 
@@ -410,6 +452,8 @@ async def download(
         downstream: the sender the bytes are relayed to, if any: the stream then asks for
             no more than its credit (and waits for some before asking), so it never holds
             credit of ``budget`` while waiting downstream.
+        read_file: how to read a file frame's bytes; a requester that asked for file
+            frames (``GetObject.local_host``) must give it.
 
     Returns:
         The reply Struct that opened the stream, and an async iterator of the bytes, in
@@ -446,7 +490,7 @@ async def download(
         share.close()
         raise
     return reply, _DownloadBody(
-        nc, sub, credit_subject, share=share, timeout_s=timeout_s, downstream=downstream
+        nc, sub, credit_subject, share=share, timeout_s=timeout_s, downstream=downstream, read_file=read_file
     )
 
 
@@ -476,9 +520,12 @@ class _DownloadBody:
         share: Share,
         timeout_s: float,
         downstream: Downstream | None,
+        read_file: ReadFile | None = None,
     ) -> None:
         self._nc = nc
         self._sub = sub
+        self._read_file = read_file
+        self._file: AsyncIterator[bytes] | None = None  # the pieces of the file frame being read
         self._credit_subject = credit_subject
         self._timeout_s = timeout_s
         self._share = share
@@ -494,10 +541,21 @@ class _DownloadBody:
         if self._closed:
             raise StopAsyncIteration
         try:
+            if self._file is not None:
+                piece = await anext(self._file, None)
+                if piece is not None:
+                    return piece
+                self._file = None
             msg = await self._next_msg()
             if is_frame(msg):
                 self._share.frame_read()
-                return self._checker.add(msg)
+                if HDR_FILE not in msg.headers:
+                    return self._checker.add(msg)
+                span = self._checker.add_span(msg)
+                if self._read_file is None:
+                    raise errors.InternalError("a file frame in a stream that asked for none")
+                self._file = self._read_file(span)
+                return await self.__anext__()
             control = read_control(msg)
             if isinstance(control, wire.End):
                 self._checker.check(control)
@@ -554,6 +612,10 @@ class _DownloadBody:
         if self._closed:
             return
         self._closed = True
+        if self._file is not None:
+            file, self._file = self._file, None
+            with contextlib.suppress(Exception):
+                await file.aclose()  # type: ignore[attr-defined]
         try:
             if cancel and self._credit_subject:
                 await send_error(self._nc, self._credit_subject, errors.RequestTimeout("reader went away"))

@@ -39,6 +39,7 @@ __all__ = [
     "DeleteBucket",
     "DeleteObject",
     "End",
+    "FileSpan",
     "Error",
     "Event",
     "GetObject",
@@ -145,7 +146,9 @@ class GetObject(msgspec.Struct, **_OPTS, tag="getobject.v1"):
     ``bytes=-suffix``); the reply's ``range_first``/``range_last`` say what is sent.
     ``local_host`` (opt-in short-circuit read): the requester's host id
     (:func:`edgecache.common.hostid.host_id`); a node on the same host holding every chunk
-    of the range may answer :class:`ReadPlan` instead of the stream.
+    of the range may answer :class:`ReadPlan` instead of the stream, and one that streams
+    may send **file frames** (:class:`FileSpan`) for the bytes on its own disk, including
+    those of a fill still landing.
     Errors: NoSuchBucket, NoSuchKey, InvalidRange.
     """
 
@@ -421,6 +424,33 @@ class ReadPlan(msgspec.Struct, **_OPTS, tag="readplan.v1"):
     pieces: list[PlanPiece]
     lease_id: str
     lease_s: float
+    release_subject: str
+
+
+class FileSpan(msgspec.Struct, **_OPTS, tag="filespan.v1"):
+    """The body of a **file frame** (a stream frame with header ``Ec-File``), sent only to a
+    requester on the node's host (``GetObject.local_host``): the next ``length`` bytes of
+    the stream are payload bytes ``offset`` .. ``offset + length - 1`` of chunk
+    ``chunk_id``, in the first of ``paths`` that exists.
+
+    ``committed``: the file is a chunk file (:mod:`edgecache.common.chunkfile`) of
+    ``chunk_size`` payload bytes; read it whole and verify its trailer CRC32C before sending
+    any byte of it. Otherwise the bytes are a fill's, landed in its temp file (``paths[0]``,
+    payload from offset 0, no trailer yet; ``paths[1]`` is where the commit renames it):
+    read them as they are. Every chunk a stream names is pinned against eviction under one
+    lease, ``lease_id``, renewed for the node's ``cachenode.lease_s`` at each file frame;
+    release it (:class:`LeaseRelease` to ``release_subject``) when the stream is read or
+    given up. A file frame counts as one frame of credit and ``length`` bytes of the
+    ``End``'s size; the ``End``'s CRC-32 covers the bytes sent in frames only.
+    """
+
+    chunk_id: str
+    paths: list[str]
+    offset: int
+    length: int
+    chunk_size: int
+    committed: bool
+    lease_id: str
     release_subject: str
 
 

@@ -44,6 +44,19 @@ class Leases:
             self._pinned[chunk_id] = self._pinned.get(chunk_id, 0) + 1
         self.granted += 1
 
+    def extend(self, lease_id: str, chunk_ids: Iterable[str], ttl_s: float) -> None:
+        """Pin ``chunk_ids`` under ``lease_id`` too, and renew the whole lease for ``ttl_s``
+        seconds from now (a new id is granted)."""
+        found = self._leases.get(lease_id)
+        if found is None:
+            self.grant(lease_id, chunk_ids, ttl_s)
+            return
+        chunks, _ = found
+        added = tuple(c for c in dict.fromkeys(chunk_ids) if c not in chunks)
+        for chunk_id in added:
+            self._pinned[chunk_id] = self._pinned.get(chunk_id, 0) + 1
+        self._leases[lease_id] = (chunks + added, self._clock() + ttl_s)
+
     def release(self, lease_id: str) -> bool:
         """Unpin the chunks of ``lease_id``; ``False`` if it is unknown or already gone."""
         found = self._leases.pop(lease_id, None)

@@ -57,6 +57,7 @@ class ChunkFill:
         self.done = False
         self.error: BaseException | None = None
         self._changed = asyncio.Condition()
+        self.paths: list[str] = []  # the temp file once it exists, then where the commit puts it
         self._fd: int | None = None
         self._users = 1  # the fill itself, and each follower
 
@@ -69,6 +70,7 @@ class ChunkFill:
         from the writer's first write on): wake the followers."""
         if self._fd is None:
             self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self.paths = [str(path), *self.paths]
         if landed <= self.landed:
             return
         self.landed = landed
@@ -89,32 +91,42 @@ class ChunkFill:
             os.close(self._fd)
             self._fd = None
 
+    async def spans(self, first: int, last: int) -> AsyncIterator[tuple[int, int]]:
+        """``(offset, length)`` of the chunk's bytes ``first..last`` (inclusive) as they
+        land in :attr:`paths`, at most :data:`FOLLOW_READ_BYTES` each, in order.
+
+        Raises:
+            The fill's error, if it fails before ``last`` landed.
+        """
+        position = first
+        while position <= last:
+            if self.error is not None:
+                raise self.error
+            if self.landed > position:
+                n = min(last + 1, self.landed, position + FOLLOW_READ_BYTES) - position
+                yield position, n
+                position += n
+                continue
+            if self.done:
+                raise errors.InternalError(f"fill of {self.chunk_id} ended short")
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.landed > position or self.done)  # noqa: B023
+
     async def follow(self, first: int, last: int) -> AsyncIterator[bytes]:
-        """Bytes ``first..last`` (inclusive) of the chunk, as they land on disk.
+        """Bytes ``first..last`` (inclusive) of the chunk, read from disk as they land.
 
         Raises:
             The fill's error, if it fails before ``last`` landed.
         """
         self._users += 1
         try:
-            position = first
-            while position <= last:
-                if self.error is not None:
-                    raise self.error
-                if self.landed > position and self._fd is not None:
-                    n = min(last + 1, self.landed, position + FOLLOW_READ_BYTES) - position
-                    data = await asyncio.to_thread(os.pread, self._fd, n, position)
-                    if len(data) != n:
-                        raise errors.InternalError(
-                            f"chunk {self.chunk_id}: {len(data)} of {n} landed bytes read"
-                        )
-                    position += n
-                    yield data
-                    continue
-                if self.done:
-                    raise errors.InternalError(f"fill of {self.chunk_id} ended short")
-                async with self._changed:
-                    await self._changed.wait_for(lambda: self.landed > position or self.done)  # noqa: B023
+            async for offset, n in self.spans(first, last):
+                if self._fd is None:  # the fill failed before a byte landed
+                    raise self.error or errors.InternalError(f"fill of {self.chunk_id} ended short")
+                data = await asyncio.to_thread(os.pread, self._fd, n, offset)
+                if len(data) != n:
+                    raise errors.InternalError(f"chunk {self.chunk_id}: {len(data)} of {n} landed bytes read")
+                yield data
         finally:
             self._unuse()
 
@@ -173,6 +185,8 @@ class Filler:
             run.append(j)
             size += nxt.size
         fills = [ChunkFill(manifest.chunks[j].id, manifest.chunks[j].size) for j in run]
+        for f in fills:  # where the commit will put it (file frames name it)
+            f.paths = [str(self._store.file_path(f.chunk_id, dirty=False))]
         for f in fills:
             self.active[f.chunk_id] = f
         task = asyncio.ensure_future(self._run(manifest, run[0], fills))

@@ -29,6 +29,7 @@ from edgecache.common.ids import new_id
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
+    from edgecache.cachenode.fill import ChunkFill
     from edgecache.cachenode.node import CacheNode
     from edgecache.origin import OriginObject
 
@@ -159,12 +160,17 @@ async def read_chunk_span(
     prefetch: int = 0,
     local_only: bool = False,
     downstream: stream.Downstream | None = None,
-) -> AsyncIterator[bytes]:
+    lease: str | None = None,
+) -> AsyncIterator[bytes | wire.FileSpan]:
     """Bytes ``first..last`` (inclusive) of chunk ``index`` of ``manifest``, from the best
     source (see the module docstring). ``prefetch``: how many chunks after this one the
     reader will want (fills may take them in); ``local_only``: do not ask the owner (we
     are it); ``downstream``: the sender the bytes go to — a chunk is read from disk only
-    once it has credit, and a peer is asked for no more than that credit.
+    once it has credit, and a peer is asked for no more than that credit; ``lease``: the
+    reader is on this host: the bytes on this node's disk (committed, or landing from a
+    fill) are given as :class:`~edgecache.common.wire.FileSpan` s for it to read itself,
+    each chunk pinned against eviction under this lease id (renewed for
+    ``cachenode.lease_s`` at each span).
 
     Raises:
         ChunkMissing: a dirty chunk is on no reachable node (it cannot come from the origin).
@@ -175,6 +181,10 @@ async def read_chunk_span(
     if fill is None:
         if downstream is not None:
             await downstream.ready()  # hold no chunk in memory while the reader takes nothing
+        if lease and (span := _committed_span(node, lease, chunk, first, last)) is not None:
+            node.counters.hits += 1
+            yield span
+            return
         try:
             data = await node.store.read(chunk.id, first, last)
             node.counters.hits += 1
@@ -212,6 +222,15 @@ async def read_chunk_span(
             raise ChunkMissing(chunk.id)
         fill = node.filler.start(manifest, index, until=index + prefetch)
     node.counters.misses += 1
+    if lease:
+        spans = fill.spans(first, last)
+        head_span = await anext(spans, None)  # as below
+        node.filler.prefetch(manifest, _ahead(node, manifest, index, prefetch), until=index + prefetch)
+        if head_span is not None:
+            yield _fill_span(node, lease, fill, *head_span)
+            async for offset, n in spans:
+                yield _fill_span(node, lease, fill, offset, n)
+        return
     pieces = fill.follow(first, last)
     head = await anext(pieces, None)  # the first byte first: prefetching competes with it at the origin
     node.filler.prefetch(manifest, _ahead(node, manifest, index, prefetch), until=index + prefetch)
@@ -219,6 +238,37 @@ async def read_chunk_span(
         yield head
         async for piece in pieces:
             yield piece
+
+
+def _span(
+    node: CacheNode, lease: str, chunk_id: str, paths: list[str], offset: int, length: int, size: int, *, committed: bool
+) -> wire.FileSpan:
+    """A file span for a reader on this host; the chunk is pinned under ``lease`` (renewed)."""
+    node.store.leases.extend(lease, (chunk_id,), node.config.cachenode.lease_s)
+    return wire.FileSpan(
+        chunk_id=chunk_id,
+        paths=paths,
+        offset=offset,
+        length=length,
+        chunk_size=size,
+        committed=committed,
+        lease_id=lease,
+        release_subject=node.lease_subject,
+    )
+
+
+def _committed_span(node: CacheNode, lease: str, chunk: wire.ChunkRef, first: int, last: int) -> wire.FileSpan | None:
+    """The file span of a chunk committed in this node's store; ``None`` if it is not
+    (wholly) here."""
+    store = node.store
+    if store.size_of(chunk.id) != chunk.size or (paths := store.paths_of(chunk.id)) is None:
+        return None
+    store.access(chunk.id)
+    return _span(node, lease, chunk.id, [str(p.absolute()) for p in paths], first, last - first + 1, chunk.size, committed=True)
+
+
+def _fill_span(node: CacheNode, lease: str, fill: ChunkFill, offset: int, length: int) -> wire.FileSpan:
+    return _span(node, lease, fill.chunk_id, list(fill.paths), offset, length, fill.size, committed=False)
 
 
 def _ahead(node: CacheNode, manifest: wire.Manifest, index: int, wanted: int) -> list[int]:
@@ -241,10 +291,11 @@ async def read(
     last: int,
     *,
     downstream: stream.Downstream | None = None,
-) -> AsyncIterator[bytes]:
+    lease: str | None = None,
+) -> AsyncIterator[bytes | wire.FileSpan]:
     """Bytes ``first..last`` (inclusive) of ``manifest``'s version, in order, chunk by chunk,
     each piece as soon as it is available. Only the chunks covering the range are filled.
-    ``downstream``: the sender the bytes go to (see :func:`read_chunk_span`).
+    ``downstream``, ``lease``: see :func:`read_chunk_span`.
 
     Raises:
         ChunkMissing, ServiceUnavailable, PreconditionFailed: see :func:`read_chunk_span`.
@@ -253,9 +304,9 @@ async def read(
     last_index = spans[-1][0] if spans else -1
     for index, cfirst, clast in spans:
         pieces = read_chunk_span(
-            node, manifest, index, cfirst, clast, prefetch=last_index - index, downstream=downstream
+            node, manifest, index, cfirst, clast, prefetch=last_index - index, downstream=downstream, lease=lease
         )
         async for piece in pieces:
-            node.counters.bytes_out += len(piece)
+            node.counters.bytes_out += piece.length if isinstance(piece, wire.FileSpan) else len(piece)
             yield piece
             del piece  # a whole chunk: not kept alive while the next one is read

@@ -28,15 +28,21 @@ if TYPE_CHECKING:
 
     from edgecache.cachenode.node import CacheNode
 
-__all__ = ["answer", "on_release", "plan"]
+__all__ = ["answer", "on_release", "on_this_host", "plan"]
 
 log = get_logger(__name__)
+
+
+def on_this_host(node: CacheNode, request: wire.GetObject) -> bool:
+    """Whether the requester of ``request`` runs on this node's host (and asked to read
+    files: ``local_host``)."""
+    return bool(request.local_host) and request.local_host == host_id() and bool(node.lease_subject)
 
 
 def plan(node: CacheNode, request: wire.GetObject, manifest: wire.Manifest, info: wire.ObjectInfo) -> wire.ReadPlan | None:
     """The read plan for ``request`` (its range is ``info``'s), with a lease granted, or
     ``None`` when the requester is not on this host or a chunk is not committed here."""
-    if not request.local_host or request.local_host != host_id() or not node.lease_subject:
+    if not on_this_host(node, request):
         return None
     if manifest.size == 0:
         return None

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -46,7 +47,7 @@ from edgecache.common.logging import get_logger
 if TYPE_CHECKING:
     from edgecache.common.client import EdgecacheClient
 
-__all__ = ["SEND_BYTES", "LocalReads", "PlanBody", "get_object", "read_piece"]
+__all__ = ["SEND_BYTES", "LocalReads", "PlanBody", "get_object", "read_landed", "read_piece"]
 
 log = get_logger(__name__)
 
@@ -86,6 +87,47 @@ class LocalReads:
         """:func:`read_piece` in one of this worker's reader threads."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, read_piece, piece, buffer)
 
+    async def read_span(self, span: wire.FileSpan) -> AsyncIterator[bytes]:
+        """The bytes of a file frame (:class:`~edgecache.common.wire.FileSpan`), in pieces of
+        at most :data:`SEND_BYTES`: a committed chunk is read whole into one of the buffers
+        and verified before its first piece (:func:`read_piece`), and the buffer is held
+        until its last piece is taken; a fill's landed bytes are read as they are
+        (:func:`read_landed`).
+
+        Raises:
+            FileNotFoundError, InvalidChunk, OSError: as :func:`read_piece`.
+        """
+        loop = asyncio.get_running_loop()
+        if not span.committed:
+            for offset in range(span.offset, span.offset + span.length, SEND_BYTES):
+                n = min(SEND_BYTES, span.offset + span.length - offset)
+                part = msgspec.structs.replace(span, offset=offset, length=n)
+                data = await loop.run_in_executor(self._pool, read_landed, part)
+                self.bytes += len(data)
+                yield data
+            return
+        piece = wire.PlanPiece(
+            chunk_id=span.chunk_id, paths=span.paths, chunk_size=span.chunk_size, offset=span.offset, length=span.length
+        )
+        buffer = await self.take()
+        reading = asyncio.ensure_future(self.read(piece, buffer))
+        try:
+            view = await asyncio.shield(reading)
+        except asyncio.CancelledError:  # the thread still writes into the buffer
+            reading.add_done_callback(lambda _: self.give_back(buffer))
+            raise
+        except BaseException:
+            self.give_back(buffer)
+            raise
+        try:
+            with view:
+                for start in range(0, len(view), SEND_BYTES):
+                    data = bytes(view[start : start + SEND_BYTES])
+                    self.bytes += len(data)
+                    yield data
+        finally:
+            self.give_back(buffer)
+
     def close(self) -> None:
         """Stop the reader threads (after the reads in progress)."""
         self._pool.shutdown(wait=False)
@@ -119,6 +161,30 @@ def read_piece(piece: wire.PlanPiece, buffer: bytearray) -> memoryview:
                 raise InvalidChunk(f"{len(payload)} B, the plan says {piece.chunk_size}")
             return payload[piece.offset : piece.offset + piece.length]
     raise FileNotFoundError(piece.paths[0] if piece.paths else piece.chunk_id)
+
+
+def read_landed(span: wire.FileSpan) -> bytes:
+    """A fill's landed bytes named by ``span`` (blocking): from its temp file, or from where
+    the commit renamed it.
+
+    Raises:
+        FileNotFoundError: the file is at none of ``span.paths``.
+        InvalidChunk: fewer bytes than ``span.length`` are there.
+        OSError: another error reading it.
+    """
+    for path in span.paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            continue
+        try:
+            data = os.pread(fd, span.length, span.offset)
+        finally:
+            os.close(fd)
+        if len(data) != span.length:
+            raise InvalidChunk(f"{len(data)} of {span.length} landed bytes at {span.offset} in {path}")
+        return data
+    raise FileNotFoundError(span.paths[0] if span.paths else span.chunk_id)
 
 
 class PlanBody:
@@ -241,22 +307,71 @@ class PlanBody:
             await self._client.release_lease(self._plan)
 
     async def _resume(self) -> AsyncIterator[bytes]:
-        """A streamed GET of the bytes not yet sent, of the same version.
-
-        Raises:
-            InternalError: the object changed meanwhile (the body must be cut).
-            S3Error: the node's error.
-        """
-        info = self._plan.info
-        last = info.size - 1 if info.range_last is None else info.range_last
-        request = msgspec.structs.replace(self._request, range=f"bytes={self._position}-{last}", local_host=None)
-        rest_info, rest = await self._client.get_object(request)
-        if (rest_info.etag, rest_info.last_modified, rest_info.range_first) != (info.etag, info.last_modified, self._position):
-            with contextlib.suppress(Exception):
-                await rest.aclose()  # type: ignore[attr-defined]
-            raise errors.InternalError("the object changed during a short-circuit read")
         self._local.resumed += 1
-        return rest
+        return await _rest(self._client, self._request, self._plan.info, self._position)
+
+
+async def _rest(client: EdgecacheClient, request: wire.GetObject, info: wire.ObjectInfo, position: int) -> AsyncIterator[bytes]:
+    """A streamed GET (no files) of ``info``'s bytes from object offset ``position`` on, of
+    the same version.
+
+    Raises:
+        InternalError: the object changed meanwhile (the body must be cut).
+        S3Error: the node's error.
+    """
+    last = info.size - 1 if info.range_last is None else info.range_last
+    request = msgspec.structs.replace(request, range=f"bytes={position}-{last}", local_host=None)
+    rest_info, rest = await client.get_object(request)
+    if (rest_info.etag, rest_info.last_modified, rest_info.range_first) != (info.etag, info.last_modified, position):
+        with contextlib.suppress(Exception):
+            await rest.aclose()  # type: ignore[attr-defined]
+        raise errors.InternalError("the object changed during a short-circuit read")
+    return rest
+
+
+class _StreamFiles:
+    """The file frames of one stream: read with the worker's :class:`LocalReads`; the
+    lease they share is remembered, to be released when the stream is done."""
+
+    def __init__(self, local: LocalReads) -> None:
+        self.local = local
+        self.lease: wire.FileSpan | None = None
+
+    def read(self, span: wire.FileSpan) -> AsyncIterator[bytes]:
+        if self.lease is None:
+            self.lease = span
+        return self.local.read_span(span)
+
+
+async def _with_files(
+    files: _StreamFiles, client: EdgecacheClient, request: wire.GetObject, info: wire.ObjectInfo, body: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """A stream that may carry file frames: its bytes, and if a file cannot be read or
+    fails its check, the rest from a streamed GET of the same version (see the module
+    docstring). The files' lease is released when the stream is done."""
+    local = files.local
+    position = info.range_first or 0
+    try:
+        async for piece in body:
+            position += len(piece)
+            yield piece
+        return
+    except (OSError, InvalidChunk) as exc:
+        local.failed_chunks += 1
+        log.warning("shortcircuit.resume", reason=str(exc))
+    finally:
+        with contextlib.suppress(Exception):
+            await body.aclose()  # type: ignore[attr-defined]
+        if files.lease is not None:
+            await client.release_lease(files.lease)
+    local.resumed += 1
+    rest = await _rest(client, request, info, position)
+    try:
+        async for piece in rest:
+            yield piece
+    finally:
+        with contextlib.suppress(Exception):
+            await rest.aclose()  # type: ignore[attr-defined]
 
 
 async def get_object(
@@ -268,10 +383,13 @@ async def get_object(
     """
     if local is None or not local.host:
         return await client.get_object(request)
-    reply, body = await client.get_object_or_plan(msgspec.structs.replace(request, local_host=local.host))
+    files = _StreamFiles(local)
+    reply, body = await client.get_object_or_plan(
+        msgspec.structs.replace(request, local_host=local.host), read_file=files.read
+    )
     if body is not None:
         assert isinstance(reply, wire.ObjectInfo)
-        return reply, body
+        return reply, _with_files(files, client, request, reply, body)
     assert isinstance(reply, wire.ReadPlan)
     local.plans += 1
     planned = PlanBody(local, client, request, reply)
