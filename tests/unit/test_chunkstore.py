@@ -296,7 +296,7 @@ async def test_disk_full_at_commit(open_store: OpenStore, monkeypatch: pytest.Mo
     """ENOSPC may only show at fsync (delayed allocation); small writes are gathered too."""
     store = await open_store()
 
-    def full(f, pending, crc, size):  # type: ignore[no-untyped-def]
+    def full(f, pending, crc, size, *, sync=True):  # type: ignore[no-untyped-def]
         f.close()
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -323,6 +323,23 @@ async def test_other_os_errors_pass_through(
         await store.writer("f.0", dirty=True).write(payload(2 * MiB))
     assert not isinstance(info.value, ChunkStoreFull)
     assert tmp_files(store) == []
+
+
+async def test_only_dirty_chunks_are_fsynced(open_store: OpenStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clean chunk can be filled again: it is not fsynced (reads verify it); a dirty one
+    is, also when a clean commit lands on a dirty chunk (dirty is sticky)."""
+    store = await open_store()
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    await put(store, "c.0", payload(100), dirty=False)
+    assert synced == []
+    await put(store, "d.0", payload(100), dirty=True)
+    assert len(synced) >= 2  # the file and its directory
+    synced.clear()
+    await put(store, "d.0", payload(100), dirty=False)  # stays dirty: made durable anyway
+    assert len(synced) >= 2
+    assert store.is_dirty("d.0")
 
 
 # == Corruption ===============================================================================

@@ -9,7 +9,20 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["fsync_dir"]
+__all__ = ["fsync_dir", "fsync_file"]
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush the contents of file ``path`` to stable storage.
+
+    Raises:
+        OSError: it cannot be opened, or the fsync failed.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -14,8 +14,11 @@ the format and its reader, :func:`read_verified`, live in :mod:`edgecache.common
 
 A write streams into ``tmp/`` (:func:`open_tmp`, :func:`append`), appends the trailer and
 fsyncs the file (:func:`seal`), renames it into ``dirty/`` or ``clean/`` (:func:`replace`)
-and fsyncs that directory (:func:`settle_publish`): a committed chunk is durable and complete
-or absent. Marking chunks clean is a rename ``dirty/ -> clean/`` and an fsync of both
+and fsyncs that directory (:func:`settle_publish`): a committed dirty chunk is durable and
+complete or absent. A **clean** chunk (a copy of the origin's bytes) skips both fsyncs:
+after a power loss it may be missing or torn, which every read detects (trailer and
+CRC32C, :func:`read_verified`); the chunk is then dropped and filled again. (Two fsyncs
+per 8 MiB held every fill up for the disk.) Marking chunks clean is a rename ``dirty/ -> clean/`` and an fsync of both
 directories (:func:`rename_many`).
 
 Everything here blocks: the store and its writer call it through ``asyncio.to_thread``.
@@ -112,14 +115,16 @@ def append(f: BinaryIO, data: bytes | bytearray | memoryview, crc: int) -> int:
     return crc32c.crc32c(data, value=crc)
 
 
-def seal(f: BinaryIO, pending: bytes | bytearray | memoryview, crc: int, size: int) -> int:
-    """Write the last buffered bytes and the trailer, fsync and close; return the CRC32C."""
+def seal(f: BinaryIO, pending: bytes | bytearray | memoryview, crc: int, size: int, *, sync: bool = True) -> int:
+    """Write the last buffered bytes and the trailer, fsync (if ``sync``) and close; return
+    the CRC32C."""
     try:
         if pending:
             crc = append(f, pending, crc)
         f.write(pack_trailer(size, crc))
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
     finally:
         f.close()
     return crc
@@ -148,9 +153,11 @@ def replace(tmp: Path, dest: Path) -> None:
         raise
 
 
-def settle_publish(dest: Path, old: Path | None) -> None:
-    """Make the rename into ``dest`` durable, then remove ``old`` (the other state's copy)."""
-    fsync_dir(dest.parent)
+def settle_publish(dest: Path, old: Path | None, *, sync: bool = True) -> None:
+    """Make the rename into ``dest`` durable (if ``sync``), then remove ``old`` (the other
+    state's copy)."""
+    if sync:
+        fsync_dir(dest.parent)
     if old is not None and old != dest:
         old.unlink(missing_ok=True)
         fsync_dir(old.parent)

@@ -67,6 +67,7 @@ from edgecache.cachenode.chunkleases import Leases
 from edgecache.cachenode.chunkwriter import ChunkWriter
 from edgecache.cachenode.keyedlock import KeyedLocks
 from edgecache.cachenode.recovery import scan
+from edgecache.common.durable import fsync_file
 from edgecache.common.s3fifo import S3FifoPolicy
 
 __all__ = [
@@ -230,6 +231,10 @@ class ChunkStore:
             return None
         return [self._path(chunk_id, entry.dirty), self._path(chunk_id, not entry.dirty)]
 
+    def file_path(self, chunk_id: str, *, dirty: bool) -> Path:
+        """Where chunk ``chunk_id`` lives once committed in that state (it may not exist)."""
+        return self._path(validate_chunk_id(chunk_id), dirty)
+
     def access(self, chunk_id: str) -> None:
         """Count a read of ``chunk_id`` made outside the store (a short-circuit read) for
         the eviction order."""
@@ -266,10 +271,13 @@ class ChunkStore:
         await self._locks.acquire(chunk_id)
         try:
             old = self._index.get(chunk_id)
+            synced = dirty  # the writer fsynced only a chunk committed as dirty
             dirty = dirty or (old is not None and old.dirty)  # dirty is sticky
             dest = self._path(chunk_id, dirty)
             old_path = None if old is None else self._path(chunk_id, old.dirty)
             try:
+                if dirty and not synced:
+                    await asyncio.to_thread(fsync_file, tmp)
                 await asyncio.to_thread(replace, tmp, dest)
             except OSError as exc:  # nothing changed
                 raise_os(exc)
@@ -287,7 +295,7 @@ class ChunkStore:
             else:
                 self._policy.insert(chunk_id, size)  # a clean re-fill keeps its place
             try:
-                await asyncio.to_thread(settle_publish, dest, old_path)
+                await asyncio.to_thread(settle_publish, dest, old_path, sync=dirty)
             except OSError as exc:  # visible, but not known to be durable: the commit fails
                 raise_os(exc)
         finally:

@@ -114,9 +114,11 @@ class ChunkWriter:
             self._size += n
 
     async def commit(self) -> int:
-        """fsync the chunk and publish it atomically (replacing any chunk of the same id).
+        """Seal the chunk (fsynced if dirty) and publish it atomically (replacing any chunk
+        of the same id).
 
-        When this returns the chunk is durable, visible and counted. If the caller is
+        When this returns the chunk is visible and counted, and durable if it is dirty (a
+        clean chunk may be lost or torn by a power loss: reads verify it). If the caller is
         cancelled while the chunk is being published, the publish still completes.
 
         Returns:
@@ -136,7 +138,7 @@ class ChunkWriter:
                 raise ValueError(f"chunk {self.chunk_id!r} is empty; empty chunks are not stored")
             assert self._file is not None
             pending, self._buf = self._buf, bytearray()
-            await self._thread(seal, self._file, pending, self._crc, self._size)
+            await self._thread(seal, self._file, pending, self._crc, self._size, sync=self.dirty)
             self._file = None  # closed by seal
             self._landed = self._size
             self._handed_off = True  # the temp file now belongs to publish
@@ -176,10 +178,10 @@ class ChunkWriter:
         finally:
             self._busy = False
 
-    async def _thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+    async def _thread(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run ``fn`` in a thread; if cancelled, wait for the thread before re-raising so the
         temp file is never closed or unlinked under a running write."""
-        fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        fut = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
