@@ -113,6 +113,18 @@ class ChunkWriter:
                     self._landed += len(buf)
             self._size += n
 
+    async def flush(self) -> None:
+        """Write the gathered bytes to the file now (they :attr:`landed`).
+
+        Raises:
+            ChunkStoreFull, OSError, RuntimeError: as :meth:`write`.
+        """
+        async with self._call():
+            if self._buf and self._file is not None:
+                buf, self._buf = self._buf, bytearray()
+                self._crc = await self._thread(append, self._file, buf, self._crc)
+                self._landed += len(buf)
+
     async def commit(self) -> int:
         """Seal the chunk (fsynced if dirty) and publish it atomically (replacing any chunk
         of the same id).

@@ -232,6 +232,8 @@ class Filler:
                         )
                         view = view[len(part) :]
                         await writer.write(part)
+                        if not writer.landed:  # the first bytes of a chunk go to its readers at once
+                            await writer.flush()
                         fill.received += len(part)
                         await fill.landed_at(writer.path, writer.landed)
                         if fill.received == fill.size:
