@@ -84,9 +84,7 @@ class Health:
         names = list(self._checks)
         results = await asyncio.gather(*(self._run(self._checks[n]) for n in names))
         checks = dict(zip(names, results, strict=True))
-        return HealthReport(
-            ok=all(r == "ok" for r in results), service=self.service, checks=checks
-        )
+        return HealthReport(ok=all(r == "ok" for r in results), service=self.service, checks=checks)
 
     async def _run(self, check: Check) -> str:
         try:

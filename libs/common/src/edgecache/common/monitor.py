@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from prometheus_client import CollectorRegistry
 
-__all__ = ["HEALTH_PATHS", "Monitor", "answer_health"]
+__all__ = ["HEALTH_PATHS", "Monitor", "Server", "answer_health"]
 
 log = get_logger(__name__)
 
@@ -54,13 +54,16 @@ async def answer_health(scope: Scope, send: Send, health: Health) -> bool:
         return False
     report = health.live() if path == HEALTH_PATHS[0] else await health.ready()
     body = msgspec.json.encode(report)
-    await send({"type": "http.response.start", "status": 200 if report.ok else 503, "headers": _JSON})
+    await send(
+        {"type": "http.response.start", "status": 200 if report.ok else 503, "headers": _JSON}
+    )
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
     return True
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the service's ``stop`` event decides."""
+class Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service's ``stop`` event decides
+    (set ``should_exit``). Also the gateway's S3 server."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -88,7 +91,7 @@ class Monitor:
         self.health = Health(service)
         self._refreshers: list[Callable[[], Awaitable[None]]] = []
         self._metrics = make_asgi_app(self.registry)
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._task: asyncio.Task[None] | None = None
 
     def watch_nats(self, nc: NATS) -> None:
@@ -139,8 +142,10 @@ class Monitor:
             access_log=False,
             server_header=False,
         )
-        server = self._server = _Server(config)
-        self._task = asyncio.create_task(server.serve(sockets=[sock]), name=f"{self.service}-monitor")
+        server = self._server = Server(config)
+        self._task = asyncio.create_task(
+            server.serve(sockets=[sock]), name=f"{self.service}-monitor"
+        )
         while not server.started and not self._task.done():
             await asyncio.sleep(0.005)
         log.info("monitor.listening", url=self.url, service=self.service)
