@@ -17,6 +17,7 @@ from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
     CollectorRegistry,
+    Histogram,
     ProcessCollector,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,7 +26,15 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
-__all__ = ["PREFIX", "Sample", "Snapshot", "nats_collector", "new_registry"]
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "PREFIX",
+    "RequestTimes",
+    "Sample",
+    "Snapshot",
+    "nats_collector",
+    "new_registry",
+]
 
 PREFIX = "edgecache"
 
@@ -98,3 +107,42 @@ def nats_collector(service: str, nc: Callable[[], NATS | None]) -> Snapshot:
         yield ("nats_sent_bytes", "counter", "Payload bytes published to NATS", stats["out_bytes"])
 
     return Snapshot(service, read)
+
+
+#: upper bounds of the request latency histograms, seconds: from a memory-tier hit (~100 µs)
+#: to a large transfer
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+class RequestTimes:
+    """``edgecache_<service>_request_duration_seconds{operation,<outcome>}``: a latency
+    histogram whose ``_count`` is the number of requests, with its label children bound once
+    per label pair (a dict lookup and one observation per request).
+
+    Args:
+        registry: where it is registered.
+        service: the second part of its name.
+        doc: its help text (what the time covers).
+        outcome: the second label's name (``status`` in the gateway, ``outcome`` in a node).
+    """
+
+    def __init__(self, registry: CollectorRegistry, service: str, doc: str, outcome: str) -> None:
+        self._histogram = Histogram(
+            f"{PREFIX}_{service}_request_duration_seconds",
+            doc,
+            ["operation", outcome],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self._children: dict[tuple[str, str | int], Histogram] = {}
+
+    def observe(self, operation: str, outcome: str | int, seconds: float) -> None:
+        """Count one request of ``operation`` that ended with ``outcome`` after ``seconds``."""
+        child = self._children.get((operation, outcome))
+        if child is None:
+            child = self._children[(operation, outcome)] = self._histogram.labels(
+                operation, str(outcome)
+            )
+        child.observe(seconds)

@@ -12,24 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
-from edgecache.common.metrics import Sample, Snapshot
+from edgecache.common.metrics import RequestTimes, Sample, Snapshot
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from edgecache.gateway.state import GatewayState
 
-__all__ = ["LATENCY_BUCKETS_S", "RequestMetrics", "gateway_collector", "tier_samples"]
-
-#: upper bounds of the latency histogram, seconds: from a memory-tier hit (~100 µs) to a
-#: large transfer
-LATENCY_BUCKETS_S = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-)  # fmt: skip
-
-_Children = tuple["Histogram", "Counter", "Counter"]
+__all__ = ["RequestMetrics", "gateway_collector", "tier_samples"]
 
 
 class RequestMetrics:
@@ -42,12 +34,11 @@ class RequestMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._duration = Histogram(
-            "edgecache_gateway_request_duration_seconds",
+        self._times = RequestTimes(
+            registry,
+            "gateway",
             "S3 requests: time from arrival to the last byte sent, seconds",
-            ["operation", "status"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=registry,
+            "status",
         )
         self._received = Counter(
             "edgecache_gateway_received_bytes",
@@ -61,25 +52,24 @@ class RequestMetrics:
             ["operation"],
             registry=registry,
         )
-        self._children: dict[tuple[str, int], _Children] = {}
+        self._bytes: dict[str, tuple[Counter, Counter]] = {}
 
     def observe(
         self, operation: str, status: int, seconds: float, bytes_in: int, bytes_out: int
     ) -> None:
         """Count one finished request (``seconds`` from arrival to its end)."""
-        children = self._children.get((operation, status))
-        if children is None:
-            children = self._children[(operation, status)] = (
-                self._duration.labels(operation, str(status)),
-                self._received.labels(operation),
-                self._sent.labels(operation),
-            )
-        duration, received, sent = children
-        duration.observe(seconds)
-        if bytes_in:
-            received.inc(bytes_in)
-        if bytes_out:
-            sent.inc(bytes_out)
+        self._times.observe(operation, status, seconds)
+        if bytes_in or bytes_out:
+            counters = self._bytes.get(operation)
+            if counters is None:
+                counters = self._bytes[operation] = (
+                    self._received.labels(operation),
+                    self._sent.labels(operation),
+                )
+            if bytes_in:
+                counters[0].inc(bytes_in)
+            if bytes_out:
+                counters[1].inc(bytes_out)
 
 
 def tier_samples(state: GatewayState | None) -> Iterator[Sample]:
