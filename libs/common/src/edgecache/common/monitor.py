@@ -137,6 +137,7 @@ class Monitor:
         sock = socket.create_server((self.host, self.port), family=family)  # OSError here
         config = uvicorn.Config(
             self.app,
+            interface="asgi3",
             lifespan="off",
             log_level="warning",
             access_log=False,
