@@ -151,6 +151,10 @@ class Config(msgspec.Struct, **_OPTS):
         """The cache node's chunk store directory."""
         return Path(self.cachenode.data_dir or Path(self.data_dir) / "cachenode")
 
+    def gateway_workers(self) -> int:
+        """How many gateway worker processes ``gateway.workers`` asks for (0: one per core)."""
+        return self.gateway.workers or os.cpu_count() or 1
+
 
 # short names from the README and `edgecache up --help` -> (section, field)
 ENV_ALIASES: dict[str, tuple[str | None, str]] = {

@@ -37,7 +37,7 @@ _RESTART = Backoff(base_s=0.5, max_s=10.0)
 
 def worker_count(config: Config) -> int:
     """How many worker processes ``config`` asks for (``0``: one per core)."""
-    return config.gateway.workers or os.cpu_count() or 1
+    return config.gateway_workers()
 
 
 def per_worker(config: Config) -> Config:
