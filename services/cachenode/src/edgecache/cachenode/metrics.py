@@ -20,8 +20,13 @@ def node_samples(node: CacheNode) -> Iterator[Sample]:
     """What the node's heartbeat carries (``wire.NodeStats``), and more, as samples."""
     st = node.stats()
     c = node.counters
-    yield ("hits", "counter", "GetObjects served from the disk tier (this node or a peer)", st.hits)
-    yield ("misses", "counter", "GetObjects that needed the origin", st.misses)
+    yield (
+        "hits",
+        "counter",
+        "Chunk reads served from the disk tier (this node or a peer)",
+        st.hits,
+    )
+    yield ("misses", "counter", "Chunk reads that followed a fill from the origin", st.misses)
     yield ("fills", "counter", "Ranged GETs of the origin that filled chunks", st.fills)
     yield ("fill_bytes", "counter", "Bytes filled from the origin", st.fill_bytes)
     yield ("evictions", "counter", "Chunks evicted from the disk tier", st.evictions)
