@@ -1,18 +1,20 @@
 """The gateway's Prometheus metrics: requests by S3 operation and status, and the memory
 tier's and short-circuit reads' counters.
 
-Per request the gateway pays one histogram observation and at most two counter increments,
-on label children bound once per ``(operation, status)`` (:meth:`RequestMetrics.observe`,
+Per request the gateway pays one histogram observation, on a label child bound once per
+``(operation, status)``, and two integer additions (:meth:`RequestMetrics.observe`,
 called by :meth:`~edgecache.gateway.exchange.Exchange.finish`); the tier's and the
 short-circuit reads' counters are plain attributes read at scrape time (:func:`tier_samples`).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from edgecache.common.metrics import RequestTimes, Sample, Snapshot
 
@@ -24,13 +26,17 @@ if TYPE_CHECKING:
 __all__ = ["RequestMetrics", "gateway_collector", "tier_samples"]
 
 
-class RequestMetrics:
+class RequestMetrics(Collector):
     """``edgecache_gateway_request_duration_seconds{operation,status}`` (its ``_count`` is
     the number of requests), ``edgecache_gateway_received_bytes_total{operation}`` and
     ``edgecache_gateway_sent_bytes_total{operation}`` (body bytes).
 
     ``operation`` is the S3 action (``GetObject``, …; ``""`` for a request that could not be
     routed); ``status`` the HTTP status sent (499: the client went away first).
+
+    Per request: one histogram observation (prometheus-client, on a child bound once per
+    label pair) and two additions to plain integers, which this collector reads at scrape
+    time (a prometheus-client counter increment takes a lock: ~1.6 µs here).
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -40,36 +46,27 @@ class RequestMetrics:
             "S3 requests: time from arrival to the last byte sent, seconds",
             "status",
         )
-        self._received = Counter(
-            "edgecache_gateway_received_bytes",
-            "Request body bytes received (decoded)",
-            ["operation"],
-            registry=registry,
-        )
-        self._sent = Counter(
-            "edgecache_gateway_sent_bytes",
-            "Response body bytes sent",
-            ["operation"],
-            registry=registry,
-        )
-        self._bytes: dict[str, tuple[Counter, Counter]] = {}
+        self._received: defaultdict[str, int] = defaultdict(int)
+        self._sent: defaultdict[str, int] = defaultdict(int)
+        registry.register(self)
 
     def observe(
         self, operation: str, status: int, seconds: float, bytes_in: int, bytes_out: int
     ) -> None:
         """Count one finished request (``seconds`` from arrival to its end)."""
         self._times.observe(operation, status, seconds)
-        if bytes_in or bytes_out:
-            counters = self._bytes.get(operation)
-            if counters is None:
-                counters = self._bytes[operation] = (
-                    self._received.labels(operation),
-                    self._sent.labels(operation),
-                )
-            if bytes_in:
-                counters[0].inc(bytes_in)
-            if bytes_out:
-                counters[1].inc(bytes_out)
+        self._received[operation] += bytes_in
+        self._sent[operation] += bytes_out
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc, values in (
+            ("received_bytes", "Request body bytes received (decoded)", self._received),
+            ("sent_bytes", "Response body bytes sent", self._sent),
+        ):
+            family = CounterMetricFamily(f"edgecache_gateway_{name}", doc, labels=["operation"])
+            for operation, value in list(values.items()):
+                family.add_metric([operation], value)
+            yield family
 
 
 def tier_samples(state: GatewayState | None) -> Iterator[Sample]:

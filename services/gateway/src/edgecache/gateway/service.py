@@ -79,7 +79,8 @@ async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket)
     )
     try:
         monitor.watch_nats(nc)
-        requests = RequestMetrics(monitor.registry)
+        # no port, no scraper: the request path then counts nothing
+        requests = RequestMetrics(monitor.registry) if gw.metrics_port else None
         app = create_app(config, nc, memtier=tier, invalidations=listener, metrics=requests)
         monitor.registry.register(gateway_collector(lambda: getattr(app.state, "gateway", None)))
         asgi = with_health(with_fast_hits(app), monitor.health)
