@@ -297,6 +297,10 @@ async def test_readiness_follows_nats(monitored: Monitored) -> None:
         assert report["ok"] is False
         assert report["checks"]["nats"] == "not connected"
         assert report["checks"]["chunk_store"] == "ok"
+        # the backlog cannot be read: it is left out rather than reported stale
+        wb = await m.scrape("writeback")
+        assert ("edgecache_writeback_backlog_intents", frozenset()) not in wb
+        assert value(wb, "edgecache_writeback_nats_connected") == 0
     finally:
         m.nats.start()
     await until(lambda: all_ready(200), "every service ready again")

@@ -33,7 +33,7 @@ class _State(msgspec.Struct, frozen=True):
 
 
 class _Info(msgspec.Struct, frozen=True):
-    state: _State = _State()
+    state: _State  # absent from an API error: then the answer does not decode
 
 
 _INFO = msgspec.json.Decoder(_Info)
@@ -68,12 +68,16 @@ class Backlog:
         self.oldest_age_s = 0.0
 
     async def refresh(self) -> None:
-        """Ask JetStream.
+        """Ask JetStream; until it answers, the samples are left out.
 
         Raises:
+            ConnectionError: not connected now.
             nats.errors.TimeoutError: no answer within ``timeout_s``.
-            msgspec.DecodeError: the answer is not stream info (an API error).
+            msgspec.ValidationError: the answer is not stream info (an API error).
         """
+        self.intents = None  # a figure that could not be read is not reported stale
+        if not self._nc.is_connected:  # a request would wait out its timeout
+            raise ConnectionError("not connected to NATS")
         msg = await self._nc.request(
             subjects.jetstream_stream_info(subjects.WRITEBACK_STREAM), b"", timeout=self._timeout_s
         )
