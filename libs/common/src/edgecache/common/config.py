@@ -24,6 +24,7 @@ __all__ = [
     "FederatorConfig",
     "GatewayConfig",
     "LogConfig",
+    "MetricsConfig",
     "NatsConfig",
     "OriginConfig",
     "WritebackConfig",
@@ -69,6 +70,9 @@ class GatewayConfig(msgspec.Struct, **_OPTS):
     # read cache hits straight from a cache node's chunk files on this host (docs/protocol.md)
     short_circuit: bool = True
     short_circuit_buffers: int = 4  # chunk buffers (<= chunk_bytes each) per worker process
+    # metrics and health (docs/operations.md): worker i of gateway.workers serves them on
+    # metrics_port + i; 0: none (the S3 port still answers /health/*)
+    metrics_port: int = 0
 
 
 class CacheNodeConfig(msgspec.Struct, **_OPTS):
@@ -87,6 +91,7 @@ class CacheNodeConfig(msgspec.Struct, **_OPTS):
     window_frames: int = 8  # frames in flight per upload stream
     stream_idle_timeout_s: float = 30.0
     lease_s: float = 30.0  # a short-circuit read plan pins its chunks at most this long
+    metrics_port: int = 0  # /metrics and /health/* (docs/operations.md); 0: none
 
 
 class WritebackConfig(msgspec.Struct, **_OPTS):
@@ -96,10 +101,12 @@ class WritebackConfig(msgspec.Struct, **_OPTS):
     max_uploads: int = 2
     backoff_base_s: float = 0.5  # retry delay: base * 2**attempt, capped, with full jitter
     backoff_max_s: float = 30.0
+    metrics_port: int = 0  # /metrics and /health/* (docs/operations.md); 0: none
 
 
 class FederatorConfig(msgspec.Struct, **_OPTS):
     node_ttl_s: float = 10.0  # a node without a heartbeat for this long leaves KV ``nodes``
+    metrics_port: int = 0  # /metrics and /health/* (docs/operations.md); 0: none
 
 
 class OriginConfig(msgspec.Struct, **_OPTS):
@@ -118,6 +125,13 @@ class LogConfig(msgspec.Struct, **_OPTS):
     json: bool | None = None  # None: JSON unless stderr is a TTY
 
 
+class MetricsConfig(msgspec.Struct, **_OPTS):
+    """Where every service's metrics and health server listens (the ports are per service:
+    ``<service>.metrics_port``)."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 in containers, so that Prometheus can scrape
+
+
 class Config(msgspec.Struct, **_OPTS):
     data_dir: str = ".edgecache"
     nats: NatsConfig = NatsConfig()
@@ -127,6 +141,7 @@ class Config(msgspec.Struct, **_OPTS):
     federator: FederatorConfig = FederatorConfig()
     origin: OriginConfig = OriginConfig()
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def origin_path(self) -> Path:
         """The file origin's directory."""
@@ -135,6 +150,10 @@ class Config(msgspec.Struct, **_OPTS):
     def cachenode_dir(self) -> Path:
         """The cache node's chunk store directory."""
         return Path(self.cachenode.data_dir or Path(self.data_dir) / "cachenode")
+
+    def gateway_workers(self) -> int:
+        """How many gateway worker processes ``gateway.workers`` asks for (0: one per core)."""
+        return self.gateway.workers or os.cpu_count() or 1
 
 
 # short names from the README and `edgecache up --help` -> (section, field)

@@ -33,6 +33,7 @@ __all__ = [
     "chunk_get",
     "chunk_put",
     "heartbeat",
+    "jetstream_stream_info",
     "s3",
     "s3_request",
     "stream_inbox",
@@ -122,3 +123,9 @@ def writeback_retry(partition: int, token: str) -> str:
 def writeback_consumer(partition: int) -> str:
     """Durable consumer name of one ``WRITEBACK`` partition, shared by every writeback replica."""
     return f"writeback-{partition}"
+
+
+def jetstream_stream_info(stream: str) -> str:
+    """JetStream's API subject for ``stream``'s info (its state: messages, ``first_ts``);
+    asked directly where nats-py's ``stream_info`` drops the field needed."""
+    return f"$JS.API.STREAM.INFO.{stream}"

@@ -197,7 +197,8 @@ def up_command(
 def status_command(
     nats_url: str | None, data_dir: str, config_file: str | None, as_json: bool, timeout: float
 ) -> None:
-    """Show the live cache nodes (KV nodes) and the write-back backlog.
+    """Show the live cache nodes (KV nodes), the write-back backlog, and each service's
+    metrics and health URLs (from the config).
 
     Connects as the config's nats.user (--config, EDGECACHE_NATS__USER/__PASSWORD), else,
     for the private nats-server of the `up` in --data-dir, as its `admin` identity.
@@ -205,6 +206,7 @@ def status_command(
     """
     nats = status.nats_config_for(nats_url, config_file, data_dir)
     result = asyncio.run(status.read_status(nats, timeout_s=timeout))
+    result = msgspec.structs.replace(result, services=status.endpoints_for(config_file, data_dir))
     if as_json:
         click.echo(msgspec.json.encode(result).decode())
     else:

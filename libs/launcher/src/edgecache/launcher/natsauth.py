@@ -116,6 +116,8 @@ def _ensure_state() -> tuple[str, ...]:
     )
 
 
+# readiness (/health/ready): "JetStream reachable" is an account-info request
+_HEALTH = (f"{_API}.INFO",)
 _STREAM_DATA = subjects.stream_inbox("*", "*")  # upload frames, to the receiving node
 _CACHENODE_INBOXES = _inboxes("cachenode")  # download credit, to the sending node
 _INTENTS = tuple(subjects.writeback_subject(p) for p in range(subjects.WRITEBACK_PARTITIONS))
@@ -125,7 +127,7 @@ def _requester(identity: str, *, also_subscribe: tuple[str, ...] = ()) -> Permis
     """A caller of the ``s3.*`` API (gateway, platform service): requests, upload frames,
     download credit; replies on its own inbox."""
     return Permissions(
-        publish=("s3.>", _STREAM_DATA, _CACHENODE_INBOXES),
+        publish=("s3.>", _STREAM_DATA, _CACHENODE_INBOXES, *_HEALTH),
         subscribe=(_inboxes(identity), *also_subscribe),
     )
 
@@ -152,6 +154,7 @@ IDENTITIES: dict[str, Permissions | None] = {
                 for s in _kv_write(b)
             ),
             *(s for b in _ALL_KV for s in (*_kv_read(b), *_kv_watch(b))),
+            *_HEALTH,
         ),
         subscribe=(
             "s3.>",
@@ -178,11 +181,17 @@ IDENTITIES: dict[str, Permissions | None] = {
                 for b in (subjects.KV_BUCKETS, subjects.KV_OBJECTS)
                 for s in (*_kv_write(b), *_kv_read(b))
             ),
+            *_HEALTH,
         ),
         subscribe=(_inboxes("writeback"),),
     ),
     "federator": Permissions(
-        publish=(*_ensure_state(), *_kv_write(subjects.KV_NODES), *_kv_read(subjects.KV_NODES)),
+        publish=(
+            *_ensure_state(),
+            *_kv_write(subjects.KV_NODES),
+            *_kv_read(subjects.KV_NODES),
+            *_HEALTH,
+        ),
         subscribe=(subjects.HEARTBEAT_WILDCARD, _inboxes("federator")),
     ),
     PLATFORM: _requester(PLATFORM),

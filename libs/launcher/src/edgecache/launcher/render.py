@@ -7,9 +7,17 @@ from pathlib import Path
 
 from edgecache.common.config import Config
 from edgecache.launcher.datadir import NATS_CREDENTIALS_FILE
+from edgecache.launcher.endpoints import ServiceEndpoints, service_endpoints
 from edgecache.launcher.status import ClusterStatus
 
-__all__ = ["READY_PREFIX", "human_bytes", "human_duration", "render_banner", "render_status"]
+__all__ = [
+    "READY_PREFIX",
+    "human_bytes",
+    "human_duration",
+    "render_banner",
+    "render_endpoints",
+    "render_status",
+]
 
 READY_PREFIX = "edgecache is up:"  # the banner's first line: "<prefix> endpoint=URL nats=URL"
 
@@ -41,6 +49,10 @@ def render_banner(
             f"  nats         {config.nats.url}"
             + (f"   (users in {NATS_CREDENTIALS_FILE})" if nats_users else ""),
             f"  logs         {data_dir / 'logs'}/<service>.log",
+            *[
+                f"  metrics      {line.strip()}"
+                for line in render_endpoints(service_endpoints(config))[1:]
+            ],
             "",
             "  Try it:",
             f"    export AWS_ACCESS_KEY_ID={gw.access_key} AWS_SECRET_ACCESS_KEY={gw.secret_key}"
@@ -132,4 +144,13 @@ def render_status(status: ClusterStatus) -> str:
         f"  failing: {f.bucket}/{f.key} after {f.attempts} attempt(s): {f.error}"
         for f in wb.failing
     ]
+    lines += render_endpoints(status.services)
     return "\n".join(lines)
+
+
+def render_endpoints(services: list[ServiceEndpoints]) -> list[str]:
+    """One line per service with metrics: its ``/metrics`` URLs (health: same ports)."""
+    lines = [f"  {s.service:<10} {' '.join(s.metrics)}" for s in services if s.metrics]
+    if lines:
+        lines.insert(0, "metrics (and /health/live, /health/ready on the same ports):")
+    return lines

@@ -15,6 +15,7 @@ from edgecache.common.config import ConfigError, NatsConfig, load_config
 from edgecache.launcher.connection import connect
 from edgecache.launcher.credentials import load_nats_identity
 from edgecache.launcher.datadir import CONFIG_FILE
+from edgecache.launcher.endpoints import ServiceEndpoints, service_endpoints
 from edgecache.launcher.natsauth import ADMIN
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "FailingIntent",
     "NodeStatus",
     "PartitionBacklog",
+    "endpoints_for",
     "nats_config_for",
     "read_status",
 ]
@@ -74,6 +76,8 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str
     nodes: list[NodeStatus]
     writeback: Backlog
+    # each service's metrics and health URLs, from the config (see endpoints_for)
+    services: list[ServiceEndpoints] = []
 
 
 async def read_status(target: str | NatsConfig, *, timeout_s: float = 5.0) -> ClusterStatus:
@@ -189,6 +193,25 @@ async def _failing_intents(js: Any) -> tuple[int, list[FailingIntent]]:
             )
         )
     return len(names), failing
+
+
+def _config_path(config_file: str | None, data_dir: str) -> str | None:
+    """The config ``status`` reads: ``--config``, else the one ``up`` wrote in the data dir."""
+    written = Path(data_dir) / CONFIG_FILE
+    return config_file or (str(written) if written.exists() else None)
+
+
+def endpoints_for(config_file: str | None, data_dir: str) -> list[ServiceEndpoints]:
+    """Every service's metrics and health URLs, from the config ``status`` reads (the one
+    ``up`` wrote in ``data_dir`` holds the ports it picked).
+
+    Raises:
+        click.ClickException: the config file is invalid.
+    """
+    try:
+        return service_endpoints(load_config(_config_path(config_file, data_dir)))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def nats_config_for(nats_url: str | None, config_file: str | None, data_dir: str) -> NatsConfig:

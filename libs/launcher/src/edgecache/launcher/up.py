@@ -27,6 +27,7 @@ from edgecache.launcher.credentials import (
     load_or_create_nats_identities,
 )
 from edgecache.launcher.datadir import CONFIG_FILE, LOGS_DIR, NATS_DIR, SERVICES_DIR
+from edgecache.launcher.endpoints import pick_metrics_ports
 from edgecache.launcher.natsauth import ADMIN, IDENTITIES, SERVICE_IDENTITIES, authorization_block
 from edgecache.launcher.natsserver import NatsServer, find_binary
 from edgecache.launcher.ports import http_answers, port_in_use, wait_tcp
@@ -91,7 +92,8 @@ def child_env() -> dict[str, str]:
 
 def plan(config: Config, root: Path, *, external_nats: bool, nats_port: int) -> Plan:
     """Settle credentials, ports and the private nats-server; write ``edgecache.toml`` and
-    ``services/<service>.toml``.
+    ``services/<service>.toml``. Every service whose ``metrics_port`` is 0 gets a free one
+    (:func:`~edgecache.launcher.endpoints.pick_metrics_ports`).
 
     The private nats-server admits only the identities of
     :data:`~edgecache.launcher.natsauth.IDENTITIES` (passwords in
@@ -115,7 +117,7 @@ def plan(config: Config, root: Path, *, external_nats: bool, nats_port: int) -> 
         raise click.ClickException(
             f"port {gw.port} is in use: pick another with --port or EDGECACHE_PORT"
         )
-    config = msgspec.structs.replace(config, gateway=gw)
+    config = pick_metrics_ports(msgspec.structs.replace(config, gateway=gw))
 
     logs = root / LOGS_DIR
     specs: list[ChildSpec] = []

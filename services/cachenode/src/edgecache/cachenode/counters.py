@@ -20,3 +20,5 @@ class Counters:
     bytes_out: int = 0
     requests: int = 0
     plans: int = 0  # GetObjects answered with a read plan (short-circuit)
+    short_uploads: int = 0  # uploads that found fewer live peers than cachenode.replicas asks
+    short_chunks: int = 0  # dirty chunks acknowledged with fewer copies than wanted

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from edgecache.cachenode.chunkstore import ChunkStore
     from edgecache.common.config import Config
     from edgecache.common.jetstream import State
+    from edgecache.common.metrics import RequestTimes
     from edgecache.origin import Origin
 
 __all__ = ["Answered", "CacheNode", "now"]
@@ -72,6 +73,7 @@ class CacheNode:
     started: float = field(default_factory=now)
     counters: Counters = field(default_factory=Counters)
     lease_subject: str = ""  # where short-circuit readers release leases (an inbox of ours)
+    requests: RequestTimes | None = None  # request latencies by operation (metrics), if any
 
     def __post_init__(self) -> None:
         self.catalog = Catalog(self.nc, self.state)

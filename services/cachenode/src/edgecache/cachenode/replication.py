@@ -46,6 +46,7 @@ class Replicator:
         self._peers = peers
         self._copies = min(copies, len(peers))
         if self._copies < copies:
+            node.counters.short_uploads += 1
             log.warning("replicas.short", wanted=copies, live_peers=len(peers), bucket=bucket, key=key)
         self._failed: set[str] = set()  # peers that failed once: not asked again for this upload
         self._pending: list[asyncio.Task[wire.ChunkRef]] = []
@@ -104,6 +105,7 @@ class Replicator:
                 self._failed.add(peer)
                 log.warning("replica.failed", chunk=ref.id, peer=peer, error=exc.code)
         if len(holders) <= self._copies:
+            self._node.counters.short_chunks += 1
             log.warning("replicas.short", chunk=ref.id, copies=len(holders) - 1, wanted=self._copies)
         return wire.ChunkRef(id=ref.id, size=ref.size, nodes=holders)
 

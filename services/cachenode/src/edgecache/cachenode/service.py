@@ -31,6 +31,7 @@ from edgecache.cachenode import (
     shortcircuit,
 )
 from edgecache.cachenode.chunkstore import ChunkStore
+from edgecache.cachenode.metrics import node_monitor
 from edgecache.cachenode.node import Answered, CacheNode
 from edgecache.common import errors, stream, subjects, wire
 from edgecache.common.jetstream import ensure_state
@@ -81,13 +82,16 @@ async def dispatch(node: CacheNode, msg: Msg) -> None:
         log.exception("request.failed", subject=msg.subject)
         await stream.send_error(node.nc, msg.reply, exc)
     finally:
+        seconds = time.perf_counter() - started
+        if node.requests is not None:
+            node.requests.observe(type(request).__name__ if request else "", outcome, seconds)
         log.info(
             "request",
             subject=msg.subject,
             bucket=getattr(request, "bucket", None),
             key=getattr(request, "key", None),
             outcome=outcome,
-            ms=round((time.perf_counter() - started) * 1000, 2),
+            ms=round(seconds * 1000, 2),
         )
 
 
@@ -259,6 +263,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     """Run a cache node until ``stop`` is set."""
     async with AsyncExitStack() as stack:
         node = await start_node(config, stack)
+        await stack.enter_async_context(node_monitor(node))
         background = [
             asyncio.ensure_future(_heartbeats(node, stop)),
             asyncio.ensure_future(_evictions(node, stop)),

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
@@ -26,16 +27,19 @@ from nats.js.errors import NoStreamResponseError
 from edgecache.common import subjects, wire
 from edgecache.common.jetstream import ensure_state
 from edgecache.common.logging import get_logger
+from edgecache.common.metrics import Sample, Snapshot
+from edgecache.common.monitor import Monitor
 from edgecache.common.runtime import connect_nats
-from edgecache.federator.membership import Change, Membership
+from edgecache.federator.membership import Change, ChangeKind, Membership
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
     from nats.js.kv import KeyValue
 
     from edgecache.common.config import Config
 
-__all__ = ["Federator", "serve"]
+__all__ = ["Federator", "federator_monitor", "federator_samples", "serve"]
 
 log = get_logger(__name__)
 
@@ -55,6 +59,9 @@ class Federator:
         self._open_nodes = open_nodes
         self.nodes: KeyValue | None = None
         self.membership = membership
+        self.heartbeats = 0  # heartbeats put in KV nodes
+        self.rejected = 0  # heartbeats dropped: undecodable, or the subject is not its node's
+        self.changes: Counter[str] = Counter()  # ChangeKind value -> how many
 
     async def start(self) -> None:
         """Open KV ``nodes``."""
@@ -79,15 +86,18 @@ class Federator:
             beat = wire.decode(msg.data, wire.Heartbeat)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("heartbeat.invalid", subject=msg.subject, error=str(exc))
+            self.rejected += 1
             return
         if msg.subject != subjects.heartbeat(beat.node_id):
             log.warning("heartbeat.mismatch", subject=msg.subject, node=beat.node_id)
+            self.rejected += 1
             return
         try:
             await self._put(beat.node_id, msg.data)
         except nats.errors.Error as exc:
             log.warning("nodes.put_failed", node=beat.node_id, error=repr(exc))
             return
+        self.heartbeats += 1
         change = self.membership.observe(beat)
         if change is not None:
             self._report(change)
@@ -105,12 +115,32 @@ class Federator:
 
     def _report(self, change: Change) -> None:
         beat = change.heartbeat
+        self.changes[change.kind.value] += 1
         log.info(
             f"node.{change.kind.value}",
             node=beat.node_id,
             host=beat.host,
             members=len(self.membership),
         )
+
+
+def federator_samples(federator: Federator) -> Iterator[Sample]:
+    """The federator's counters and its live set, as samples."""
+    yield ("heartbeats", "counter", "Heartbeats put in KV nodes", federator.heartbeats)
+    yield ("rejected_heartbeats", "counter", "Heartbeats dropped as invalid", federator.rejected)
+    for kind in ChangeKind:
+        doc = f"Cache nodes that {kind.value}"
+        yield (f"nodes_{kind.value}", "counter", doc, federator.changes[kind.value])
+    yield ("live_nodes", "gauge", "Cache nodes alive (heartbeat within the TTL)", len(federator.membership))
+
+
+def federator_monitor(config: Config, nc: NATS, federator: Federator) -> Monitor:
+    """The federator's :class:`~edgecache.common.monitor.Monitor` on
+    ``federator.metrics_port`` (``async with`` it to serve)."""
+    monitor = Monitor("federator", host=config.metrics.host, port=config.federator.metrics_port)
+    monitor.watch_nats(nc)
+    monitor.registry.register(Snapshot("federator", lambda: federator_samples(federator)))
+    return monitor
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -137,6 +167,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
         federator = Federator(open_nodes, Membership(ttl_s))
         await federator.start()
+        await stack.enter_async_context(federator_monitor(config, nc, federator))
         sub = await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=federator.on_heartbeat)
         stack.push_async_callback(sub.unsubscribe)
         sweeper = asyncio.create_task(federator.sweep_forever(max(0.05, min(1.0, ttl_s / 4))))

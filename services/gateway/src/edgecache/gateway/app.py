@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from edgecache.common.config import Config
     from edgecache.gateway.invalidations import InvalidationListener
     from edgecache.gateway.memtier import MemoryTier
+    from edgecache.gateway.metrics import RequestMetrics
 
 __all__ = ["create_app", "dispatch"]
 
@@ -114,6 +115,7 @@ def create_app(
     wrap_body: Callable[..., Any] = sigv4.wrap_body,
     memtier: MemoryTier | None = None,
     invalidations: InvalidationListener | None = None,
+    metrics: RequestMetrics | None = None,
 ) -> Litestar:
     """Build the gateway's ASGI app around a connected NATS client.
 
@@ -130,6 +132,7 @@ def create_app(
             starts on ``nc`` (and which should watch ``nc``: see
             :func:`edgecache.common.runtime.connect_nats`).
         invalidations: what keeps ``memtier`` coherent.
+        metrics: where each request is counted (``None``: nowhere).
     """
     gw = config.gateway
     if credentials is None:
@@ -159,6 +162,7 @@ def create_app(
             memtier=memtier if coherent else None,
             invalidations=invalidations if coherent else None,
             local=local,
+            metrics=metrics,
         )
         if coherent:
             assert invalidations is not None and nc is not None

@@ -214,7 +214,8 @@ class Exchange:
     def finish(
         self, status: int, *, error: errors.S3Error | None = None, cut: bool = False
     ) -> None:
-        """Write the canonical log line of this request (once; later calls do nothing).
+        """Write the canonical log line of this request and count it in the gateway's metrics
+        (once; later calls do nothing).
 
         Args:
             status: the HTTP status sent.
@@ -225,6 +226,10 @@ class Exchange:
             return
         self._finished = True
         op = self.op
+        seconds = time.perf_counter() - self.started
+        metrics = self.gateway.metrics
+        if metrics is not None:
+            metrics.observe(op.name if op else "", status, seconds, self.bytes_in, self.bytes_out)
         fields: dict[str, Any] = {
             "request_id": self.request_id,
             "method": self.method,
@@ -234,7 +239,7 @@ class Exchange:
             "status": status,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
-            "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            "duration_ms": round(seconds * 1000, 3),
         }
         if error is not None:
             fields["error"] = error.code

@@ -74,6 +74,8 @@ def render(x: Exchange, op: Operation, cached: CachedObject, *, head: bool) -> A
     if head:
         return Answer(status, out, b"")
     x.bytes_out += len(body)
+    if x.gateway.memtier is not None:
+        x.gateway.memtier.stats.sent_bytes += len(body)
     return Answer(status, out, body)
 
 

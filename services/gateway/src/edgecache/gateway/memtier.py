@@ -62,6 +62,7 @@ class MemoryTierStats:
     evicted: int = 0
     invalidated: int = 0
     cleared: int = 0  # whole-tier drops (disconnect, a gap in the events)
+    sent_bytes: int = 0  # body bytes of GETs answered from the tier
     used_bytes: int = 0
     objects: int = 0
 

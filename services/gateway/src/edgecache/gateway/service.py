@@ -9,20 +9,21 @@ is drained.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import socket
-from collections.abc import Iterator
 
 import uvicorn
 
 from edgecache.common.config import Config
 from edgecache.common.logging import get_logger
+from edgecache.common.monitor import Monitor, Server
 from edgecache.common.runtime import connect_nats
 from edgecache.gateway.app import create_app
 from edgecache.gateway.fastpath import with_fast_hits
 from edgecache.gateway.invalidations import InvalidationListener
 from edgecache.gateway.memtier import MemoryTier
+from edgecache.gateway.metrics import RequestMetrics, gateway_collector
+from edgecache.gateway.probes import with_health
 from edgecache.gateway.workers import run_workers
 
 __all__ = ["GRACEFUL_SHUTDOWN_S", "serve", "serve_worker", "uvicorn_config"]
@@ -30,14 +31,6 @@ __all__ = ["GRACEFUL_SHUTDOWN_S", "serve", "serve_worker", "uvicorn_config"]
 log = get_logger("edgecache.gateway")
 
 GRACEFUL_SHUTDOWN_S = 30.0
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the service's ``stop`` event decides."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
@@ -70,7 +63,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
 
 async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket) -> None:
-    """One worker: its NATS connection, memory tier and app, serving on ``sock``."""
+    """One worker: its NATS connection, memory tier and app, serving on ``sock``; its
+    metrics and health on ``gateway.metrics_port`` (this worker's: see
+    :func:`~edgecache.gateway.workers.worker_config`), and health on ``sock`` too."""
     gw = config.gateway
     if not gw.access_key or not gw.secret_key:
         log.warning(
@@ -78,12 +73,18 @@ async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket)
         )
     tier = MemoryTier(capacity_bytes=gw.memory_tier_bytes, gate_bytes=gw.memory_tier_gate_bytes)
     listener = InvalidationListener(tier) if tier.enabled else None
+    monitor = Monitor("gateway", host=config.metrics.host, port=gw.metrics_port)
     nc = await connect_nats(
         config.nats, name="edgecache-gateway", watchers=[listener] if listener else []
     )
     try:
-        app = create_app(config, nc, memtier=tier, invalidations=listener)
-        server = _Server(uvicorn_config(with_fast_hits(app), gw.host, gw.port))
+        monitor.watch_nats(nc)
+        # no port, no scraper: the request path then counts nothing
+        requests = RequestMetrics(monitor.registry) if gw.metrics_port else None
+        app = create_app(config, nc, memtier=tier, invalidations=listener, metrics=requests)
+        monitor.registry.register(gateway_collector(lambda: getattr(app.state, "gateway", None)))
+        asgi = with_health(with_fast_hits(app), monitor.health)
+        server = Server(uvicorn_config(asgi, gw.host, gw.port))
 
         async def stopper() -> None:
             await stop.wait()
@@ -91,8 +92,14 @@ async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket)
 
         watcher = asyncio.create_task(stopper())
         try:
-            log.info("gateway.listening", endpoint=f"http://{gw.host}:{gw.port}", region=gw.region)
-            await server.serve(sockets=[sock])
+            async with monitor:
+                log.info(
+                    "gateway.listening",
+                    endpoint=f"http://{gw.host}:{gw.port}",
+                    region=gw.region,
+                    metrics=monitor.url if gw.metrics_port else None,
+                )
+                await server.serve(sockets=[sock])
         finally:
             watcher.cancel()
     finally:

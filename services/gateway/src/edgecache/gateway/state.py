@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from edgecache.common.config import GatewayConfig
     from edgecache.gateway.invalidations import InvalidationListener
     from edgecache.gateway.memtier import MemoryTier
+    from edgecache.gateway.metrics import RequestMetrics
     from edgecache.gateway.shortcircuit import LocalReads
 
 __all__ = ["GatewayState"]
@@ -36,6 +37,8 @@ class GatewayState:
         invalidations: what keeps ``memtier`` coherent.
         local: short-circuit reads of cache nodes' chunk files on this host, or ``None``
             when off (``gateway.short_circuit``).
+        metrics: where :meth:`~edgecache.gateway.exchange.Exchange.finish` counts each
+            request, or ``None`` (no metrics).
     """
 
     client: EdgecacheClient
@@ -47,6 +50,7 @@ class GatewayState:
     memtier: MemoryTier | None = None
     invalidations: InvalidationListener | None = None
     local: LocalReads | None = None
+    metrics: RequestMetrics | None = None
 
     def in_sync(self) -> bool:
         """Whether the memory tier may be used now (it saw every invalidation event)."""

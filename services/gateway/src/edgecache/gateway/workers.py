@@ -27,7 +27,7 @@ from edgecache.common.backoff import Backoff
 from edgecache.common.config import Config
 from edgecache.common.logging import configure_logging, get_logger
 
-__all__ = ["listening_socket", "run_workers", "worker_count"]
+__all__ = ["listening_socket", "run_workers", "worker_config", "worker_count"]
 
 log = get_logger("edgecache.gateway")
 
@@ -37,7 +37,7 @@ _RESTART = Backoff(base_s=0.5, max_s=10.0)
 
 def worker_count(config: Config) -> int:
     """How many worker processes ``config`` asks for (``0``: one per core)."""
-    return config.gateway.workers or os.cpu_count() or 1
+    return config.gateway_workers()
 
 
 def per_worker(config: Config) -> Config:
@@ -47,6 +47,25 @@ def per_worker(config: Config) -> Config:
     share = gw.memory_tier_bytes // worker_count(config)
     return msgspec.structs.replace(
         config, gateway=msgspec.structs.replace(gw, memory_tier_bytes=share)
+    )
+
+
+def worker_config(config: Config, index: int) -> Config:
+    """``config`` for worker ``index`` (0: the service's own process): its metrics and health
+    port is ``gateway.metrics_port + index`` (none when ``metrics_port`` is 0).
+
+    Why a port per worker rather than prometheus-client's multiprocess mode: each worker is
+    a whole gateway with its own NATS connection, memory tier and readiness, so each is
+    scraped and probed as what it is (a Prometheus target of its own; ``sum`` over them is
+    the gateway), process metrics (``process_resident_memory_bytes``) stay per process, the
+    tier's counters are read at scrape time without a shared file per metric, and a
+    restarted worker leaves no files behind.
+    """
+    gw = config.gateway
+    if not gw.metrics_port:
+        return config
+    return msgspec.structs.replace(
+        config, gateway=msgspec.structs.replace(gw, metrics_port=gw.metrics_port + index)
     )
 
 
@@ -86,7 +105,9 @@ async def run_workers(config: Config, stop: asyncio.Event, serve: Serve) -> None
 
     def start(index: int) -> None:
         process = context.Process(
-            target=_worker_main, args=(config, serve, index), name=f"gateway-{index}"
+            target=_worker_main,
+            args=(worker_config(config, index), serve, index),
+            name=f"gateway-{index}",
         )
         process.start()
         children[index] = process

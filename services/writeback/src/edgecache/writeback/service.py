@@ -46,6 +46,7 @@ from edgecache.common.logging import get_logger
 from edgecache.common.runtime import connect_nats
 from edgecache.origin import open_origin
 from edgecache.writeback.backoff import retry_delay_s
+from edgecache.writeback.metrics import writeback_monitor
 from edgecache.writeback.worker import IntentApplier, op_of
 
 if TYPE_CHECKING:
@@ -445,4 +446,5 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             window_frames=config.cachenode.window_frames,
             credit=CreditBudget(nc, max_bytes=config.nats.download_credit_bytes),
         )
+        await stack.enter_async_context(writeback_monitor(config, nc, service.stats))
         await service.run(stop)
