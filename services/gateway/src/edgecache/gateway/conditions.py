@@ -15,24 +15,10 @@ from __future__ import annotations
 import math
 
 from edgecache.common import errors
+from edgecache.common.etags import etag_matches
 from edgecache.gateway.headers import RequestHeaders, parse_http_date
 
 __all__ = ["etag_matches", "not_modified"]
-
-
-def etag_matches(header: str, etag: str) -> bool:
-    """Whether an ``If-Match``/``If-None-Match`` list names ``etag`` (hex, unquoted) or ``*``.
-
-    Weak tags (``W/"…"``) compare by their opaque part.
-    """
-    for candidate in header.split(","):
-        tag = candidate.strip()
-        if tag == "*":
-            return True
-        tag = tag.removeprefix("W/").strip('"')
-        if tag == etag:
-            return True
-    return False
 
 
 def not_modified(h: RequestHeaders, etag: str, last_modified: float) -> bool:
