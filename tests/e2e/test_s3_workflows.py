@@ -34,40 +34,61 @@ def bucket(s3) -> str:
 
 
 def _code(exc: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:
-    return exc.value.response["Error"]["Code"], exc.value.response["ResponseMetadata"]["HTTPStatusCode"]
+    return exc.value.response["Error"]["Code"], exc.value.response["ResponseMetadata"][
+        "HTTPStatusCode"
+    ]
 
 
 def _in_origin(stack: Stack, bucket: str, key: str, data: bytes) -> None:
     path = stack.origin_dir / bucket / key
-    wait_for(lambda: path.exists() and path.read_bytes() == data, what=f"{bucket}/{key} in the origin")
+    wait_for(
+        lambda: path.exists() and path.read_bytes() == data, what=f"{bucket}/{key} in the origin"
+    )
 
 
 # == CopyObject ==================================================================================
-def test_copy_object_within_and_across_buckets_reaches_the_origin(stack: Stack, s3, bucket: str) -> None:
+def test_copy_object_within_and_across_buckets_reaches_the_origin(
+    stack: Stack, s3, bucket: str
+) -> None:
     other = f"wf-{secrets.token_hex(5)}"
     s3.create_bucket(Bucket=other)
     data = os.urandom(3 * MiB + MiB // 2)  # several chunks
     key = "dir/src a+b ü.bin"  # sent URL-encoded in x-amz-copy-source
-    s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/x-src", Metadata={"colour": "blue"})
+    s3.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=data,
+        ContentType="application/x-src",
+        Metadata={"colour": "blue"},
+    )
     same = s3.copy_object(Bucket=bucket, Key="copy.bin", CopySource={"Bucket": bucket, "Key": key})
     assert same["CopyObjectResult"]["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
-    across = s3.copy_object(Bucket=other, Key="x/copy.bin", CopySource=f"{bucket}/{key}?versionId=null")
+    across = s3.copy_object(
+        Bucket=other, Key="x/copy.bin", CopySource=f"{bucket}/{key}?versionId=null"
+    )
     assert across["CopyObjectResult"]["LastModified"] is not None
     for b, k in ((bucket, "copy.bin"), (other, "x/copy.bin")):
         got = s3.get_object(Bucket=b, Key=k)
         assert got["Body"].read() == data
         assert got["ContentType"] == "application/x-src" and got["Metadata"] == {"colour": "blue"}
-    s3.delete_object(Bucket=bucket, Key=key)  # the copies own their bytes: the source's delete leaves them
+    # the copies own their bytes: the source's delete leaves them
+    s3.delete_object(Bucket=bucket, Key=key)
     assert s3.get_object(Bucket=other, Key="x/copy.bin")["Body"].read() == data
     _in_origin(stack, bucket, "copy.bin", data)
     _in_origin(stack, other, "x/copy.bin", data)
 
 
 def test_copy_object_metadata_directive_and_copies_onto_itself(s3, bucket: str) -> None:
-    s3.put_object(Bucket=bucket, Key="k", Body=b"body", ContentType="text/plain", Metadata={"a": "1"})
+    s3.put_object(
+        Bucket=bucket, Key="k", Body=b"body", ContentType="text/plain", Metadata={"a": "1"}
+    )
     replaced = s3.copy_object(
-        Bucket=bucket, Key="r", CopySource={"Bucket": bucket, "Key": "k"},
-        MetadataDirective="REPLACE", ContentType="application/json", Metadata={"b": "2"},
+        Bucket=bucket,
+        Key="r",
+        CopySource={"Bucket": bucket, "Key": "k"},
+        MetadataDirective="REPLACE",
+        ContentType="application/json",
+        Metadata={"b": "2"},
     )
     head = s3.head_object(Bucket=bucket, Key="r")
     assert head["ContentType"] == "application/json" and head["Metadata"] == {"b": "2"}
@@ -75,11 +96,22 @@ def test_copy_object_metadata_directive_and_copies_onto_itself(s3, bucket: str) 
     with pytest.raises(ClientError) as exc:
         s3.copy_object(Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "k"})
     assert _code(exc) == ("InvalidRequest", 400)
-    s3.copy_object(Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "k"}, MetadataDirective="REPLACE", Metadata={"c": "3"})
+    s3.copy_object(
+        Bucket=bucket,
+        Key="k",
+        CopySource={"Bucket": bucket, "Key": "k"},
+        MetadataDirective="REPLACE",
+        Metadata={"c": "3"},
+    )
     got = s3.get_object(Bucket=bucket, Key="k")
     assert got["Body"].read() == b"body" and got["Metadata"] == {"c": "3"}
     with pytest.raises(ClientError) as exc:
-        s3.copy_object(Bucket=bucket, Key="z", CopySource={"Bucket": bucket, "Key": "k"}, MetadataDirective="MOVE")
+        s3.copy_object(
+            Bucket=bucket,
+            Key="z",
+            CopySource={"Bucket": bucket, "Key": "k"},
+            MetadataDirective="MOVE",
+        )
     assert _code(exc) == ("InvalidArgument", 400)
 
 
@@ -92,7 +124,11 @@ def test_copy_object_of_zero_bytes_and_errors(s3, bucket: str) -> None:
         ({"Bucket": bucket, "Key": "missing"}, bucket, ("NoSuchKey", 404)),
         ({"Bucket": "no-such-bucket-wf", "Key": "empty"}, bucket, ("NoSuchBucket", 404)),
         ({"Bucket": bucket, "Key": "empty"}, "no-such-bucket-wf", ("NoSuchBucket", 404)),
-        ({"Bucket": bucket, "Key": "empty", "VersionId": "3HL4kqtJlcpXroDTDmJ"}, bucket, ("InvalidArgument", 400)),
+        (
+            {"Bucket": bucket, "Key": "empty", "VersionId": "3HL4kqtJlcpXroDTDmJ"},
+            bucket,
+            ("InvalidArgument", 400),
+        ),
     ]
     for source, dest, expected in cases:
         with pytest.raises(ClientError) as exc:
@@ -104,8 +140,20 @@ def test_copy_source_preconditions(s3, bucket: str) -> None:
     etag = s3.put_object(Bucket=bucket, Key="k", Body=b"v1")["ETag"]
     source = {"Bucket": bucket, "Key": "k"}
     past, future = datetime.now(UTC) - timedelta(days=1), datetime.now(UTC) + timedelta(days=1)
-    s3.copy_object(Bucket=bucket, Key="ok", CopySource=source, CopySourceIfMatch=etag, CopySourceIfModifiedSince=past)
-    s3.copy_object(Bucket=bucket, Key="ok", CopySource=source, CopySourceIfNoneMatch='"other"', CopySourceIfUnmodifiedSince=future)
+    s3.copy_object(
+        Bucket=bucket,
+        Key="ok",
+        CopySource=source,
+        CopySourceIfMatch=etag,
+        CopySourceIfModifiedSince=past,
+    )
+    s3.copy_object(
+        Bucket=bucket,
+        Key="ok",
+        CopySource=source,
+        CopySourceIfNoneMatch='"other"',
+        CopySourceIfUnmodifiedSince=future,
+    )
     failing = [
         {"CopySourceIfMatch": '"0123456789abcdef0123456789abcdef"'},
         {"CopySourceIfNoneMatch": etag},
@@ -127,14 +175,31 @@ def test_upload_part_copy_with_and_without_ranges(stack: Stack, s3, bucket: str)
     s3.put_object(Bucket=bucket, Key="small", Body=small)
     upload = s3.create_multipart_upload(Bucket=bucket, Key="composed")["UploadId"]
     args = {"Bucket": bucket, "Key": "composed", "UploadId": upload}
-    p1 = s3.upload_part_copy(**args, PartNumber=1, CopySource={"Bucket": bucket, "Key": "big"}, CopySourceRange=f"bytes=0-{5 * MiB}")
+    p1 = s3.upload_part_copy(
+        **args,
+        PartNumber=1,
+        CopySource={"Bucket": bucket, "Key": "big"},
+        CopySourceRange=f"bytes=0-{5 * MiB}",
+    )
     p2 = s3.upload_part_copy(**args, PartNumber=2, CopySource={"Bucket": bucket, "Key": "small"})
     assert p1["CopyPartResult"]["ETag"] == f'"{hashlib.md5(big[: 5 * MiB + 1]).hexdigest()}"'
-    for bad_range, expected in (("bytes=5-1", ("InvalidArgument", 400)), ("5-10", ("InvalidArgument", 400)), (f"bytes=0-{len(big)}", ("InvalidRange", 416))):
+    for bad_range, expected in (
+        ("bytes=5-1", ("InvalidArgument", 400)),
+        ("5-10", ("InvalidArgument", 400)),
+        (f"bytes=0-{len(big)}", ("InvalidRange", 416)),
+    ):
         with pytest.raises(ClientError) as exc:
-            s3.upload_part_copy(**args, PartNumber=3, CopySource={"Bucket": bucket, "Key": "big"}, CopySourceRange=bad_range)
+            s3.upload_part_copy(
+                **args,
+                PartNumber=3,
+                CopySource={"Bucket": bucket, "Key": "big"},
+                CopySourceRange=bad_range,
+            )
         assert _code(exc) == expected, bad_range
-    parts = [{"PartNumber": 1, "ETag": p1["CopyPartResult"]["ETag"]}, {"PartNumber": 2, "ETag": p2["CopyPartResult"]["ETag"]}]
+    parts = [
+        {"PartNumber": 1, "ETag": p1["CopyPartResult"]["ETag"]},
+        {"PartNumber": 2, "ETag": p2["CopyPartResult"]["ETag"]},
+    ]
     s3.complete_multipart_upload(**args, MultipartUpload={"Parts": parts})
     expected = big[: 5 * MiB + 1] + small
     assert s3.get_object(Bucket=bucket, Key="composed")["Body"].read() == expected
@@ -145,12 +210,17 @@ def test_list_multipart_uploads_pages_prefixes_and_markers(s3, bucket: str) -> N
     keys = ["a/1", "a/2", "b", "b", "c"]  # two uploads of b
     ids = [s3.create_multipart_upload(Bucket=bucket, Key=k)["UploadId"] for k in keys]
     listed = s3.list_multipart_uploads(Bucket=bucket)
-    assert [(u["Key"], u["UploadId"]) for u in listed["Uploads"]] == list(zip(keys, ids, strict=True))
+    assert [(u["Key"], u["UploadId"]) for u in listed["Uploads"]] == list(
+        zip(keys, ids, strict=True)
+    )
     assert listed["IsTruncated"] is False
     rolled = s3.list_multipart_uploads(Bucket=bucket, Delimiter="/")
     assert [u["Key"] for u in rolled["Uploads"]] == ["b", "b", "c"]
     assert [p["Prefix"] for p in rolled["CommonPrefixes"]] == ["a/"]
-    assert [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket, Prefix="a/")["Uploads"]] == ["a/1", "a/2"]
+    assert [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket, Prefix="a/")["Uploads"]] == [
+        "a/1",
+        "a/2",
+    ]
     seen, marker = [], {}
     while True:
         page = s3.list_multipart_uploads(Bucket=bucket, MaxUploads=2, **marker)
@@ -175,9 +245,13 @@ def test_get_and_head_by_part_number(s3, bucket: str) -> None:
     upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
     args = {"Bucket": bucket, "Key": "mp", "UploadId": upload}
     s3.upload_part(**args, PartNumber=1, Body=first)
-    e1 = s3.upload_part(**args, PartNumber=1, Body=replaced)["ETag"]  # the last upload of a part wins
+    # the last upload of a part number wins
+    e1 = s3.upload_part(**args, PartNumber=1, Body=replaced)["ETag"]
     e2 = s3.upload_part(**args, PartNumber=2, Body=second)["ETag"]
-    s3.complete_multipart_upload(**args, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+    s3.complete_multipart_upload(
+        **args,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]},
+    )
     part2 = s3.get_object(Bucket=bucket, Key="mp", PartNumber=2)
     assert part2["Body"].read() == second and part2["PartsCount"] == 2
     assert part2["ContentRange"] == f"bytes {5 * MiB}-{6 * MiB + 2}/{6 * MiB + 3}"
@@ -206,24 +280,35 @@ def test_conditional_put_object(s3, bucket: str) -> None:
         s3.put_object(Bucket=bucket, Key="lock", Body=b"two", IfNoneMatch="*")
     assert _code(exc) == ("PreconditionFailed", 412)
     with pytest.raises(ClientError) as exc:
-        s3.put_object(Bucket=bucket, Key="lock", Body=b"two", IfMatch='"0123456789abcdef0123456789abcdef"')
+        s3.put_object(
+            Bucket=bucket, Key="lock", Body=b"two", IfMatch='"0123456789abcdef0123456789abcdef"'
+        )
     assert _code(exc) == ("PreconditionFailed", 412)
-    assert s3.get_object(Bucket=bucket, Key="lock")["Body"].read() == b"one"  # the failed writes stored nothing
+    # the failed writes stored nothing
+    assert s3.get_object(Bucket=bucket, Key="lock")["Body"].read() == b"one"
     s3.put_object(Bucket=bucket, Key="lock", Body=b"two", IfMatch=etag)
     assert s3.get_object(Bucket=bucket, Key="lock")["Body"].read() == b"two"
     with pytest.raises(ClientError) as exc:
         s3.put_object(Bucket=bucket, Key="never-written", Body=b"x", IfMatch=etag)
     assert _code(exc) == ("NoSuchKey", 404)
     s3.delete_object(Bucket=bucket, Key="lock")
-    s3.put_object(Bucket=bucket, Key="lock", Body=b"three", IfNoneMatch="*")  # a deleted key is free again
+    # a deleted key is free again
+    s3.put_object(Bucket=bucket, Key="lock", Body=b"three", IfNoneMatch="*")
 
 
 def test_conditional_complete_multipart_upload(s3, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="taken", Body=b"already")
     for key, expected in (("taken", ("PreconditionFailed", 412)), ("free", None)):
         upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-        etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"part")["ETag"]
-        complete = {"Bucket": bucket, "Key": key, "UploadId": upload, "MultipartUpload": {"Parts": [{"PartNumber": 1, "ETag": etag}]}}
+        etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"part")[
+            "ETag"
+        ]
+        complete = {
+            "Bucket": bucket,
+            "Key": key,
+            "UploadId": upload,
+            "MultipartUpload": {"Parts": [{"PartNumber": 1, "ETag": etag}]},
+        }
         if expected is None:
             s3.complete_multipart_upload(**complete, IfNoneMatch="*")
             assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"part"
@@ -243,7 +328,9 @@ def test_racing_conditional_creates_have_one_winner(stack: Stack, bucket: str) -
         client = stack.boto3()
         start.wait()
         try:
-            client.put_object(Bucket=bucket, Key="lockfile", Body=f"writer {i}".encode(), IfNoneMatch="*")
+            client.put_object(
+                Bucket=bucket, Key="lockfile", Body=f"writer {i}".encode(), IfNoneMatch="*"
+            )
             outcomes.append(f"won {i}")
         except ClientError as exc:
             outcomes.append(exc.response["Error"]["Code"])
@@ -272,7 +359,10 @@ def test_list_object_versions_of_an_unversioned_bucket(s3, bucket: str) -> None:
     rolled = s3.list_object_versions(Bucket=bucket, Delimiter="/")
     assert [v["Key"] for v in rolled["Versions"]] == ["a", "e"]
     assert [p["Prefix"] for p in rolled["CommonPrefixes"]] == ["d/"]
-    assert [v["Key"] for v in s3.list_object_versions(Bucket=bucket, Prefix="d/")["Versions"]] == ["d/1", "d/2"]
+    assert [v["Key"] for v in s3.list_object_versions(Bucket=bucket, Prefix="d/")["Versions"]] == [
+        "d/1",
+        "d/2",
+    ]
     seen, marker = [], {}
     while True:
         page = s3.list_object_versions(Bucket=bucket, MaxKeys=3, **marker)
@@ -280,8 +370,16 @@ def test_list_object_versions_of_an_unversioned_bucket(s3, bucket: str) -> None:
         if not page["IsTruncated"]:
             break
         assert page["NextVersionIdMarker"] == "null"
-        marker = {"KeyMarker": page["NextKeyMarker"], "VersionIdMarker": page["NextVersionIdMarker"]}
+        marker = {
+            "KeyMarker": page["NextKeyMarker"],
+            "VersionIdMarker": page["NextVersionIdMarker"],
+        }
     assert seen == keys
-    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in listed["Versions"]]})
+    s3.delete_objects(
+        Bucket=bucket,
+        Delete={
+            "Objects": [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in listed["Versions"]]
+        },
+    )
     assert s3.list_object_versions(Bucket=bucket).get("Versions", []) == []
     s3.delete_bucket(Bucket=bucket)  # what tools that empty a bucket do

@@ -51,7 +51,14 @@ async def source_manifest(node: CacheNode, source: wire.CopySource) -> wire.Mani
 
 
 async def _copy_chunks(
-    node: CacheNode, manifest: wire.Manifest, first: int, last: int, *, bucket: str, key: str, prefix: str
+    node: CacheNode,
+    manifest: wire.Manifest,
+    first: int,
+    last: int,
+    *,
+    bucket: str,
+    key: str,
+    prefix: str,
 ) -> tuple[list[wire.ChunkRef], Digests, dict[str, str]]:
     """Copy bytes ``first..last`` (inclusive; ``last < first``: none) of ``manifest`` into new
     dirty chunks ``<prefix>.<i>`` here, replicated for ``bucket/key``.
@@ -65,7 +72,11 @@ async def _copy_chunks(
         ServiceUnavailable: a chunk of the source is unavailable, or the disk is full.
     """
     whole = first == 0 and last == manifest.size - 1
-    kept = {a: v for a, v in manifest.checksums.items() if a in ALGORITHMS and "-" not in v} if whole else {}
+    kept = (
+        {a: v for a, v in manifest.checksums.items() if a in ALGORITHMS and "-" not in v}
+        if whole
+        else {}
+    )
     # an ETag we computed (not the origin's, which may be no MD5) of a single-part version
     our_md5 = whole and manifest.parts_count is None and manifest.etag != manifest.origin_etag
     digests = Digests(kept)
@@ -80,7 +91,9 @@ async def _copy_chunks(
             node, body(), prefix=prefix, digests=digests, replicator=Replicator(node, bucket, key)
         )
     except ChunkMissing as exc:
-        raise errors.ServiceUnavailable(f"chunk {exc} of the copy source is unavailable", retry_after_s=1) from exc
+        raise errors.ServiceUnavailable(
+            f"chunk {exc} of the copy source is unavailable", retry_after_s=1
+        ) from exc
     try:
         if our_md5 and digests.md5_hex != manifest.etag:
             raise errors.BadDigest("the copy source's bytes do not match its ETag")
@@ -156,7 +169,9 @@ async def upload_part_copy(node: CacheNode, request: wire.UploadPartCopy) -> wir
             resource=f"{request.source.bucket}/{request.source.key}",
         )
     if last - first + 1 > MAX_COPY_BYTES:
-        raise errors.InvalidRequest(f"The specified copy range is larger than {MAX_COPY_BYTES} bytes")
+        raise errors.InvalidRequest(
+            f"The specified copy range is larger than {MAX_COPY_BYTES} bytes"
+        )
     refs, digests, checksums = await _copy_chunks(
         node, source, first, last, bucket=request.bucket, key=request.key, prefix=new_id()
     )

@@ -40,9 +40,13 @@ def copy_source(h: RequestHeaders) -> tuple[str, str]:
     try:
         bucket, key = unquote(bucket, errors="strict"), unquote(key, errors="strict")
     except UnicodeDecodeError as exc:
-        raise errors.InvalidArgument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey") from exc
+        raise errors.InvalidArgument(
+            "Copy Source must mention the source bucket and key: sourcebucket/sourcekey"
+        ) from exc
     if not bucket or not key:
-        raise errors.InvalidArgument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey")
+        raise errors.InvalidArgument(
+            "Copy Source must mention the source bucket and key: sourcebucket/sourcekey"
+        )
     names.validate_key(bucket, key)
     return bucket, key
 
@@ -79,7 +83,12 @@ def replaces_metadata(h: RequestHeaders) -> bool:
 
 
 async def checked_source(
-    client: EdgecacheClient, h: RequestHeaders, bucket: str, key: str, *, span: tuple[int, int] | None = None
+    client: EdgecacheClient,
+    h: RequestHeaders,
+    bucket: str,
+    key: str,
+    *,
+    span: tuple[int, int] | None = None,
 ) -> wire.CopySource:
     """The copy source, with its ``x-amz-copy-source-if-*`` preconditions checked.
 
@@ -93,7 +102,11 @@ async def checked_source(
     """
     first, last = span if span is not None else (None, None)
     plain = RequestHeaders(
-        {name[len(_PRECONDITION) :]: value for name, value in h.items() if name.startswith(_PRECONDITION + "if-")}
+        {
+            name[len(_PRECONDITION) :]: value
+            for name, value in h.items()
+            if name.startswith(_PRECONDITION + "if-")
+        }
     )
     if not plain:
         return wire.CopySource(bucket=bucket, key=key, first=first, last=last)
@@ -103,10 +116,16 @@ async def checked_source(
     try:
         unchanged = conditions.not_modified(plain, head.etag, head.last_modified)
     except errors.PreconditionFailed as exc:
-        raise errors.PreconditionFailed(exc.message.replace(": If-", ": x-amz-copy-source-If-")) from exc
+        raise errors.PreconditionFailed(
+            exc.message.replace(": If-", ": x-amz-copy-source-If-")
+        ) from exc
     if unchanged:
         raise errors.PreconditionFailed(
             "At least one of the pre-conditions you specified did not hold: "
-            + ("x-amz-copy-source-If-None-Match" if "if-none-match" in plain else "x-amz-copy-source-If-Modified-Since")
+            + (
+                "x-amz-copy-source-If-None-Match"
+                if "if-none-match" in plain
+                else "x-amz-copy-source-If-Modified-Since"
+            )
         )
     return wire.CopySource(bucket=bucket, key=key, etag=head.etag, first=first, last=last)
