@@ -403,7 +403,7 @@ async def head_object(x: Exchange) -> Response[Any]:
     op = _op(x)
     _check_key(op)
     part = _part_number(x, op)
-    cached = await memory.held(x, op) if part is None else None
+    cached = await memory.held(x, op)
     if cached is not None:
         return memory.answer(x, op, cached, head=True)
     reply = await x.gateway.client.request(
@@ -431,7 +431,7 @@ async def get_object(x: Exchange) -> Response[Any]:
     op = _op(x)
     _check_key(op)
     part = _part_number(x, op)
-    cached = await memory.held(x, op) if part is None else None
+    cached = await memory.held(x, op)
     if cached is not None:
         return memory.answer(x, op, cached, head=False)
     fill = memory.start_fill(x, op) if part is None else None
