@@ -46,6 +46,7 @@ R = TypeVar("R")
 MAX_XML_BYTES = 4 * 1024 * 1024  # CompleteMultipartUpload with 10000 parts is ~1.5 MB
 MAX_SMALL_XML_BYTES = 64 * 1024
 DELETE_CONCURRENCY = 16
+COPY_TIMEOUT_S = 600.0  # a copy answers when its bytes are copied: up to 5 GiB, maybe cold
 _CONDITIONAL_HEADERS = frozenset(
     {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
 )
@@ -646,7 +647,8 @@ async def copy_object(x: Exchange) -> Response[Any]:
             metadata=metadata,
             headers=stored,
             condition=condition,
-        )
+        ),
+        timeout_s=max(COPY_TIMEOUT_S, x.gateway.client.timeout_s),
     )
     return xml_response(x, xml.copy_object_result(_expect(reply, wire.ObjectInfo)))
 
@@ -671,7 +673,8 @@ async def upload_part_copy(x: Exchange) -> Response[Any]:
     reply = await x.gateway.client.request(
         wire.UploadPartCopy(
             bucket=op.bucket, key=op.key, upload_id=_upload_id(op), part_number=part_number, source=source
-        )
+        ),
+        timeout_s=max(COPY_TIMEOUT_S, x.gateway.client.timeout_s),
     )
     return xml_response(x, xml.copy_part_result(_expect(reply, wire.PartInfo)))
 
