@@ -39,7 +39,9 @@ class Recorder:
             raise reply
         return reply
 
-    async def request(self, request: Any) -> Any:
+    timeout_s = 30.0
+
+    async def request(self, request: Any, *, timeout_s: float | None = None) -> Any:
         return self._answer(request)
 
     async def put_object(self, request: Any, body: Any, *, trailers: Any = None) -> Any:
