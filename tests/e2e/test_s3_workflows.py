@@ -166,6 +166,11 @@ def test_copy_source_preconditions(s3, bucket: str) -> None:
         assert _code(exc) == ("PreconditionFailed", 412), condition
     with pytest.raises(ClientError):
         s3.head_object(Bucket=bucket, Key="no")
+    # conditional writes hold for a copy's destination too
+    with pytest.raises(ClientError) as exc:
+        s3.copy_object(Bucket=bucket, Key="ok", CopySource=source, IfNoneMatch="*")
+    assert _code(exc) == ("PreconditionFailed", 412)
+    s3.copy_object(Bucket=bucket, Key="ok", CopySource=source, IfMatch=etag)
 
 
 # == UploadPartCopy, ListMultipartUploads ========================================================
