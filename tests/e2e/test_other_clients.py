@@ -22,16 +22,49 @@ REPO = Path(__file__).resolve().parents[2]
 S3CMD = REPO / ".tools" / "s3cmd" / "bin" / "s3cmd"
 
 
-def _run(argv: list[str], env: dict[str, str] | None = None) -> str:
+def _run(argv: list[str], env: dict[str, str] | None = None, *, with_stderr: bool = False) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return done.stdout + done.stderr if with_stderr else done.stdout
+
+
+def _minio(stack: Stack):
+    from minio import Minio
+
+    return Minio(urlparse(stack.endpoint).netloc, access_key=stack.access_key, secret_key=stack.secret_key, secure=False, region="us-east-1")
+
+
+def _s3cmd(stack: Stack, tmp_path: Path) -> list[str]:
+    """The s3cmd command line, configured for the stack."""
+    if not S3CMD.exists():
+        pytest.fail(f"s3cmd is not installed at {S3CMD}: run `make deps`")
+    host = urlparse(stack.endpoint).netloc
+    config = tmp_path / "s3cfg"
+    config.write_text(
+        f"[default]\naccess_key = {stack.access_key}\nsecret_key = {stack.secret_key}\n"
+        f"host_base = {host}\nhost_bucket = {host}\nuse_https = False\nsignature_v2 = False\n"
+        "bucket_location = us-east-1\n"
+    )
+    return [str(S3CMD), "-c", str(config)]
+
+
+def _rclone(stack: Stack, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """The rclone command line with the stack as remote ``edge:``, and its environment."""
+    rclone = shutil.which("rclone")
+    if rclone is None:
+        pytest.fail("rclone is not installed: run `make deps` (apt-get install rclone)")
+    config = tmp_path / "rclone.conf"
+    config.write_text(
+        "[edge]\ntype = s3\nprovider = Other\nenv_auth = false\n"
+        f"access_key_id = {stack.access_key}\nsecret_access_key = {stack.secret_key}\n"
+        f"endpoint = {stack.endpoint}\nregion = us-east-1\nforce_path_style = true\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    return [rclone, "--config", str(config)], env
 
 
 def test_minio_py(stack: Stack) -> None:
-    from minio import Minio
-
-    client = Minio(urlparse(stack.endpoint).netloc, access_key=stack.access_key, secret_key=stack.secret_key, secure=False, region="us-east-1")
+    client = _minio(stack)
     bucket = f"minio-{secrets.token_hex(5)}"
     client.make_bucket(bucket)
     assert client.bucket_exists(bucket)
@@ -56,16 +89,7 @@ def test_minio_py(stack: Stack) -> None:
 
 
 def test_s3cmd(stack: Stack, tmp_path: Path) -> None:
-    if not S3CMD.exists():
-        pytest.fail(f"s3cmd is not installed at {S3CMD}: run `make deps`")
-    host = urlparse(stack.endpoint).netloc
-    config = tmp_path / "s3cfg"
-    config.write_text(
-        f"[default]\naccess_key = {stack.access_key}\nsecret_key = {stack.secret_key}\n"
-        f"host_base = {host}\nhost_bucket = {host}\nuse_https = False\nsignature_v2 = False\n"
-        "bucket_location = us-east-1\n"
-    )
-    s3cmd = [str(S3CMD), "-c", str(config)]
+    s3cmd = _s3cmd(stack, tmp_path)
     bucket = f"s3cmd-{secrets.token_hex(5)}"
     _run([*s3cmd, "mb", f"s3://{bucket}"])
     data = os.urandom(20 * MiB + 3)  # above s3cmd's 15 MiB multipart chunk
@@ -84,17 +108,7 @@ def test_s3cmd(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_rclone(stack: Stack, tmp_path: Path) -> None:
-    rclone = shutil.which("rclone")
-    if rclone is None:
-        pytest.fail("rclone is not installed: run `make deps` (apt-get install rclone)")
-    config = tmp_path / "rclone.conf"
-    config.write_text(
-        "[edge]\ntype = s3\nprovider = Other\nenv_auth = false\n"
-        f"access_key_id = {stack.access_key}\nsecret_access_key = {stack.secret_key}\n"
-        f"endpoint = {stack.endpoint}\nregion = us-east-1\nforce_path_style = true\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-    base = [rclone, "--config", str(config)]
+    base, env = _rclone(stack, tmp_path)
     bucket = f"rclone-{secrets.token_hex(5)}"
     tree = tmp_path / "tree"
     files = {"a.txt": b"alpha", "sub/b.bin": os.urandom(3 * MiB), "sub/deeper/c.txt": b"c" * 10}
@@ -114,3 +128,60 @@ def test_rclone(stack: Stack, tmp_path: Path) -> None:
         wait_for(lambda p=path, d=data: p.exists() and p.read_bytes() == d, what=f"{path} in the origin")
     _run([*base, "purge", f"edge:{bucket}"], env)
     assert _run([*base, "lsf", "edge:"], env).split().count(f"{bucket}/") == 0
+
+
+# == server-side copies (issue 6) ===============================================================
+def _in_origin(stack: Stack, bucket: str, key: str, data: bytes) -> None:
+    path = stack.origin_dir / bucket / key
+    wait_for(lambda: path.exists() and path.read_bytes() == data, what=f"{bucket}/{key} in the origin")
+
+
+def test_minio_py_copy_object_and_compose_object(stack: Stack) -> None:
+    from minio.commonconfig import ComposeSource, CopySource
+
+    client = _minio(stack)
+    bucket, other = f"minio-{secrets.token_hex(5)}", f"minio-{secrets.token_hex(5)}"
+    client.make_bucket(bucket)
+    client.make_bucket(other)
+    head, tail = os.urandom(5 * MiB + 1), os.urandom(1000)  # compose: every source but the last ≥ 5 MiB
+    client.put_object(bucket, "head.bin", io.BytesIO(head), len(head))
+    client.put_object(bucket, "tail.bin", io.BytesIO(tail), len(tail), metadata={"k": "v"})
+    client.copy_object(other, "copied.bin", CopySource(bucket, "tail.bin"))
+    assert client.stat_object(other, "copied.bin").metadata["x-amz-meta-k"] == "v"
+    # minio-py composes by UploadPartCopy with ranges and x-amz-copy-source-if-match
+    client.compose_object(other, "composed.bin", [ComposeSource(bucket, "head.bin"), ComposeSource(bucket, "tail.bin", offset=10, length=100)])
+    expected = head + tail[10:110]
+    assert client.get_object(other, "composed.bin").read() == expected
+    assert client.stat_object(other, "composed.bin").etag.endswith("-2")
+    _in_origin(stack, other, "copied.bin", tail)
+    _in_origin(stack, other, "composed.bin", expected)
+
+
+def test_rclone_server_side_copy_between_buckets(stack: Stack, tmp_path: Path) -> None:
+    base, env = _rclone(stack, tmp_path)
+    s3 = stack.boto3()
+    bucket, other = f"rclone-{secrets.token_hex(5)}", f"rclone-{secrets.token_hex(5)}"
+    files = {"a.txt": b"alpha", "sub/b.bin": os.urandom(2 * MiB + 1)}
+    for b in (bucket, other):
+        s3.create_bucket(Bucket=b)
+    for name, data in files.items():
+        s3.put_object(Bucket=bucket, Key=f"tree/{name}", Body=data)
+    out = _run([*base, "copy", "-v", f"edge:{bucket}/tree", f"edge:{other}/tree"], env, with_stderr=True)
+    assert out.count("(server-side copy)") == len(files), out
+    for name, data in files.items():
+        assert s3.get_object(Bucket=other, Key=f"tree/{name}")["Body"].read() == data
+        _in_origin(stack, other, f"tree/{name}", data)
+
+
+def test_s3cmd_cp_between_buckets(stack: Stack, tmp_path: Path) -> None:
+    s3cmd = _s3cmd(stack, tmp_path)
+    s3 = stack.boto3()
+    bucket, other = f"s3cmd-{secrets.token_hex(5)}", f"s3cmd-{secrets.token_hex(5)}"
+    for b in (bucket, other):
+        s3.create_bucket(Bucket=b)
+    data = os.urandom(MiB + 5)
+    s3.put_object(Bucket=bucket, Key="src.bin", Body=data, ContentType="application/x-s3cmd")
+    _run([*s3cmd, "cp", f"s3://{bucket}/src.bin", f"s3://{other}/dst/copy.bin"])
+    got = s3.get_object(Bucket=other, Key="dst/copy.bin")
+    assert got["Body"].read() == data and got["ContentType"] == "application/x-s3cmd"
+    _in_origin(stack, other, "dst/copy.bin", data)

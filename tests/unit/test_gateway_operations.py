@@ -26,7 +26,10 @@ from edgecache.gateway.operations import parse_query, route
         ("POST", b"/b", b"delete", "DeleteObjects"),
         ("GET", b"/b", b"versioning", "NotImplemented"),
         ("GET", b"/b", b"acl", "NotImplemented"),
-        ("GET", b"/b", b"uploads", "NotImplemented"),
+        ("GET", b"/b", b"uploads", "ListMultipartUploads"),
+        ("GET", b"/b", b"uploads&prefix=a&key-marker=k", "ListMultipartUploads"),
+        ("GET", b"/b", b"versions", "ListObjectVersions"),
+        ("GET", b"/b", b"versions&key-marker=k&version-id-marker=null", "ListObjectVersions"),
         ("PUT", b"/b", b"policy", "NotImplemented"),
         ("DELETE", b"/b", b"cors", "NotImplemented"),
         ("PATCH", b"/b", b"", "MethodNotAllowed"),
@@ -36,7 +39,9 @@ from edgecache.gateway.operations import parse_query, route
         ("GET", b"/b/k", b"response-content-type=text/plain", "GetObject"),
         ("GET", b"/b/k", b"versionId=null", "GetObject"),
         ("GET", b"/b/k", b"versionId=3", "NotImplemented"),
-        ("GET", b"/b/k", b"partNumber=1", "NotImplemented"),
+        ("GET", b"/b/k", b"partNumber=1", "GetObject"),
+        ("HEAD", b"/b/k", b"partNumber=2", "HeadObject"),
+        ("GET", b"/b/k", b"partNumber=1&uploadId=u", "NotImplemented"),
         ("GET", b"/b/k", b"X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=00", "GetObject"),
         ("HEAD", b"/b/k", b"", "HeadObject"),
         ("DELETE", b"/b/k", b"", "DeleteObject"),
@@ -58,11 +63,10 @@ def test_route(method: str, path: bytes, query: bytes, name: str) -> None:
 
 
 def test_copy_is_not_taken_for_an_upload() -> None:
-    op = route("PUT", b"/b/k", b"", copy_source=True)
-    assert (op.name, op.detail) == ("NotImplemented", "x-amz-copy-source")
-    assert (
-        route("PUT", b"/b/k", b"partNumber=1&uploadId=u", copy_source=True).name == "NotImplemented"
-    )
+    assert route("PUT", b"/b/k", b"", copy_source=True).name == "CopyObject"
+    assert route("PUT", b"/b/k", b"partNumber=1&uploadId=u", copy_source=True).name == "UploadPartCopy"
+    op = route("PUT", b"/b/k", b"tagging", copy_source=True)
+    assert (op.name, op.detail) == ("NotImplemented", "tagging")
 
 
 def test_not_implemented_names_the_subresource() -> None:

@@ -33,6 +33,10 @@ HTTP = {
     "CompleteMultipartUpload": ("POST", b"/b/k", b"uploadId=u"),
     "AbortMultipartUpload": ("DELETE", b"/b/k", b"uploadId=u"),
     "ListParts": ("GET", b"/b/k", b"uploadId=u"),
+    "CopyObject": ("PUT", b"/b/k", b"", {"copy_source": True}),
+    "UploadPartCopy": ("PUT", b"/b/k", b"partNumber=1&uploadId=u", {"copy_source": True}),
+    "ListMultipartUploads": ("GET", b"/b", b"uploads"),
+    "ListObjectVersions": ("GET", b"/b", b"versions"),
     "NotImplemented": ("GET", b"/b", b"acl"),
     "MethodNotAllowed": ("PATCH", b"/b", b""),
 }
@@ -42,7 +46,14 @@ ERROR_ACTIONS = {"NotImplemented", "MethodNotAllowed"}  # answered by the gatewa
 def _sample(request_type: type[wire.Request]) -> wire.Request:
     """A request of ``request_type``, decoded from JSON as a cache node decodes it."""
     tag = request_type.__struct_config__.tag
-    fields = {"bucket": "b", "key": "k", "upload_id": "u", "part_number": 1, "parts": []}
+    fields = {
+        "bucket": "b",
+        "key": "k",
+        "upload_id": "u",
+        "part_number": 1,
+        "parts": [],
+        "source": {"bucket": "s", "key": "k"},
+    }
     return wire.REQUEST_DECODER.decode(msgspec.json.encode({"type": tag, **fields}))
 
 
@@ -60,8 +71,8 @@ def test_every_operation_has_a_subject_a_node_handler_and_a_gateway_route(
     assert request_type in NODE_HANDLERS
     own = ROUTES[request_type.__name__]  # the S3 action the type is named after
     assert own.request is request_type
-    method, path, query = HTTP[own.action]
-    assert route(method, path, query).name == own.action
+    method, path, query, *flags = HTTP[own.action]
+    assert route(method, path, query, **(flags[0] if flags else {})).name == own.action
 
 
 def test_nothing_is_served_outside_the_table() -> None:
@@ -79,10 +90,10 @@ def test_nothing_is_served_outside_the_table() -> None:
 
 def test_the_gateway_routes_to_every_action_it_serves() -> None:
     assert set(HTTP) == set(ROUTES)
-    for action, (method, path, query) in HTTP.items():
-        assert route(method, path, query).name == action
+    for action, (method, path, query, *flags) in HTTP.items():
+        assert route(method, path, query, **(flags[0] if flags else {})).name == action
 
 
 def test_an_unknown_operation_has_no_subject() -> None:
     with pytest.raises(ValueError):
-        subjects.s3("copyobject")
+        subjects.s3("renameobject")

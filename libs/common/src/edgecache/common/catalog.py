@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
-from edgecache.common import kvkeys, subjects, wire
+from edgecache.common import errors, kvkeys, subjects, wire
+from edgecache.common.etags import etag_matches
 from edgecache.common.ids import new_id
 from edgecache.common.jetstream import current_values
 
@@ -101,6 +102,41 @@ class Catalog:
         """Make a new version (or tombstone) current and durable: :meth:`put` its manifest,
         then append its intent (see the module docstring)."""
         await self.put(manifest)
+        await self.publish_intent(intent)
+
+    async def commit_if(
+        self, manifest: wire.Manifest, intent: wire.Intent, condition: wire.WriteCondition, current: Entry | None
+    ) -> None:
+        """A conditional write: :meth:`commit` ``manifest`` only if ``condition`` holds for
+        ``current`` (the key's entry as the caller read it, after adopting the origin's
+        copy; ``None``: no entry), and only if the entry is still ``current`` when written
+        (compare-and-set on its KV revision), so two writers racing through different
+        gateways and nodes cannot both win.
+
+        Raises:
+            PreconditionFailed: ``if_none_match`` and the key holds an object, or
+                ``if_match`` names another ETag (412).
+            NoSuchKey: ``if_match`` and the key holds no object (404, as S3 answers).
+            ConditionalRequestConflict: the entry changed after ``current`` was read (409).
+        """
+        live = current is not None and not current.manifest.deleted
+        if condition.if_none_match and live:
+            raise errors.PreconditionFailed(
+                "At least one of the pre-conditions you specified did not hold: If-None-Match",
+                resource=f"{manifest.bucket}/{manifest.key}",
+            )
+        if condition.if_match is not None:
+            if not live:
+                raise errors.NoSuchKey(resource=f"{manifest.bucket}/{manifest.key}")
+            assert current is not None
+            if not etag_matches(condition.if_match, current.manifest.etag):
+                raise errors.PreconditionFailed(
+                    "At least one of the pre-conditions you specified did not hold: If-Match",
+                    resource=f"{manifest.bucket}/{manifest.key}",
+                )
+        revision = 0 if current is None else current.revision
+        if not await self._change(manifest.bucket, manifest.key, manifest, revision=revision):
+            raise errors.ConditionalRequestConflict(resource=f"{manifest.bucket}/{manifest.key}")
         await self.publish_intent(intent)
 
     async def put(self, manifest: wire.Manifest) -> None:

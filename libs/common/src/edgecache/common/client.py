@@ -68,18 +68,22 @@ class EdgecacheClient:
         self.window_frames = window_frames
         self.budget = budget if budget is not None else CreditBudget(nc)
 
-    async def request(self, request: wire.Request) -> wire.Reply:
+    async def request(self, request: wire.Request, *, timeout_s: float | None = None) -> wire.Reply:
         """Send a request that has no body either way and return its reply.
+
+        ``timeout_s``: how long to wait for the reply, when it is not the client's
+        ``timeout_s`` (a server-side copy answers only once its bytes are copied).
 
         Raises:
             S3Error: the error the cache node answered; ServiceUnavailable when none
-                answered within ``timeout_s``.
+                answered within the timeout.
         """
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox, max_msgs=0)
         try:
             msg = await stream.open_request(
-                self.nc, sub, operation_of(request), wire.encode(request), reply=inbox, headers=None, timeout_s=self.timeout_s
+                self.nc, sub, operation_of(request), wire.encode(request), reply=inbox, headers=None,
+                timeout_s=self.timeout_s if timeout_s is None else timeout_s,
             )
         finally:
             await sub.unsubscribe()

@@ -19,6 +19,7 @@ __all__ = [
     "BucketAlreadyExists",
     "BucketAlreadyOwnedByYou",
     "BucketNotEmpty",
+    "ConditionalRequestConflict",
     "EntityTooLarge",
     "EntityTooSmall",
     "IllegalLocationConstraintException",
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidBucketName",
     "InvalidDigest",
     "InvalidPart",
+    "InvalidPartNumber",
     "InvalidPartOrder",
     "InvalidRange",
     "InvalidRequest",
@@ -225,6 +227,19 @@ class InvalidRange(S3Error):
 class PreconditionFailed(S3Error):
     code, status = "PreconditionFailed", 412
     default_message = "At least one of the pre-conditions you specified did not hold"
+
+
+class ConditionalRequestConflict(S3Error):
+    """A conditional write lost a race: the key changed between the check and the commit."""
+
+    code, status = "ConditionalRequestConflict", 409
+    default_message = "A conflicting operation occurred. If using PutObject you can retry the request."
+
+
+class InvalidPartNumber(S3Error):
+    """GetObject/HeadObject ``partNumber`` beyond the object's parts."""
+
+    code, status, default_message = "InvalidPartNumber", 416, "The requested partnumber is not satisfiable"
 
 
 # -- resources --------------------------------------------------------------------------------

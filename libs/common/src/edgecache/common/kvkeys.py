@@ -18,6 +18,7 @@ __all__ = [
     "part_filter",
     "part_key",
     "parse_object_key",
+    "upload_filter",
     "upload_key",
 ]
 
@@ -44,6 +45,11 @@ def bucket_filter(bucket: str) -> str:
 def upload_key(upload_id: str) -> str:
     """KV ``uploads`` key of a multipart upload's record."""
     return f"u.{upload_id}"
+
+
+def upload_filter() -> str:
+    """Subject filter matching every multipart upload's record (not their parts)."""
+    return "u.*"
 
 
 def part_key(upload_id: str, part_number: int) -> str:

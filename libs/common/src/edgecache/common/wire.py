@@ -33,6 +33,8 @@ __all__ = [
     "ChunksReleased",
     "CompleteMultipartUpload",
     "CompletedPart",
+    "CopyObject",
+    "CopySource",
     "CreateBucket",
     "CreateMultipartUpload",
     "Credit",
@@ -52,6 +54,8 @@ __all__ = [
     "ListBuckets",
     "ListObjects",
     "ListObjectsResult",
+    "ListMultipartUploads",
+    "ListMultipartUploadsResult",
     "ListParts",
     "ListPartsResult",
     "Manifest",
@@ -71,6 +75,9 @@ __all__ = [
     "Reply",
     "Request",
     "UploadPart",
+    "UploadPartCopy",
+    "UploadSummary",
+    "WriteCondition",
     "UploadRecord",
     "decode",
     "encode",
@@ -137,6 +144,7 @@ class PutObject(msgspec.Struct, **_OPTS, tag="putobject.v1"):
     headers: dict[str, str] = {}
     content_md5: str | None = None
     checksums: dict[str, str] = {}
+    condition: WriteCondition | None = None  # If-Match / If-None-Match (conditional write)
 
 
 class GetObject(msgspec.Struct, **_OPTS, tag="getobject.v1"):
@@ -158,6 +166,7 @@ class GetObject(msgspec.Struct, **_OPTS, tag="getobject.v1"):
     key: str
     range: str | None = None
     local_host: str | None = None
+    part_number: int | None = None  # GetObject ?partNumber=N: the bytes of part N (not with range)
 
 
 class HeadObject(msgspec.Struct, **_OPTS, tag="headobject.v1"):
@@ -168,6 +177,7 @@ class HeadObject(msgspec.Struct, **_OPTS, tag="headobject.v1"):
     bucket: str
     key: str
     range: str | None = None
+    part_number: int | None = None  # as GetObject's
 
 
 class DeleteObject(msgspec.Struct, **_OPTS, tag="deleteobject.v1"):
@@ -245,6 +255,7 @@ class CompleteMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.complete.v
     key: str
     upload_id: str
     parts: list[CompletedPart]
+    condition: WriteCondition | None = None  # If-Match / If-None-Match (conditional write)
 
 
 class AbortMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.abort.v1"):
@@ -269,6 +280,90 @@ class ListParts(msgspec.Struct, **_OPTS, tag="multipart.listparts.v1"):
     part_number_marker: int = 0
 
 
+class WriteCondition(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A conditional write (``If-Match`` / ``If-None-Match: *`` on PutObject,
+    CompleteMultipartUpload, CopyObject): checked against the key's current manifest and
+    committed by compare-and-set on its KV revision (``Catalog.commit_if``).
+
+    ``if_match``: the ETag (hex, unquoted) the current version must have (else 412
+    PreconditionFailed; no object: 404 NoSuchKey). ``if_none_match``: the key must hold no
+    object (else 412). A concurrent change of the key between the check and the commit:
+    409 ConditionalRequestConflict.
+    """
+
+    if_match: str | None = None
+    if_none_match: bool = False
+
+
+class CopySource(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The source of CopyObject / UploadPartCopy (``x-amz-copy-source``), and the
+    ``x-amz-copy-source-if-*`` preconditions on it. ``etag`` (hex, unquoted): the source's
+    ETag when the gateway checked the preconditions; the node refuses (412
+    PreconditionFailed) a source whose ETag changed since. ``first``/``last``: the inclusive
+    byte range to copy (``x-amz-copy-source-range``; ``None``: the whole object)."""
+
+    bucket: str
+    key: str
+    etag: str | None = None
+    first: int | None = None
+    last: int | None = None
+
+
+class CopyObject(msgspec.Struct, **_OPTS, tag="copyobject.v1"):
+    """``s3.copyobject`` → :class:`ObjectInfo` of the new version (``bucket/key``).
+
+    The node copies the source's bytes into new chunks of its own (read through its normal
+    read path, never through the gateway): the copy is a new dirty version with its own
+    write-back intent, independent of the source's chunks. ``replace_metadata``
+    (``x-amz-metadata-directive: REPLACE``): store ``content_type``, ``metadata`` and
+    ``headers``; otherwise the source's are kept.
+    Errors: NoSuchBucket, NoSuchKey (source), PreconditionFailed, InvalidRequest (source over
+    5 GiB), ConditionalRequestConflict.
+    """
+
+    operation: ClassVar[str] = "copyobject"
+
+    bucket: str
+    key: str
+    source: CopySource
+    replace_metadata: bool = False
+    content_type: str = "binary/octet-stream"
+    metadata: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    condition: WriteCondition | None = None
+
+
+class UploadPartCopy(msgspec.Struct, **_OPTS, tag="multipart.copy.v1"):
+    """``s3.multipart.copy`` → :class:`PartInfo`: part ``part_number`` of the upload is a
+    copy of the source (or of its bytes ``source.first..source.last``), made node-locally.
+    Errors: NoSuchUpload, NoSuchKey / NoSuchBucket (source), InvalidRange (range beyond the
+    source), InvalidRequest (a part over 5 GiB), PreconditionFailed.
+    """
+
+    operation: ClassVar[str] = "multipart.copy"
+
+    bucket: str
+    key: str
+    upload_id: str
+    part_number: int
+    source: CopySource
+
+
+class ListMultipartUploads(msgspec.Struct, **_OPTS, tag="multipart.listuploads.v1"):
+    """``s3.multipart.listuploads`` → :class:`ListMultipartUploadsResult`: uploads in
+    progress in ``bucket``, by key (UTF-8 binary order) then initiation time, after
+    (``key_marker``, ``upload_id_marker``). Errors: NoSuchBucket."""
+
+    operation: ClassVar[str] = "multipart.listuploads"
+
+    bucket: str
+    prefix: str = ""
+    delimiter: str = ""
+    key_marker: str = ""
+    upload_id_marker: str = ""
+    max_uploads: int = 1000
+
+
 Request = (
     CreateBucket
     | DeleteBucket
@@ -284,6 +379,9 @@ Request = (
     | CompleteMultipartUpload
     | AbortMultipartUpload
     | ListParts
+    | CopyObject
+    | UploadPartCopy
+    | ListMultipartUploads
 )
 
 #: Every request type, in the order of the ``Request`` union.
@@ -370,6 +468,23 @@ class ListPartsResult(msgspec.Struct, **_OPTS, tag="listparts.result.v1"):
     parts: list[PartInfo]
     is_truncated: bool = False
     next_part_number_marker: int = 0
+
+
+class UploadSummary(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    key: str
+    upload_id: str
+    initiated: float  # s since epoch
+
+
+class ListMultipartUploadsResult(msgspec.Struct, **_OPTS, tag="listuploads.result.v1"):
+    """A page of ListMultipartUploads; resume with ``next_key_marker`` and
+    ``next_upload_id_marker`` when ``is_truncated``."""
+
+    uploads: list[UploadSummary]
+    common_prefixes: list[str] = []
+    is_truncated: bool = False
+    next_key_marker: str = ""
+    next_upload_id_marker: str = ""
 
 
 # == Stream control (docs/protocol.md) ========================================================
@@ -474,6 +589,7 @@ Reply = (
     | Credit
     | End
     | ReadPlan
+    | ListMultipartUploadsResult
 )
 
 
@@ -539,6 +655,7 @@ class Manifest(msgspec.Struct, **_OPTS, tag="manifest.v1"):
     deleted: bool = False
     origin_etag: str = ""
     validated_at: float = 0.0  # s since epoch, last time the origin confirmed this version
+    part_sizes: list[int] = []  # bytes of each part of a multipart version, in order (partNumber reads)
 
 
 class BucketRecord(msgspec.Struct, **_OPTS, tag="bucketrecord.v1"):

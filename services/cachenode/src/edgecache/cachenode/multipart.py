@@ -10,14 +10,14 @@ chunks into one manifest without copying a byte.
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import TYPE_CHECKING
 
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from edgecache.cachenode import objects
 from edgecache.cachenode.node import Answered, CacheNode, now
 from edgecache.common import errors, kvkeys, wire
+from edgecache.common.checksums import Digests
 from edgecache.common.ids import new_id
 from edgecache.common.jetstream import current_values
 from edgecache.common.names import validate_key
@@ -27,9 +27,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "abort_multipart_upload",
+    "check_part_number",
     "complete_multipart_upload",
     "create_multipart_upload",
+    "drop",
+    "list_multipart_uploads",
     "list_parts",
+    "require_upload",
+    "store_part",
     "upload_part",
 ]
 
@@ -73,10 +78,10 @@ async def _forget(node: CacheNode, upload_id: str, parts: dict[int, wire.PartRec
     for number in parts:
         await node.state.uploads.purge(kvkeys.part_key(upload_id, number))
     await node.state.uploads.purge(kvkeys.upload_key(upload_id))
-    await _drop(node, [c.id for p in parts.values() for c in p.chunks if c.id not in keep])
+    await drop(node, [c.id for p in parts.values() for c in p.chunks if c.id not in keep])
 
 
-async def _drop(node: CacheNode, chunk_ids: list[str]) -> None:
+async def drop(node: CacheNode, chunk_ids: list[str]) -> None:
     """Delete these chunks here and release their replicas on other nodes."""
     await node.store.delete(i for i in chunk_ids if node.store.has(i))
     await node.release(chunk_ids, local=False)
@@ -106,52 +111,84 @@ async def create_multipart_upload(
     return wire.MultipartUpload(bucket=request.bucket, key=request.key, upload_id=upload_id)
 
 
-async def upload_part(node: CacheNode, msg: Msg, request: wire.UploadPart) -> None:
-    """Receive one part (a stream), store it as dirty chunks, answer ``PartInfo``.
-
-    A part uploaded again under the same number replaces the earlier one.
-    Errors: NoSuchUpload, InvalidArgument (part number outside 1..10000), BadDigest.
-    """
-    if not 1 <= request.part_number <= MAX_PART_NUMBER:
+def check_part_number(part_number: int) -> None:
+    """Raises InvalidArgument unless ``part_number`` is 1..10000."""
+    if not 1 <= part_number <= MAX_PART_NUMBER:
         raise errors.InvalidArgument(
             "Part number must be an integer between 1 and 10000, inclusive"
         )
-    if not _valid_upload_id(request.upload_id):
-        raise errors.NoSuchUpload(resource=f"{request.bucket}/{request.key}")
-    await _upload(node, request.bucket, request.key, request.upload_id)
+
+
+async def require_upload(node: CacheNode, bucket: str, key: str, upload_id: str) -> wire.UploadRecord:
+    """The record of an upload in progress. Raises NoSuchUpload."""
+    if not _valid_upload_id(upload_id):
+        raise errors.NoSuchUpload(resource=f"{bucket}/{key}")
+    return await _upload(node, bucket, key, upload_id)
+
+
+async def store_part(
+    node: CacheNode,
+    upload_id: str,
+    part_number: int,
+    refs: list[wire.ChunkRef],
+    digests: Digests,
+    checksums: dict[str, str],
+) -> wire.PartInfo:
+    """Record a received (or copied) part, replacing any earlier part of that number, and
+    drop the replaced part's chunks. Two uploads of one part number racing: the one whose
+    record is written last wins, and each drops exactly the chunks it replaced
+    (compare-and-set on the part's KV revision)."""
+    part_key = kvkeys.part_key(upload_id, part_number)
+    record = wire.PartRecord(
+        part_number=part_number,
+        etag=digests.md5_hex,
+        size=digests.size,
+        last_modified=now(),
+        chunks=refs,
+        nodes=objects.holders_of(node, refs),
+        md5=digests.md5_hex,
+        checksums=checksums,
+    )
+    while True:
+        try:
+            old = await node.state.uploads.get(part_key)
+        except KeyNotFoundError:
+            old = None
+        try:
+            if old is None:
+                await node.state.uploads.create(part_key, wire.encode(record))
+            else:
+                await node.state.uploads.update(part_key, wire.encode(record), last=old.revision)
+        except KeyWrongLastSequenceError:
+            continue  # another upload of this part number landed in between: replace it
+        break
+    previous = wire.decode(old.value, wire.PartRecord) if old is not None and old.value else None
+    if previous is not None:
+        await drop(node, [c.id for c in previous.chunks])
+    return wire.PartInfo(
+        part_number=record.part_number,
+        etag=record.etag,
+        size=record.size,
+        last_modified=record.last_modified,
+        checksums=checksums,
+    )
+
+
+async def upload_part(node: CacheNode, msg: Msg, request: wire.UploadPart) -> None:
+    """Receive one part (a stream), store it as dirty chunks, answer ``PartInfo``.
+
+    A part uploaded again under the same number replaces the earlier one (:func:`store_part`).
+    Errors: NoSuchUpload, InvalidArgument (part number outside 1..10000), BadDigest.
+    """
+    check_part_number(request.part_number)
+    await require_upload(node, request.bucket, request.key, request.upload_id)
     prefix = new_id()
     rx, refs, digests, checksums = await objects.receive(node, msg, request, prefix=prefix)
     try:
-        part_key = kvkeys.part_key(request.upload_id, request.part_number)
-        try:
-            old = await node.state.uploads.get(part_key)
-            previous = wire.decode(old.value, wire.PartRecord) if old.value else None
-        except KeyNotFoundError:
-            previous = None
-        record = wire.PartRecord(
-            part_number=request.part_number,
-            etag=digests.md5_hex,
-            size=digests.size,
-            last_modified=now(),
-            chunks=refs,
-            nodes=objects.holders_of(node, refs),
-            md5=digests.md5_hex,
-            checksums=checksums,
-        )
-        await node.state.uploads.put(part_key, wire.encode(record))
-        if previous is not None:
-            await _drop(node, [c.id for c in previous.chunks])
-        await rx.finish(
-            wire.PartInfo(
-                part_number=record.part_number,
-                etag=record.etag,
-                size=record.size,
-                last_modified=record.last_modified,
-                checksums=checksums,
-            )
-        )
+        info = await store_part(node, request.upload_id, request.part_number, refs, digests, checksums)
+        await rx.finish(info)
     except Exception as exc:
-        await _drop(node, [r.id for r in refs])
+        await drop(node, [r.id for r in refs])
         await rx.fail(exc)
         raise Answered(exc) from exc
     finally:
@@ -167,9 +204,7 @@ async def complete_multipart_upload(
         NoSuchUpload, MalformedXML (no parts), InvalidPartOrder, InvalidPart (missing part
         or ETag mismatch), EntityTooSmall (a part but the last under 5 MiB).
     """
-    if not _valid_upload_id(request.upload_id):
-        raise errors.NoSuchUpload(resource=f"{request.bucket}/{request.key}")
-    record = await _upload(node, request.bucket, request.key, request.upload_id)
+    record = await require_upload(node, request.bucket, request.key, request.upload_id)
     if not request.parts:
         raise errors.MalformedXML()
     numbers = [p.part_number for p in request.parts]
@@ -194,7 +229,6 @@ async def complete_multipart_upload(
         wire.ChunkRef(id=c.id, size=c.size, nodes=c.nodes or p.nodes) for p in chosen for c in p.chunks
     ]
     version = new_id()
-    previous = await node.catalog.get(request.bucket, request.key)
     manifest = wire.Manifest(
         bucket=request.bucket,
         key=request.key,
@@ -208,30 +242,23 @@ async def complete_multipart_upload(
         parts_count=len(chosen),
         chunks=chunks,
         nodes=sorted({n for c in chunks for n in c.nodes}),
+        part_sizes=[p.size for p in chosen],
     )
-    await node.catalog.commit(
-        manifest,
-        wire.ObjectWritten(id=version, at_ns=time.time_ns(), bucket=request.bucket, key=request.key, version=version),
-    )
-    await objects.release_previous(node, previous)
+    await objects.commit_version(node, manifest, request.condition)
     await _forget(node, request.upload_id, stored, keep={c.id for c in chunks})
     return objects.info_of(manifest)
 
 
 async def abort_multipart_upload(node: CacheNode, request: wire.AbortMultipartUpload) -> wire.Ok:
     """Drop an upload and its parts. Raises NoSuchUpload."""
-    if not _valid_upload_id(request.upload_id):
-        raise errors.NoSuchUpload(resource=f"{request.bucket}/{request.key}")
-    await _upload(node, request.bucket, request.key, request.upload_id)
+    await require_upload(node, request.bucket, request.key, request.upload_id)
     await _forget(node, request.upload_id, await _parts(node, request.upload_id), keep=set())
     return wire.Ok()
 
 
 async def list_parts(node: CacheNode, request: wire.ListParts) -> wire.ListPartsResult:
     """The parts uploaded so far, by number, after ``part_number_marker``. Raises NoSuchUpload."""
-    if not _valid_upload_id(request.upload_id):
-        raise errors.NoSuchUpload(resource=f"{request.bucket}/{request.key}")
-    await _upload(node, request.bucket, request.key, request.upload_id)
+    await require_upload(node, request.bucket, request.key, request.upload_id)
     parts = sorted(
         (p for p in (await _parts(node, request.upload_id)).values() if p.part_number > request.part_number_marker),
         key=lambda p: p.part_number,
@@ -248,3 +275,64 @@ async def list_parts(node: CacheNode, request: wire.ListParts) -> wire.ListParts
         is_truncated=len(parts) > len(page),
         next_part_number_marker=page[-1].part_number if page and len(parts) > len(page) else 0,
     )
+
+
+async def list_multipart_uploads(
+    node: CacheNode, request: wire.ListMultipartUploads
+) -> wire.ListMultipartUploadsResult:
+    """The uploads in progress in ``request.bucket``: by key (UTF-8 binary order), then by
+    initiation time, after ``(key_marker, upload_id_marker)`` (without ``upload_id_marker``
+    every upload of ``key_marker`` is skipped, as S3 does), keys under ``delimiter`` rolled
+    up into common prefixes. Raises NoSuchBucket, InvalidArgument (``max_uploads`` < 0).
+    """
+    await node.require_bucket(request.bucket)
+    if request.max_uploads < 0:
+        raise errors.InvalidArgument("max-uploads must be a non-negative integer")
+    records = []
+    async for value in current_values(node.state.uploads, kvkeys.upload_filter()):
+        record = wire.decode(value, wire.UploadRecord)
+        if record.bucket == request.bucket and record.key.startswith(request.prefix):
+            records.append(record)
+    records.sort(key=lambda r: (_utf8(r.key), r.initiated, r.upload_id))
+    marker = _utf8(request.key_marker)
+    if request.upload_id_marker and request.key_marker:
+        ids = [r.upload_id for r in records if r.key == request.key_marker]
+        after_id = ids.index(request.upload_id_marker) if request.upload_id_marker in ids else -1
+        records = [
+            r for r in records
+            if _utf8(r.key) > marker or (r.key == request.key_marker and ids.index(r.upload_id) > after_id)
+        ]
+    elif request.key_marker:
+        records = [r for r in records if _utf8(r.key) > marker]
+    uploads: list[wire.UploadSummary] = []
+    prefixes: list[str] = []
+    truncated = False
+    next_key = next_id = ""
+    for r in records:
+        common = ""
+        if request.delimiter:
+            idx = r.key.find(request.delimiter, len(request.prefix))
+            if idx >= 0:
+                common = r.key[: idx + len(request.delimiter)]
+        if common and prefixes and prefixes[-1] == common:
+            continue
+        if len(uploads) + len(prefixes) >= request.max_uploads:
+            truncated = True
+            break
+        if common:
+            prefixes.append(common)
+            next_key, next_id = common, ""
+        else:
+            uploads.append(wire.UploadSummary(key=r.key, upload_id=r.upload_id, initiated=r.initiated))
+            next_key, next_id = r.key, r.upload_id
+    return wire.ListMultipartUploadsResult(
+        uploads=uploads,
+        common_prefixes=prefixes,
+        is_truncated=truncated,
+        next_key_marker=next_key if truncated else "",
+        next_upload_id_marker=next_id if truncated else "",
+    )
+
+
+def _utf8(key: str) -> bytes:
+    return key.encode("utf-8", "surrogatepass")

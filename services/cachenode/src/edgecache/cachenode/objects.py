@@ -20,7 +20,17 @@ if TYPE_CHECKING:
 
     from edgecache.common.catalog import Entry
 
-__all__ = ["delete_object", "get_object", "head_object", "info_of", "put_object", "verify_upload"]
+__all__ = [
+    "commit_version",
+    "delete_object",
+    "get_object",
+    "head_object",
+    "info_of",
+    "part_sizes",
+    "put_object",
+    "requested_span",
+    "verify_upload",
+]
 
 
 def info_of(m: wire.Manifest, *, first: int | None = None, last: int | None = None) -> wire.ObjectInfo:
@@ -106,7 +116,6 @@ async def put_object(node: CacheNode, msg: Msg, request: wire.PutObject) -> None
     version = new_id()
     rx, refs, digests, checksums = await receive(node, msg, request, prefix=version)
     try:
-        previous = await node.catalog.get(request.bucket, request.key)
         manifest = wire.Manifest(
             bucket=request.bucket,
             key=request.key,
@@ -121,13 +130,7 @@ async def put_object(node: CacheNode, msg: Msg, request: wire.PutObject) -> None
             chunks=refs,
             nodes=holders_of(node, refs),
         )
-        await node.catalog.commit(
-            manifest,
-            wire.ObjectWritten(
-                id=version, at_ns=time.time_ns(), bucket=request.bucket, key=request.key, version=version
-            ),
-        )
-        await release_previous(node, previous)
+        await commit_version(node, manifest, request.condition)
         await rx.finish(info_of(manifest))
     except Exception as exc:
         await node.store.delete([r.id for r in refs])
@@ -136,6 +139,33 @@ async def put_object(node: CacheNode, msg: Msg, request: wire.PutObject) -> None
         raise Answered(exc) from exc
     finally:
         await rx.close()
+
+
+async def commit_version(node: CacheNode, manifest: wire.Manifest, condition: wire.WriteCondition | None) -> None:
+    """Make ``manifest`` (a new dirty version) current with its write-back intent, then
+    release the version it replaced. With ``condition`` (a conditional write) the key's
+    current entry is read first — adopting the origin's copy if there is no entry, so that
+    an object only in the origin counts — and the commit is a compare-and-set on it.
+
+    Raises:
+        PreconditionFailed, NoSuchKey, ConditionalRequestConflict: see ``Catalog.commit_if``.
+    """
+    intent = wire.ObjectWritten(
+        id=manifest.version, at_ns=time.time_ns(), bucket=manifest.bucket, key=manifest.key, version=manifest.version
+    )
+    if condition is None:
+        previous = await node.catalog.get(manifest.bucket, manifest.key)
+        await node.catalog.commit(manifest, intent)
+    else:
+        previous = await node.catalog.get(manifest.bucket, manifest.key)
+        if previous is None:
+            try:
+                await readthrough.lookup(node, manifest.bucket, manifest.key)
+            except errors.NoSuchKey:
+                pass
+            previous = await node.catalog.get(manifest.bucket, manifest.key)
+        await node.catalog.commit_if(manifest, intent, condition, previous)
+    await release_previous(node, previous)
 
 
 def holders_of(node: CacheNode, refs: list[wire.ChunkRef]) -> list[str]:
@@ -150,6 +180,49 @@ async def release_previous(node: CacheNode, previous: Entry | None) -> None:
         await node.release([c.id for c in previous.manifest.chunks])
 
 
+def part_sizes(m: wire.Manifest) -> list[int]:
+    """The size of each part of ``m``'s version, in order: one part for a single-part
+    version. Manifests written before ``part_sizes`` existed get them from their chunk ids
+    (each part's chunks share a prefix of their own: ``<part version>.<index>``).
+
+    Raises:
+        InvalidRequest: a multipart version whose part boundaries are unknown.
+    """
+    if m.part_sizes:
+        return m.part_sizes
+    if m.parts_count is None:
+        return [m.size]
+    sizes: list[int] = []
+    last_prefix = None
+    for c in m.chunks:
+        prefix = c.id.rpartition(".")[0]
+        if prefix != last_prefix:
+            sizes.append(0)
+            last_prefix = prefix
+        sizes[-1] += c.size
+    if len(sizes) != m.parts_count:
+        raise errors.InvalidRequest("the part boundaries of this object are not known")
+    return sizes
+
+
+def requested_span(m: wire.Manifest, range_header: str | None, part_number: int | None) -> tuple[int, int] | None:
+    """The inclusive byte range a GET or HEAD asks of ``m`` (``None``: the whole object),
+    by ``Range`` header or by part number.
+
+    Raises:
+        InvalidRange: the range selects nothing. InvalidPartNumber: no such part.
+    """
+    if part_number is None:
+        return parse_range(range_header, m.size)
+    sizes = part_sizes(m)
+    if not 1 <= part_number <= len(sizes):
+        raise errors.InvalidPartNumber(resource=f"{m.bucket}/{m.key}")
+    first = sum(sizes[: part_number - 1])
+    if sizes[part_number - 1] == 0:
+        return None  # an empty object: nothing to range over
+    return first, first + sizes[part_number - 1] - 1
+
+
 async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None:
     """Stream an object (or the requested range): ``ObjectInfo``, frames, ``End`` — or, to a
     requester on this host, a ``ReadPlan`` of the chunk files (:mod:`.shortcircuit`).
@@ -160,7 +233,7 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
     tx = node.download_sender(msg)
     try:
         manifest = await readthrough.lookup(node, request.bucket, request.key)
-        span = parse_range(request.range, manifest.size)
+        span = requested_span(manifest, request.range, request.part_number)
         first, last = span if span else (0, manifest.size - 1)
         info = info_of(manifest, first=span[0] if span else None, last=span[1] if span else None)
         if await shortcircuit.answer(node, msg, request, manifest, info):  # a local requester reads the files
@@ -190,7 +263,7 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
 async def head_object(node: CacheNode, request: wire.HeadObject) -> wire.ObjectInfo:
     """The object's metadata (and the range a GET with ``request.range`` would send)."""
     manifest = await readthrough.lookup(node, request.bucket, request.key)
-    span = parse_range(request.range, manifest.size)
+    span = requested_span(manifest, request.range, request.part_number)
     return info_of(manifest, first=span[0] if span else None, last=span[1] if span else None)
 
 

@@ -24,6 +24,7 @@ import structlog
 from edgecache.cachenode import (
     buckets,
     chunks,
+    copy,
     listing,
     multipart,
     objects,
@@ -124,6 +125,9 @@ HANDLERS: dict[type[wire.Request], Handler] = {
     wire.CompleteMultipartUpload: _replying(multipart.complete_multipart_upload),
     wire.AbortMultipartUpload: _replying(multipart.abort_multipart_upload),
     wire.ListParts: _replying(multipart.list_parts),
+    wire.CopyObject: _replying(copy.copy_object),
+    wire.UploadPartCopy: _replying(copy.upload_part_copy),
+    wire.ListMultipartUploads: _replying(multipart.list_multipart_uploads),
 }
 
 

@@ -14,25 +14,11 @@ from __future__ import annotations
 
 import math
 
-from edgecache.common import errors
+from edgecache.common import errors, wire
+from edgecache.common.etags import etag_matches
 from edgecache.gateway.headers import RequestHeaders, parse_http_date
 
-__all__ = ["etag_matches", "not_modified"]
-
-
-def etag_matches(header: str, etag: str) -> bool:
-    """Whether an ``If-Match``/``If-None-Match`` list names ``etag`` (hex, unquoted) or ``*``.
-
-    Weak tags (``W/"…"``) compare by their opaque part.
-    """
-    for candidate in header.split(","):
-        tag = candidate.strip()
-        if tag == "*":
-            return True
-        tag = tag.removeprefix("W/").strip('"')
-        if tag == etag:
-            return True
-    return False
+__all__ = ["etag_matches", "not_modified", "write_condition"]
 
 
 def not_modified(h: RequestHeaders, etag: str, last_modified: float) -> bool:
@@ -67,3 +53,21 @@ def not_modified(h: RequestHeaders, etag: str, last_modified: float) -> bool:
         return etag_matches(if_none_match, etag)
     since = parse_http_date(h.get("if-modified-since"))
     return since is not None and modified <= since
+
+
+def write_condition(h: RequestHeaders) -> wire.WriteCondition | None:
+    """The conditional write a PutObject, CompleteMultipartUpload or CopyObject asks for:
+    ``If-None-Match: *`` (create only) and/or ``If-Match: "<etag>"`` (replace only that
+    version); ``None`` for an unconditional write.
+
+    Raises:
+        NotImplemented: ``If-None-Match`` with anything but ``*`` (S3 accepts only ``*``).
+    """
+    if_match, if_none_match = h.get("if-match"), h.get("if-none-match")
+    if if_match is None and if_none_match is None:
+        return None
+    if if_none_match is not None and if_none_match.strip() != "*":
+        raise errors.NotImplementedError_(
+            "A header you provided implies functionality that is not implemented: If-None-Match"
+        )
+    return wire.WriteCondition(if_match=if_match, if_none_match=if_none_match is not None)

@@ -23,7 +23,7 @@ from litestar.response import Stream
 
 from edgecache.common import errors, names, wire
 from edgecache.common.errors import IllegalLocationConstraintException
-from edgecache.gateway import conditions, memory, shortcircuit, xml
+from edgecache.gateway import conditions, copysource, memory, shortcircuit, xml
 from edgecache.gateway.exchange import LiveTrailers
 from edgecache.gateway.headers import (
     MAX_PART_BYTES,
@@ -46,6 +46,7 @@ R = TypeVar("R")
 MAX_XML_BYTES = 4 * 1024 * 1024  # CompleteMultipartUpload with 10000 parts is ~1.5 MB
 MAX_SMALL_XML_BYTES = 64 * 1024
 DELETE_CONCURRENCY = 16
+COPY_TIMEOUT_S = 600.0  # a copy answers when its bytes are copied: up to 5 GiB, maybe cold
 _CONDITIONAL_HEADERS = frozenset(
     {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
 )
@@ -319,12 +320,12 @@ async def put_object(x: Exchange) -> Response[Any]:
 
     Raises:
         MissingContentLength, EntityTooLarge, InvalidDigest, InvalidRequest, BadDigest,
-        MetadataTooLarge, NotImplemented (conditional writes), NoSuchBucket, the body's
-        verification errors.
+        MetadataTooLarge, NoSuchBucket, the body's verification errors; with ``If-Match`` /
+        ``If-None-Match: *``: PreconditionFailed, NoSuchKey, ConditionalRequestConflict.
     """
     op = _op(x)
     _check_key(op)
-    _no_conditional_write(x)
+    condition = conditions.write_condition(x.headers)
     content_type, metadata, stored = object_attributes(x.headers)
     content_md5, checksums = upload_digests(x.headers)
     request = wire.PutObject(
@@ -336,6 +337,7 @@ async def put_object(x: Exchange) -> Response[Any]:
         headers=stored,
         content_md5=content_md5,
         checksums=checksums,
+        condition=condition,
     )
     info = _expect(await _upload(x, request), wire.ObjectInfo)
     return empty(x, headers={"etag": f'"{info.etag}"', **_checksum_headers(info.checksums)})
@@ -369,6 +371,29 @@ async def upload_part(x: Exchange) -> Response[Any]:
     return empty(x, headers={"etag": f'"{part.etag}"', **_checksum_headers(part.checksums)})
 
 
+def _part_number(x: Exchange, op: Operation) -> int | None:
+    """GetObject/HeadObject ``?partNumber=N`` (1..10000), or ``None``.
+
+    Raises:
+        InvalidArgument: not a number in 1..10000. InvalidRequest: sent with ``Range``.
+    """
+    if "partNumber" not in op.query:
+        return None
+    number = _int_param(op.query, "partNumber", 0, low=1)
+    if number > xml.MAX_PARTS:
+        raise errors.InvalidArgument("Part number must be an integer between 1 and 10000, inclusive")
+    if x.range_header() is not None:
+        raise errors.InvalidRequest("Cannot specify both Range header and partNumber query parameter")
+    return number
+
+
+def _part_headers(info: wire.ObjectInfo, part: int | None, headers: dict[str, str]) -> dict[str, str]:
+    """``x-amz-mp-parts-count`` on a ``partNumber`` read of a multipart object, as S3 sends."""
+    if part is not None and info.parts_count is not None:
+        headers["x-amz-mp-parts-count"] = str(info.parts_count)
+    return headers
+
+
 def _status_of(info: wire.ObjectInfo) -> int:
     return 206 if info.range_first is not None else 200
 
@@ -378,16 +403,17 @@ async def head_object(x: Exchange) -> Response[Any]:
     """HeadObject (``HEAD /b/k``): GetObject's headers, no body; 304/412 preconditions."""
     op = _op(x)
     _check_key(op)
+    part = _part_number(x, op)
     cached = await memory.held(x, op)
     if cached is not None:
         return memory.answer(x, op, cached, head=True)
     reply = await x.gateway.client.request(
-        wire.HeadObject(bucket=op.bucket, key=op.key, range=x.range_header())
+        wire.HeadObject(bucket=op.bucket, key=op.key, range=x.range_header(), part_number=part)
     )
     info = _expect(reply, wire.ObjectInfo)
     if conditions.not_modified(x.headers, info.etag, info.last_modified):
         return memory.not_modified(x, info)
-    headers = object_headers(info, query=op.query, checksum_mode=x.checksum_mode())
+    headers = _part_headers(info, part, object_headers(info, query=op.query, checksum_mode=x.checksum_mode()))
     return empty(x, status=_status_of(info), headers=headers)
 
 
@@ -405,17 +431,20 @@ async def get_object(x: Exchange) -> Response[Any]:
     """
     op = _op(x)
     _check_key(op)
+    part = _part_number(x, op)
     cached = await memory.held(x, op)
     if cached is not None:
         return memory.answer(x, op, cached, head=False)
-    fill = memory.start_fill(x, op)
+    fill = memory.start_fill(x, op) if part is None else None
     if _CONDITIONAL_HEADERS.intersection(x.headers):
         reply = await x.gateway.client.request(wire.HeadObject(bucket=op.bucket, key=op.key))
         head = _expect(reply, wire.ObjectInfo)
         if conditions.not_modified(x.headers, head.etag, head.last_modified):
             return memory.not_modified(x, head)
     info, body = await shortcircuit.get_object(  # from this host's chunk files when it can
-        x.gateway.client, x.gateway.local, wire.GetObject(bucket=op.bucket, key=op.key, range=x.range_header())
+        x.gateway.client,
+        x.gateway.local,
+        wire.GetObject(bucket=op.bucket, key=op.key, range=x.range_header(), part_number=part),
     )
     collector = memory.Collector(x, fill, info)
     try:
@@ -425,7 +454,7 @@ async def get_object(x: Exchange) -> Response[Any]:
         if conditions.not_modified(x.headers, info.etag, info.last_modified):
             await _close(body)
             return memory.not_modified(x, info)
-        headers = object_headers(info, query=op.query, checksum_mode=x.checksum_mode())
+        headers = _part_headers(info, part, object_headers(info, query=op.query, checksum_mode=x.checksum_mode()))
     except BaseException:
         await _close(body)
         raise
@@ -531,15 +560,19 @@ async def complete_multipart_upload(x: Exchange) -> Response[Any]:
     """CompleteMultipartUpload (``POST /b/k?uploadId=U``, XML list of parts).
 
     Raises:
-        MalformedXML, InvalidPartOrder, InvalidPart, EntityTooSmall, NoSuchUpload.
+        MalformedXML, InvalidPartOrder, InvalidPart, EntityTooSmall, NoSuchUpload; with
+        ``If-Match`` / ``If-None-Match: *``: PreconditionFailed, NoSuchKey,
+        ConditionalRequestConflict.
     """
     op = _op(x)
     _check_key(op)
-    _no_conditional_write(x)
+    condition = conditions.write_condition(x.headers)
     upload_id = _upload_id(op)
     parts = xml.parse_complete_multipart(await x.read_body(MAX_XML_BYTES))
     reply = await x.gateway.client.request(
-        wire.CompleteMultipartUpload(bucket=op.bucket, key=op.key, upload_id=upload_id, parts=parts)
+        wire.CompleteMultipartUpload(
+            bucket=op.bucket, key=op.key, upload_id=upload_id, parts=parts, condition=condition
+        )
     )
     info = _expect(reply, wire.ObjectInfo)
     scheme = x.request.scope.get("scheme", "http")
@@ -579,6 +612,134 @@ async def list_parts(x: Exchange) -> Response[Any]:
     return xml_response(
         x, xml.list_parts_result(result, max_parts=max_parts, part_number_marker=marker)
     )
+
+
+# == server-side copies, upload and version listings ==============================================
+@serves(wire.CopyObject)
+async def copy_object(x: Exchange) -> Response[Any]:
+    """CopyObject (``PUT /b/k`` with ``x-amz-copy-source``) → ``<CopyObjectResult>``; the
+    bytes are copied by a cache node, never through the gateway.
+
+    Raises:
+        InvalidArgument (bad source, directive), InvalidRequest (a copy onto itself that
+        changes nothing), NoSuchBucket, NoSuchKey, PreconditionFailed (source or
+        destination preconditions), ConditionalRequestConflict, MetadataTooLarge.
+    """
+    op = _op(x)
+    _check_key(op)
+    bucket, key = copysource.copy_source(x.headers)
+    replace = copysource.replaces_metadata(x.headers)
+    if (bucket, key) == (op.bucket, op.key) and not replace:
+        raise errors.InvalidRequest(
+            "This copy request is illegal because it is trying to copy an object to itself without "
+            "changing the object's metadata, storage class, website redirect location or encryption attributes."
+        )
+    condition = conditions.write_condition(x.headers)
+    content_type, metadata, stored = object_attributes(x.headers)
+    source = await copysource.checked_source(x.gateway.client, x.headers, bucket, key)
+    reply = await x.gateway.client.request(
+        wire.CopyObject(
+            bucket=op.bucket,
+            key=op.key,
+            source=source,
+            replace_metadata=replace,
+            content_type=content_type,
+            metadata=metadata,
+            headers=stored,
+            condition=condition,
+        ),
+        timeout_s=max(COPY_TIMEOUT_S, x.gateway.client.timeout_s),
+    )
+    return xml_response(x, xml.copy_object_result(_expect(reply, wire.ObjectInfo)))
+
+
+@serves(wire.UploadPartCopy)
+async def upload_part_copy(x: Exchange) -> Response[Any]:
+    """UploadPartCopy (``PUT /b/k?partNumber=N&uploadId=U`` with ``x-amz-copy-source`` and
+    optional ``x-amz-copy-source-range``) → ``<CopyPartResult>``.
+
+    Raises:
+        InvalidArgument (part number, source, range syntax), InvalidRange (range beyond the
+        source), NoSuchUpload, NoSuchBucket, NoSuchKey, PreconditionFailed.
+    """
+    op = _op(x)
+    _check_key(op)
+    part_number = _int_param(op.query, "partNumber", 0, low=1)
+    if part_number > xml.MAX_PARTS:
+        raise errors.InvalidArgument("Part number must be an integer between 1 and 10000, inclusive")
+    bucket, key = copysource.copy_source(x.headers)
+    span = copysource.copy_source_range(x.headers)
+    source = await copysource.checked_source(x.gateway.client, x.headers, bucket, key, span=span)
+    reply = await x.gateway.client.request(
+        wire.UploadPartCopy(
+            bucket=op.bucket, key=op.key, upload_id=_upload_id(op), part_number=part_number, source=source
+        ),
+        timeout_s=max(COPY_TIMEOUT_S, x.gateway.client.timeout_s),
+    )
+    return xml_response(x, xml.copy_part_result(_expect(reply, wire.PartInfo)))
+
+
+@serves(wire.ListMultipartUploads)
+async def list_multipart_uploads(x: Exchange) -> Response[Any]:
+    """ListMultipartUploads (``GET /b?uploads``): ``prefix``, ``delimiter``, ``key-marker``,
+    ``upload-id-marker``, ``max-uploads`` (capped at 1000), ``encoding-type``.
+
+    Raises:
+        InvalidArgument (bad ``max-uploads`` or ``encoding-type``), NoSuchBucket.
+    """
+    op = _op(x)
+    q = op.query
+    encoding_url = _encoding_url(q)
+    request = wire.ListMultipartUploads(
+        bucket=op.bucket,
+        prefix=q.get("prefix", ""),
+        delimiter=q.get("delimiter", ""),
+        key_marker=q.get("key-marker", ""),
+        upload_id_marker=q.get("upload-id-marker", ""),
+        max_uploads=_int_param(q, "max-uploads", 1000, low=0, high=1000),
+    )
+    result = _expect(await x.gateway.client.request(request), wire.ListMultipartUploadsResult)
+    body = xml.list_multipart_uploads_result(
+        result, bucket=op.bucket, request=request, encoding_url=encoding_url, owner=x.gateway.owner
+    )
+    return xml_response(x, body)
+
+
+@serves(wire.ListObjects, action="ListObjectVersions")
+async def list_object_versions(x: Exchange) -> Response[Any]:
+    """ListObjectVersions (``GET /b?versions``) of an unversioned bucket: each object is its
+    one version ``null``. ``key-marker`` resumes after that key (its only version is
+    ``null``, so ``version-id-marker`` changes nothing).
+
+    Raises:
+        InvalidArgument (bad ``max-keys``, ``encoding-type``, or a ``version-id-marker``
+        without ``key-marker``), NoSuchBucket.
+    """
+    op = _op(x)
+    q = op.query
+    encoding_url = _encoding_url(q)
+    max_keys = _int_param(q, "max-keys", 1000, low=0, high=1000)
+    prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+    key_marker, version_id_marker = q.get("key-marker", ""), q.get("version-id-marker", "")
+    if version_id_marker and not key_marker:
+        raise errors.InvalidArgument("A version-id marker cannot be specified without a key marker.")
+    reply = await x.gateway.client.request(
+        wire.ListObjects(
+            bucket=op.bucket, prefix=prefix, delimiter=delimiter, max_keys=max_keys, marker=key_marker
+        )
+    )
+    body = xml.list_object_versions_result(
+        _expect(reply, wire.ListObjectsResult),
+        bucket=op.bucket,
+        prefix=prefix,
+        delimiter=delimiter,
+        key_marker=key_marker,
+        version_id_marker=version_id_marker,
+        max_keys=max_keys,
+        encoding_url=encoding_url,
+        owner=x.gateway.owner,
+    )
+    return xml_response(x, body)
 
 
 # == what we do not serve ========================================================================

@@ -33,8 +33,11 @@ async def held(x: Exchange, op: Operation) -> CachedObject | None:
     """The object if this gateway's memory tier holds it and may serve it now: the tier is
     in sync with the invalidation events, and every event queued for this gateway before
     the request arrived is applied (the read barrier of
-    :meth:`~edgecache.gateway.invalidations.InvalidationListener.settled`)."""
+    :meth:`~edgecache.gateway.invalidations.InvalidationListener.settled`). A ``partNumber``
+    read is never answered here: the tier does not know part boundaries."""
     tier, listener = x.gateway.memtier, x.gateway.invalidations
+    if "partNumber" in op.query:
+        return None
     if tier is None or listener is None or not tier.holds(op.bucket, op.key):
         return None
     if not await listener.settled():

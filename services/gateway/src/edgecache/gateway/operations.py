@@ -183,6 +183,10 @@ def route(
                 return op("ListObjectsV2" if query.get("list-type") == "2" else "ListObjects")
             if subs == {"location"}:
                 return op("GetBucketLocation")
+            if subs == {"uploads"}:
+                return op("ListMultipartUploads")
+            if subs == {"versions"}:
+                return op("ListObjectVersions")
         elif method == "HEAD":
             return op("HeadBucket")
         elif method == "PUT":
@@ -199,16 +203,20 @@ def route(
         return op("NotImplemented", _unsupported(subs) or method)
 
     if method == "GET":
-        if not subs:
+        if not subs or subs == {"partNumber"}:
             return op("GetObject")
         if subs == {"uploadId"}:
             return op("ListParts")
     elif method == "HEAD":
-        if not subs:
+        if not subs or subs == {"partNumber"}:
             return op("HeadObject")
     elif method == "PUT":
         if copy_source:
-            return op("NotImplemented", "x-amz-copy-source")
+            if not subs:
+                return op("CopyObject")
+            if subs == {"partNumber", "uploadId"}:
+                return op("UploadPartCopy")
+            return op("NotImplemented", _unsupported(subs))
         if not subs:
             return op("PutObject")
         if subs == {"partNumber", "uploadId"}:

@@ -21,12 +21,16 @@ from edgecache.gateway.headers import iso8601
 __all__ = [
     "NS",
     "complete_multipart_result",
+    "copy_object_result",
+    "copy_part_result",
     "delete_result",
     "error",
     "initiate_multipart_result",
     "list_buckets_result",
+    "list_multipart_uploads_result",
     "list_objects_result",
     "list_objects_v2_result",
+    "list_object_versions_result",
     "list_parts_result",
     "location_constraint",
     "parse_complete_multipart",
@@ -371,3 +375,109 @@ def parse_delete(body: bytes) -> tuple[list[str], bool]:
     if not keys or len(keys) > MAX_DELETE_KEYS:
         raise errors.MalformedXML()
     return keys, quiet
+
+
+# == server-side copies, upload and version listings ============================================
+def copy_object_result(info: wire.ObjectInfo) -> bytes:
+    """CopyObject: ``<CopyObjectResult>`` (ETag, LastModified, full-object checksums)."""
+    root = _root("CopyObjectResult")
+    _add(root, "ETag", f'"{info.etag}"')
+    _add(root, "LastModified", iso8601(info.last_modified))
+    _checksums(root, info.checksums)
+    return _bytes(root)
+
+
+def copy_part_result(part: wire.PartInfo) -> bytes:
+    """UploadPartCopy: ``<CopyPartResult>`` (ETag, LastModified)."""
+    root = _root("CopyPartResult")
+    _add(root, "ETag", f'"{part.etag}"')
+    _add(root, "LastModified", iso8601(part.last_modified))
+    _checksums(root, part.checksums)
+    return _bytes(root)
+
+
+def list_multipart_uploads_result(
+    result: wire.ListMultipartUploadsResult,
+    *,
+    bucket: str,
+    request: wire.ListMultipartUploads,
+    encoding_url: bool,
+    owner: str,
+) -> bytes:
+    """ListMultipartUploads: ``<ListMultipartUploadsResult>``; with ``encoding_url`` the
+    keys, prefixes, delimiter and key markers are URL-encoded."""
+    enc = _encoder(encoding_url)
+    root = _root("ListMultipartUploadsResult")
+    _add(root, "Bucket", bucket)
+    _add(root, "KeyMarker", enc(request.key_marker))
+    _add(root, "UploadIdMarker", request.upload_id_marker)
+    if result.is_truncated:
+        _add(root, "NextKeyMarker", enc(result.next_key_marker))
+        _add(root, "NextUploadIdMarker", result.next_upload_id_marker)
+    _add(root, "Prefix", enc(request.prefix))
+    if request.delimiter:
+        _add(root, "Delimiter", enc(request.delimiter))
+    _add(root, "MaxUploads", request.max_uploads)
+    if encoding_url:
+        _add(root, "EncodingType", "url")
+    _add(root, "IsTruncated", result.is_truncated)
+    for upload in result.uploads:
+        entry = _add(root, "Upload")
+        _add(entry, "Key", enc(upload.key))
+        _add(entry, "UploadId", upload.upload_id)
+        for role in ("Initiator", "Owner"):
+            who = _add(entry, role)
+            _add(who, "ID", owner)
+            _add(who, "DisplayName", owner)
+        _add(entry, "StorageClass", "STANDARD")
+        _add(entry, "Initiated", iso8601(upload.initiated))
+    for prefix in result.common_prefixes:
+        _add(_add(root, "CommonPrefixes"), "Prefix", enc(prefix))
+    return _bytes(root)
+
+
+def list_object_versions_result(
+    result: wire.ListObjectsResult,
+    *,
+    bucket: str,
+    prefix: str,
+    delimiter: str,
+    key_marker: str,
+    version_id_marker: str,
+    max_keys: int,
+    encoding_url: bool,
+    owner: str,
+) -> bytes:
+    """ListObjectVersions of an unversioned bucket: ``<ListVersionsResult>``, one
+    ``<Version>`` per object (``VersionId`` ``null``, ``IsLatest`` true); no delete markers."""
+    enc = _encoder(encoding_url)
+    root = _root("ListVersionsResult")
+    _add(root, "Name", bucket)
+    _add(root, "Prefix", enc(prefix))
+    _add(root, "KeyMarker", enc(key_marker))
+    _add(root, "VersionIdMarker", version_id_marker)
+    if result.is_truncated:
+        last = [c.key for c in result.contents[-1:]] + result.common_prefixes[-1:]
+        _add(root, "NextKeyMarker", enc(result.next_marker or max(last, default="")))
+        _add(root, "NextVersionIdMarker", "null")
+    if delimiter:
+        _add(root, "Delimiter", enc(delimiter))
+    _add(root, "MaxKeys", max_keys)
+    if encoding_url:
+        _add(root, "EncodingType", "url")
+    _add(root, "IsTruncated", result.is_truncated)
+    for item in result.contents:
+        entry = _add(root, "Version")
+        _add(entry, "Key", enc(item.key))
+        _add(entry, "VersionId", "null")
+        _add(entry, "IsLatest", True)
+        _add(entry, "LastModified", iso8601(item.last_modified))
+        _add(entry, "ETag", f'"{item.etag}"')
+        _add(entry, "Size", item.size)
+        who = _add(entry, "Owner")
+        _add(who, "ID", owner)
+        _add(who, "DisplayName", owner)
+        _add(entry, "StorageClass", "STANDARD")
+    for p in result.common_prefixes:
+        _add(_add(root, "CommonPrefixes"), "Prefix", enc(p))
+    return _bytes(root)
