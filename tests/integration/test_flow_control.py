@@ -65,6 +65,11 @@ class NodeThread:
             raise RuntimeError("the cache node did not start") from self._error
         return self
 
+    def block(self, seconds: float) -> None:
+        """Keep the node's event loop busy for ``seconds`` (a busy node reads nothing)."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(time.sleep, seconds)
+
     def __exit__(self, *exc: Any) -> None:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
@@ -196,3 +201,31 @@ async def test_relayed_downloads_do_not_deadlock_two_budgets(start_nats_server, 
         assert relay.counters.hits > 0 and not relay.store.stats.chunks  # it served by relaying
         assert (budget.available, budget.waiting) == (budget.frames, 0)
         assert all(n.credit.available == n.credit.frames for n in nodes)
+
+
+async def test_many_uploads_into_one_node_are_not_a_slow_consumer(start_nats_server, tmp_path: Path) -> None:
+    """16 uploads of 8 MiB at once into one node whose event loop is busy for 1.5 s (the
+    server's default ``max_pending``, 64 MiB): with a window of 8 frames each, the uploaders
+    would be granted 128 MiB at once and the server would drop the node's connection, had
+    the upload streams into the node not shared one budget (``nats.upload_credit_bytes``)."""
+    server = start_nats_server()
+    node = NodeThread(_config(server, tmp_path))
+    with node:
+        nc = await nats.connect(server.url)
+        try:
+            client = EdgecacheClient(nc, timeout_s=10.0, window_frames=8)
+            await client.request(wire.CreateBucket(bucket="uploads"))
+            data = [os.urandom(8 * MiB) for _ in range(16)]
+
+            async def put(i: int) -> None:
+                await client.put_object(wire.PutObject(bucket="uploads", key=f"k{i}", size=len(data[i])), _one(data[i]))
+
+            node.block(1.5)
+            results = await asyncio.gather(*(put(i) for i in range(16)), return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            assert not failures, f"{len(failures)} of 16 uploads failed: {failures[:4]}"
+            for i in (0, 15):
+                assert (await client.get_object_bytes("uploads", f"k{i}"))[1] == data[i]
+        finally:
+            await nc.close()
+    assert "Slow Consumer" not in server_log(server)

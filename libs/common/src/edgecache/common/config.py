@@ -54,6 +54,12 @@ class NatsConfig(msgspec.Struct, **_OPTS):
     # can count up to twice this as pending), or the server cuts the connection off as a slow
     # consumer and every stream on it breaks.
     download_credit_bytes: int = 16 * MiB
+    # Every upload stream into one cache node together (PutObject, UploadPart): bytes
+    # granted to the uploaders and not yet read. Replica streams from other nodes have a
+    # budget of the same size of their own (a node's uploads wait on its peers' replica
+    # budgets, never the other way round, so two nodes cannot wait on each other). With
+    # the download budget: 32 MiB in all, half the server's default max_pending.
+    upload_credit_bytes: int = 8 * MiB
 
 
 class GatewayConfig(msgspec.Struct, **_OPTS):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
@@ -350,6 +350,76 @@ class DownloadSender:
             self._sub = None
 
 
+class _CreditedInbox:
+    """The receiving end of a credited stream: the next message of ``sub``, granting the
+    sender credit first from ``share`` (a part of the connection's budget) as it can spare
+    it, and queueing for more when the stream is starved while still taking an ``End`` or
+    ``Error`` that comes meanwhile.
+
+    ``grant(frames)`` sends the sender a ``Credit``. ``downstream``: see :func:`download`.
+    ``stalled`` turns true once nothing came for ``timeout_s`` (nothing more will).
+    """
+
+    def __init__(
+        self,
+        sub: Subscription,
+        share: Share,
+        grant: Callable[[int], Awaitable[None]],
+        *,
+        timeout_s: float,
+        downstream: Downstream | None = None,
+        can_grant: bool = True,
+    ) -> None:
+        self._sub = sub
+        self._share = share
+        self._grant = grant
+        self._timeout_s = timeout_s
+        self._downstream = downstream
+        self._can_grant = can_grant
+        self.stalled = False
+
+    async def next_msg(self) -> Msg:
+        """The next message, granting the sender credit first as the budget allows.
+
+        Raises:
+            ServiceUnavailable: nothing came within ``timeout_s``, or no credit came free.
+        """
+        if not self._can_grant:  # nobody to grant credit to: the initial window is all
+            return await self._receive(self._timeout_s)
+        share, downstream = self._share, self._downstream
+        if downstream is not None and share.starved and not self._sub.pending_msgs:
+            await downstream.ready()  # ask for nothing the next hop cannot take at once
+        if frames := share.regrant(_limit(downstream)):
+            await self._grant(frames)
+        if not share.starved or self._sub.pending_msgs:
+            return await self._receive(self._timeout_s)
+        # Nothing granted is unread and the budget is spent (other streams are queued):
+        # queue for credit, but an End or Error may come meanwhile.
+        want = share.request(_limit(downstream))
+        got = asyncio.ensure_future(self._receive(None))
+        try:
+            await asyncio.wait((want, got), timeout=self._timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if want.done():
+                await self._grant(share.accept())
+            elif not got.done():
+                raise errors.ServiceUnavailable("no stream credit came free", retry_after_s=1)
+            try:
+                return await asyncio.wait_for(got, self._timeout_s)
+            except TimeoutError as exc:
+                self.stalled = True
+                raise errors.ServiceUnavailable("stream stalled", retry_after_s=1) from exc
+        finally:
+            share.withdraw()
+            got.cancel()
+
+    async def _receive(self, timeout_s: float | None) -> Msg:
+        try:
+            return await self._sub.next_msg(timeout=timeout_s)
+        except NatsTimeoutError as exc:
+            self.stalled = True
+            raise errors.ServiceUnavailable("stream stalled", retry_after_s=1) from exc
+
+
 class UploadReceiver:
     """Server side of an upload: grants credit, yields the frames' bytes in order.
 
@@ -358,6 +428,10 @@ class UploadReceiver:
     are consumed), then ``rx.end`` holds the sender's ``End`` (with trailing checksums),
     then reply with the result or an error on ``rx.reply``; ``await rx.close()`` always.
 
+    Its credit is a :class:`~edgecache.common.credit.Share` of ``budget``, the receiving
+    connection's upload budget (shared by every upload stream on it, as downloads share
+    theirs), or of a budget of its own ``window`` when none is given.
+
     Raises (from iteration):
         IncompleteBody: a frame is missing or the ``End`` does not match what arrived.
         RequestTimeout: nothing arrived for ``idle_timeout_s``.
@@ -365,39 +439,55 @@ class UploadReceiver:
     """
 
     def __init__(
-        self, nc: NATS, reply: str, data_subject: str, *, window: int, idle_timeout_s: float
+        self,
+        nc: NATS,
+        reply: str,
+        data_subject: str,
+        *,
+        window: int,
+        idle_timeout_s: float,
+        budget: CreditBudget | None = None,
     ) -> None:
         self._nc = nc
         self.reply = reply
         self._subject = data_subject
-        self._window = max(1, min(window, _MAX_WINDOW))
+        window = max(1, min(window, _MAX_WINDOW))
+        if budget is None:
+            budget = CreditBudget(nc, max_bytes=window * frame_bytes(nc))
+        self._share = Share(budget, window)
         self._idle = idle_timeout_s
         self._sub: Subscription | None = None
         self.end: wire.End | None = None
 
     async def open(self) -> None:
-        """Subscribe to the data subject and grant the first window of credit."""
+        """Subscribe to the data subject and grant the first credit (waiting in turn for the
+        budget).
+
+        Raises:
+            ServiceUnavailable: the budget had nothing free within ``idle_timeout_s``.
+            SlowDown: too many streams wait for the budget already.
+        """
+        initial = await self._share.open(timeout_s=self._idle)
         self._sub = await self._nc.subscribe(self._subject)
-        await self._nc.publish(
-            self.reply, wire.encode(wire.Credit(frames=self._window, subject=self._subject))
-        )
+        await self._nc.publish(self.reply, wire.encode(wire.Credit(frames=initial, subject=self._subject)))
+
+    async def _grant(self, frames: int) -> None:
+        await self._nc.publish(self.reply, wire.encode(wire.Credit(frames=frames)))
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         assert self._sub is not None, "open() first"
         checker = _Checker()
-        owed = 0  # frames consumed but not yet re-granted
-        batch = max(1, self._window // 2)
+        inbox = _CreditedInbox(self._sub, self._share, self._grant, timeout_s=self._idle)
         while True:
             try:
-                msg = await self._sub.next_msg(timeout=self._idle)
-            except NatsTimeoutError as exc:
-                raise errors.RequestTimeout() from exc
+                msg = await inbox.next_msg()
+            except errors.ServiceUnavailable as exc:
+                if inbox.stalled:
+                    raise errors.RequestTimeout() from exc
+                raise
             if is_frame(msg):
+                self._share.frame_read()
                 yield checker.add(msg)
-                owed += 1
-                if owed >= batch:
-                    await self._nc.publish(self.reply, wire.encode(wire.Credit(frames=owed)))
-                    owed = 0
                 continue
             control = read_control(msg)
             if isinstance(control, wire.End):
@@ -415,7 +505,8 @@ class UploadReceiver:
         await send_error(self._nc, self.reply, exc)
 
     async def close(self) -> None:
-        """Release the data subscription."""
+        """Release the data subscription and the credit held."""
+        self._share.close()
         if self._sub is not None:
             await _unsubscribe(self._sub)
             self._sub = None
@@ -532,7 +623,9 @@ class _DownloadBody:
         self._downstream = downstream
         self._checker = _Checker()
         self._closed = False
-        self._stalled = False  # nothing came for timeout_s: nothing more will
+        self._inbox = _CreditedInbox(
+            sub, share, self._grant, timeout_s=timeout_s, downstream=downstream, can_grant=bool(credit_subject)
+        )
 
     def __aiter__(self) -> _DownloadBody:
         return self
@@ -569,41 +662,7 @@ class _DownloadBody:
             raise
 
     async def _next_msg(self) -> Msg:
-        """The next message, granting the sender credit first as the budget allows."""
-        if not self._credit_subject:  # nobody to grant credit to: the initial window is all
-            return await self._receive(self._timeout_s)
-        share, downstream = self._share, self._downstream
-        if downstream is not None and share.starved and not self._sub.pending_msgs:
-            await downstream.ready()  # ask for nothing the next hop cannot take at once
-        if frames := share.regrant(_limit(downstream)):
-            await self._grant(frames)
-        if not share.starved or self._sub.pending_msgs:
-            return await self._receive(self._timeout_s)
-        # Nothing granted is unread and the budget is spent (other streams are queued):
-        # queue for credit, but an End or Error may come meanwhile.
-        want = share.request(_limit(downstream))
-        got = asyncio.ensure_future(self._receive(None))
-        try:
-            await asyncio.wait((want, got), timeout=self._timeout_s, return_when=asyncio.FIRST_COMPLETED)
-            if want.done():
-                await self._grant(share.accept())
-            elif not got.done():
-                raise errors.ServiceUnavailable("no download credit came free", retry_after_s=1)
-            try:
-                return await asyncio.wait_for(got, self._timeout_s)
-            except TimeoutError as exc:
-                self._stalled = True
-                raise errors.ServiceUnavailable("stream stalled", retry_after_s=1) from exc
-        finally:
-            share.withdraw()
-            got.cancel()
-
-    async def _receive(self, timeout_s: float | None) -> Msg:
-        try:
-            return await self._sub.next_msg(timeout=timeout_s)
-        except NatsTimeoutError as exc:
-            self._stalled = True
-            raise errors.ServiceUnavailable("stream stalled", retry_after_s=1) from exc
+        return await self._inbox.next_msg()
 
     async def _grant(self, frames: int) -> None:
         await self._nc.publish(self._credit_subject, wire.encode(wire.Credit(frames=frames)))
@@ -619,7 +678,7 @@ class _DownloadBody:
         try:
             if cancel and self._credit_subject:
                 await send_error(self._nc, self._credit_subject, errors.RequestTimeout("reader went away"))
-                if not self._stalled:
+                if not self._inbox.stalled:
                     await self._drain()
         finally:
             try:

@@ -87,6 +87,8 @@ class CacheNode:
         )
         self.live = LiveNodes(self.state.nodes, self.node_id, refresh_s=self.config.cachenode.heartbeat_s)
         self.credit = CreditBudget(self.nc, max_bytes=self.config.nats.download_credit_bytes)
+        self.upload_credit = CreditBudget(self.nc, max_bytes=self.config.nats.upload_credit_bytes)
+        self.replica_credit = CreditBudget(self.nc, max_bytes=self.config.nats.upload_credit_bytes)
 
     @property
     def chunk_bytes(self) -> int:
@@ -100,14 +102,17 @@ class CacheNode:
         return await self.catalog.get(bucket, key)
 
     # -- streams -----------------------------------------------------------------------------
-    def upload_receiver(self, msg: Msg) -> stream.UploadReceiver:
-        """The receiving end of the upload stream ``msg`` opens (not yet open)."""
+    def upload_receiver(self, msg: Msg, *, replica: bool = False) -> stream.UploadReceiver:
+        """The receiving end of the upload stream ``msg`` opens (not yet open), with its
+        credit from this connection's upload budget (``replica``: from the budget of the
+        replica streams of other nodes)."""
         return stream.UploadReceiver(
             self.nc,
             msg.reply,
             subjects.stream_inbox(self.node_id, new_id()),
             window=self.config.cachenode.window_frames,
             idle_timeout_s=self.config.cachenode.stream_idle_timeout_s,
+            budget=self.replica_credit if replica else self.upload_credit,
         )
 
     def download_sender(self, msg: Msg) -> stream.DownloadSender:
