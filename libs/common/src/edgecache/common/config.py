@@ -18,6 +18,7 @@ import msgspec
 
 __all__ = [
     "ENV_ALIASES",
+    "AdminConfig",
     "CacheNodeConfig",
     "Config",
     "ConfigError",
@@ -118,6 +119,16 @@ class LogConfig(msgspec.Struct, **_OPTS):
     json: bool | None = None  # None: JSON unless stderr is a TTY
 
 
+class AdminConfig(msgspec.Struct, **_OPTS):
+    """The admin API (served by the federator; docs/operations.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 14000  # 0: no admin API
+    # bearer token every route but /health/* requires; `edgecache up` generates it in
+    # <data-dir>/admin-token. Empty: the admin API does not start (it never runs open).
+    token: str = ""
+
+
 class Config(msgspec.Struct, **_OPTS):
     data_dir: str = ".edgecache"
     nats: NatsConfig = NatsConfig()
@@ -127,6 +138,7 @@ class Config(msgspec.Struct, **_OPTS):
     federator: FederatorConfig = FederatorConfig()
     origin: OriginConfig = OriginConfig()
     log: LogConfig = LogConfig()
+    admin: AdminConfig = AdminConfig()
 
     def origin_path(self) -> Path:
         """The file origin's directory."""
@@ -147,6 +159,7 @@ ENV_ALIASES: dict[str, tuple[str | None, str]] = {
     "EDGECACHE_ORIGIN": ("origin", "kind"),
     "EDGECACHE_ORIGIN_ENDPOINT_URL": ("origin", "endpoint_url"),
     "EDGECACHE_ORIGIN_PATH": ("origin", "path"),
+    "EDGECACHE_ADMIN_PORT": ("admin", "port"),
 }
 
 

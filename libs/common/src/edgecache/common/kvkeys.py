@@ -18,6 +18,7 @@ __all__ = [
     "part_filter",
     "part_key",
     "parse_object_key",
+    "upload_filter",
     "upload_key",
 ]
 
@@ -54,3 +55,8 @@ def part_key(upload_id: str, part_number: int) -> str:
 def part_filter(upload_id: str) -> str:
     """Subject filter matching every part of ``upload_id``."""
     return f"p.{upload_id}.*"
+
+
+def upload_filter() -> str:
+    """Subject filter matching every multipart upload's record (not its parts)."""
+    return "u.*"

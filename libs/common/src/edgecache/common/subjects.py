@@ -17,7 +17,11 @@ import hashlib
 from edgecache.common import wire
 
 __all__ = [
+    "ADMIN_PURGE",
+    "ADMIN_UPLOADS",
+    "ADMIN_WARM",
     "CACHENODE_QUEUE",
+    "EVENTS_CHUNKS_PURGED",
     "EVENTS_CHUNKS_RELEASED",
     "EVENTS_INVALIDATE",
     "EVENTS_OBJECT_CLEAN",
@@ -122,3 +126,10 @@ def writeback_retry(partition: int, token: str) -> str:
 def writeback_consumer(partition: int) -> str:
     """Durable consumer name of one ``WRITEBACK`` partition, shared by every writeback replica."""
     return f"writeback-{partition}"
+
+
+# == Admin (the admin API in the federator → cache nodes, queue group ``cachenode``) ==========
+ADMIN_PURGE = "edgecache.admin.purge"  # wire.PurgeObject → wire.PurgeResult
+ADMIN_WARM = "edgecache.admin.warm"  # wire.WarmObject → wire.WarmResult
+ADMIN_UPLOADS = "edgecache.admin.uploads"  # wire.ListUploads → wire.UploadList
+EVENTS_CHUNKS_PURGED = "edgecache.events.chunks.purged"  # wire.ChunksPurged, to every node
