@@ -35,7 +35,9 @@ __all__ = ["HANDLERS", "dispatch", "list_uploads", "on_chunks_purged", "purge", 
 
 log = get_logger(__name__)
 
-_CAS_ATTEMPTS = 3  # a purge that keeps losing its compare-and-set reports the object as it last saw it
+_CAS_ATTEMPTS = (
+    3  # a purge that keeps losing its compare-and-set reports the object as it last saw it
+)
 
 
 async def purge(node: CacheNode, request: wire.PurgeObject) -> wire.PurgeResult:
