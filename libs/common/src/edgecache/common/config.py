@@ -127,6 +127,7 @@ class AdminConfig(msgspec.Struct, **_OPTS):
     # bearer token every route but /health/* requires; `edgecache up` generates it in
     # <data-dir>/admin-token. Empty: the admin API does not start (it never runs open).
     token: str = ""
+    request_timeout_s: float = 300.0  # one purge or warm of one object by a cache node
 
 
 class Config(msgspec.Struct, **_OPTS):

@@ -15,12 +15,19 @@ READY_PREFIX = "edgecache is up:"  # the banner's first line: "<prefix> endpoint
 
 
 def render_banner(
-    config: Config, endpoint_url: str, data_dir: Path, created: bool, *, nats_users: bool = False
+    config: Config,
+    endpoint_url: str,
+    data_dir: Path,
+    created: bool,
+    *,
+    nats_users: bool = False,
+    admin_url: str = "",
 ) -> str:
     """What ``up`` prints once the gateway answers: a first line scripts wait for
     (:data:`READY_PREFIX`), then the endpoint, the credentials (``created``: new ones were
     just saved in the data dir), the origin, NATS (``nats_users``: the private server's
-    identities are in the data dir), where the logs are, and how to try it."""
+    identities are in the data dir), where the logs are, the admin API (``admin_url``, ""
+    when off), and how to try it."""
     gw = config.gateway
     origin = config.origin
     where = {
@@ -41,6 +48,11 @@ def render_banner(
             f"  nats         {config.nats.url}"
             + (f"   (users in {NATS_CREDENTIALS_FILE})" if nats_users else ""),
             f"  logs         {data_dir / 'logs'}/<service>.log",
+            *(
+                [f"  admin        {admin_url}/status   (token in {data_dir / 'admin-token'})"]
+                if admin_url
+                else []
+            ),
             "",
             "  Try it:",
             f"    export AWS_ACCESS_KEY_ID={gw.access_key} AWS_SECRET_ACCESS_KEY={gw.secret_key}"
