@@ -9,33 +9,30 @@ invalidation).
 
 KV ``nodes`` is kept in memory, so a restarted nats-server comes back without it; the
 federator then creates the JetStream state again on the next heartbeat.
+
+With ``admin.port`` and ``admin.token`` set, it also serves the admin API
+(:mod:`.adminserver`, :mod:`.adminapi`) in the same event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 import msgspec
 import nats.errors
-import uvicorn
 from nats.js.errors import NoStreamResponseError
 
 from edgecache.common import subjects, wire
 from edgecache.common.jetstream import ensure_state
 from edgecache.common.logging import get_logger
 from edgecache.common.runtime import connect_nats
-from edgecache.federator.adminapi import AdminState, create_app
-from edgecache.federator.cachenodes import CacheNodes
-from edgecache.federator.jobs import Jobs
 from edgecache.federator.membership import Change, Membership
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
     from nats.js.kv import KeyValue
 
@@ -148,49 +145,13 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         sweeper = asyncio.create_task(federator.sweep_forever(max(0.05, min(1.0, ttl_s / 4))))
         stack.push_async_callback(_cancel, sweeper)
         if config.admin.port and config.admin.token:
-            await _serve_admin(config, stack, federator.membership, nc)
+            # imported only when on: Litestar and uvicorn take seconds to import
+            from edgecache.federator.adminserver import serve_admin
+
+            await serve_admin(config, stack, federator.membership, nc)
         elif config.admin.port:
             log.warning("admin.off", reason="admin.token is empty: the admin API never runs open")
         log.info("federator.started", nats=config.nats.url, node_ttl_s=ttl_s)
         await stop.wait()
         log.info("federator.stopping", members=len(federator.membership))
 
-
-async def _serve_admin(
-    config: Config, stack: AsyncExitStack, membership: Membership, nc: NATS
-) -> None:
-    """Serve the admin API (:mod:`.adminapi`) on ``admin.host:admin.port`` until ``stack``
-    unwinds: running jobs are cancelled, then uvicorn finishes its requests.
-
-    Raises:
-        SystemExit: uvicorn could not bind the port (it logs why).
-    """
-    nodes = CacheNodes(nc, timeout_s=config.admin.request_timeout_s)
-    jobs = Jobs(nodes)
-    app = create_app(AdminState(config, membership, nodes, jobs, nc.jetstream(), time.time()))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.admin.host,
-            port=config.admin.port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-        )
-    )
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign] # our stop decides
-    task = asyncio.create_task(server.serve())
-
-    async def stop() -> None:
-        server.should_exit = True
-        await task
-
-    stack.push_async_callback(stop)
-    stack.push_async_callback(jobs.close)  # unwinds first: no job outlives the server
-    while not server.started:
-        if task.done():
-            await task  # raises what stopped it
-            raise RuntimeError("the admin API stopped at start")
-        await asyncio.sleep(0.02)
-    log.info("admin.started", url=f"http://{config.admin.host}:{config.admin.port}")
