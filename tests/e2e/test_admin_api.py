@@ -8,6 +8,7 @@ go to the origin, and does not when the GET was a hit.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -22,6 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
+from edgecache.common import subjects, wire
+from edgecache.common.config import load_config
+from edgecache.common.runtime import connect_nats
+from edgecache.launcher import credentials, datadir
 from tests.fixtures.stack import MiB, Stack, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -181,22 +186,54 @@ def test_bad_job_requests_are_refused(admin: httpx.Client) -> None:
 def test_purge_makes_the_next_get_a_miss_that_fills_from_the_origin(
     stack: Stack, admin: httpx.Client, s3: Any
 ) -> None:
-    data = os.urandom(MiB + 1000)  # two chunks
-    s3.put_object(Bucket=BUCKET, Key="purge/a.bin", Body=data)
-    written_back(stack, admin, "purge/a.bin", data)
-    assert s3.get_object(Bucket=BUCKET, Key="purge/a.bin")["Body"].read() == data
+    # two chunks on the node, and one object small enough for the gateways' memory tiers
+    bodies = {"purge/a.bin": os.urandom(MiB + 1000), "purge/small.txt": b"small" * 20}
+    for key, body in bodies.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+        written_back(stack, admin, key, body)
+        for _ in range(2):  # the second one may come from a memory tier
+            assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body
     before = node_stats(admin, after=time.time())
 
-    done = cli(stack, "purge", f"s3://{BUCKET}/purge/")
+    done, invalidated = asyncio.run(purge_watching_invalidations(stack, f"s3://{BUCKET}/purge/"))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1/1 objects" in done.stdout and "1 objects purged" in done.stdout, done.stdout
+    # what every gateway drops its memory-tier copy on: a delete of each key (version "")
+    assert {(i.bucket, i.key, i.version) for i in invalidated} >= {(BUCKET, k, "") for k in bodies}
+    assert "2/2 objects" in done.stdout and "2 objects purged" in done.stdout, done.stdout
     purged = node_stats(admin, after=time.time())
-    assert purged["chunks"] <= before["chunks"] - 2, "the purged chunks are still on the node"
+    assert purged["chunks"] <= before["chunks"] - 3, "the purged chunks are still on the node"
 
-    assert s3.get_object(Bucket=BUCKET, Key="purge/a.bin")["Body"].read() == data
-    after = node_stats(admin, after=time.time())
-    assert after["fills"] > before["fills"], "the GET after the purge did not fill from the origin"
-    assert after["misses"] >= before["misses"] + 2
+    # each GET goes to the origin: neither a node nor a memory tier still holds the object
+    for key, body in bodies.items():
+        assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body
+        after = node_stats(admin, after=time.time())
+        assert after["fills"] > purged["fills"], f"the GET of {key} after the purge did not fill"
+        assert after["misses"] > purged["misses"]
+        purged = after
+
+
+async def purge_watching_invalidations(
+    stack: Stack, url: str
+) -> tuple[subprocess.CompletedProcess[str], list[wire.Invalidation]]:
+    """`edgecache purge url`, while listening to the invalidation events as a gateway does
+    (with the gateway's NATS identity)."""
+    shared = load_config(stack.data_dir / datadir.CONFIG_FILE, env={}).nats
+    identity = credentials.load_nats_identity(stack.data_dir, "gateway")
+    assert identity is not None
+    nc = await connect_nats(identity.apply(shared), name="admin-e2e")
+    seen: list[wire.Invalidation] = []
+
+    async def on_event(msg: Any) -> None:
+        seen.append(wire.decode(msg.data, wire.Invalidation))
+
+    try:
+        await nc.subscribe(subjects.EVENTS_INVALIDATE, cb=on_event)
+        await nc.flush()
+        done = await asyncio.to_thread(cli, stack, "purge", url)
+        await nc.flush()  # queued before the purges were answered: here by the PONG
+    finally:
+        await nc.drain()
+    return done, seen
 
 
 @contextmanager
