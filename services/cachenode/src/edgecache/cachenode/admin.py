@@ -138,8 +138,9 @@ async def dispatch(node: CacheNode, msg: Msg) -> None:
 
 
 async def on_chunks_purged(node: CacheNode, msg: Msg) -> None:
-    """``ChunksPurged``: delete the clean copies of these chunks held here."""
+    """``ChunksPurged``: delete the clean copies of these chunks held here (one being read
+    or leased stays, for eviction to take later)."""
     event = wire.decode(msg.data, wire.ChunksPurged)
-    ids = [c for c in event.chunk_ids if node.store.is_dirty(c) is False]
-    if ids:
-        await node.store.delete(ids)
+    held = [c for c in event.chunk_ids if node.store.has(c)]
+    if held:
+        await node.store.purge(held)
