@@ -153,6 +153,10 @@ def up_command(
     <data-dir>/services/<service>.toml with each service's identity; their logs go to
     <data-dir>/logs/. Prints "edgecache is up: endpoint=URL nats=URL" when the gateway
     answers. Ctrl-C or SIGTERM stops everything (gateway first, nats-server last).
+
+    The federator serves the admin API and the status page on --admin-port (default
+    14000, on 127.0.0.1) with the bearer token in <data-dir>/admin-token (generated on
+    first run, mode 0600); `edgecache warm` and `edgecache purge` use it.
     """
     overrides = {
         "data_dir": data_dir,
