@@ -26,6 +26,7 @@ AZURITE_STAMP := $(TOOLS)/node_modules/.azurite-$(AZURITE_VERSION)
 AWS := $(TOOLS)/awscli/bin/aws
 S3CMD := $(TOOLS)/s3cmd/bin/s3cmd
 RCLONE_STAMP := $(TOOLS)/.rclone
+CHROMIUM_STAMP := $(TOOLS)/.chromium
 PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
 .PHONY: help deps up test lint
@@ -33,7 +34,7 @@ PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproje
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
 
-deps: $(VENV_STAMP) $(AZURITE_STAMP) $(AWS) $(S3CMD) $(RCLONE_STAMP)  ## install uv, the workspace, Azurite and the S3 clients the tests drive
+deps: $(VENV_STAMP) $(AZURITE_STAMP) $(AWS) $(S3CMD) $(RCLONE_STAMP) $(CHROMIUM_STAMP)  ## install uv, the workspace, Azurite, the S3 clients and the headless browser the tests drive
 
 up: deps  ## run the whole stack in the foreground (ARGS: flags for edgecache up)
 	$(UV) run --no-sync edgecache up $(ARGS)
@@ -76,4 +77,13 @@ $(RCLONE_STAMP):
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone; \
 	  else echo "rclone is missing: apt-get install rclone (as root)" >&2; exit 1; fi; }
+	@mkdir -p $(TOOLS) && touch $@
+
+# Headless Chromium for the admin status page test (tests/e2e/test_admin_api.py): Debian's
+# (Playwright's own browser download cannot run here); installing it needs root.
+$(CHROMIUM_STAMP):
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "chromium is missing: apt-get install chromium (as root)" >&2; exit 1; fi; }
 	@mkdir -p $(TOOLS) && touch $@

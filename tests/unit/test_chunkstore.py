@@ -726,3 +726,15 @@ def test_policy_ghost_is_bounded() -> None:
         p.insert(str(i), 1)
     p.select_victims(100, lambda k: True)
     assert sum(p.queue_of(str(i)) == "ghost" for i in range(100)) == 4
+
+
+async def test_purge_deletes_only_clean_chunks_nothing_uses(open_store: OpenStore) -> None:
+    store = await open_store()
+    for chunk_id, dirty in (("c-free", False), ("c-dirty", True), ("c-leased", False)):
+        await put(store, chunk_id, payload(100), dirty=dirty)
+    store.leases.grant("lease-1", ["c-leased"], ttl_s=30.0)
+    assert await store.purge(["c-free", "c-dirty", "c-leased", "c-absent"]) == ["c-free"]
+    assert not store.has("c-free") and not chunk_file(store, "c-free", dirty=False).exists()
+    assert store.has("c-dirty") and store.has("c-leased")  # the write's only copy; a reader's
+    store.leases.release("lease-1")
+    assert await store.purge(["c-leased"]) == ["c-leased"]

@@ -18,6 +18,7 @@ import msgspec
 
 __all__ = [
     "ENV_ALIASES",
+    "AdminConfig",
     "CacheNodeConfig",
     "Config",
     "ConfigError",
@@ -138,6 +139,17 @@ class MetricsConfig(msgspec.Struct, **_OPTS):
     host: str = "127.0.0.1"  # 0.0.0.0 in containers, so that Prometheus can scrape
 
 
+class AdminConfig(msgspec.Struct, **_OPTS):
+    """The admin API (served by the federator; docs/operations.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 14000  # 0: no admin API
+    # bearer token every route but /health/* requires; `edgecache up` generates it in
+    # <data-dir>/admin-token. Empty: the admin API does not start (it never runs open).
+    token: str = ""
+    request_timeout_s: float = 300.0  # one purge or warm of one object by a cache node
+
+
 class Config(msgspec.Struct, **_OPTS):
     data_dir: str = ".edgecache"
     nats: NatsConfig = NatsConfig()
@@ -148,6 +160,7 @@ class Config(msgspec.Struct, **_OPTS):
     origin: OriginConfig = OriginConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    admin: AdminConfig = AdminConfig()
 
     def origin_path(self) -> Path:
         """The file origin's directory."""
@@ -172,6 +185,7 @@ ENV_ALIASES: dict[str, tuple[str | None, str]] = {
     "EDGECACHE_ORIGIN": ("origin", "kind"),
     "EDGECACHE_ORIGIN_ENDPOINT_URL": ("origin", "endpoint_url"),
     "EDGECACHE_ORIGIN_PATH": ("origin", "path"),
+    "EDGECACHE_ADMIN_PORT": ("admin", "port"),
 }
 
 

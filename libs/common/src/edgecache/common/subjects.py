@@ -17,7 +17,11 @@ import hashlib
 from edgecache.common import wire
 
 __all__ = [
+    "ADMIN_PURGE",
+    "ADMIN_UPLOADS",
+    "ADMIN_WARM",
     "CACHENODE_QUEUE",
+    "EVENTS_CHUNKS_PURGED",
     "EVENTS_CHUNKS_RELEASED",
     "EVENTS_INVALIDATE",
     "EVENTS_OBJECT_CLEAN",
@@ -129,3 +133,10 @@ def jetstream_stream_info(stream: str) -> str:
     """JetStream's API subject for ``stream``'s info (its state: messages, ``first_ts``);
     asked directly where nats-py's ``stream_info`` drops the field needed."""
     return f"$JS.API.STREAM.INFO.{stream}"
+
+
+# == Admin (the admin API in the federator → cache nodes, queue group ``cachenode``) ==========
+ADMIN_PURGE = "edgecache.admin.purge"  # wire.PurgeObject → wire.PurgeResult
+ADMIN_WARM = "edgecache.admin.warm"  # wire.WarmObject → wire.WarmResult
+ADMIN_UPLOADS = "edgecache.admin.uploads"  # wire.ListUploads → wire.UploadList
+EVENTS_CHUNKS_PURGED = "edgecache.events.chunks.purged"  # wire.ChunksPurged, to every node

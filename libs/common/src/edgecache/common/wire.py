@@ -812,3 +812,79 @@ def encode(value: msgspec.Struct) -> bytes:
 def decode(data: bytes, type_: type[T]) -> T:
     """Decode ``data`` as ``type_``; raises ``msgspec.ValidationError``/``DecodeError``."""
     return msgspec.json.decode(data, type=type_)
+
+
+# == Admin: the admin API (federator) asks the cache nodes (docs/operations.md) ==============
+__all__ += [  # noqa: PLE0605 - appended here so the admin types stay in one block
+    "ChunksPurged",
+    "ListUploads",
+    "PurgeObject",
+    "PurgeResult",
+    "UploadList",
+    "WarmObject",
+    "WarmResult",
+]
+
+
+class PurgeObject(msgspec.Struct, **_OPTS, tag="admin.purge.v1"):
+    """``edgecache.admin.purge`` → :class:`PurgeResult`: drop the cached copies of
+    ``bucket/key`` if it is clean, so the next GET fills from the origin.
+    Errors: InvalidRequest (a malformed request)."""
+
+    bucket: str
+    key: str
+
+
+class PurgeResult(msgspec.Struct, **_OPTS, tag="admin.purge.result.v1"):
+    """What a purge did. ``outcome``: ``purged`` (the manifest was removed, every memory tier
+    invalidated and every node told to delete the chunks), ``dirty`` (not yet written back:
+    kept, reported as skipped), ``absent`` (nothing cached). ``size``: the object's bytes."""
+
+    bucket: str
+    key: str
+    outcome: Literal["purged", "dirty", "absent"]
+    size: int = 0
+    chunks: int = 0
+
+
+class WarmObject(msgspec.Struct, **_OPTS, tag="admin.warm.v1"):
+    """``edgecache.admin.warm`` → :class:`WarmResult`: fill every chunk of ``bucket/key``
+    into the cache (from the origin where no node holds it), sending no byte back.
+    Errors: NoSuchBucket, NoSuchKey, ServiceUnavailable (the origin failed)."""
+
+    bucket: str
+    key: str
+
+
+class WarmResult(msgspec.Struct, **_OPTS, tag="admin.warm.result.v1"):
+    """What a warm did: ``size`` bytes in ``chunks`` chunks, of which ``fetched`` were not on
+    the node that answered (filled from the origin now, or read from the peer holding them)."""
+
+    bucket: str
+    key: str
+    size: int
+    chunks: int
+    fetched: int
+
+
+class ListUploads(msgspec.Struct, **_OPTS, tag="admin.uploads.v1"):
+    """``edgecache.admin.uploads`` → :class:`UploadList`: multipart uploads in progress (KV
+    ``uploads``), of ``bucket`` or of every bucket (``""``), at most ``limit``."""
+
+    bucket: str = ""
+    limit: int = 1000
+
+
+class UploadList(msgspec.Struct, **_OPTS, tag="admin.uploads.result.v1"):
+    """Multipart uploads in progress, oldest first; ``is_truncated``: more than ``limit``."""
+
+    uploads: list[UploadRecord]
+    is_truncated: bool = False
+
+
+class ChunksPurged(Event, tag="chunks.purged.v1"):
+    """cachenode → every node (``edgecache.events.chunks.purged``): these chunks belong to a
+    clean version that was purged; whoever holds them clean deletes them now (a dirty copy
+    is kept)."""
+
+    chunk_ids: list[str]

@@ -1,5 +1,5 @@
 """The ``edgecache`` command line: ``up`` (the whole stack on one machine), one service in
-the foreground, and ``status``.
+the foreground, ``status``, and ``warm`` / ``purge`` (through the admin API).
 
 This module holds the click commands and their flags only; the work is done by
 :mod:`~edgecache.launcher.up` and :mod:`~edgecache.launcher.status`. Flags fall back to
@@ -15,13 +15,13 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 import click
 import msgspec
 
 from edgecache.common.config import NatsConfig
-from edgecache.launcher import configfile, status, up
+from edgecache.launcher import adminclient, configfile, status, up
 from edgecache.launcher.datadir import lock_data_dir
 from edgecache.launcher.render import render_status
 
@@ -108,6 +108,13 @@ for _name in SERVICES:
     help="TOML config; flags and env override it.  [env: EDGECACHE_CONFIG]",
 )
 @click.option(
+    "--admin-port",
+    envvar="EDGECACHE_ADMIN_PORT",
+    type=click.IntRange(0, 65535),
+    help="Admin API port (served by the federator); 0 turns it off."
+    "  [env: EDGECACHE_ADMIN_PORT; default: 14000]",
+)
+@click.option(
     "--ready-timeout",
     type=float,
     default=60.0,
@@ -130,6 +137,7 @@ def up_command(
     origin_endpoint_url: str | None,
     origin_path: str | None,
     config_file: str | None,
+    admin_port: int | None,
     ready_timeout: float,
     stop_timeout: float,
 ) -> None:
@@ -145,12 +153,17 @@ def up_command(
     <data-dir>/services/<service>.toml with each service's identity; their logs go to
     <data-dir>/logs/. Prints "edgecache is up: endpoint=URL nats=URL" when the gateway
     answers. Ctrl-C or SIGTERM stops everything (gateway first, nats-server last).
+
+    The federator serves the admin API and the status page on --admin-port (default
+    14000, on 127.0.0.1) with the bearer token in <data-dir>/admin-token (generated on
+    first run, mode 0600); `edgecache warm` and `edgecache purge` use it.
     """
     overrides = {
         "data_dir": data_dir,
         "gateway": {"port": port},
         "nats": {"url": nats_url},
         "origin": {"kind": origin, "endpoint_url": origin_endpoint_url, "path": origin_path},
+        "admin": {"port": admin_port},
     }
     config = configfile.resolve(config_file, overrides)
     root = Path(config.data_dir)
@@ -211,3 +224,56 @@ def status_command(
         click.echo(msgspec.json.encode(result).decode())
     else:
         click.echo(render_status(result))
+
+
+def _job_command(kind: Literal["purge", "warm"], summary: str) -> click.Command:
+    @click.command(name=kind, help=summary)
+    @click.argument("url", metavar="s3://BUCKET/PREFIX")
+    @click.option(
+        "--exact",
+        is_flag=True,
+        help="Only the object named BUCKET/PREFIX (no listing), not every key under it.",
+    )
+    @click.option(
+        "--data-dir",
+        envvar="EDGECACHE_DATA_DIR",
+        default=".edgecache",
+        type=click.Path(file_okay=False),
+        help="Where `up` runs (its config and admin-token).  [env: EDGECACHE_DATA_DIR]",
+    )
+    @click.option(
+        "--admin-url",
+        envvar="EDGECACHE_ADMIN_URL",
+        help="The admin API.  [env: EDGECACHE_ADMIN_URL; default: from <data-dir>/edgecache.toml]",
+    )
+    @click.option(
+        "--token",
+        envvar="EDGECACHE_ADMIN_TOKEN",
+        help="Its bearer token.  [env: EDGECACHE_ADMIN_TOKEN; default: <data-dir>/admin-token]",
+    )
+    def command(
+        url: str, exact: bool, data_dir: str, admin_url: str | None, token: str | None
+    ) -> None:
+        target = adminclient.parse_s3_url(url)
+        base_url, secret = adminclient.admin_endpoint(admin_url, token, data_dir)
+        job = adminclient.run_job(kind, target, base_url, secret, key=exact)
+        raise SystemExit(0 if job["state"] == "done" and not job["failed"] else 1)
+
+    return command
+
+
+main.add_command(
+    _job_command(
+        "purge",
+        "Drop the cached copies of every object under s3://BUCKET/PREFIX (cache nodes and "
+        "gateway memory tiers), so the next GET fills from the origin. Objects not yet "
+        "written back are kept and reported as skipped. Exits 1 if any object failed.",
+    )
+)
+main.add_command(
+    _job_command(
+        "warm",
+        "Fill every object under s3://BUCKET/PREFIX (listed at the origin) into the cache, "
+        "so the next GETs are hits. Exits 1 if any object failed.",
+    )
+)

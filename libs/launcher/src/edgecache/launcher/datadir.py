@@ -2,6 +2,7 @@
 
 Layout of ``<data-dir>`` (default ``./.edgecache``)::
 
+    admin-token      the admin API's bearer token (mode 0600)
     credentials      the gateway's keys, an AWS shared-credentials file (mode 0600)
     nats-credentials.toml
                      the private nats-server's identities: user, password and inbox
@@ -27,6 +28,7 @@ from pathlib import Path
 import click
 
 __all__ = [
+    "ADMIN_TOKEN_FILE",
     "CONFIG_FILE",
     "CREDENTIALS_FILE",
     "LOCK_FILE",
@@ -38,6 +40,7 @@ __all__ = [
     "write_private",
 ]
 
+ADMIN_TOKEN_FILE = "admin-token"
 CONFIG_FILE = "edgecache.toml"
 CREDENTIALS_FILE = "credentials"
 LOCK_FILE = "up.lock"

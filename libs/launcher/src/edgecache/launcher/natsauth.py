@@ -36,7 +36,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from edgecache.common import subjects
+from edgecache.common import subjects, wire
 
 __all__ = [
     "ADMIN",
@@ -123,6 +123,19 @@ _CACHENODE_INBOXES = _inboxes("cachenode")  # download credit, to the sending no
 _INTENTS = tuple(subjects.writeback_subject(p) for p in range(subjects.WRITEBACK_PARTITIONS))
 
 
+# The admin API (in the federator): its requests to the cache nodes, the two s3.* requests
+# it makes (listing a prefix to purge or warm it, aborting an upload), and what it reads of
+# the WRITEBACK stream for the backlog (edgecache.common.backlog).
+_ADMIN_REQUESTS = (subjects.ADMIN_PURGE, subjects.ADMIN_WARM, subjects.ADMIN_UPLOADS)
+_ADMIN_API = (
+    *_ADMIN_REQUESTS,
+    subjects.s3(wire.ListObjects.operation),
+    subjects.s3(wire.AbortMultipartUpload.operation),
+    f"{_API}.CONSUMER.INFO.{subjects.WRITEBACK_STREAM}.*",
+    f"{_API}.STREAM.MSG.GET.{subjects.WRITEBACK_STREAM}",
+)
+
+
 def _requester(identity: str, *, also_subscribe: tuple[str, ...] = ()) -> Permissions:
     """A caller of the ``s3.*`` API (gateway, platform service): requests, upload frames,
     download credit; replies on its own inbox."""
@@ -145,6 +158,7 @@ IDENTITIES: dict[str, Permissions | None] = {
             subjects.HEARTBEAT_WILDCARD,
             subjects.EVENTS_OBJECT_CLEAN,
             subjects.EVENTS_CHUNKS_RELEASED,
+            subjects.EVENTS_CHUNKS_PURGED,
             subjects.EVENTS_INVALIDATE,
             *_INTENTS,
             *_ensure_state(),
@@ -163,6 +177,8 @@ IDENTITIES: dict[str, Permissions | None] = {
             _STREAM_DATA,
             subjects.EVENTS_OBJECT_CLEAN,
             subjects.EVENTS_CHUNKS_RELEASED,
+            *_ADMIN_REQUESTS,
+            subjects.EVENTS_CHUNKS_PURGED,
             _inboxes("cachenode"),
         ),
         allow_responses=True,
@@ -191,6 +207,7 @@ IDENTITIES: dict[str, Permissions | None] = {
             *_kv_write(subjects.KV_NODES),
             *_kv_read(subjects.KV_NODES),
             *_HEALTH,
+            *_ADMIN_API,
         ),
         subscribe=(subjects.HEARTBEAT_WILDCARD, _inboxes("federator")),
     ),

@@ -23,12 +23,19 @@ READY_PREFIX = "edgecache is up:"  # the banner's first line: "<prefix> endpoint
 
 
 def render_banner(
-    config: Config, endpoint_url: str, data_dir: Path, created: bool, *, nats_users: bool = False
+    config: Config,
+    endpoint_url: str,
+    data_dir: Path,
+    created: bool,
+    *,
+    nats_users: bool = False,
+    admin_url: str = "",
 ) -> str:
     """What ``up`` prints once the gateway answers: a first line scripts wait for
     (:data:`READY_PREFIX`), then the endpoint, the credentials (``created``: new ones were
     just saved in the data dir), the origin, NATS (``nats_users``: the private server's
-    identities are in the data dir), where the logs are, and how to try it."""
+    identities are in the data dir), where the logs are, the admin API (``admin_url``, ""
+    when off), and how to try it."""
     gw = config.gateway
     origin = config.origin
     where = {
@@ -53,6 +60,11 @@ def render_banner(
                 f"  metrics      {line.strip()}"
                 for line in render_endpoints(service_endpoints(config))[1:]
             ],
+            *(
+                [f"  admin        {admin_url}/status   (token in {data_dir / 'admin-token'})"]
+                if admin_url
+                else []
+            ),
             "",
             "  Try it:",
             f"    export AWS_ACCESS_KEY_ID={gw.access_key} AWS_SECRET_ACCESS_KEY={gw.secret_key}"

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 import msgspec
 
 from edgecache.common import subjects, wire
+from edgecache.common.backlog import (
+    MAX_FAILING_SHOWN,
+    Backlog,
+    FailingIntent,
+    PartitionBacklog,
+    read_backlog,
+)
 from edgecache.common.config import ConfigError, NatsConfig, load_config
 from edgecache.launcher.connection import connect
 from edgecache.launcher.credentials import load_nats_identity
@@ -30,8 +36,6 @@ __all__ = [
     "read_status",
 ]
 
-MAX_FAILING_SHOWN = 20  # failing intents listed by name; the rest are only counted
-
 
 class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     """One live cache node, as ``status --json`` prints it (times in s)."""
@@ -42,34 +46,6 @@ class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     uptime_s: float
     last_seen_s: float
     stats: wire.NodeStats
-
-
-class PartitionBacklog(msgspec.Struct, frozen=True, kw_only=True):
-    partition: int
-    pending: int  # intents not yet delivered
-    in_flight: int  # delivered, not yet acknowledged
-    redelivered: int
-
-
-class FailingIntent(msgspec.Struct, frozen=True, kw_only=True):
-    """An intent waiting for its scheduled retry after a failed attempt."""
-
-    bucket: str
-    key: str  # "" for a bucket intent
-    attempts: int  # attempts so far
-    error: str  # why the last one failed
-
-
-class Backlog(msgspec.Struct, frozen=True, kw_only=True):
-    """The ``WRITEBACK`` stream: intents not yet applied to the origin."""
-
-    intents: int  # messages in the stream (work queue: acked ones are gone)
-    in_flight: int
-    redelivered: int
-    oldest_age_s: float | None  # age of the oldest intent, None when there is none
-    partitions: list[PartitionBacklog]
-    retrying: int = 0  # of ``intents``: failed ones waiting for their scheduled retry
-    failing: list[FailingIntent] = []  # the first MAX_FAILING_SHOWN of those
 
 
 class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,7 +71,7 @@ async def read_status(target: str | NatsConfig, *, timeout_s: float = 5.0) -> Cl
         js = nc.jetstream(timeout=timeout_s)
         try:
             kv = await js.key_value(subjects.KV_NODES)
-            info = await js.stream_info(subjects.WRITEBACK_STREAM)
+            await js.stream_info(subjects.WRITEBACK_STREAM)  # is the state there at all?
         except NotFoundError:
             raise click.ClickException(
                 f"NATS at {url} has no edgecache state yet (no KV {subjects.KV_NODES!r} "
@@ -122,77 +98,12 @@ async def read_status(target: str | NatsConfig, *, timeout_s: float = 5.0) -> Cl
                 )
             )
         await watcher.stop()
-        partitions = []
-        for p in range(subjects.WRITEBACK_PARTITIONS):
-            ci = await js.consumer_info(subjects.WRITEBACK_STREAM, subjects.writeback_consumer(p))
-            partitions.append(
-                PartitionBacklog(
-                    partition=p,
-                    pending=ci.num_pending or 0,
-                    in_flight=ci.num_ack_pending or 0,
-                    redelivered=ci.num_redelivered or 0,
-                )
-            )
-        retrying, failing = await _failing_intents(js)
-        oldest: float | None = None
-        if info.state.messages:
-            try:
-                first = await js.get_msg(subjects.WRITEBACK_STREAM, seq=info.state.first_seq)
-                oldest = max(0.0, now - first.time.timestamp()) if first.time else None
-            except NotFoundError:
-                oldest = None
+        backlog = await read_backlog(js)
     finally:
         await nc.close()
     return ClusterStatus(
-        nats_url=url,
-        nodes=sorted(nodes, key=lambda n: n.node_id),
-        writeback=Backlog(
-            intents=info.state.messages,
-            in_flight=sum(p.in_flight for p in partitions),
-            redelivered=sum(p.redelivered for p in partitions),
-            oldest_age_s=oldest,
-            partitions=partitions,
-            retrying=retrying,
-            failing=failing,
-        ),
+        nats_url=url, nodes=sorted(nodes, key=lambda n: n.node_id), writeback=backlog
     )
-
-
-async def _failing_intents(js: Any) -> tuple[int, list[FailingIntent]]:
-    """How many intents wait for a scheduled retry, and the first
-    :data:`MAX_FAILING_SHOWN` of them with their attempts and last error (read from the
-    schedules' ``Ec-Attempt`` and ``Ec-Error`` headers)."""
-    from nats.js.errors import NotFoundError
-
-    info = await js.stream_info(
-        subjects.WRITEBACK_STREAM, subjects_filter=subjects.WRITEBACK_RETRIES
-    )
-    names = sorted(info.state.subjects or {})
-    failing: list[FailingIntent] = []
-    for name in names[:MAX_FAILING_SHOWN]:
-        try:
-            msg = await js.get_last_msg(subjects.WRITEBACK_STREAM, name)
-        except NotFoundError:
-            continue  # fired meanwhile
-        headers = msg.headers or {}
-        try:
-            body = msgspec.json.decode(msg.data or b"{}")
-        except msgspec.DecodeError:
-            body = {}
-        body = body if isinstance(body, dict) else {}
-        try:
-            attempts = int(headers.get("Ec-Attempt", "2")) - 1
-        except ValueError:
-            attempts = 1
-        failing.append(
-            FailingIntent(
-                bucket=str(body.get("bucket", "")),
-                key=str(body.get("key", "")),
-                attempts=attempts,
-                error=headers.get("Ec-Error", ""),
-            )
-        )
-    return len(names), failing
 
 
 def _config_path(config_file: str | None, data_dir: str) -> str | None:

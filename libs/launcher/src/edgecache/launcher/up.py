@@ -19,7 +19,8 @@ from pathlib import Path
 import click
 import msgspec
 
-from edgecache.common.config import Config, NatsConfig
+from edgecache.common.config import AdminConfig, Config, NatsConfig
+from edgecache.launcher.admintoken import load_or_create_admin_token
 from edgecache.launcher.configfile import write_config
 from edgecache.launcher.connection import prepare_state
 from edgecache.launcher.credentials import (
@@ -80,6 +81,7 @@ class Plan:
     nats: NatsServer | None  # the private nats-server, if any
     new_credentials: bool
     admin: NatsConfig  # how `up` itself connects, to create the JetStream state
+    admin_url: str = ""  # the admin API (served by the federator), "" when it is off
 
 
 def child_env() -> dict[str, str]:
@@ -118,6 +120,7 @@ def plan(config: Config, root: Path, *, external_nats: bool, nats_port: int) -> 
             f"port {gw.port} is in use: pick another with --port or EDGECACHE_PORT"
         )
     config = pick_metrics_ports(msgspec.structs.replace(config, gateway=gw))
+    admin_config = _admin_config(config, root)
 
     logs = root / LOGS_DIR
     specs: list[ChildSpec] = []
@@ -153,12 +156,21 @@ def plan(config: Config, root: Path, *, external_nats: bool, nats_port: int) -> 
     env = child_env()
     for name in UP_ORDER:
         service_path = root / SERVICES_DIR / f"{name}.toml"
-        write_config(msgspec.structs.replace(config, nats=identity_of[name]), service_path)
+        own = msgspec.structs.replace(config, nats=identity_of[name])
+        if name == "federator":  # the admin API's token goes to the federator only
+            own = msgspec.structs.replace(own, admin=admin_config)
+        write_config(own, service_path)
         argv = [sys.executable, "-m", f"edgecache.{name}", "--config", str(service_path)]
         specs.append(ChildSpec(name, argv, logs / f"{name}.log", env))
     probe_host = "127.0.0.1" if gw.host in ("", "0.0.0.0", "::") else gw.host
     endpoint = Endpoint(probe_host, gw.port)
-    return Plan(config, config_path, specs, endpoint, nats_server, created, admin)
+    admin_url = ""
+    if admin_config.port:
+        admin_host = (
+            "127.0.0.1" if admin_config.host in ("", "0.0.0.0", "::") else admin_config.host
+        )
+        admin_url = f"http://{admin_host}:{admin_config.port}"
+    return Plan(config, config_path, specs, endpoint, nats_server, created, admin, admin_url)
 
 
 def run(
@@ -227,6 +239,7 @@ def run(
                         root,
                         the_plan.new_credentials,
                         nats_users=the_plan.nats is not None,
+                        admin_url=the_plan.admin_url,
                     )
                 )
                 sys.stdout.flush()
@@ -247,3 +260,21 @@ def run(
             say("stopping (Ctrl-C again to kill)")
         supervisor.stop(timeout_s=stop_timeout_s, force=lambda: stops > 1)
         say("stopped")
+
+
+def _admin_config(config: Config, root: Path) -> AdminConfig:
+    """The federator's ``[admin]`` section: the configured one, with the token from
+    ``<data-dir>/admin-token`` (generated on first use) unless the config sets one.
+
+    Raises:
+        click.ClickException: the admin port is in use.
+    """
+    admin = config.admin
+    if not admin.port:
+        return admin
+    if port_in_use(admin.host or "0.0.0.0", admin.port):
+        raise click.ClickException(
+            f"admin port {admin.port} is in use: pick another with --admin-port or "
+            "EDGECACHE_ADMIN_PORT (0 turns the admin API off)"
+        )
+    return msgspec.structs.replace(admin, token=admin.token or load_or_create_admin_token(root))

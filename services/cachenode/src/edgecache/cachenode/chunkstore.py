@@ -461,6 +461,23 @@ class ChunkStore:
 
         await self._shielded(run())
 
+    async def purge(self, chunk_ids: Iterable[str]) -> list[str]:
+        """Delete the clean chunks among ``chunk_ids`` that nothing uses now: not dirty, not
+        being read, not under a short-circuit lease, not being written (a purged version's,
+        which no manifest names any more). The others stay, for eviction to take later.
+
+        Returns:
+            The ids deleted.
+
+        Raises:
+            ValueError: an invalid id (nothing is deleted).
+        """
+        ids = [self._check(c) for c in chunk_ids]
+        gone = [c for c in ids if self._evictable(c)]
+        if gone:
+            await self.delete(gone)
+        return gone
+
     async def evict(self) -> list[str]:
         """Evict clean chunks if ``used_bytes > high_watermark * capacity_bytes``.
 

@@ -22,6 +22,7 @@ import msgspec
 import structlog
 
 from edgecache.cachenode import (
+    admin,
     buckets,
     chunks,
     copy,
@@ -249,6 +250,9 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
     subs.append(await nc.subscribe(subjects.EVENTS_OBJECT_CLEAN, cb=tasks.callback(lambda m: on_clean(node, m))))
     subs.append(await nc.subscribe(subjects.chunk_put(node.node_id), cb=tasks.callback(lambda m: replication.serve_chunk_put(node, m))))
     subs.append(await nc.subscribe(subjects.EVENTS_CHUNKS_RELEASED, cb=tasks.callback(lambda m: on_released(node, m))))
+    for subject in admin.HANDLERS:  # the admin API's requests (purge, warm, uploads)
+        subs.append(await nc.subscribe(subject, queue=subjects.CACHENODE_QUEUE, cb=tasks.callback(lambda m: admin.dispatch(node, m))))
+    subs.append(await nc.subscribe(subjects.EVENTS_CHUNKS_PURGED, cb=tasks.callback(lambda m: admin.on_chunks_purged(node, m))))
     node.lease_subject = nc.new_inbox()  # under our inbox prefix: every requester may publish there
     subs.append(await nc.subscribe(node.lease_subject, cb=functools.partial(shortcircuit.on_release, node)))
 

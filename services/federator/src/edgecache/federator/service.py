@@ -9,6 +9,9 @@ invalidation).
 
 KV ``nodes`` is kept in memory, so a restarted nats-server comes back without it; the
 federator then creates the JetStream state again on the next heartbeat.
+
+With ``admin.port`` and ``admin.token`` set, it also serves the admin API
+(:mod:`.adminserver`, :mod:`.adminapi`) in the same event loop.
 """
 
 from __future__ import annotations
@@ -172,6 +175,14 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         stack.push_async_callback(sub.unsubscribe)
         sweeper = asyncio.create_task(federator.sweep_forever(max(0.05, min(1.0, ttl_s / 4))))
         stack.push_async_callback(_cancel, sweeper)
+        if config.admin.port and config.admin.token:
+            # imported only when on: Litestar and uvicorn take seconds to import
+            from edgecache.federator.adminserver import serve_admin
+
+            await serve_admin(config, stack, federator.membership, nc)
+        elif config.admin.port:
+            log.warning("admin.off", reason="admin.token is empty: the admin API never runs open")
         log.info("federator.started", nats=config.nats.url, node_ttl_s=ttl_s)
         await stop.wait()
         log.info("federator.stopping", members=len(federator.membership))
+
