@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from edgecache.cachenode import readthrough
-from edgecache.common import errors, kvkeys, stream, subjects, wire
+from edgecache.cachenode import multipart, readthrough
+from edgecache.common import errors, stream, subjects, wire
 from edgecache.common.ids import new_id
-from edgecache.common.jetstream import current_values
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
@@ -94,11 +93,7 @@ async def warm(node: CacheNode, request: wire.WarmObject) -> wire.WarmResult:
 
 async def list_uploads(node: CacheNode, request: wire.ListUploads) -> wire.UploadList:
     """Multipart uploads in progress (KV ``uploads``), oldest first."""
-    uploads: list[wire.UploadRecord] = []
-    async for value in current_values(node.state.uploads, kvkeys.upload_filter()):
-        record = wire.decode(value, wire.UploadRecord)
-        if not request.bucket or record.bucket == request.bucket:
-            uploads.append(record)
+    uploads = [r for r in await multipart.upload_records(node) if not request.bucket or r.bucket == request.bucket]
     uploads.sort(key=lambda u: (u.initiated, u.upload_id))
     limit = max(0, request.limit)
     return wire.UploadList(uploads=uploads[:limit], is_truncated=len(uploads) > limit)

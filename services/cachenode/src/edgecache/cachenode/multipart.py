@@ -34,6 +34,7 @@ __all__ = [
     "list_multipart_uploads",
     "list_parts",
     "require_upload",
+    "upload_records",
     "store_part",
     "upload_part",
 ]
@@ -277,6 +278,14 @@ async def list_parts(node: CacheNode, request: wire.ListParts) -> wire.ListParts
     )
 
 
+async def upload_records(node: CacheNode) -> list[wire.UploadRecord]:
+    """Every multipart upload in progress, in every bucket (KV ``uploads``, one pass)."""
+    return [
+        wire.decode(value, wire.UploadRecord)
+        async for value in current_values(node.state.uploads, kvkeys.upload_filter())
+    ]
+
+
 async def list_multipart_uploads(
     node: CacheNode, request: wire.ListMultipartUploads
 ) -> wire.ListMultipartUploadsResult:
@@ -288,11 +297,9 @@ async def list_multipart_uploads(
     await node.require_bucket(request.bucket)
     if request.max_uploads < 0:
         raise errors.InvalidArgument("max-uploads must be a non-negative integer")
-    records = []
-    async for value in current_values(node.state.uploads, kvkeys.upload_filter()):
-        record = wire.decode(value, wire.UploadRecord)
-        if record.bucket == request.bucket and record.key.startswith(request.prefix):
-            records.append(record)
+    records = [
+        r for r in await upload_records(node) if r.bucket == request.bucket and r.key.startswith(request.prefix)
+    ]
     records.sort(key=lambda r: (_utf8(r.key), r.initiated, r.upload_id))
     marker = _utf8(request.key_marker)
     if request.upload_id_marker and request.key_marker:
