@@ -53,6 +53,11 @@ class NatsConfig(msgspec.Struct, **_OPTS):
     # can count up to twice this as pending), or the server cuts the connection off as a slow
     # consumer and every stream on it breaks.
     download_credit_bytes: int = 16 * MiB
+    # Fail fast (edgecache.common.heartbeats): a requester asks the node working on its
+    # request for an idle heartbeat every idle_heartbeat_s, and takes a node silent for
+    # heartbeat_timeout_s for dead (503 in about that time, not request_timeout_s).
+    idle_heartbeat_s: float = 0.5
+    heartbeat_timeout_s: float = 2.0
 
 
 class GatewayConfig(msgspec.Struct, **_OPTS):
@@ -90,7 +95,10 @@ class CacheNodeConfig(msgspec.Struct, **_OPTS):
 
 
 class WritebackConfig(msgspec.Struct, **_OPTS):
-    ack_wait_s: float = 60.0  # JetStream redelivers an intent not acked (or in progress) by then
+    # JetStream redelivers an intent not acked (nor reported in progress) by then: a dead
+    # replica's intents move on after at most this long. A replica working on an intent
+    # reports progress every ack_wait_s / 4 and gives the intent up if it could not.
+    ack_wait_s: float = 4.0
     # origin uploads at once per replica; each holds at most one single-PUT buffer
     # (origin.multipart_threshold_bytes) or a few part buffers (origin.part_bytes)
     max_uploads: int = 2

@@ -37,9 +37,11 @@ import msgspec
 import structlog
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from edgecache.common import errors, wire
+from edgecache.common import errors, heartbeats, wire
 from edgecache.common.backoff import Backoff
 from edgecache.common.credit import HEADER_ROOM, CreditBudget, Share, frame_bytes
+from edgecache.common.heartbeats import DEFAULT as DEFAULT_LIVENESS
+from edgecache.common.heartbeats import Liveness
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -81,7 +83,15 @@ def _no_responders(msg: Msg) -> bool:
 
 
 async def open_request(
-    nc: NATS, sub: Subscription, subject: str, payload: bytes, *, reply: str, headers: dict[str, str] | None, timeout_s: float
+    nc: NATS,
+    sub: Subscription,
+    subject: str,
+    payload: bytes,
+    *,
+    reply: str,
+    headers: dict[str, str] | None,
+    timeout_s: float,
+    liveness: Liveness | None = DEFAULT_LIVENESS,
 ) -> Msg:
     """Publish a request and return the first message of its answer.
 
@@ -92,16 +102,22 @@ async def open_request(
     or restarting): the request is sent again after short pauses (1 s in all) before that
     answer is returned as it is.
 
+    With ``liveness``, the server is asked for idle heartbeats (:mod:`.heartbeats`), which
+    are skipped here, and a server silent for ``liveness.timeout_s`` is taken for dead.
+
     Raises:
-        ServiceUnavailable: nothing answered within ``timeout_s``.
+        ServiceUnavailable: nothing answered within ``timeout_s``, or the server that took
+            the request went silent for ``liveness.timeout_s``.
     """
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     if request_id:
         headers = {**(headers or {}), HDR_REQUEST_ID: str(request_id)}
+    if liveness is not None:
+        headers = {**(headers or {}), **liveness.request_headers()}
     for pause in (*NO_RESPONDER_RETRIES_S, None):
         await nc.publish(subject, payload, reply=reply, headers=headers)
         try:
-            msg = await sub.next_msg(timeout=timeout_s)
+            msg = await heartbeats.next_message(sub, timeout_s, liveness)
         except NatsTimeoutError as exc:
             raise errors.ServiceUnavailable(f"no answer on {subject}", retry_after_s=1) from exc
         if pause is None or not _no_responders(msg):
@@ -395,6 +411,7 @@ async def download(
     window: int,
     timeout_s: float,
     downstream: Downstream | None = None,
+    liveness: Liveness | None = DEFAULT_LIVENESS,
 ) -> tuple[wire.Reply, AsyncIterator[bytes]]:
     """Requester side of a download.
 
@@ -410,6 +427,8 @@ async def download(
         downstream: the sender the bytes are relayed to, if any: the stream then asks for
             no more than its credit (and waits for some before asking), so it never holds
             credit of ``budget`` while waiting downstream.
+        liveness: idle heartbeats to ask the server for, and the silence after which it is
+            taken for dead (:mod:`.heartbeats`); ``None``: wait ``timeout_s`` for anything.
 
     Returns:
         The reply Struct that opened the stream, and an async iterator of the bytes, in
@@ -419,7 +438,8 @@ async def download(
     Raises:
         S3Error: the server answered an error (before the stream, or mid-stream from the
             iterator); ServiceUnavailable when no server answered, or ``budget`` had no
-            credit free, within ``timeout_s``; SlowDown when too many streams already wait
+            credit free, within ``timeout_s``, or it went silent for ``liveness.timeout_s``
+            (before the stream or mid-stream); SlowDown when too many streams already wait
             for credit.
         ValueError: ``budget`` belongs to another connection.
     """
@@ -437,7 +457,8 @@ async def download(
         raise
     try:
         first = await open_request(
-            nc, sub, subject, wire.encode(request), reply=inbox, headers={HDR_CREDIT: str(initial)}, timeout_s=timeout_s
+            nc, sub, subject, wire.encode(request), reply=inbox, headers={HDR_CREDIT: str(initial)}, timeout_s=timeout_s,
+            liveness=liveness,
         )
         reply = read_control(first)
         credit_subject = (first.headers or {}).get(HDR_STREAM, "")
@@ -446,7 +467,7 @@ async def download(
         share.close()
         raise
     return reply, _DownloadBody(
-        nc, sub, credit_subject, share=share, timeout_s=timeout_s, downstream=downstream
+        nc, sub, credit_subject, share=share, timeout_s=timeout_s, downstream=downstream, liveness=liveness
     )
 
 
@@ -476,8 +497,11 @@ class _DownloadBody:
         share: Share,
         timeout_s: float,
         downstream: Downstream | None,
+        liveness: Liveness | None = None,
     ) -> None:
         self._nc = nc
+        self._liveness = liveness
+        self._last_news = asyncio.get_running_loop().time()  # when a frame or control last came
         self._sub = sub
         self._credit_subject = credit_subject
         self._timeout_s = timeout_s
@@ -495,6 +519,12 @@ class _DownloadBody:
             raise StopAsyncIteration
         try:
             msg = await self._next_msg()
+            while heartbeats.is_heartbeat(msg):  # the sender is alive, but sends nothing yet
+                if asyncio.get_running_loop().time() - self._last_news > self._timeout_s:
+                    self._stalled = True
+                    raise errors.ServiceUnavailable("stream stalled", retry_after_s=1)
+                msg = await self._next_msg()
+            self._last_news = asyncio.get_running_loop().time()
             if is_frame(msg):
                 self._share.frame_read()
                 return self._checker.add(msg)
@@ -541,11 +571,15 @@ class _DownloadBody:
             got.cancel()
 
     async def _receive(self, timeout_s: float | None) -> Msg:
+        """The next message, heartbeats included (``__anext__`` skips them)."""
         try:
-            return await self._sub.next_msg(timeout=timeout_s)
+            return await heartbeats.wait_any(self._sub, timeout_s, self._liveness)
         except NatsTimeoutError as exc:
             self._stalled = True
             raise errors.ServiceUnavailable("stream stalled", retry_after_s=1) from exc
+        except errors.ServiceUnavailable:
+            self._stalled = True  # the sender is gone: nothing to drain
+            raise
 
     async def _grant(self, frames: int) -> None:
         await self._nc.publish(self._credit_subject, wire.encode(wire.Credit(frames=frames)))
@@ -575,8 +609,8 @@ class _DownloadBody:
         """
         while self._share.held:
             try:
-                msg = await self._sub.next_msg(timeout=self._timeout_s)
-            except Exception:  # noqa: BLE001 - timed out, or the connection is gone
+                msg = await heartbeats.next_message(self._sub, self._timeout_s, self._liveness)
+            except Exception:  # noqa: BLE001 - timed out, the sender is gone, or the connection
                 return
             if not is_frame(msg):
                 return
@@ -605,16 +639,17 @@ async def upload(
     *,
     timeout_s: float,
     trailers: dict[str, str] | None = None,
+    liveness: Liveness | None = DEFAULT_LIVENESS,
 ) -> wire.Reply:
     """Requester side of an upload: stream ``body`` under credit, return the final reply.
 
     ``trailers`` is read after ``body`` is exhausted (so a decoder may fill it at the end)
     and sent in ``End.checksums``. If ``body`` raises, the upload is aborted at the server
-    (nothing is stored) and the exception propagates.
+    (nothing is stored) and the exception propagates. ``liveness`` as in :func:`download`.
 
     Raises:
         S3Error: the server's error, or the body's; ServiceUnavailable when no server
-            answered within ``timeout_s``.
+            answered within ``timeout_s``, or it went silent for ``liveness.timeout_s``.
     """
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
@@ -625,13 +660,13 @@ async def upload(
 
         async def next_control() -> wire.Reply:
             try:
-                msg = await sub.next_msg(timeout=timeout_s)
+                msg = await heartbeats.next_message(sub, timeout_s, liveness)
             except NatsTimeoutError as exc:
                 raise errors.ServiceUnavailable(f"no answer on {subject}", retry_after_s=1) from exc
             return read_control(msg)
 
         first = read_control(
-            await open_request(nc, sub, subject, wire.encode(request), reply=inbox, headers=None, timeout_s=timeout_s)
+            await open_request(nc, sub, subject, wire.encode(request), reply=inbox, headers=None, timeout_s=timeout_s, liveness=liveness)
         )
         if not isinstance(first, wire.Credit) or not first.subject:
             raise errors.InternalError(f"upload on {subject} opened with {type(first).__name__}")

@@ -20,6 +20,7 @@ from litestar.exceptions import HTTPException
 from edgecache.common import errors
 from edgecache.common.client import EdgecacheClient
 from edgecache.common.credit import CreditBudget
+from edgecache.common.heartbeats import Liveness
 from edgecache.common.logging import get_logger
 from edgecache.gateway import sigv4
 from edgecache.gateway.exchange import Exchange
@@ -143,6 +144,7 @@ def create_app(
             s3_client = EdgecacheClient(
                 nc,
                 timeout_s=config.nats.request_timeout_s,
+                liveness=Liveness.of(config.nats),
                 window_frames=gw.window_frames,
                 budget=CreditBudget(nc, max_bytes=config.nats.download_credit_bytes),
             )
