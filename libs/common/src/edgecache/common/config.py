@@ -74,6 +74,11 @@ class GatewayConfig(msgspec.Struct, **_OPTS):
     # read cache hits straight from a cache node's chunk files on this host (docs/protocol.md)
     short_circuit: bool = True
     short_circuit_buffers: int = 4  # chunk buffers (<= chunk_bytes each) per worker process
+    # HTTPS beside HTTP (docs/security.md, TLS): served on tls_port when both PEM files are
+    # set; every worker process listens on it too (SO_REUSEPORT), same app and fast paths
+    tls_port: int = 9001
+    tls_cert_file: str = ""  # the certificate chain, leaf first (PEM)
+    tls_key_file: str = ""  # its private key (PEM, unencrypted)
 
 
 class CacheNodeConfig(msgspec.Struct, **_OPTS):

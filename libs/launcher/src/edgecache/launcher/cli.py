@@ -108,6 +108,27 @@ for _name in SERVICES:
     help="TOML config; flags and env override it.  [env: EDGECACHE_CONFIG]",
 )
 @click.option(
+    "--tls-port",
+    type=click.IntRange(1, 65535),
+    help="Gateway HTTPS port, served when a certificate is given.  [default: 9001]",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The gateway's certificate chain (PEM) for HTTPS; with --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The private key (PEM) of --tls-cert.",
+)
+@click.option(
+    "--tls-self-signed",
+    is_flag=True,
+    help="Serve HTTPS with a certificate of a private CA made in <data-dir>/tls/ (kept across"
+    " runs); clients trust it with AWS_CA_BUNDLE=<data-dir>/tls/ca.pem.",
+)
+@click.option(
     "--ready-timeout",
     type=float,
     default=60.0,
@@ -130,6 +151,10 @@ def up_command(
     origin_endpoint_url: str | None,
     origin_path: str | None,
     config_file: str | None,
+    tls_port: int | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_self_signed: bool,
     ready_timeout: float,
     stop_timeout: float,
 ) -> None:
@@ -148,7 +173,12 @@ def up_command(
     """
     overrides = {
         "data_dir": data_dir,
-        "gateway": {"port": port},
+        "gateway": {
+            "port": port,
+            "tls_port": tls_port,
+            "tls_cert_file": str(Path(tls_cert).resolve()) if tls_cert else None,
+            "tls_key_file": str(Path(tls_key).resolve()) if tls_key else None,
+        },
         "nats": {"url": nats_url},
         "origin": {"kind": origin, "endpoint_url": origin_endpoint_url, "path": origin_path},
     }
@@ -165,6 +195,7 @@ def up_command(
             nats_port=nats_port,
             ready_timeout_s=ready_timeout,
             stop_timeout_s=stop_timeout,
+            tls_self_signed=tls_self_signed,
         )
     raise SystemExit(code)
 

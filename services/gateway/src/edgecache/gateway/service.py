@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
@@ -23,7 +24,8 @@ from edgecache.gateway.app import create_app
 from edgecache.gateway.fastpath import with_fast_hits
 from edgecache.gateway.invalidations import InvalidationListener
 from edgecache.gateway.memtier import MemoryTier
-from edgecache.gateway.workers import run_workers
+from edgecache.gateway.tls import TlsListener, tls_options, tls_wanted
+from edgecache.gateway.workers import listening_socket, run_workers
 
 __all__ = ["GRACEFUL_SHUTDOWN_S", "serve", "serve_worker", "uvicorn_config"]
 
@@ -40,22 +42,21 @@ class _Server(uvicorn.Server):
         yield
 
 
-def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
+def uvicorn_config(app: object, host: str, port: int, **options: Any) -> uvicorn.Config:
     """uvicorn settings for the gateway: uvloop, httptools when installed (else h11), no
-    access log (the gateway writes its own line per request), no ``Server: uvicorn``."""
+    access log (the gateway writes its own line per request), no ``Server: uvicorn``;
+    ``options`` (uvicorn's own, e.g. the TLS files) are added or override these."""
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    return uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host=host,
-        port=port,
-        loop="uvloop",
-        http=http,
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
-    )
+    settings: dict[str, Any] = {
+        "loop": "uvloop",
+        "http": http,
+        "lifespan": "on",
+        "log_level": "warning",
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": int(GRACEFUL_SHUTDOWN_S),
+    }
+    return uvicorn.Config(app, host=host, port=port, **{**settings, **options})  # type: ignore[arg-type]
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
@@ -70,8 +71,10 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
 
 async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket) -> None:
-    """One worker: its NATS connection, memory tier and app, serving on ``sock``."""
+    """One worker: its NATS connection, memory tier and app, serving on ``sock``, and over
+    TLS on ``gateway.tls_port`` when a certificate is configured (:mod:`.tls`)."""
     gw = config.gateway
+    tls_on = tls_wanted(gw)
     if not gw.access_key or not gw.secret_key:
         log.warning(
             "gateway.no_credentials", hint="set EDGECACHE_ACCESS_KEY and EDGECACHE_SECRET_KEY"
@@ -82,18 +85,39 @@ async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket)
         config.nats, name="edgecache-gateway", watchers=[listener] if listener else []
     )
     try:
-        app = create_app(config, nc, memtier=tier, invalidations=listener)
-        server = _Server(uvicorn_config(with_fast_hits(app), gw.host, gw.port))
+        app = with_fast_hits(create_app(config, nc, memtier=tier, invalidations=listener))
+        server = _Server(uvicorn_config(app, gw.host, gw.port))
+        tls = None
+        if tls_on:
+            tls_config = uvicorn_config(app, gw.host, gw.tls_port, **tls_options(gw))
+            tls = TlsListener(_Server(tls_config), listening_socket(gw.host, gw.tls_port))
 
         async def stopper() -> None:
             await stop.wait()
+            if tls is not None:
+                await tls.stop()  # before the HTTP server's lifespan closes the app's state
             server.should_exit = True
 
         watcher = asyncio.create_task(stopper())
+        log.info("gateway.listening", endpoint=f"http://{gw.host}:{gw.port}", region=gw.region)
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
         try:
-            log.info("gateway.listening", endpoint=f"http://{gw.host}:{gw.port}", region=gw.region)
-            await server.serve(sockets=[sock])
+            if tls is not None:
+                while not server.started and not serving.done():
+                    await asyncio.sleep(0.01)
+                if server.started:
+                    await tls.start()
+                    log.info(
+                        "gateway.listening",
+                        endpoint=f"https://{gw.host}:{gw.tls_port}",
+                        region=gw.region,
+                    )
+            await serving
         finally:
             watcher.cancel()
+            if tls is not None:
+                await tls.stop()
+            server.should_exit = True  # the TLS listener failed to start: stop HTTP too
+            await asyncio.gather(serving, return_exceptions=True)
     finally:
         await nc.drain()
