@@ -76,7 +76,7 @@ def ensure_self_signed(data_dir: Path, names: Iterable[str]) -> SelfSigned:
         ValueError: a file there is not a certificate or key this module wrote.
     """
     directory = data_dir / TLS_DIR
-    directory.mkdir(mode=0o700, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca_file, ca_key_file = directory / "ca.pem", directory / "ca.key"
     cert_file, key_file = directory / "gateway.pem", directory / "gateway.key"
     wanted = sorted(set(names))
