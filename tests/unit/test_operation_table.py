@@ -21,6 +21,8 @@ HTTP = {
     "HeadBucket": ("HEAD", b"/b", b""),
     "DeleteBucket": ("DELETE", b"/b", b""),
     "GetBucketLocation": ("GET", b"/b", b"location"),
+    "GetBucketAcl": ("GET", b"/b", b"acl"),
+    "GetObjectAcl": ("GET", b"/b/k", b"acl"),
     "ListObjects": ("GET", b"/b", b""),
     "ListObjectsV2": ("GET", b"/b", b"list-type=2"),
     "DeleteObjects": ("POST", b"/b", b"delete"),
@@ -33,7 +35,7 @@ HTTP = {
     "CompleteMultipartUpload": ("POST", b"/b/k", b"uploadId=u"),
     "AbortMultipartUpload": ("DELETE", b"/b/k", b"uploadId=u"),
     "ListParts": ("GET", b"/b/k", b"uploadId=u"),
-    "NotImplemented": ("GET", b"/b", b"acl"),
+    "NotImplemented": ("GET", b"/b", b"versioning"),
     "MethodNotAllowed": ("PATCH", b"/b", b""),
 }
 ERROR_ACTIONS = {"NotImplemented", "MethodNotAllowed"}  # answered by the gateway alone

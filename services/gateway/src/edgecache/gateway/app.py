@@ -29,6 +29,7 @@ from edgecache.gateway.operations import Operation
 from edgecache.gateway.responses import StreamCutFilter, error_response
 from edgecache.gateway.shortcircuit import LocalReads
 from edgecache.gateway.state import GatewayState
+from edgecache.gateway.unsupported import refuse_unsupported
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -63,6 +64,7 @@ async def dispatch(request: Request[Any, Any, Any], gateway: GatewayState) -> Re
         if op is None:
             assert unroutable is not None
             raise unroutable
+        refuse_unsupported(x.headers)  # 501 rather than a silently ignored ACL, SSE, …
         response = await HANDLERS[op.name](x)
         status = response.status_code
         return response

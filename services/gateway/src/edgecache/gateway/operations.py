@@ -5,7 +5,7 @@ target comes from the ASGI ``raw_path`` (never the framework's normalised path),
 decoded exactly once, so ``%2F`` in a key is a ``/`` of the key and ``//`` is kept. The
 query comes from the raw ``query_string``.
 
-Sub-resources we do not serve (``?acl``, ``?versioning``, …) route to the operation
+Sub-resources we do not serve (``PUT ?acl``, ``?versioning``, …) route to the operation
 ``NotImplemented``; a method a target does not support routes to ``MethodNotAllowed``. The
 handlers turn both into S3 errors, after authentication.
 
@@ -183,6 +183,8 @@ def route(
                 return op("ListObjectsV2" if query.get("list-type") == "2" else "ListObjects")
             if subs == {"location"}:
                 return op("GetBucketLocation")
+            if subs == {"acl"}:
+                return op("GetBucketAcl")
         elif method == "HEAD":
             return op("HeadBucket")
         elif method == "PUT":
@@ -203,6 +205,8 @@ def route(
             return op("GetObject")
         if subs == {"uploadId"}:
             return op("ListParts")
+        if subs == {"acl"}:
+            return op("GetObjectAcl")
     elif method == "HEAD":
         if not subs:
             return op("HeadObject")
