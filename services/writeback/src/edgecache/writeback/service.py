@@ -43,6 +43,8 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from edgecache.common import errors, subjects, wire
 from edgecache.common.catalog import Catalog
 from edgecache.common.credit import CreditBudget
+from edgecache.common.heartbeats import DEFAULT as DEFAULT_LIVENESS
+from edgecache.common.heartbeats import Liveness
 from edgecache.common.jetstream import ensure_state
 from edgecache.common.logging import get_logger
 from edgecache.common.runtime import connect_nats
@@ -127,6 +129,8 @@ class WritebackService:
         prefetch: open the next chunk's stream while the origin consumes the current one.
         credit: the download credit of ``nc`` that every chunk stream takes from;
             default: one of its own, of ``DEFAULT_CREDIT_BYTES``.
+        liveness: idle heartbeats asked of the nodes chunks are read from (fail over to
+            the next holder of a chunk when one goes silent).
     """
 
     def __init__(
@@ -143,6 +147,7 @@ class WritebackService:
         chunk_timeout_s: float = 30.0,
         prefetch: bool = True,
         credit: CreditBudget | None = None,
+        liveness: Liveness = DEFAULT_LIVENESS,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -162,6 +167,7 @@ class WritebackService:
             chunk_timeout_s=chunk_timeout_s,
             prefetch=prefetch,
             max_uploads=config.max_uploads,
+            liveness=liveness,
         )
         self.stats = WritebackStats()
         self._stopping = asyncio.Event()
@@ -462,5 +468,6 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             chunk_timeout_s=config.nats.request_timeout_s,
             window_frames=config.cachenode.window_frames,
             credit=CreditBudget(nc, max_bytes=config.nats.download_credit_bytes),
+            liveness=Liveness.of(config.nats),
         )
         await service.run(stop)
