@@ -21,6 +21,8 @@ HTTP = {
     "HeadBucket": ("HEAD", b"/b", b""),
     "DeleteBucket": ("DELETE", b"/b", b""),
     "GetBucketLocation": ("GET", b"/b", b"location"),
+    "GetBucketAcl": ("GET", b"/b", b"acl"),
+    "GetObjectAcl": ("GET", b"/b/k", b"acl"),
     "ListObjects": ("GET", b"/b", b""),
     "ListObjectsV2": ("GET", b"/b", b"list-type=2"),
     "DeleteObjects": ("POST", b"/b", b"delete"),
@@ -37,7 +39,7 @@ HTTP = {
     "UploadPartCopy": ("PUT", b"/b/k", b"partNumber=1&uploadId=u", {"copy_source": True}),
     "ListMultipartUploads": ("GET", b"/b", b"uploads"),
     "ListObjectVersions": ("GET", b"/b", b"versions"),
-    "NotImplemented": ("GET", b"/b", b"acl"),
+    "NotImplemented": ("GET", b"/b", b"versioning"),
     "MethodNotAllowed": ("PATCH", b"/b", b""),
 }
 ERROR_ACTIONS = {"NotImplemented", "MethodNotAllowed"}  # answered by the gateway alone

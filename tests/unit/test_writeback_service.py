@@ -8,6 +8,7 @@ tests/integration/test_writeback.py."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -137,12 +138,34 @@ async def test_intent_of_a_newer_type_is_kept_not_termed() -> None:
     assert service.stats.dropped == 0
 
 
-async def test_long_work_reports_progress_every_third_of_ack_wait() -> None:
+async def test_long_work_reports_progress_every_quarter_of_ack_wait() -> None:
     service = service_with(FakeApplier(delay_s=0.4))
     msg = FakeMsg(wire.encode(PUT))
     await service._process(msg)  # type: ignore[arg-type]
     kinds = [k for k, _ in msg.calls]
-    assert kinds[-1] == "ack" and 5 <= kinds.count("wpi") <= 9  # 0.4 s / 0.05 s
+    assert kinds[-1] == "ack" and 7 <= kinds.count("wpi") <= 11  # 0.4 s / 0.0375 s
+
+
+class StallingApplier(FakeApplier):
+    """Blocks the event loop (a stand-in for a CPU-bound step) for longer than ack_wait."""
+
+    async def apply(self, intent: wire.Intent) -> Outcome:
+        await asyncio.sleep(0.01)
+        time.sleep(CONFIG.ack_wait_s * 1.5)  # noqa: ASYNC251 - the stall under test
+        await asyncio.sleep(1.0)  # the keepalive notices the late report and cancels us here
+        return self.result
+
+
+async def test_work_whose_progress_report_came_too_late_is_given_up() -> None:
+    """JetStream may have handed the intent on after ack_wait without a report: the replica
+    stops its own work and hands it back rather than run beside another replica."""
+    service = service_with(StallingApplier())
+    msg = FakeMsg(wire.encode(PUT))
+    task = asyncio.create_task(service._process(msg))  # type: ignore[arg-type]
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1.0)
+    assert [c for c in msg.calls if c[0] != "wpi"] == [("nak", None)]
+    assert service.stats.done == 0 and service.stats.in_flight == 0
 
 
 async def test_cancelled_work_is_handed_back_at_once() -> None:

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from edgecache.common import errors, stream, subjects, wire
 from edgecache.common.credit import CreditBudget
+from edgecache.common.heartbeats import DEFAULT as DEFAULT_LIVENESS
+from edgecache.common.heartbeats import Liveness
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -50,6 +52,10 @@ class EdgecacheClient:
         budget: the download credit of ``nc``, shared by all its downloads (see
             :mod:`edgecache.common.credit`); default: one of its own, of
             ``DEFAULT_CREDIT_BYTES``. Whatever else downloads on ``nc`` must share it.
+        liveness: the idle heartbeats asked of the node working on a request, and the
+            silence after which it is taken for dead (``ServiceUnavailable`` then, in about
+            ``liveness.timeout_s`` rather than ``timeout_s``); see
+            :mod:`edgecache.common.heartbeats`.
 
     Attributes:
         budget: the download credit budget of ``nc``.
@@ -62,8 +68,10 @@ class EdgecacheClient:
         timeout_s: float = 30.0,
         window_frames: int = 8,
         budget: CreditBudget | None = None,
+        liveness: Liveness = DEFAULT_LIVENESS,
     ) -> None:
         self.nc = nc
+        self.liveness = liveness
         self.timeout_s = timeout_s
         self.window_frames = window_frames
         self.budget = budget if budget is not None else CreditBudget(nc)
@@ -76,7 +84,7 @@ class EdgecacheClient:
 
         Raises:
             S3Error: the error the cache node answered; ServiceUnavailable when none
-                answered within the timeout.
+                answered within the timeout, or the one working on it went silent.
         """
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox, max_msgs=0)
@@ -84,6 +92,7 @@ class EdgecacheClient:
             msg = await stream.open_request(
                 self.nc, sub, operation_of(request), wire.encode(request), reply=inbox, headers=None,
                 timeout_s=self.timeout_s if timeout_s is None else timeout_s,
+                liveness=self.liveness,
             )
         finally:
             await sub.unsubscribe()
@@ -111,6 +120,7 @@ class EdgecacheClient:
             body,
             timeout_s=self.timeout_s,
             trailers=trailers,
+            liveness=self.liveness,
         )
         return _expect(reply, wire.PartInfo if isinstance(request, wire.UploadPart) else wire.ObjectInfo)
 
@@ -168,6 +178,7 @@ class EdgecacheClient:
             window=self.window_frames,
             timeout_s=self.timeout_s,
             read_file=read_file,
+            liveness=self.liveness,
         )
 
     async def release_lease(self, plan: wire.ReadPlan | wire.FileSpan) -> None:

@@ -61,6 +61,11 @@ class NatsConfig(msgspec.Struct, **_OPTS):
     # budgets, never the other way round, so two nodes cannot wait on each other). With
     # the download budget: 32 MiB in all, half the server's default max_pending.
     upload_credit_bytes: int = 8 * MiB
+    # Fail fast (edgecache.common.heartbeats): a requester asks the node working on its
+    # request for an idle heartbeat every idle_heartbeat_s, and takes a node silent for
+    # heartbeat_timeout_s for dead (503 in about that time, not request_timeout_s).
+    idle_heartbeat_s: float = 0.5
+    heartbeat_timeout_s: float = 2.0
 
 
 class GatewayConfig(msgspec.Struct, **_OPTS):
@@ -80,6 +85,11 @@ class GatewayConfig(msgspec.Struct, **_OPTS):
     # metrics and health (docs/operations.md): worker i of gateway.workers serves them on
     # metrics_port + i; 0: none (the S3 port still answers /health/*)
     metrics_port: int = 0
+    # HTTPS beside HTTP (docs/security.md, TLS): served on tls_port when both PEM files are
+    # set; every worker process listens on it too (SO_REUSEPORT), same app and fast paths
+    tls_port: int = 9001
+    tls_cert_file: str = ""  # the certificate chain, leaf first (PEM)
+    tls_key_file: str = ""  # its private key (PEM, unencrypted)
 
 
 class CacheNodeConfig(msgspec.Struct, **_OPTS):
@@ -102,7 +112,10 @@ class CacheNodeConfig(msgspec.Struct, **_OPTS):
 
 
 class WritebackConfig(msgspec.Struct, **_OPTS):
-    ack_wait_s: float = 60.0  # JetStream redelivers an intent not acked (or in progress) by then
+    # JetStream redelivers an intent not acked (nor reported in progress) by then: a dead
+    # replica's intents move on after at most this long. A replica working on an intent
+    # reports progress every ack_wait_s / 4 and gives the intent up if it could not.
+    ack_wait_s: float = 4.0
     # origin uploads at once per replica; each holds at most one single-PUT buffer
     # (origin.multipart_threshold_bytes) or a few part buffers (origin.part_bytes)
     max_uploads: int = 2

@@ -18,9 +18,10 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from edgecache.common import subjects
+from edgecache.common.config import WritebackConfig
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -61,12 +62,18 @@ async def _kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
 
 
 async def ensure_state(
-    js: JetStreamContext, *, node_ttl_s: float = 10.0, ack_wait_s: float = 60.0, replicas: int = 1
+    js: JetStreamContext, *, node_ttl_s: float = 10.0, ack_wait_s: float | None = None, replicas: int = 1
 ) -> State:
     """Create (or open) KV ``buckets``, ``objects``, ``uploads``, ``nodes`` (entries expire
     after ``node_ttl_s`` seconds), the work-queue stream ``WRITEBACK`` and its per-partition
     durable consumers (``max_ack_pending=1`` keeps one intent per partition, hence per key,
     in flight; ``ack_wait_s`` before an unacknowledged intent is redelivered).
+
+    The writeback service owns the consumers' ``ack_wait``: it passes ``ack_wait_s``, and
+    consumers that exist with another value are updated to it (nats-server updates a durable
+    consumer created again with an editable field changed), so a deployment made with the
+    old 60 s takes the new value when the writeback service restarts. Others pass ``None``:
+    missing consumers are created with the default, existing ones are left as they are.
 
     ``WRITEBACK`` also takes message schedules on :data:`subjects.WRITEBACK_RETRIES` (the
     retries of failed intents); :attr:`State.schedules` says whether the server honours them.
@@ -95,7 +102,12 @@ async def ensure_state(
         info = await js.add_stream(stream)
     except BadRequestError:
         info = await js.update_stream(stream)
+    owner = ack_wait_s is not None
+    if ack_wait_s is None:
+        ack_wait_s = WritebackConfig().ack_wait_s
     for p in range(subjects.WRITEBACK_PARTITIONS):
+        if not owner and await _consumer_exists(js, subjects.writeback_consumer(p)):
+            continue
         await js.add_consumer(
             subjects.WRITEBACK_STREAM,
             ConsumerConfig(
@@ -111,6 +123,14 @@ async def ensure_state(
     # a server older than 2.12 ignores the flag (and would never fire a schedule)
     schedules = bool(info.config.allow_msg_schedules)
     return State(js, buckets, objects, uploads, nodes, schedules=schedules)
+
+
+async def _consumer_exists(js: JetStreamContext, durable: str) -> bool:
+    try:
+        await js.consumer_info(subjects.WRITEBACK_STREAM, durable)
+    except NotFoundError:
+        return False
+    return True
 
 
 async def current_values(kv: KeyValue, key_filter: str) -> AsyncIterator[bytes]:

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from edgecache.common import errors, stream, subjects, wire
+from edgecache.common.heartbeats import DEFAULT as DEFAULT_LIVENESS
+from edgecache.common.heartbeats import Liveness
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ async def open_chunk(
     timeout_s: float,
     downstream: stream.Downstream | None = None,
     on_failure: Callable[[str, errors.S3Error], None] | None = None,
+    liveness: Liveness = DEFAULT_LIVENESS,
 ) -> Opened | None:
     """Open the download of one chunk from the first source that sends a byte of it.
 
@@ -68,6 +71,8 @@ async def open_chunk(
             :func:`edgecache.common.stream.download`).
         on_failure: told of each source that failed before its first byte (unreachable,
             ``NoSuchKey``, a stream that broke or ended at once), before the next is asked.
+        liveness: heartbeats asked of each node and the silence after which it is taken
+            for dead (and the next asked).
 
     Returns:
         The started stream, or ``None`` if no source served the chunk.
@@ -82,6 +87,7 @@ async def open_chunk(
                 window=window,
                 timeout_s=timeout_s,
                 downstream=downstream,
+                liveness=liveness,
             )
             try:
                 first = await anext(body)  # starts the stream: aclose() now cancels it

@@ -37,9 +37,11 @@ import msgspec
 import structlog
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from edgecache.common import errors, wire
+from edgecache.common import errors, heartbeats, wire
 from edgecache.common.backoff import Backoff
 from edgecache.common.credit import HEADER_ROOM, CreditBudget, Share, frame_bytes
+from edgecache.common.heartbeats import DEFAULT as DEFAULT_LIVENESS
+from edgecache.common.heartbeats import Liveness
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -84,7 +86,15 @@ def _no_responders(msg: Msg) -> bool:
 
 
 async def open_request(
-    nc: NATS, sub: Subscription, subject: str, payload: bytes, *, reply: str, headers: dict[str, str] | None, timeout_s: float
+    nc: NATS,
+    sub: Subscription,
+    subject: str,
+    payload: bytes,
+    *,
+    reply: str,
+    headers: dict[str, str] | None,
+    timeout_s: float,
+    liveness: Liveness | None = DEFAULT_LIVENESS,
 ) -> Msg:
     """Publish a request and return the first message of its answer.
 
@@ -95,16 +105,22 @@ async def open_request(
     or restarting): the request is sent again after short pauses (1 s in all) before that
     answer is returned as it is.
 
+    With ``liveness``, the server is asked for idle heartbeats (:mod:`.heartbeats`), which
+    are skipped here, and a server silent for ``liveness.timeout_s`` is taken for dead.
+
     Raises:
-        ServiceUnavailable: nothing answered within ``timeout_s``.
+        ServiceUnavailable: nothing answered within ``timeout_s``, or the server that took
+            the request went silent for ``liveness.timeout_s``.
     """
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     if request_id:
         headers = {**(headers or {}), HDR_REQUEST_ID: str(request_id)}
+    if liveness is not None:
+        headers = {**(headers or {}), **liveness.request_headers()}
     for pause in (*NO_RESPONDER_RETRIES_S, None):
         await nc.publish(subject, payload, reply=reply, headers=headers)
         try:
-            msg = await sub.next_msg(timeout=timeout_s)
+            msg = await heartbeats.next_message(sub, timeout_s, liveness)
         except NatsTimeoutError as exc:
             raise errors.ServiceUnavailable(f"no answer on {subject}", retry_after_s=1) from exc
         if pause is None or not _no_responders(msg):
@@ -356,7 +372,8 @@ class _CreditedInbox:
     it, and queueing for more when the stream is starved while still taking an ``End`` or
     ``Error`` that comes meanwhile.
 
-    ``grant(frames)`` sends the sender a ``Credit``. ``downstream``: see :func:`download`.
+    ``grant(frames)`` sends the sender a ``Credit``. ``downstream``, ``liveness``: see
+    :func:`download`.
     ``stalled`` turns true once nothing came for ``timeout_s`` (nothing more will).
     """
 
@@ -369,8 +386,10 @@ class _CreditedInbox:
         timeout_s: float,
         downstream: Downstream | None = None,
         can_grant: bool = True,
+        liveness: Liveness | None = None,
     ) -> None:
         self._sub = sub
+        self._liveness = liveness
         self._share = share
         self._grant = grant
         self._timeout_s = timeout_s
@@ -413,11 +432,15 @@ class _CreditedInbox:
             got.cancel()
 
     async def _receive(self, timeout_s: float | None) -> Msg:
+        """The next message, heartbeats included (the reader skips them)."""
         try:
-            return await self._sub.next_msg(timeout=timeout_s)
+            return await heartbeats.wait_any(self._sub, timeout_s, self._liveness)
         except NatsTimeoutError as exc:
             self.stalled = True
             raise errors.ServiceUnavailable("stream stalled", retry_after_s=1) from exc
+        except errors.ServiceUnavailable:
+            self.stalled = True  # the sender is gone: nothing to drain
+            raise
 
 
 class UploadReceiver:
@@ -528,6 +551,7 @@ async def download(
     timeout_s: float,
     downstream: Downstream | None = None,
     read_file: ReadFile | None = None,
+    liveness: Liveness | None = DEFAULT_LIVENESS,
 ) -> tuple[wire.Reply, AsyncIterator[bytes]]:
     """Requester side of a download.
 
@@ -545,6 +569,8 @@ async def download(
             credit of ``budget`` while waiting downstream.
         read_file: how to read a file frame's bytes; a requester that asked for file
             frames (``GetObject.local_host``) must give it.
+        liveness: idle heartbeats to ask the server for, and the silence after which it is
+            taken for dead (:mod:`.heartbeats`); ``None``: wait ``timeout_s`` for anything.
 
     Returns:
         The reply Struct that opened the stream, and an async iterator of the bytes, in
@@ -554,7 +580,8 @@ async def download(
     Raises:
         S3Error: the server answered an error (before the stream, or mid-stream from the
             iterator); ServiceUnavailable when no server answered, or ``budget`` had no
-            credit free, within ``timeout_s``; SlowDown when too many streams already wait
+            credit free, within ``timeout_s``, or it went silent for ``liveness.timeout_s``
+            (before the stream or mid-stream); SlowDown when too many streams already wait
             for credit.
         ValueError: ``budget`` belongs to another connection.
     """
@@ -572,7 +599,8 @@ async def download(
         raise
     try:
         first = await open_request(
-            nc, sub, subject, wire.encode(request), reply=inbox, headers={HDR_CREDIT: str(initial)}, timeout_s=timeout_s
+            nc, sub, subject, wire.encode(request), reply=inbox, headers={HDR_CREDIT: str(initial)}, timeout_s=timeout_s,
+            liveness=liveness,
         )
         reply = read_control(first)
         credit_subject = (first.headers or {}).get(HDR_STREAM, "")
@@ -581,7 +609,14 @@ async def download(
         share.close()
         raise
     return reply, _DownloadBody(
-        nc, sub, credit_subject, share=share, timeout_s=timeout_s, downstream=downstream, read_file=read_file
+        nc,
+        sub,
+        credit_subject,
+        share=share,
+        timeout_s=timeout_s,
+        downstream=downstream,
+        read_file=read_file,
+        liveness=liveness,
     )
 
 
@@ -612,8 +647,11 @@ class _DownloadBody:
         timeout_s: float,
         downstream: Downstream | None,
         read_file: ReadFile | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         self._nc = nc
+        self._liveness = liveness
+        self._last_news = asyncio.get_running_loop().time()  # when a frame or control last came
         self._sub = sub
         self._read_file = read_file
         self._file: AsyncIterator[bytes] | None = None  # the pieces of the file frame being read
@@ -624,7 +662,13 @@ class _DownloadBody:
         self._checker = _Checker()
         self._closed = False
         self._inbox = _CreditedInbox(
-            sub, share, self._grant, timeout_s=timeout_s, downstream=downstream, can_grant=bool(credit_subject)
+            sub,
+            share,
+            self._grant,
+            timeout_s=timeout_s,
+            downstream=downstream,
+            can_grant=bool(credit_subject),
+            liveness=liveness,
         )
 
     def __aiter__(self) -> _DownloadBody:
@@ -640,6 +684,12 @@ class _DownloadBody:
                     return piece
                 self._file = None
             msg = await self._next_msg()
+            while heartbeats.is_heartbeat(msg):  # the sender is alive, but sends nothing yet
+                if asyncio.get_running_loop().time() - self._last_news > self._timeout_s:
+                    self._inbox.stalled = True
+                    raise errors.ServiceUnavailable("stream stalled", retry_after_s=1)
+                msg = await self._next_msg()
+            self._last_news = asyncio.get_running_loop().time()
             if is_frame(msg):
                 self._share.frame_read()
                 if HDR_FILE not in msg.headers:
@@ -696,8 +746,8 @@ class _DownloadBody:
         """
         while self._share.held:
             try:
-                msg = await self._sub.next_msg(timeout=self._timeout_s)
-            except Exception:  # noqa: BLE001 - timed out, or the connection is gone
+                msg = await heartbeats.next_message(self._sub, self._timeout_s, self._liveness)
+            except Exception:  # noqa: BLE001 - timed out, the sender is gone, or the connection
                 return
             if not is_frame(msg):
                 return
@@ -726,16 +776,17 @@ async def upload(
     *,
     timeout_s: float,
     trailers: dict[str, str] | None = None,
+    liveness: Liveness | None = DEFAULT_LIVENESS,
 ) -> wire.Reply:
     """Requester side of an upload: stream ``body`` under credit, return the final reply.
 
     ``trailers`` is read after ``body`` is exhausted (so a decoder may fill it at the end)
     and sent in ``End.checksums``. If ``body`` raises, the upload is aborted at the server
-    (nothing is stored) and the exception propagates.
+    (nothing is stored) and the exception propagates. ``liveness`` as in :func:`download`.
 
     Raises:
         S3Error: the server's error, or the body's; ServiceUnavailable when no server
-            answered within ``timeout_s``.
+            answered within ``timeout_s``, or it went silent for ``liveness.timeout_s``.
     """
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
@@ -746,13 +797,13 @@ async def upload(
 
         async def next_control() -> wire.Reply:
             try:
-                msg = await sub.next_msg(timeout=timeout_s)
+                msg = await heartbeats.next_message(sub, timeout_s, liveness)
             except NatsTimeoutError as exc:
                 raise errors.ServiceUnavailable(f"no answer on {subject}", retry_after_s=1) from exc
             return read_control(msg)
 
         first = read_control(
-            await open_request(nc, sub, subject, wire.encode(request), reply=inbox, headers=None, timeout_s=timeout_s)
+            await open_request(nc, sub, subject, wire.encode(request), reply=inbox, headers=None, timeout_s=timeout_s, liveness=liveness)
         )
         if not isinstance(first, wire.Credit) or not first.subject:
             raise errors.InternalError(f"upload on {subject} opened with {type(first).__name__}")

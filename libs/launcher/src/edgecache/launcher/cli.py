@@ -115,6 +115,27 @@ for _name in SERVICES:
     "  [env: EDGECACHE_ADMIN_PORT; default: 14000]",
 )
 @click.option(
+    "--tls-port",
+    type=click.IntRange(1, 65535),
+    help="Gateway HTTPS port, served when a certificate is given.  [default: 9001]",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The gateway's certificate chain (PEM) for HTTPS; with --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The private key (PEM) of --tls-cert.",
+)
+@click.option(
+    "--tls-self-signed",
+    is_flag=True,
+    help="Serve HTTPS with a certificate of a private CA made in <data-dir>/tls/ (kept across"
+    " runs); clients trust it with AWS_CA_BUNDLE=<data-dir>/tls/ca.pem.",
+)
+@click.option(
     "--ready-timeout",
     type=float,
     default=60.0,
@@ -138,6 +159,10 @@ def up_command(
     origin_path: str | None,
     config_file: str | None,
     admin_port: int | None,
+    tls_port: int | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_self_signed: bool,
     ready_timeout: float,
     stop_timeout: float,
 ) -> None:
@@ -160,7 +185,12 @@ def up_command(
     """
     overrides = {
         "data_dir": data_dir,
-        "gateway": {"port": port},
+        "gateway": {
+            "port": port,
+            "tls_port": tls_port,
+            "tls_cert_file": str(Path(tls_cert).resolve()) if tls_cert else None,
+            "tls_key_file": str(Path(tls_key).resolve()) if tls_key else None,
+        },
         "nats": {"url": nats_url},
         "origin": {"kind": origin, "endpoint_url": origin_endpoint_url, "path": origin_path},
         "admin": {"port": admin_port},
@@ -178,6 +208,7 @@ def up_command(
             nats_port=nats_port,
             ready_timeout_s=ready_timeout,
             stop_timeout_s=stop_timeout,
+            tls_self_signed=tls_self_signed,
         )
     raise SystemExit(code)
 

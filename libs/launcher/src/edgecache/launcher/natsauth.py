@@ -113,6 +113,12 @@ def _ensure_state() -> tuple[str, ...]:
             f"{_API}.CONSUMER.DURABLE.CREATE.{wb}.{subjects.writeback_consumer(p)}"
             for p in range(subjects.WRITEBACK_PARTITIONS)
         ),
+        # whether a consumer exists: only the writeback service changes an existing one's
+        # ack_wait (edgecache.common.jetstream.ensure_state)
+        *(
+            f"{_API}.CONSUMER.INFO.{wb}.{subjects.writeback_consumer(p)}"
+            for p in range(subjects.WRITEBACK_PARTITIONS)
+        ),
     )
 
 

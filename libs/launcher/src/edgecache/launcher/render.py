@@ -30,12 +30,16 @@ def render_banner(
     *,
     nats_users: bool = False,
     admin_url: str = "",
+    tls_url: str | None = None,
+    ca_file: Path | None = None,
 ) -> str:
     """What ``up`` prints once the gateway answers: a first line scripts wait for
     (:data:`READY_PREFIX`), then the endpoint, the credentials (``created``: new ones were
     just saved in the data dir), the origin, NATS (``nats_users``: the private server's
     identities are in the data dir), where the logs are, the admin API (``admin_url``, ""
-    when off), and how to try it."""
+    when off), and how to try it; with ``tls_url``, the HTTPS endpoint too, and with
+    ``ca_file`` (a self-signed certificate) the ``AWS_CA_BUNDLE`` that clients need to
+    trust it."""
     gw = config.gateway
     origin = config.origin
     where = {
@@ -43,11 +47,19 @@ def render_banner(
         "s3": origin.endpoint_url or "AWS S3",
         "azure": "Azure Blob Storage",
     }[origin.kind]
+    tls_lines = []
+    if tls_url:
+        tls_lines.append(f"  https        {tls_url}")
+    if tls_url and ca_file:
+        tls_lines.append(
+            f"  CA bundle    {ca_file}   (self-signed: export AWS_CA_BUNDLE={ca_file})"
+        )
     return "\n".join(
         [
             f"{READY_PREFIX} endpoint={endpoint_url} nats={config.nats.url}",
             "",
             f"  endpoint     {endpoint_url}   (S3 API, path-style, region {gw.region})",
+            *tls_lines,
             f"  access key   {gw.access_key}",
             f"  secret key   {gw.secret_key}"
             + ("   (new, saved in credentials)" if created else ""),

@@ -34,6 +34,7 @@ from edgecache.launcher.natsserver import NatsServer, find_binary
 from edgecache.launcher.ports import http_answers, port_in_use, wait_tcp
 from edgecache.launcher.render import render_banner
 from edgecache.launcher.supervisor import ChildSpec, FatalExit, Supervisor, tail
+from edgecache.launcher.tlscert import default_names, ensure_self_signed
 
 __all__ = [
     "NATS_CHILD",
@@ -63,10 +64,11 @@ class Endpoint:
 
     host: str
     port: int
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,8 @@ class Plan:
     new_credentials: bool
     admin: NatsConfig  # how `up` itself connects, to create the JetStream state
     admin_url: str = ""  # the admin API (served by the federator), "" when it is off
+    tls_endpoint: Endpoint | None = None  # the gateway's HTTPS endpoint, if it serves one
+    ca_file: Path | None = None  # the CA of a self-signed certificate (for AWS_CA_BUNDLE)
 
 
 def child_env() -> dict[str, str]:
@@ -92,7 +96,14 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def plan(config: Config, root: Path, *, external_nats: bool, nats_port: int) -> Plan:
+def plan(
+    config: Config,
+    root: Path,
+    *,
+    external_nats: bool,
+    nats_port: int,
+    tls_self_signed: bool = False,
+) -> Plan:
     """Settle credentials, ports and the private nats-server; write ``edgecache.toml`` and
     ``services/<service>.toml``. Every service whose ``metrics_port`` is 0 gets a free one
     (:func:`~edgecache.launcher.endpoints.pick_metrics_ports`).
@@ -103,8 +114,13 @@ def plan(config: Config, root: Path, *, external_nats: bool, nats_port: int) -> 
     service's file names its own identity. With an external NATS every service, and ``up``,
     connect as the config's ``nats.user`` (if any).
 
+    HTTPS: with ``tls_self_signed`` the gateway's certificate is made (or kept) under
+    ``<data-dir>/tls/`` (:mod:`~edgecache.launcher.tlscert`); else with
+    ``gateway.tls_cert_file`` and ``tls_key_file`` as given; else none.
+
     Raises:
-        click.ClickException: half the credentials given, or the gateway port taken.
+        click.ClickException: half the credentials given, half the TLS files given, or a
+            gateway port taken.
     """
     gw = config.gateway
     if bool(gw.access_key) != bool(gw.secret_key):
@@ -119,6 +135,19 @@ def plan(config: Config, root: Path, *, external_nats: bool, nats_port: int) -> 
         raise click.ClickException(
             f"port {gw.port} is in use: pick another with --port or EDGECACHE_PORT"
         )
+    ca_file = None
+    if tls_self_signed:
+        made = ensure_self_signed(root, default_names(gw.host))
+        ca_file = made.ca_file
+        gw = msgspec.structs.replace(
+            gw,
+            tls_cert_file=str(made.cert_file.resolve()),
+            tls_key_file=str(made.key_file.resolve()),
+        )
+    if bool(gw.tls_cert_file) != bool(gw.tls_key_file):
+        raise click.ClickException("give both --tls-cert and --tls-key, or --tls-self-signed")
+    if gw.tls_cert_file and port_in_use(gw.host or "0.0.0.0", gw.tls_port):
+        raise click.ClickException(f"port {gw.tls_port} is in use: pick another with --tls-port")
     config = pick_metrics_ports(msgspec.structs.replace(config, gateway=gw))
     admin_config = _admin_config(config, root)
 
@@ -170,7 +199,10 @@ def plan(config: Config, root: Path, *, external_nats: bool, nats_port: int) -> 
             "127.0.0.1" if admin_config.host in ("", "0.0.0.0", "::") else admin_config.host
         )
         admin_url = f"http://{admin_host}:{admin_config.port}"
-    return Plan(config, config_path, specs, endpoint, nats_server, created, admin, admin_url)
+    tls_endpoint = Endpoint(probe_host, gw.tls_port, "https") if gw.tls_cert_file else None
+    return Plan(
+        config, config_path, specs, endpoint, nats_server, created, admin, admin_url, tls_endpoint, ca_file
+    )
 
 
 def run(
@@ -181,6 +213,7 @@ def run(
     nats_port: int,
     ready_timeout_s: float,
     stop_timeout_s: float,
+    tls_self_signed: bool = False,
 ) -> int:
     """``edgecache up`` once the config is resolved and the data dir locked: start the
     children, print the banner when the gateway answers, supervise until a signal, stop.
@@ -191,7 +224,13 @@ def run(
     Raises:
         click.ClickException: see :func:`plan`; NATS unreachable.
     """
-    the_plan = plan(config, root, external_nats=external_nats, nats_port=nats_port)
+    the_plan = plan(
+        config,
+        root,
+        external_nats=external_nats,
+        nats_port=nats_port,
+        tls_self_signed=tls_self_signed,
+    )
     logs = root / LOGS_DIR
     supervisor = Supervisor(the_plan.specs)
     stops = 0
@@ -227,10 +266,15 @@ def run(
         supervisor.start_all()
         deadline = time.monotonic() + ready_timeout_s
         ready = False
-        endpoint = the_plan.endpoint
+        endpoint, tls = the_plan.endpoint, the_plan.tls_endpoint
+
+        def answers() -> bool:
+            http = http_answers(endpoint.host, endpoint.port)
+            return http and (tls is None or port_in_use(tls.host, tls.port))
+
         while not stops:
             supervisor.poll()
-            if not ready and http_answers(endpoint.host, endpoint.port):
+            if not ready and answers():
                 ready = True
                 click.echo(
                     render_banner(
@@ -240,6 +284,8 @@ def run(
                         the_plan.new_credentials,
                         nats_users=the_plan.nats is not None,
                         admin_url=the_plan.admin_url,
+                        tls_url=tls.url if tls is not None else None,
+                        ca_file=the_plan.ca_file,
                     )
                 )
                 sys.stdout.flush()

@@ -25,6 +25,7 @@ import msgspec
 
 from edgecache.cachenode.chunkstore import ChunkCorrupt, ChunkMissing
 from edgecache.common import errors, peers, placement, stream, wire
+from edgecache.common.heartbeats import Liveness
 from edgecache.common.ids import new_id
 from edgecache.common.logging import get_logger
 
@@ -207,6 +208,7 @@ async def read_chunk_span(
             downstream=downstream,
             window=node.config.cachenode.window_frames,
             timeout_s=node.config.nats.request_timeout_s,
+            liveness=Liveness.of(node.config.nats),
         )
         if opened is not None:
             try:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from edgecache.cachenode.chunkstore import ChunkCorrupt, ChunkMissing
 from edgecache.common import errors, placement, stream, subjects, wire
+from edgecache.common.heartbeats import Liveness
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class Replicator:
                     wire.ChunkPut(chunk_id=ref.id, size=ref.size),
                     _one(data),
                     timeout_s=self._node.config.nats.request_timeout_s,
+                    liveness=Liveness.of(self._node.config.nats),
                 )
                 if isinstance(reply, wire.Ok):
                     holders.append(peer)

@@ -35,7 +35,7 @@ from edgecache.cachenode import (
 from edgecache.cachenode.chunkstore import ChunkStore
 from edgecache.cachenode.metrics import node_monitor
 from edgecache.cachenode.node import Answered, CacheNode
-from edgecache.common import errors, stream, subjects, wire
+from edgecache.common import errors, heartbeats, stream, subjects, wire
 from edgecache.common.jetstream import ensure_state
 from edgecache.common.logging import get_logger
 from edgecache.common.runtime import connect_nats
@@ -172,6 +172,18 @@ class _Tasks:
             task.cancel()
 
 
+def _beating(node: CacheNode, handler: Callable[[Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
+    """``handler``, sending the requester idle heartbeats while it runs, if it asked for
+    them (:mod:`edgecache.common.heartbeats`): a requester then tells this node dead in
+    seconds instead of waiting out its request timeout."""
+
+    async def beating(msg: Msg) -> None:
+        async with heartbeats.sending(node.nc, msg):
+            await handler(msg)
+
+    return beating
+
+
 async def _heartbeats(node: CacheNode, stop: asyncio.Event) -> None:
     host = socket.gethostname()
     while not stop.is_set():
@@ -219,9 +231,7 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
     """Connect, open the chunk store and origin, subscribe; everything unwinds with ``stack``."""
     nc = await connect_nats(config.nats, name="edgecache-cachenode")
     stack.push_async_callback(nc.drain)
-    state = await ensure_state(
-        nc.jetstream(), node_ttl_s=config.federator.node_ttl_s, ack_wait_s=config.writeback.ack_wait_s
-    )
+    state = await ensure_state(nc.jetstream(), node_ttl_s=config.federator.node_ttl_s)
     store = ChunkStore(
         config.cachenode_dir(),
         capacity_bytes=config.cachenode.capacity_bytes,
@@ -243,12 +253,12 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
     tasks = _Tasks(MAX_INFLIGHT)
     stack.push_async_callback(tasks.close, 10.0)
     subs = [
-        await nc.subscribe(subjects.s3(op), queue=subjects.CACHENODE_QUEUE, cb=tasks.callback(lambda m: dispatch(node, m)))
+        await nc.subscribe(subjects.s3(op), queue=subjects.CACHENODE_QUEUE, cb=tasks.callback(_beating(node, lambda m: dispatch(node, m))))
         for op in subjects.S3_OPERATIONS
     ]
-    subs.append(await nc.subscribe(subjects.chunk_get(node.node_id), cb=tasks.callback(lambda m: chunks.serve_chunk(node, m))))
+    subs.append(await nc.subscribe(subjects.chunk_get(node.node_id), cb=tasks.callback(_beating(node, lambda m: chunks.serve_chunk(node, m)))))
     subs.append(await nc.subscribe(subjects.EVENTS_OBJECT_CLEAN, cb=tasks.callback(lambda m: on_clean(node, m))))
-    subs.append(await nc.subscribe(subjects.chunk_put(node.node_id), cb=tasks.callback(lambda m: replication.serve_chunk_put(node, m))))
+    subs.append(await nc.subscribe(subjects.chunk_put(node.node_id), cb=tasks.callback(_beating(node, lambda m: replication.serve_chunk_put(node, m)))))
     subs.append(await nc.subscribe(subjects.EVENTS_CHUNKS_RELEASED, cb=tasks.callback(lambda m: on_released(node, m))))
     for subject in admin.HANDLERS:  # the admin API's requests (purge, warm, uploads)
         subs.append(await nc.subscribe(subject, queue=subjects.CACHENODE_QUEUE, cb=tasks.callback(lambda m: admin.dispatch(node, m))))

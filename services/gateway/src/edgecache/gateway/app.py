@@ -20,6 +20,7 @@ from litestar.exceptions import HTTPException
 from edgecache.common import errors
 from edgecache.common.client import EdgecacheClient
 from edgecache.common.credit import CreditBudget
+from edgecache.common.heartbeats import Liveness
 from edgecache.common.logging import get_logger
 from edgecache.gateway import sigv4
 from edgecache.gateway.exchange import Exchange
@@ -28,6 +29,7 @@ from edgecache.gateway.operations import Operation
 from edgecache.gateway.responses import StreamCutFilter, error_response
 from edgecache.gateway.shortcircuit import LocalReads
 from edgecache.gateway.state import GatewayState
+from edgecache.gateway.unsupported import refuse_unsupported
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -63,6 +65,7 @@ async def dispatch(request: Request[Any, Any, Any], gateway: GatewayState) -> Re
         if op is None:
             assert unroutable is not None
             raise unroutable
+        refuse_unsupported(x.headers)  # 501 rather than a silently ignored ACL, SSE, …
         response = await HANDLERS[op.name](x)
         status = response.status_code
         return response
@@ -146,6 +149,7 @@ def create_app(
             s3_client = EdgecacheClient(
                 nc,
                 timeout_s=config.nats.request_timeout_s,
+                liveness=Liveness.of(config.nats),
                 window_frames=gw.window_frames,
                 budget=CreditBudget(nc, max_bytes=config.nats.download_credit_bytes),
             )

@@ -177,6 +177,15 @@ async def get_bucket_location(x: Exchange) -> Response[Any]:
     return xml_response(x, xml.location_constraint(x.gateway.config.region))
 
 
+@serves(wire.HeadBucket, action="GetBucketAcl")
+async def get_bucket_acl(x: Exchange) -> Response[Any]:
+    """GetBucketAcl (``GET /b?acl``): the canned ACL ``private``, the owner's
+    ``FULL_CONTROL`` (the only ACL there is: see :mod:`.unsupported`). Raises: NoSuchBucket."""
+    op = _op(x)
+    await x.gateway.client.request(wire.HeadBucket(bucket=op.bucket))
+    return xml_response(x, xml.access_control_policy(x.gateway.owner))
+
+
 def _encoding_url(query: dict[str, str]) -> bool:
     encoding = query.get("encoding-type")
     if encoding is None:
@@ -743,6 +752,17 @@ async def list_object_versions(x: Exchange) -> Response[Any]:
 
 
 # == what we do not serve ========================================================================
+@serves(wire.HeadObject, action="GetObjectAcl")
+async def get_object_acl(x: Exchange) -> Response[Any]:
+    """GetObjectAcl (``GET /b/k?acl``): as GetBucketAcl, for an object that exists.
+
+    Raises: NoSuchBucket, NoSuchKey."""
+    op = _op(x)
+    _check_key(op)
+    await x.gateway.client.request(wire.HeadObject(bucket=op.bucket, key=op.key))
+    return xml_response(x, xml.access_control_policy(x.gateway.owner))
+
+
 @serves(None, action="NotImplemented")
 async def not_implemented(x: Exchange) -> Response[Any]:
     """Any operation or sub-resource we do not serve → 501 NotImplemented."""

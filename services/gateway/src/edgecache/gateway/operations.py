@@ -5,7 +5,7 @@ target comes from the ASGI ``raw_path`` (never the framework's normalised path),
 decoded exactly once, so ``%2F`` in a key is a ``/`` of the key and ``//`` is kept. The
 query comes from the raw ``query_string``.
 
-Sub-resources we do not serve (``?acl``, ``?versioning``, …) route to the operation
+Sub-resources we do not serve (``PUT ?acl``, ``?versioning``, …) route to the operation
 ``NotImplemented``; a method a target does not support routes to ``MethodNotAllowed``. The
 handlers turn both into S3 errors, after authentication.
 
@@ -187,6 +187,8 @@ def route(
                 return op("ListMultipartUploads")
             if subs == {"versions"}:
                 return op("ListObjectVersions")
+            if subs == {"acl"}:
+                return op("GetBucketAcl")
         elif method == "HEAD":
             return op("HeadBucket")
         elif method == "PUT":
@@ -207,6 +209,8 @@ def route(
             return op("GetObject")
         if subs == {"uploadId"}:
             return op("ListParts")
+        if subs == {"acl"}:
+            return op("GetObjectAcl")
     elif method == "HEAD":
         if not subs or subs == {"partNumber"}:
             return op("HeadObject")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import socket
+from typing import Any
 
 import uvicorn
 
@@ -24,7 +25,8 @@ from edgecache.gateway.invalidations import InvalidationListener
 from edgecache.gateway.memtier import MemoryTier
 from edgecache.gateway.metrics import RequestMetrics, gateway_collector
 from edgecache.gateway.probes import with_health
-from edgecache.gateway.workers import run_workers
+from edgecache.gateway.tls import TlsListener, tls_options, tls_wanted
+from edgecache.gateway.workers import listening_socket, run_workers
 
 __all__ = ["GRACEFUL_SHUTDOWN_S", "serve", "serve_worker", "uvicorn_config"]
 
@@ -33,22 +35,21 @@ log = get_logger("edgecache.gateway")
 GRACEFUL_SHUTDOWN_S = 30.0
 
 
-def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
+def uvicorn_config(app: object, host: str, port: int, **options: Any) -> uvicorn.Config:
     """uvicorn settings for the gateway: uvloop, httptools when installed (else h11), no
-    access log (the gateway writes its own line per request), no ``Server: uvicorn``."""
+    access log (the gateway writes its own line per request), no ``Server: uvicorn``;
+    ``options`` (uvicorn's own, e.g. the TLS files) are added or override these."""
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    return uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host=host,
-        port=port,
-        loop="uvloop",
-        http=http,
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
-    )
+    settings: dict[str, Any] = {
+        "loop": "uvloop",
+        "http": http,
+        "lifespan": "on",
+        "log_level": "warning",
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": int(GRACEFUL_SHUTDOWN_S),
+    }
+    return uvicorn.Config(app, host=host, port=port, **{**settings, **options})  # type: ignore[arg-type]
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
@@ -63,10 +64,12 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
 
 async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket) -> None:
-    """One worker: its NATS connection, memory tier and app, serving on ``sock``; its
-    metrics and health on ``gateway.metrics_port`` (this worker's: see
+    """One worker: its NATS connection, memory tier and app, serving on ``sock``, and over
+    TLS on ``gateway.tls_port`` when a certificate is configured (:mod:`.tls`); its metrics
+    and health on ``gateway.metrics_port`` (this worker's: see
     :func:`~edgecache.gateway.workers.worker_config`), and health on ``sock`` too."""
     gw = config.gateway
+    tls_on = tls_wanted(gw)
     if not gw.access_key or not gw.secret_key:
         log.warning(
             "gateway.no_credentials", hint="set EDGECACHE_ACCESS_KEY and EDGECACHE_SECRET_KEY"
@@ -85,12 +88,19 @@ async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket)
         monitor.registry.register(gateway_collector(lambda: getattr(app.state, "gateway", None)))
         asgi = with_health(with_fast_hits(app), monitor.health)
         server = Server(uvicorn_config(asgi, gw.host, gw.port))
+        tls = None
+        if tls_on:
+            tls_config = uvicorn_config(asgi, gw.host, gw.tls_port, **tls_options(gw))
+            tls = TlsListener(Server(tls_config), listening_socket(gw.host, gw.tls_port))
 
         async def stopper() -> None:
             await stop.wait()
+            if tls is not None:
+                await tls.stop()  # before the HTTP server's lifespan closes the app's state
             server.should_exit = True
 
         watcher = asyncio.create_task(stopper())
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
         try:
             async with monitor:
                 log.info(
@@ -99,8 +109,22 @@ async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket)
                     region=gw.region,
                     metrics=monitor.url if gw.metrics_port else None,
                 )
-                await server.serve(sockets=[sock])
+                if tls is not None:
+                    while not server.started and not serving.done():
+                        await asyncio.sleep(0.01)
+                    if server.started:
+                        await tls.start()
+                        log.info(
+                            "gateway.listening",
+                            endpoint=f"https://{gw.host}:{gw.tls_port}",
+                            region=gw.region,
+                        )
+                await serving
         finally:
             watcher.cancel()
+            if tls is not None:
+                await tls.stop()
+            server.should_exit = True  # the TLS listener failed to start: stop HTTP too
+            await asyncio.gather(serving, return_exceptions=True)
     finally:
         await nc.drain()

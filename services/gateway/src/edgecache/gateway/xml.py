@@ -20,6 +20,7 @@ from edgecache.gateway.headers import iso8601
 
 __all__ = [
     "NS",
+    "access_control_policy",
     "complete_multipart_result",
     "copy_object_result",
     "copy_part_result",
@@ -42,6 +43,7 @@ NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 MAX_PARTS = 10000
 MAX_DELETE_KEYS = 1000
 _DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+_XSI = "http://www.w3.org/2001/XMLSchema-instance"
 _CHECKSUM_ELEMENTS = {
     "crc32": "ChecksumCRC32",
     "crc32c": "ChecksumCRC32C",
@@ -102,6 +104,21 @@ def location_constraint(region: str) -> bytes:
     root = _root("LocationConstraint")
     if region != "us-east-1":
         root.text = region
+    return _bytes(root)
+
+
+def access_control_policy(owner: str) -> bytes:
+    """GetBucketAcl / GetObjectAcl of the canned ACL ``private``: ``<AccessControlPolicy>``
+    with the owner and one grant, the owner's ``FULL_CONTROL``."""
+    root = _root("AccessControlPolicy")
+    who = _add(root, "Owner")
+    _add(who, "ID", owner)
+    _add(who, "DisplayName", owner)
+    grant = _add(_add(root, "AccessControlList"), "Grant")
+    grantee = ET.SubElement(grant, "Grantee", {"xmlns:xsi": _XSI, "xsi:type": "CanonicalUser"})
+    _add(grantee, "ID", owner)
+    _add(grantee, "DisplayName", owner)
+    _add(grant, "Permission", "FULL_CONTROL")
     return _bytes(root)
 
 

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 from edgecache.common import errors, peers, stream, wire
 from edgecache.common.checksums import Digests
+from edgecache.common.heartbeats import DEFAULT as DEFAULT_LIVENESS
+from edgecache.common.heartbeats import Liveness
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
@@ -57,6 +59,8 @@ class ObjectBody:
         prefetch: open the next chunk's stream while the current one drains.
         before_last: awaited after every byte has been read and checked, before the last
             piece is yielded; raise from it to abort the origin write (the fence).
+        liveness: idle heartbeats asked of each node, and the silence after which it is
+            taken for dead and the next holder asked (:mod:`edgecache.common.heartbeats`).
 
     Attributes:
         bytes_read: bytes received from the nodes so far.
@@ -79,8 +83,10 @@ class ObjectBody:
         timeout_s: float = 30.0,
         prefetch: bool = True,
         before_last: Callable[[], Awaitable[None]] | None = None,
+        liveness: Liveness = DEFAULT_LIVENESS,
     ) -> None:
         self._nc = nc
+        self._liveness = liveness
         self._manifest = manifest
         self._credit = credit
         self._window = max(1, window_frames)
@@ -125,6 +131,7 @@ class ObjectBody:
             window=self._window,
             timeout_s=self._timeout,
             on_failure=failed,
+            liveness=self._liveness,
         )
         if opened is None:
             raise errors.ServiceUnavailable(

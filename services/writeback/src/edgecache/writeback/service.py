@@ -7,9 +7,11 @@ partition be in flight cluster-wide, so the intents of one key are applied in or
 Per intent: decode → apply (:class:`~edgecache.writeback.worker.IntentApplier`) → ack. A
 failure is retried for as long as it takes, after a delay (exponential backoff, full
 jitter); only an intent that can never be decoded is ``term``-ed. While an intent is worked
-on, ``in_progress`` is sent every ``ack_wait_s / 3`` so JetStream does not hand it to
-another replica. A crash before the ack makes JetStream redeliver after ``ack_wait_s`` and
-the work is redone idempotently.
+on, ``in_progress`` is sent every ``ack_wait_s / 4`` so JetStream does not hand it to
+another replica; a replica that could not send it in time (its event loop stalled for most
+of ``ack_wait_s``) must assume the intent was handed on, and cancels its own work on it. A
+crash before the ack makes JetStream redeliver after ``ack_wait_s`` (4 s by default) and the
+work is redone idempotently.
 
 **A failing intent holds back no other key.** A ``nak`` with a delay would keep the intent
 pending, and with ``max_ack_pending=1`` its whole partition would wait behind it for as long
@@ -41,6 +43,8 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from edgecache.common import errors, subjects, wire
 from edgecache.common.catalog import Catalog
 from edgecache.common.credit import CreditBudget
+from edgecache.common.heartbeats import DEFAULT as DEFAULT_LIVENESS
+from edgecache.common.heartbeats import Liveness
 from edgecache.common.jetstream import ensure_state
 from edgecache.common.logging import get_logger
 from edgecache.common.runtime import connect_nats
@@ -126,6 +130,8 @@ class WritebackService:
         prefetch: open the next chunk's stream while the origin consumes the current one.
         credit: the download credit of ``nc`` that every chunk stream takes from;
             default: one of its own, of ``DEFAULT_CREDIT_BYTES``.
+        liveness: idle heartbeats asked of the nodes chunks are read from (fail over to
+            the next holder of a chunk when one goes silent).
     """
 
     def __init__(
@@ -142,6 +148,7 @@ class WritebackService:
         chunk_timeout_s: float = 30.0,
         prefetch: bool = True,
         credit: CreditBudget | None = None,
+        liveness: Liveness = DEFAULT_LIVENESS,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -161,6 +168,7 @@ class WritebackService:
             chunk_timeout_s=chunk_timeout_s,
             prefetch=prefetch,
             max_uploads=config.max_uploads,
+            liveness=liveness,
         )
         self.stats = WritebackStats()
         self._stopping = asyncio.Event()
@@ -247,7 +255,7 @@ class WritebackService:
             self.stats.retried += 1
         self.stats.in_flight += 1
         started = time.monotonic()
-        keepalive = asyncio.create_task(self._keep_alive(msg))
+        keepalive = asyncio.create_task(self._keep_alive(msg, asyncio.current_task()))
         try:
             outcome = await self._applier.apply(intent)
         except asyncio.CancelledError:
@@ -363,12 +371,28 @@ class WritebackService:
             return
         await _quietly(msg.ack())
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        """Tell JetStream the intent is still being worked on, every ``ack_wait_s / 3``."""
-        every = max(0.05, self._config.ack_wait_s / 3)
+    async def _keep_alive(self, msg: Msg, work: asyncio.Task[Any] | None) -> None:
+        """Tell JetStream the intent is still being worked on, every ``ack_wait_s / 4``.
+
+        If a report comes too late (the event loop stalled past ``ack_wait_s`` since the last
+        one), JetStream may have handed the intent to another replica: ``work`` is cancelled
+        (and hands the intent back) rather than risk two replicas on one key.
+        """
+        loop = asyncio.get_running_loop()
+        every = max(0.05, self._config.ack_wait_s / 4)
+        last = loop.time()
         while True:
             await asyncio.sleep(every)
+            if loop.time() - last >= self._config.ack_wait_s and work is not None:
+                log.warning(
+                    "writeback.progress_late",
+                    late_s=round(loop.time() - last, 3),
+                    subject=msg.subject,
+                )
+                work.cancel()
+                return
             await _quietly(msg.in_progress())
+            last = loop.time()
 
 
 def _attempt_of(msg: Msg) -> int:
@@ -445,6 +469,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             chunk_timeout_s=config.nats.request_timeout_s,
             window_frames=config.cachenode.window_frames,
             credit=CreditBudget(nc, max_bytes=config.nats.download_credit_bytes),
+            liveness=Liveness.of(config.nats),
         )
         await stack.enter_async_context(writeback_monitor(config, nc, service.stats))
         await service.run(stop)

@@ -36,6 +36,8 @@ from nats.js.errors import APIError, KeyNotFoundError
 
 from edgecache.common import errors, wire
 from edgecache.common.credit import CreditBudget
+from edgecache.common.heartbeats import DEFAULT as DEFAULT_LIVENESS
+from edgecache.common.heartbeats import Liveness
 from edgecache.common.logging import get_logger
 from edgecache.writeback.chunks import ObjectBody
 
@@ -107,6 +109,8 @@ class IntentApplier:
         prefetch: open the next chunk's stream while the origin consumes the current one.
         max_uploads: origin uploads at once (each buffers up to a part or a small object):
             bounds this replica's memory whatever the number of partitions.
+        liveness: idle heartbeats asked of the nodes chunks are read from, and the silence
+            after which one is taken for dead.
     """
 
     def __init__(
@@ -121,8 +125,10 @@ class IntentApplier:
         chunk_timeout_s: float = 30.0,
         prefetch: bool = True,
         max_uploads: int = 2,
+        liveness: Liveness = DEFAULT_LIVENESS,
     ) -> None:
         self._nc = nc
+        self._liveness = liveness
         self._uploads = asyncio.Semaphore(max_uploads)
         self._catalog = catalog
         self._buckets = buckets
@@ -203,6 +209,7 @@ class IntentApplier:
             timeout_s=self._chunk_timeout,
             prefetch=self._prefetch,
             before_last=fence,
+            liveness=self._liveness,
         )
         try:
             async with self._uploads:
