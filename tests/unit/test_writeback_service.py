@@ -143,7 +143,8 @@ async def test_long_work_reports_progress_every_quarter_of_ack_wait() -> None:
     msg = FakeMsg(wire.encode(PUT))
     await service._process(msg)  # type: ignore[arg-type]
     kinds = [k for k, _ in msg.calls]
-    assert kinds[-1] == "ack" and 7 <= kinds.count("wpi") <= 11  # 0.4 s / 0.0375 s
+    # 0.4 s / 0.0375 s: about 10; a loaded machine delays timers (fewer), never more
+    assert kinds[-1] == "ack" and 4 <= kinds.count("wpi") <= 11
 
 
 class StallingApplier(FakeApplier):
