@@ -69,6 +69,9 @@ class GatewayConfig(msgspec.Struct, **_OPTS):
     # read cache hits straight from a cache node's chunk files on this host (docs/protocol.md)
     short_circuit: bool = True
     short_circuit_buffers: int = 4  # chunk buffers (<= chunk_bytes each) per worker process
+    # virtual-hosted-style addressing: "Host: <bucket>.<domain>" names the bucket (e.g.
+    # "s3.localhost"); empty: path-style only
+    domain: str = ""
 
 
 class CacheNodeConfig(msgspec.Struct, **_OPTS):

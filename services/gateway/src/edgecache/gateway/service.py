@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import socket
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -22,10 +23,16 @@ from edgecache.common.runtime import connect_nats
 from edgecache.gateway.app import create_app
 from edgecache.gateway.fastpath import with_fast_hits
 from edgecache.gateway.invalidations import InvalidationListener
+from edgecache.gateway.keepalive import with_keepalive
 from edgecache.gateway.memtier import MemoryTier
 from edgecache.gateway.workers import run_workers
 
-__all__ = ["GRACEFUL_SHUTDOWN_S", "serve", "serve_worker", "uvicorn_config"]
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+    from edgecache.gateway.keepalive import ASGIApp
+
+__all__ = ["GRACEFUL_SHUTDOWN_S", "asgi", "serve", "serve_worker", "uvicorn_config"]
 
 log = get_logger("edgecache.gateway")
 
@@ -38,6 +45,13 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def asgi(app: Litestar) -> ASGIApp:
+    """The gateway app as uvicorn serves it: memory-tier hits answered in front of Litestar
+    (:mod:`~edgecache.gateway.fastpath`), and every answer given before its request body
+    was read marked to close the connection when it must (:mod:`~edgecache.gateway.keepalive`)."""
+    return with_keepalive(with_fast_hits(app))
 
 
 def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
@@ -83,7 +97,7 @@ async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket)
     )
     try:
         app = create_app(config, nc, memtier=tier, invalidations=listener)
-        server = _Server(uvicorn_config(with_fast_hits(app), gw.host, gw.port))
+        server = _Server(uvicorn_config(asgi(app), gw.host, gw.port))
 
         async def stopper() -> None:
             await stop.wait()

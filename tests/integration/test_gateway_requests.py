@@ -1,0 +1,198 @@
+"""Everyday request details against one gateway and a real cache node (session
+nats-server, file origin), served by uvicorn as the service serves it
+(:func:`edgecache.gateway.service.asgi`): connections after early errors, SigV2, request
+headers, bad input. One stack for the module."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.auth
+import botocore.awsrequest
+import botocore.config
+import botocore.credentials
+import botocore.exceptions
+import nats
+import pytest
+import pytest_asyncio
+
+from edgecache.cachenode.service import start_node
+from edgecache.common.config import load_config
+from edgecache.gateway.app import create_app
+from edgecache.gateway.service import asgi
+from edgecache.launcher.natsserver import NatsServer
+from tests.fixtures.http import serving
+
+AK, SK = "AKIAREQUESTDETAILS", "request-details-secret"
+DOMAIN = "s3.localhost"
+
+
+@dataclass
+class Gateway:
+    url: str
+    port: int
+
+    def s3(self, **config: Any) -> Any:
+        style = config.pop("addressing_style", "path")
+        endpoint = config.pop("endpoint_url", self.url)
+        return boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=AK,
+            aws_secret_access_key=SK,
+            region_name="us-east-1",
+            config=botocore.config.Config(
+                s3={"addressing_style": style}, retries={"total_max_attempts": 1}, **config
+            ),
+        )
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def gateway(
+    nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Gateway]:
+    data_dir: Path = tmp_path_factory.mktemp("requests")
+    config = load_config(
+        env={},
+        overrides={
+            "data_dir": str(data_dir),
+            "nats": {"url": nats_server.url, "request_timeout_s": 10.0},
+            "cachenode": {"chunk_bytes": 1024 * 1024, "node_id": f"req-{secrets.token_hex(3)}"},
+            "gateway": {"access_key": AK, "secret_key": SK, "domain": DOMAIN},
+        },
+    )
+    async with AsyncExitStack() as stack:
+        await start_node(config, stack)
+        nc = await nats.connect(nats_server.url)
+        stack.push_async_callback(nc.drain)
+        url = await stack.enter_async_context(serving(asgi(create_app(config, nc))))
+        yield Gateway(url, int(url.rsplit(":", 1)[1]))
+
+
+@pytest.fixture
+def bucket() -> str:
+    return f"req-{secrets.token_hex(6)}"
+
+
+async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def error_code(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        fn(*args, **kwargs)
+    return info.value.response["Error"]["Code"]
+
+
+# -- raw HTTP/1.1 on one socket -----------------------------------------------------------------
+def signed(
+    gw: Gateway, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> bytes:
+    """A SigV4-signed request (botocore's signer) as the bytes of an HTTP/1.1 message."""
+    request = botocore.awsrequest.AWSRequest(
+        method=method, url=f"{gw.url}{path}", data=body, headers=headers or {}
+    )
+    request.headers["x-amz-content-sha256"] = botocore.auth.UNSIGNED_PAYLOAD
+    botocore.auth.S3SigV4Auth(botocore.credentials.Credentials(AK, SK), "s3", "us-east-1").add_auth(
+        request
+    )
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{gw.port}"]
+    lines += [f"{k}: {v}" for k, v in request.headers.items()]
+    if body or method == "PUT":
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response (Content-Length framed) from ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(65536)
+        if not piece:
+            raise ConnectionError(f"closed before a whole response head: {data!r}")
+        data += piece
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        rest += piece
+    return int(status_line.split()[1]), headers, rest[:length]
+
+
+def raw_exchange(gw: Gateway, *messages: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send each message on one connection, reading one response after each."""
+    out = []
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        for message in messages:
+            sock.sendall(message)
+            out.append(read_response(sock))
+    return out
+
+
+# == a failed PUT does not poison the connection =================================================
+async def test_boto3_keeps_working_after_an_early_rejected_put(
+    gateway: Gateway, bucket: str
+) -> None:
+    s3 = gateway.s3()
+
+    def run() -> None:
+        s3.create_bucket(Bucket=bucket)
+        for _ in range(3):  # boto3 sends Expect: 100-continue and so never the body
+            code = error_code(s3.put_object, Bucket=f"{bucket}-missing", Key="k", Body=b"x" * 1000)
+            assert code == "NoSuchBucket"
+            code = error_code(s3.put_object, Bucket=bucket, Key="k", Body=b"x", ContentMD5="bad")
+            assert code == "InvalidDigest"
+            s3.put_object(Bucket=bucket, Key="k", Body=b"after")
+            assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"after"
+
+    await call(run)
+
+
+async def test_an_early_answer_to_expect_100_closes_the_connection(gateway: Gateway) -> None:
+    put = signed(gateway, "PUT", "/no-such-bucket-here/k", headers={"Expect": "100-continue"})
+    put = put.replace(b"Content-Length: 0", b"Content-Length: 5")
+
+    def run() -> None:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            sock.sendall(put)  # the body never follows: the client waits for 100 Continue
+            status, headers, body = read_response(sock)
+            assert status == 404 and b"<Code>NoSuchBucket</Code>" in body
+            assert headers["connection"] == "close"
+            assert sock.recv(1024) == b""  # closed, not left to parse the next request
+
+    await call(run)
+
+
+async def test_an_early_answer_drains_a_body_that_was_sent(gateway: Gateway, bucket: str) -> None:
+    body = b"y" * 50_000
+    put = signed(gateway, "PUT", f"/{bucket}-missing/k").replace(
+        b"Content-Length: 0", f"Content-Length: {len(body)}".encode()
+    )
+    answers = await call(
+        raw_exchange,
+        gateway,
+        put + body,
+        signed(gateway, "GET", "/"),
+        b"PUT /x/y HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",  # unsigned
+        signed(gateway, "GET", "/"),
+    )
+    (s1, h1, b1), (s2, _, b2), (s3, _, b3), (s4, _, b4) = answers
+    assert (s1, s2, s3, s4) == (404, 200, 403, 200)
+    assert "connection" not in h1
+    assert b"NoSuchBucket" in b1 and b"ListAllMyBucketsResult" in b2 and b4 == b2
+    assert b"<Code>AccessDenied</Code>" in b3
