@@ -34,6 +34,8 @@ __all__ = [
     "AuthContext",
     "PayloadVerifier",
     "VerifiedBody",
+    "request_time",
+    "secret_for",
     "verify",
     "wrap_body",
 ]
@@ -142,6 +144,8 @@ def verify(
         SignatureDoesNotMatch: the signature is wrong.
     """
     header_map = _header_map(headers)
+    if header_map.get("authorization", ["x"])[0].strip() == "":
+        del header_map["authorization"]  # an empty Authorization is no authentication
     if "authorization" not in header_map and b"X-Amz-Signature=" in query_string:
         known = _presigned.get((method, raw_path, query_string, region), header_map, credentials)
         if known is not None:  # the same URL again: only the checks that depend on now
@@ -172,9 +176,7 @@ def verify(
     else:
         raise errors.AccessDenied()
 
-    secret = credentials.get(claim.access_key)
-    if secret is None:
-        raise errors.InvalidAccessKeyId()
+    secret = secret_for(credentials, claim.access_key)
     _check_scope(claim, region, amz_date)
     _check_time(claim, when, now, max_skew_s)
     _check_signed_headers(claim, header_map)
@@ -277,6 +279,18 @@ class _PresignedCache:
 
 
 _presigned = _PresignedCache()
+
+
+def secret_for(credentials: Mapping[str, str], access_key: str) -> str:
+    """The secret access key of ``access_key`` (every signature version looks it up here).
+
+    Raises:
+        InvalidAccessKeyId: ``access_key`` is not in ``credentials``.
+    """
+    secret = credentials.get(access_key)
+    if secret is None:
+        raise errors.InvalidAccessKeyId()
+    return secret
 
 
 # -- the claim --------------------------------------------------------------------------------
@@ -414,13 +428,28 @@ def _header_date(header_map: Mapping[str, list[str]]) -> tuple[str, float]:
     else:
         try:
             parsed = email.utils.parsedate_to_datetime(header_map["date"][0])
-        except (KeyError, TypeError, ValueError):
-            parsed = None
-        when = parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp() if parsed else None
-        amz_date = "" if when is None else datetime.fromtimestamp(when, UTC).strftime(_AMZ_FORMAT)
+            when = parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp()
+            amz_date = datetime.fromtimestamp(when, UTC).strftime(_AMZ_FORMAT)
+        except (KeyError, TypeError, ValueError, OverflowError, OSError):
+            # absent, unparsable, or out of datetime's range (year 9999 in a zone west of
+            # UTC is year 10000 in UTC)
+            when, amz_date = None, ""
     if when is None:
         raise errors.AccessDenied("AWS authentication requires a valid Date or x-amz-date header")
     return amz_date, when
+
+
+def request_time(header_map: Mapping[str, list[str]]) -> float:
+    """The time a header-signed request claims, from ``x-amz-date`` (``yyyymmddThhmmssZ``)
+    or else ``Date`` (RFC 7231), in Unix seconds.
+
+    Args:
+        header_map: lower-case header name -> values.
+
+    Raises:
+        AccessDenied: neither header holds a valid date within years 1..9999.
+    """
+    return _header_date(header_map)[1]
 
 
 def _parse_amz_date(value: str) -> float | None:
