@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -196,3 +198,89 @@ async def test_an_early_answer_drains_a_body_that_was_sent(gateway: Gateway, buc
     assert "connection" not in h1
     assert b"NoSuchBucket" in b1 and b"ListAllMyBucketsResult" in b2 and b4 == b2
     assert b"<Code>AccessDenied</Code>" in b3
+
+
+# == SigV2 =======================================================================================
+def fetch(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
+    """One request with the standard library's client (no signing of its own)."""
+    request = urllib.request.Request(url, data=body, method=method)
+    if body is not None:  # else urllib sends a form Content-Type, which SigV2 signs
+        request.add_header("Content-Type", "")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def test_sigv2_header_and_presigned_urls(gateway: Gateway, bucket: str) -> None:
+    v2 = gateway.s3(signature_version="s3")  # Authorization: AWS key:signature
+
+    def run() -> None:
+        v2.create_bucket(Bucket=bucket)
+        v2.put_object(Bucket=bucket, Key="dir/ü k+~.txt", Body=b"v2 body", Metadata={"a": "b"})
+        got = v2.get_object(Bucket=bucket, Key="dir/ü k+~.txt", ResponseContentType="text/x-v2")
+        assert got["Body"].read() == b"v2 body" and got["ContentType"] == "text/x-v2"
+        assert [o["Key"] for o in v2.list_objects(Bucket=bucket)["Contents"]] == ["dir/ü k+~.txt"]
+        # boto3's default presigned URL is SigV2 (AWSAccessKeyId, Expires, Signature)
+        presigner = gateway.s3()
+        url = presigner.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": "dir/ü k+~.txt"}, ExpiresIn=60
+        )
+        assert "AWSAccessKeyId=" in url and "Signature=" in url
+        assert fetch(url) == (200, b"v2 body")
+        status, body = fetch(url.replace("Signature=", "Signature=A"))
+        assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in body
+        expired = presigner.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": "dir/ü k+~.txt"}, ExpiresIn=-1
+        )
+        status, body = fetch(expired)
+        assert status == 403 and b"Request has expired" in body
+        put_url = presigner.generate_presigned_url(
+            "put_object", Params={"Bucket": bucket, "Key": "up"}, ExpiresIn=60
+        )
+        assert fetch(put_url, "PUT", b"uploaded")[0] == 200
+        assert v2.get_object(Bucket=bucket, Key="up")["Body"].read() == b"uploaded"
+        stranger = boto3.client(
+            "s3",
+            endpoint_url=gateway.url,
+            aws_access_key_id="AKIANOBODY",
+            aws_secret_access_key=SK,
+            region_name="us-east-1",
+            config=botocore.config.Config(
+                signature_version="s3",
+                s3={"addressing_style": "path"},
+                retries={"total_max_attempts": 1},
+            ),
+        )
+        assert error_code(stranger.list_buckets) == "InvalidAccessKeyId"
+
+    await call(run)
+
+
+# == virtual-hosted style ========================================================================
+async def test_virtual_hosted_style(
+    gateway: Gateway, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:  # *.s3.localhost → loopback
+        if isinstance(host, str) and (host == DOMAIN or host.endswith("." + DOMAIN)):
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    endpoint = f"http://{DOMAIN}:{gateway.port}"
+    v4 = gateway.s3(addressing_style="virtual", endpoint_url=endpoint)
+    v2 = gateway.s3(addressing_style="virtual", endpoint_url=endpoint, signature_version="s3")
+
+    def run() -> None:
+        v4.create_bucket(Bucket=bucket)
+        v4.put_object(Bucket=bucket, Key="a/b c", Body=b"virtual")
+        assert v2.get_object(Bucket=bucket, Key="a/b c")["Body"].read() == b"virtual"
+        assert [o["Key"] for o in v4.list_objects_v2(Bucket=bucket)["Contents"]] == ["a/b c"]
+        # the same objects path-style
+        assert gateway.s3().get_object(Bucket=bucket, Key="a/b c")["Body"].read() == b"virtual"
+        assert error_code(v4.head_bucket, Bucket=f"{bucket}-none") == "404"
+
+    await call(run)

@@ -23,7 +23,7 @@ from edgecache.common import errors
 from edgecache.common.errors import MaxMessageLengthExceeded
 from edgecache.common.logging import get_logger
 from edgecache.gateway.headers import RequestHeaders
-from edgecache.gateway.operations import Operation, route
+from edgecache.gateway.operations import Operation, host_bucket, route
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -71,6 +71,8 @@ class Exchange:
         query_string: the raw query (bytes, no ``?``).
         raw_headers: ASGI header pairs (names lower case).
         headers: the same, decoded (see :class:`RequestHeaders`).
+        host_bucket: the bucket a virtual-hosted ``Host`` names (``<bucket>.<gateway.domain>``),
+            else ``""`` (path-style).
         request_id: 16 upper-case hex digits, sent as ``x-amz-request-id``.
         op: the routed operation, once :meth:`route` ran.
         bytes_in: decoded body bytes read; bytes_out: body bytes sent.
@@ -85,6 +87,7 @@ class Exchange:
         "deferred",
         "gateway",
         "headers",
+        "host_bucket",
         "method",
         "op",
         "query_string",
@@ -109,6 +112,7 @@ class Exchange:
         self.query_string: bytes = scope.get("query_string", b"")
         self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         self.headers = RequestHeaders.from_asgi(self.raw_headers)
+        self.host_bucket = host_bucket(self.headers.get("host", ""), gateway.config.domain)
         self.request_id = os.urandom(8).hex().upper()
         self.started = time.perf_counter()
         self.op: Operation | None = None
@@ -121,11 +125,11 @@ class Exchange:
 
     # -- the request ----------------------------------------------------------------------
     def authenticate(self) -> None:
-        """Verify the SigV4 signature (header or presigned query).
+        """Verify the signature (SigV4 or SigV2, header or presigned query).
 
         Raises:
             S3Error: AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch,
-                RequestTimeTooSkewed, … from :func:`edgecache.gateway.sigv4.verify`.
+                RequestTimeTooSkewed, … from :func:`edgecache.gateway.auth.verify`.
         """
         gw = self.gateway
         self.auth = gw.verify(
@@ -137,6 +141,7 @@ class Exchange:
             region=gw.config.region,
             now=time.time(),
             max_skew_s=gw.config.max_skew_s,
+            host_bucket=self.host_bucket,
         )
 
     def route(self) -> Operation:
@@ -147,6 +152,7 @@ class Exchange:
             self.raw_path,
             self.query_string,
             copy_source="x-amz-copy-source" in self.headers,
+            host_bucket=self.host_bucket,
         )
         self.op = op
         structlog.contextvars.bind_contextvars(operation=op.name, bucket=op.bucket, key=op.key)
