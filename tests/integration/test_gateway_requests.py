@@ -22,6 +22,7 @@ import botocore.awsrequest
 import botocore.config
 import botocore.credentials
 import botocore.exceptions
+import httpx
 import nats
 import pytest
 import pytest_asyncio
@@ -282,5 +283,71 @@ async def test_virtual_hosted_style(
         # the same objects path-style
         assert gateway.s3().get_object(Bucket=bucket, Key="a/b c")["Body"].read() == b"virtual"
         assert error_code(v4.head_bucket, Bucket=f"{bucket}-none") == "404"
+
+    await call(run)
+
+
+# == browser POST uploads ========================================================================
+def post_form(
+    url: str, fields: dict[str, str], file: bytes, filename: str = "photo.jpg"
+) -> httpx.Response:
+    """The form as a browser sends it: the fields, then the file."""
+    return httpx.post(url, data=fields, files={"file": (filename, file, "image/jpeg")}, timeout=10)
+
+
+async def test_post_uploads_with_sigv4_and_sigv2_policies(gateway: Gateway, bucket: str) -> None:
+    s3 = gateway.s3()
+
+    def run() -> None:
+        s3.create_bucket(Bucket=bucket)
+        post = gateway.s3(signature_version="s3v4").generate_presigned_post(
+            bucket,
+            "uploads/${filename}",
+            Fields={
+                "success_action_status": "201",
+                "Content-Type": "image/jpeg",
+                "x-amz-meta-who": "me",
+            },
+            Conditions=[
+                {"success_action_status": "201"},
+                ["starts-with", "$Content-Type", "image/"],
+                {"x-amz-meta-who": "me"},
+                ["content-length-range", 1, 1000],
+            ],
+            ExpiresIn=60,
+        )
+        assert post["fields"]["x-amz-algorithm"] == "AWS4-HMAC-SHA256"
+        answer = post_form(post["url"], post["fields"], b"jpeg bytes", "C:\\dir\\photo.jpg")
+        assert answer.status_code == 201, answer.text
+        assert "<Key>uploads/photo.jpg</Key>" in answer.text and answer.headers["etag"]
+        got = s3.get_object(Bucket=bucket, Key="uploads/photo.jpg")
+        assert got["Body"].read() == b"jpeg bytes"
+        assert (got["ContentType"], got["Metadata"]) == ("image/jpeg", {"who": "me"})
+
+        too_big = post_form(post["url"], post["fields"], b"x" * 1001, "big.jpg")
+        assert too_big.status_code == 400 and "<Code>EntityTooLarge</Code>" in too_big.text
+        assert error_code(s3.head_object, Bucket=bucket, Key="uploads/big.jpg") == "404"
+        extra = post_form(post["url"], {**post["fields"], "cache-control": "no"}, b"x", "e.jpg")
+        assert extra.status_code == 403 and "Extra input fields: cache-control" in extra.text
+        wrong = post_form(post["url"], {**post["fields"], "Content-Type": "text/html"}, b"x")
+        assert wrong.status_code == 403 and "Policy Condition failed" in wrong.text
+        forged = post_form(post["url"], {**post["fields"], "x-amz-signature": "0" * 64}, b"x")
+        assert forged.status_code == 403 and "SignatureDoesNotMatch" in forged.text
+        no_file = httpx.post(
+            post["url"], data=post["fields"], files={"other": ("a", b"a")}, timeout=10
+        )
+        assert no_file.status_code == 400 and "IncorrectNumberOfFilesInPostRequest" in no_file.text
+
+        expired = gateway.s3(signature_version="s3v4").generate_presigned_post(
+            bucket, "late", ExpiresIn=-5
+        )
+        late = post_form(expired["url"], expired["fields"], b"x")
+        assert late.status_code == 403 and "Policy expired" in late.text
+
+        v2 = s3.generate_presigned_post(bucket, "v2-key", ExpiresIn=60)  # boto3's default: SigV2
+        assert "signature" in v2["fields"] and "AWSAccessKeyId" in v2["fields"]
+        answer = post_form(v2["url"], v2["fields"], b"v2 form")
+        assert answer.status_code == 204, answer.text
+        assert s3.get_object(Bucket=bucket, Key="v2-key")["Body"].read() == b"v2 form"
 
     await call(run)

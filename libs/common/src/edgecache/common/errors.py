@@ -23,17 +23,20 @@ __all__ = [
     "EntityTooSmall",
     "IllegalLocationConstraintException",
     "IncompleteBody",
+    "IncorrectNumberOfFilesInPostRequest",
     "InternalError",
     "InvalidAccessKeyId",
     "InvalidArgument",
     "InvalidBucketName",
     "InvalidDigest",
     "InvalidPart",
+    "InvalidPolicyDocument",
     "InvalidPartOrder",
     "InvalidRange",
     "InvalidRequest",
     "InvalidURI",
     "KeyTooLongError",
+    "MalformedPOSTRequest",
     "MalformedXML",
     "MaxMessageLengthExceeded",
     "MetadataTooLarge",
@@ -44,6 +47,7 @@ __all__ = [
     "NoSuchUpload",
     "NotImplementedError_",
     "PreconditionFailed",
+    "RequestHeaderSectionTooLarge",
     "RequestTimeout",
     "RequestTimeTooSkewed",
     "S3Error",
@@ -287,6 +291,27 @@ class ServiceUnavailable(S3Error):
 
 class SlowDown(S3Error):
     code, status, default_message = "SlowDown", 503, "Please reduce your request rate."
+
+
+# -- browser POST uploads and request limits ---------------------------------------------------
+class MalformedPOSTRequest(S3Error):
+    code, status = "MalformedPOSTRequest", 400
+    default_message = "The body of your POST request is not well-formed multipart/form-data."
+
+
+class IncorrectNumberOfFilesInPostRequest(S3Error):
+    code, status = "IncorrectNumberOfFilesInPostRequest", 400
+    default_message = "POST requires exactly one file upload per request."
+
+
+class InvalidPolicyDocument(S3Error):
+    code, status = "InvalidPolicyDocument", 400
+    default_message = "The content of the form does not meet the conditions specified in the policy document."
+
+
+class RequestHeaderSectionTooLarge(S3Error):
+    code, status = "RequestHeaderSectionTooLarge", 400
+    default_message = "Your request header section exceeds the maximum allowed size."
 
 
 def _leaves(cls: type[S3Error]) -> list[type[S3Error]]:

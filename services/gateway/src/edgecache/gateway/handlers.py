@@ -23,7 +23,7 @@ from litestar.response import Stream
 
 from edgecache.common import errors, names, wire
 from edgecache.common.errors import IllegalLocationConstraintException
-from edgecache.gateway import conditions, memory, shortcircuit, xml
+from edgecache.gateway import conditions, memory, postobject, shortcircuit, xml
 from edgecache.gateway.exchange import LiveTrailers
 from edgecache.gateway.headers import (
     MAX_PART_BYTES,
@@ -579,6 +579,14 @@ async def list_parts(x: Exchange) -> Response[Any]:
     return xml_response(
         x, xml.list_parts_result(result, max_parts=max_parts, part_number_marker=marker)
     )
+
+
+# == browser uploads =============================================================================
+@serves(wire.PutObject, action="PostObject")
+async def post_object(x: Exchange) -> Response[Any]:
+    """PostObject (``POST /b``, ``multipart/form-data``): a browser upload signed by its
+    policy; see :mod:`edgecache.gateway.postobject`."""
+    return await postobject.serve(x)
 
 
 # == what we do not serve ========================================================================

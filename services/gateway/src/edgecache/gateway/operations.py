@@ -229,6 +229,8 @@ def route(
         elif method == "POST":
             if subs == {"delete"}:
                 return op("DeleteObjects")
+            if not subs:
+                return op("PostObject")  # a browser upload: multipart/form-data
         else:
             return op("MethodNotAllowed")
         return op("NotImplemented", _unsupported(subs) or method)

@@ -42,7 +42,7 @@ from edgecache.gateway.sigv4 import (
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-__all__ = ["SCHEME", "SUBRESOURCES", "string_to_sign", "verify"]
+__all__ = ["SCHEME", "SUBRESOURCES", "policy_signature", "string_to_sign", "verify"]
 
 SCHEME = "AWS"
 # Query parameters that are part of the CanonicalizedResource (AWS's list, as botocore's).
@@ -254,3 +254,9 @@ def _payload_mode(header_map: Mapping[str, list[str]]) -> str:
     if value == UNSIGNED_PAYLOAD_TRAILER or _HEX_SHA256.fullmatch(value):
         return value
     raise errors.InvalidRequest(f"x-amz-content-sha256 {value[:64]!r} needs Signature Version 4.")
+
+
+def policy_signature(secret: str, policy: str) -> bytes:
+    """The SigV2 signature of a browser POST policy: ``HMAC-SHA1(secret, policy)`` (the
+    policy as sent, in base64), 20 bytes; the form's ``signature`` field is its base64."""
+    return hmac.new(secret.encode(), policy.encode("utf-8", "surrogateescape"), hashlib.sha1).digest()

@@ -34,6 +34,7 @@ __all__ = [
     "AuthContext",
     "PayloadVerifier",
     "VerifiedBody",
+    "policy_signer",
     "request_time",
     "secret_for",
     "verify",
@@ -291,6 +292,26 @@ def secret_for(credentials: Mapping[str, str], access_key: str) -> str:
     if secret is None:
         raise errors.InvalidAccessKeyId()
     return secret
+
+
+def policy_signer(
+    credential: str, amz_date: str, credentials: Mapping[str, str], region: str
+) -> tuple[str, bytes]:
+    """The signer of a browser POST policy signed with SigV4 (``x-amz-credential``,
+    ``x-amz-date`` form fields): ``(access key, signing key)``; the policy's signature is
+    the lower-case hex ``HMAC-SHA256(signing key, policy as sent in base64)``.
+
+    Raises:
+        AccessDenied: ``x-amz-date`` is not ``yyyymmddThhmmssZ``.
+        InvalidArgument: a malformed credential or a scope this gateway does not answer.
+        InvalidAccessKeyId: the access key is unknown.
+    """
+    if _parse_amz_date(amz_date) is None:
+        raise errors.AccessDenied("Invalid according to Policy: x-amz-date is not a valid date.")
+    claim = _claim(credential, "host", "", None, errors.InvalidArgument)
+    secret = secret_for(credentials, claim.access_key)
+    _check_scope(claim, region, amz_date)
+    return claim.access_key, _signing_key(secret, claim.scope_date, region)
 
 
 # -- the claim --------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ __all__ = [
     "parse_complete_multipart",
     "parse_create_bucket",
     "parse_delete",
+    "post_response",
 ]
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -220,6 +221,17 @@ def complete_multipart_result(info: wire.ObjectInfo, *, location: str) -> bytes:
     _add(root, "Key", info.key)
     _add(root, "ETag", f'"{info.etag}"')
     _checksums(root, info.checksums)
+    return _bytes(root)
+
+
+def post_response(info: wire.ObjectInfo, *, location: str) -> bytes:
+    """PostObject with ``success_action_status=201``: ``<PostResponse>`` (Location, Bucket,
+    Key, ETag); S3 sends it without a namespace."""
+    root = ET.Element("PostResponse")
+    _add(root, "Location", location)
+    _add(root, "Bucket", info.bucket)
+    _add(root, "Key", info.key)
+    _add(root, "ETag", f'"{info.etag}"')
     return _bytes(root)
 
 
