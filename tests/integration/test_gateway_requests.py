@@ -97,38 +97,48 @@ def error_code(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
 
 # -- raw HTTP/1.1 on one socket -----------------------------------------------------------------
 def signed(
-    gw: Gateway, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    gw: Gateway,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    *,
+    v2: bool = False,
 ) -> bytes:
-    """A SigV4-signed request (botocore's signer) as the bytes of an HTTP/1.1 message."""
+    """A signed request (botocore's SigV4 signer, or its SigV2 one, which signs header
+    values as UTF-8 and so lets them hold any text) as the bytes of an HTTP/1.1 message,
+    body included."""
     request = botocore.awsrequest.AWSRequest(
         method=method, url=f"{gw.url}{path}", data=body, headers=headers or {}
     )
-    request.headers["x-amz-content-sha256"] = botocore.auth.UNSIGNED_PAYLOAD
-    botocore.auth.S3SigV4Auth(botocore.credentials.Credentials(AK, SK), "s3", "us-east-1").add_auth(
-        request
-    )
+    credentials = botocore.credentials.Credentials(AK, SK)
+    if v2:
+        botocore.auth.HmacV1Auth(credentials).add_auth(request)
+    else:
+        request.headers["x-amz-content-sha256"] = botocore.auth.UNSIGNED_PAYLOAD
+        botocore.auth.S3SigV4Auth(credentials, "s3", "us-east-1").add_auth(request)
     lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{gw.port}"]
     lines += [f"{k}: {v}" for k, v in request.headers.items()]
-    if body or method == "PUT":
+    if (body or method == "PUT") and "Transfer-Encoding" not in request.headers:
         lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
 
 
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 response (Content-Length framed) from ``sock``."""
+def read_response(sock: socket.socket, *, head: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response (Content-Length framed; no body after a HEAD) from ``sock``."""
     data = b""
     while b"\r\n\r\n" not in data:
         piece = sock.recv(65536)
         if not piece:
             raise ConnectionError(f"closed before a whole response head: {data!r}")
         data += piece
-    head, _, rest = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    top, _, rest = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = top.decode("latin-1").split("\r\n")
     headers = {}
     for line in header_lines:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
+    length = 0 if head else int(headers.get("content-length", "0"))
     while len(rest) < length:
         piece = sock.recv(65536)
         if not piece:
@@ -143,7 +153,7 @@ def raw_exchange(gw: Gateway, *messages: bytes) -> list[tuple[int, dict[str, str
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
         for message in messages:
             sock.sendall(message)
-            out.append(read_response(sock))
+            out.append(read_response(sock, head=message.startswith(b"HEAD ")))
     return out
 
 
@@ -351,3 +361,37 @@ async def test_post_uploads_with_sigv4_and_sigv2_policies(gateway: Gateway, buck
         assert s3.get_object(Bucket=bucket, Key="v2-key")["Body"].read() == b"v2 form"
 
     await call(run)
+
+
+# == request details =============================================================================
+async def test_request_details(gateway: Gateway, bucket: str) -> None:
+    s3 = gateway.s3()
+    await call(s3.create_bucket, Bucket=bucket)
+    await call(s3.put_object, Bucket=bucket, Key="kept", Body=b"kept")
+    # us-east-1 answers its owner's re-creation with 200, and the bucket keeps its objects
+    again = await call(s3.create_bucket, Bucket=bucket)
+    assert again["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert (await call(s3.get_object, Bucket=bucket, Key="kept"))["Body"].read() == b"kept"
+
+    # Content-Encoding other than aws-chunked is kept exactly as sent
+    await call(s3.put_object, Bucket=bucket, Key="enc", Body=b"z", ContentEncoding="gzip, br")
+    assert (await call(s3.head_object, Bucket=bucket, Key="enc"))["ContentEncoding"] == "gzip, br"
+
+    value = "héllo ✓ 日本"  # user metadata in UTF-8 round-trips byte for byte
+    chunked = signed(
+        gateway, "PUT", f"/{bucket}/nolength", headers={"Transfer-Encoding": "chunked"}
+    )
+    answers = await call(
+        raw_exchange,
+        gateway,
+        signed(gateway, "PUT", f"/{bucket}/utf8", b"u", {"x-amz-meta-name": value}, v2=True),
+        signed(gateway, "HEAD", f"/{bucket}/utf8", v2=True),
+        b"GET / HTTP/1.1\r\nHost: h\r\nAuthorization: \r\n\r\n",
+        chunked + b"5\r\nhello\r\n0\r\n\r\n",
+    )
+    (put, _, _), (head, head_headers, _), (empty_auth, _, denied), (nolength, _, missing) = answers
+    assert (put, head, empty_auth, nolength) == (200, 200, 403, 411)
+    assert head_headers["x-amz-meta-name"].encode("latin-1") == value.encode("utf-8")
+    assert b"<Code>AccessDenied</Code>" in denied
+    assert b"<Code>MissingContentLength</Code>" in missing
+    assert await call(error_code, s3.head_object, Bucket=bucket, Key="nolength") == "404"

@@ -46,6 +46,7 @@ R = TypeVar("R")
 MAX_XML_BYTES = 4 * 1024 * 1024  # CompleteMultipartUpload with 10000 parts is ~1.5 MB
 MAX_SMALL_XML_BYTES = 64 * 1024
 DELETE_CONCURRENCY = 16
+_LEGACY_REGION = "us-east-1"
 _CONDITIONAL_HEADERS = frozenset(
     {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
 )
@@ -136,7 +137,8 @@ async def create_bucket(x: Exchange) -> Response[Any]:
 
     Raises:
         InvalidBucketName, IllegalLocationConstraintException (another region),
-        MalformedXML, BucketAlreadyOwnedByYou.
+        MalformedXML, BucketAlreadyOwnedByYou (outside us-east-1, where re-creating one's
+        own bucket is a 200 that changes nothing).
     """
     op = _op(x)
     names.validate_bucket_name(op.bucket)
@@ -148,7 +150,12 @@ async def create_bucket(x: Exchange) -> Response[Any]:
             f"endpoint this request was sent to.",
             resource=op.bucket,
         )
-    await x.gateway.client.request(wire.CreateBucket(bucket=op.bucket))
+    try:
+        await x.gateway.client.request(wire.CreateBucket(bucket=op.bucket))
+    except errors.BucketAlreadyOwnedByYou:
+        if region != _LEGACY_REGION:
+            raise
+        # us-east-1 answers its owner's re-creation with 200 (and keeps the bucket as it is)
     return empty(x, headers={"location": f"/{op.bucket}"})
 
 

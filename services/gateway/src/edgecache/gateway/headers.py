@@ -100,7 +100,7 @@ def object_attributes(h: RequestHeaders) -> tuple[str, dict[str, str], dict[str,
         ``(content_type, metadata, headers)``: ``Content-Type`` (default
         ``binary/octet-stream``); user metadata from ``x-amz-meta-*`` with the prefix
         removed and names in lower case; stored system headers (:data:`STORED_HEADERS`,
-        with ``aws-chunked`` removed from ``Content-Encoding``).
+        with ``aws-chunked`` removed from ``Content-Encoding``, any other value as sent).
 
     Raises:
         MetadataTooLarge: user metadata over 2 KiB (names plus values, in bytes).
@@ -115,9 +115,12 @@ def object_attributes(h: RequestHeaders) -> tuple[str, dict[str, str], dict[str,
             metadata[short] = value
             size += len(short) + len(value)
         elif name in STORED_HEADERS:
-            if name == "content-encoding":
+            if name == "content-encoding" and "aws-chunked" in value.lower():
+                # only the framing is ours to remove; any other value is kept as sent
                 value = ",".join(
-                    e for e in (p.strip() for p in value.split(",")) if e and e != "aws-chunked"
+                    e
+                    for e in (p.strip() for p in value.split(","))
+                    if e and e.lower() != "aws-chunked"
                 )
                 if not value:
                     continue
