@@ -28,6 +28,7 @@ __all__ = [
     "InvalidAccessKeyId",
     "InvalidArgument",
     "InvalidBucketName",
+    "InvalidChunkSizeError",
     "InvalidDigest",
     "InvalidPart",
     "InvalidPolicyDocument",
@@ -307,6 +308,11 @@ class IncorrectNumberOfFilesInPostRequest(S3Error):
 class InvalidPolicyDocument(S3Error):
     code, status = "InvalidPolicyDocument", 400
     default_message = "The content of the form does not meet the conditions specified in the policy document."
+
+
+class InvalidChunkSizeError(S3Error):
+    code, status = "InvalidChunkSizeError", 403
+    default_message = "Only the last chunk is allowed to have a size less than 8192 bytes"
 
 
 class RequestHeaderSectionTooLarge(S3Error):

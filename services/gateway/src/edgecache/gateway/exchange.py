@@ -30,11 +30,12 @@ if TYPE_CHECKING:
 
     from edgecache.gateway.state import GatewayState
 
-__all__ = ["RANGE_HEADER_MAX", "Exchange", "LiveTrailers"]
+__all__ = ["MAX_HEADER_BYTES", "RANGE_HEADER_MAX", "Exchange", "LiveTrailers"]
 
 log = get_logger("edgecache.gateway")
 
 RANGE_HEADER_MAX = 256  # characters of a Range header worth parsing
+MAX_HEADER_BYTES = 8 * 1024  # the request's header section, "name: value\r\n" each
 
 
 class LiveTrailers(Mapping[str, str]):
@@ -128,10 +129,14 @@ class Exchange:
         """Verify the signature (SigV4 or SigV2, header or presigned query).
 
         Raises:
+            RequestHeaderSectionTooLarge: the headers pass ``MAX_HEADER_BYTES``.
             S3Error: AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch,
                 RequestTimeTooSkewed, … from :func:`edgecache.gateway.auth.verify`.
         """
         gw = self.gateway
+        if sum(len(n) + len(v) + 4 for n, v in self.raw_headers) > MAX_HEADER_BYTES:
+            # S3's limit; also what keeps stored headers and replies within a NATS message
+            raise errors.RequestHeaderSectionTooLarge()
         if self.signed_in_form():
             return  # edgecache.gateway.postobject verifies the form before anything else
         self.auth = gw.verify(

@@ -28,6 +28,7 @@ from edgecache.gateway.exchange import LiveTrailers
 from edgecache.gateway.headers import (
     MAX_PART_BYTES,
     object_attributes,
+    parse_decimal,
     object_headers,
     upload_digests,
     upload_size,
@@ -47,6 +48,7 @@ MAX_XML_BYTES = 4 * 1024 * 1024  # CompleteMultipartUpload with 10000 parts is ~
 MAX_SMALL_XML_BYTES = 64 * 1024
 DELETE_CONCURRENCY = 16
 _LEGACY_REGION = "us-east-1"
+_MAX_INT = 2147483647  # S3's largest integer query parameter
 _CONDITIONAL_HEADERS = frozenset(
     {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
 )
@@ -106,16 +108,16 @@ def _int_param(
     """A numeric query parameter, clamped to ``high``.
 
     Raises:
-        InvalidArgument: not a decimal integer, or below ``low``.
+        InvalidArgument: not a decimal integer, below ``low`` or above 2147483647.
     """
     value = query.get(name)
     if value is None or value == "":
         return default
-    if not (value.isascii() and value.isdigit()) or int(value) < low:
+    number = parse_decimal(value, max_digits=10)
+    if number is None or not low <= number <= _MAX_INT:
         raise errors.InvalidArgument(
-            f"Argument {name} must be an integer between {low} and 2147483647"
+            f"Argument {name} must be an integer between {low} and {_MAX_INT}"
         )
-    number = int(value)
     return min(number, high) if high is not None else number
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "iso8601",
     "object_attributes",
     "object_headers",
+    "parse_decimal",
     "parse_http_date",
     "upload_digests",
     "upload_size",
@@ -179,13 +180,23 @@ def _is_aws_chunked(h: RequestHeaders) -> bool:
     )
 
 
+def parse_decimal(value: str, *, max_digits: int = 19) -> int | None:
+    """``value`` as a non-negative decimal integer, or ``None`` if it is not one (ASCII digits
+    only) or has more than ``max_digits`` digits (19: anything a 64-bit length can hold;
+    thousands of digits would cost quadratic time, past 4300 a ValueError)."""
+    if not value or len(value) > max_digits or not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
+
+
 def _length(h: RequestHeaders, name: str) -> int | None:
     value = h.get(name)
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit()):
-        raise errors.InvalidArgument(f"Invalid {name}: {value!r}")
-    return int(value)
+    number = parse_decimal(value)
+    if number is None:
+        raise errors.InvalidArgument(f"Invalid {name}: {value[:32]!r}")
+    return number
 
 
 def upload_size(h: RequestHeaders, *, limit: int = MAX_PART_BYTES) -> int | None:

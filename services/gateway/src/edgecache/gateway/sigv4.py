@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 
 from edgecache.common import errors
 from edgecache.gateway.chunked import STREAMING_MODES, ChunkedDecoder, parse_trailer_names
+from edgecache.gateway.headers import parse_decimal
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
@@ -357,14 +358,14 @@ def _query_claim(query: Mapping[str, str]) -> _Claim:
         )
     if query["X-Amz-Algorithm"] != ALGORITHM:
         raise malformed(f'X-Amz-Algorithm only supports "{ALGORITHM}"')
-    expires = query["X-Amz-Expires"]
-    if not expires.isascii() or not expires.isdigit() or not 1 <= int(expires) <= MAX_EXPIRES_S:
+    expires = parse_decimal(query["X-Amz-Expires"], max_digits=7)
+    if expires is None or not 1 <= expires <= MAX_EXPIRES_S:
         raise malformed(f"X-Amz-Expires must be between 1 and {MAX_EXPIRES_S} seconds (one week).")
     return _claim(
         query["X-Amz-Credential"],
         query["X-Amz-SignedHeaders"],
         query["X-Amz-Signature"],
-        int(expires),
+        expires,
         malformed,
     )
 
@@ -680,6 +681,7 @@ def _length_header(header_map: Mapping[str, list[str]], name: str) -> int | None
     if values is None:
         return None
     value = values[0].strip()
-    if not (value.isascii() and value.isdigit()):
-        raise errors.InvalidArgument(f"Invalid {name}: {value!r}")
-    return int(value)
+    number = parse_decimal(value)
+    if number is None:
+        raise errors.InvalidArgument(f"Invalid {name}: {value[:32]!r}")
+    return number

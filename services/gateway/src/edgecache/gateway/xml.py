@@ -16,7 +16,7 @@ import defusedxml
 import defusedxml.ElementTree as SafeET
 
 from edgecache.common import errors, wire
-from edgecache.gateway.headers import iso8601
+from edgecache.gateway.headers import iso8601, parse_decimal
 
 __all__ = [
     "NS",
@@ -37,6 +37,7 @@ __all__ = [
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 MAX_PARTS = 10000
+MAX_ETAG_CHARS = 64  # a part's ETag is 32 hex digits (MD5)
 MAX_DELETE_KEYS = 1000
 _DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 _CHECKSUM_ELEMENTS = {
@@ -329,8 +330,10 @@ def parse_complete_multipart(body: bytes) -> list[wire.CompletedPart]:
                 etag = _text(child).strip('"').strip()
         if number is None or not number.isascii() or not number.isdigit() or not etag:
             raise errors.MalformedXML()
-        part_number = int(number)
-        if not 1 <= part_number <= MAX_PARTS:
+        if len(etag) > MAX_ETAG_CHARS:  # no part has such an ETag; it would only swell the request
+            raise errors.InvalidPart(resource=etag[:MAX_ETAG_CHARS])
+        part_number = parse_decimal(number.lstrip("0") or "0", max_digits=6)
+        if part_number is None or not 1 <= part_number <= MAX_PARTS:
             raise errors.InvalidArgument(
                 "Part number must be an integer between 1 and 10000, inclusive"
             )
