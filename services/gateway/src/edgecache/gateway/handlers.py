@@ -28,8 +28,8 @@ from edgecache.gateway.exchange import LiveTrailers
 from edgecache.gateway.headers import (
     MAX_PART_BYTES,
     object_attributes,
-    parse_decimal,
     object_headers,
+    parse_decimal,
     upload_digests,
     upload_size,
 )
