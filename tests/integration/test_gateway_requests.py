@@ -115,7 +115,8 @@ def signed(
     if v2:
         botocore.auth.HmacV1Auth(credentials).add_auth(request)
     else:
-        request.headers["x-amz-content-sha256"] = botocore.auth.UNSIGNED_PAYLOAD
+        if request.headers.get("x-amz-content-sha256", "").startswith("STREAMING-"):
+            request.context["checksum"] = {"request_algorithm": {"in": "trailer"}}  # that mode
         botocore.auth.S3SigV4Auth(credentials, "s3", "us-east-1").add_auth(request)
     lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{gw.port}"]
     lines += [f"{k}: {v}" for k, v in request.headers.items()]
@@ -395,3 +396,47 @@ async def test_request_details(gateway: Gateway, bucket: str) -> None:
     assert b"<Code>AccessDenied</Code>" in denied
     assert b"<Code>MissingContentLength</Code>" in missing
     assert await call(error_code, s3.head_object, Bucket=bucket, Key="nolength") == "404"
+
+
+# == bad input: the fuzz run's findings, each its 4xx ===========================================
+DIGITS = "9" * 5000
+PRESIGNED_LONG_EXPIRES = (
+    "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAREQUESTDETAILS%2F20261130%2Fus-east-1"
+    f"%2Fs3%2Faws4_request&X-Amz-Date=20261130T000000Z&X-Amz-Expires={DIGITS}"
+    "&X-Amz-SignedHeaders=host&X-Amz-Signature=" + "0" * 64
+)
+
+
+async def test_bad_input_gets_its_s3_error(gateway: Gateway, bucket: str) -> None:
+    s3 = gateway.s3()
+    await call(s3.create_bucket, Bucket=bucket)
+    chunked_headers = {
+        "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        "Content-Encoding": "aws-chunked",
+        "x-amz-decoded-content-length": "3",
+    }
+    one_byte_chunks = b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n"
+    complete = f"<CompleteMultipartUpload><Part><PartNumber>{DIGITS}</PartNumber><ETag>e</ETag></Part></CompleteMultipartUpload>"
+    cases = [
+        (b"GET / HTTP/1.1\r\nHost: h\r\nDate: Fri, 31 Dec 9999 23:59:59 -1200\r\n"
+         b"Authorization: AWS AKIAREQUESTDETAILS:c2ln\r\n\r\n", 403, "AccessDenied"),
+        (f"GET /{bucket}/k?{PRESIGNED_LONG_EXPIRES} HTTP/1.1\r\nHost: h\r\n\r\n".encode(),
+         400, "AuthorizationQueryParametersError"),
+        (signed(gateway, "PUT", f"/{bucket}/k?partNumber={DIGITS}&uploadId=u", b"x"), 400, "InvalidArgument"),
+        (signed(gateway, "GET", f"/{bucket}/k?uploadId=u&part-number-marker={DIGITS}"), 400, "InvalidArgument"),
+        (signed(gateway, "PUT", f"/{bucket}/k", b"x", {**chunked_headers, "x-amz-decoded-content-length": DIGITS}),
+         400, "InvalidArgument"),
+        (signed(gateway, "POST", f"/{bucket}/k?uploadId=u", complete.encode()), 400, "InvalidArgument"),
+        (signed(gateway, "GET", "/bad%20name/k"), 400, "InvalidBucketName"),
+        (signed(gateway, "GET", "/nul%00name/k"), 400, "InvalidBucketName"),
+        (signed(gateway, "GET", "/b%C3%BCcket/k"), 400, "InvalidBucketName"),
+        (signed(gateway, "PUT", f"/{bucket}/big-header", b"x", {"Content-Disposition": "a" * 9000}),
+         400, "RequestHeaderSectionTooLarge"),
+        (signed(gateway, "PUT", f"/{bucket}/small-chunks", one_byte_chunks, chunked_headers),
+         403, "InvalidChunkSizeError"),
+    ]  # fmt: skip
+    for message, status, code in cases:
+        [(got, _, body)] = await call(raw_exchange, gateway, message)
+        assert (got, f"<Code>{code}</Code>" in body.decode()) == (status, True), (message[:80], body)
+    for key in ("big-header", "small-chunks"):  # nothing stored from a rejected request
+        assert await call(error_code, s3.head_object, Bucket=bucket, Key=key) == "404"
