@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -30,12 +31,14 @@ import pytest_asyncio
 from edgecache.cachenode.service import start_node
 from edgecache.common.config import load_config
 from edgecache.gateway.app import create_app
+from edgecache.gateway.httpprotocol import protocol_class
 from edgecache.gateway.service import asgi
 from edgecache.launcher.natsserver import NatsServer
 from tests.fixtures.http import serving
 
 AK, SK = "AKIAREQUESTDETAILS", "request-details-secret"
 DOMAIN = "s3.localhost"
+HEAD_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -76,7 +79,8 @@ async def gateway(
         await start_node(config, stack)
         nc = await nats.connect(nats_server.url)
         stack.push_async_callback(nc.drain)
-        url = await stack.enter_async_context(serving(asgi(create_app(config, nc))))
+        app = asgi(create_app(config, nc))
+        url = await stack.enter_async_context(serving(app, http=protocol_class(HEAD_TIMEOUT_S)))
         yield Gateway(url, int(url.rsplit(":", 1)[1]))
 
 
@@ -440,3 +444,24 @@ async def test_bad_input_gets_its_s3_error(gateway: Gateway, bucket: str) -> Non
         assert (got, f"<Code>{code}</Code>" in body.decode()) == (status, True), (message[:80], body)
     for key in ("big-header", "small-chunks"):  # nothing stored from a rejected request
         assert await call(error_code, s3.head_object, Bucket=bucket, Key=key) == "404"
+
+
+async def test_a_slow_or_huge_request_head_gets_an_s3_error(gateway: Gateway) -> None:
+    def run() -> None:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow: ")  # ... and nothing more
+            started = time.monotonic()
+            status, headers, body = read_response(sock)
+            assert HEAD_TIMEOUT_S <= time.monotonic() - started < HEAD_TIMEOUT_S + 5
+            assert (status, headers["connection"]) == (400, "close")
+            assert b"<Code>RequestTimeout</Code>" in body
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+            status, _, body = read_response(sock)
+            assert status == 400 and b"<Code>RequestHeaderSectionTooLarge</Code>" in body
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\nBad Header\r\n\r\n")
+            status, _, body = read_response(sock)
+            assert status == 400 and b"<Code>InvalidRequest</Code>" in body
+
+    await call(run)

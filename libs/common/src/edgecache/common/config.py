@@ -72,6 +72,7 @@ class GatewayConfig(msgspec.Struct, **_OPTS):
     # virtual-hosted-style addressing: "Host: <bucket>.<domain>" names the bucket (e.g.
     # "s3.localhost"); empty: path-style only
     domain: str = ""
+    header_timeout_s: float = 10.0  # a request's head must arrive within this (else 400 RequestTimeout)
 
 
 class CacheNodeConfig(msgspec.Struct, **_OPTS):

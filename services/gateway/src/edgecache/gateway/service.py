@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from edgecache.common.logging import get_logger
 from edgecache.common.runtime import connect_nats
 from edgecache.gateway.app import create_app
 from edgecache.gateway.fastpath import with_fast_hits
+from edgecache.gateway.httpprotocol import HEADER_TIMEOUT_S, protocol_class
 from edgecache.gateway.invalidations import InvalidationListener
 from edgecache.gateway.keepalive import with_keepalive
 from edgecache.gateway.memtier import MemoryTier
@@ -54,16 +54,18 @@ def asgi(app: Litestar) -> ASGIApp:
     return with_keepalive(with_fast_hits(app))
 
 
-def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
-    """uvicorn settings for the gateway: uvloop, httptools when installed (else h11), no
-    access log (the gateway writes its own line per request), no ``Server: uvicorn``."""
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+def uvicorn_config(
+    app: object, host: str, port: int, *, header_timeout_s: float = HEADER_TIMEOUT_S
+) -> uvicorn.Config:
+    """uvicorn settings for the gateway: uvloop, httptools with the gateway's limits on the
+    request head (:mod:`~edgecache.gateway.httpprotocol`), no access
+    log (the gateway writes its own line per request), no ``Server: uvicorn``."""
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
         port=port,
         loop="uvloop",
-        http=http,
+        http=protocol_class(header_timeout_s),
         lifespan="on",
         log_level="warning",
         access_log=False,
@@ -97,7 +99,9 @@ async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket)
     )
     try:
         app = create_app(config, nc, memtier=tier, invalidations=listener)
-        server = _Server(uvicorn_config(asgi(app), gw.host, gw.port))
+        server = _Server(
+            uvicorn_config(asgi(app), gw.host, gw.port, header_timeout_s=gw.header_timeout_s)
+        )
 
         async def stopper() -> None:
             await stop.wait()
