@@ -6,10 +6,16 @@ headers, bad input. One stack for the module."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
+import os
+import random
+import re
 import secrets
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -38,7 +44,7 @@ from tests.fixtures.http import serving
 
 AK, SK = "AKIAREQUESTDETAILS", "request-details-secret"
 DOMAIN = "s3.localhost"
-HEAD_TIMEOUT_S = 1.0
+HEAD_TIMEOUT_S = BODY_IDLE_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -80,7 +86,8 @@ async def gateway(
         nc = await nats.connect(nats_server.url)
         stack.push_async_callback(nc.drain)
         app = asgi(create_app(config, nc))
-        url = await stack.enter_async_context(serving(app, http=protocol_class(HEAD_TIMEOUT_S)))
+        protocol = protocol_class(HEAD_TIMEOUT_S, BODY_IDLE_TIMEOUT_S)
+        url = await stack.enter_async_context(serving(app, http=protocol))
         yield Gateway(url, int(url.rsplit(":", 1)[1]))
 
 
@@ -441,13 +448,27 @@ async def test_bad_input_gets_its_s3_error(gateway: Gateway, bucket: str) -> Non
     ]  # fmt: skip
     for message, status, code in cases:
         [(got, _, body)] = await call(raw_exchange, gateway, message)
-        assert (got, f"<Code>{code}</Code>" in body.decode()) == (status, True), (message[:80], body)
+        assert (got, f"<Code>{code}</Code>" in body.decode()) == (status, True), (
+            message[:80],
+            body,
+        )
     for key in ("big-header", "small-chunks"):  # nothing stored from a rejected request
         assert await call(error_code, s3.head_object, Bucket=bucket, Key=key) == "404"
 
 
-async def test_a_slow_or_huge_request_head_gets_an_s3_error(gateway: Gateway) -> None:
+async def test_a_slow_or_huge_request_head_or_a_stalled_body_gets_an_s3_error(
+    gateway: Gateway, bucket: str
+) -> None:
+    await call(gateway.s3().create_bucket, Bucket=bucket)
+    stalled = signed(gateway, "PUT", f"/{bucket}/stalled", b"0123456789")[:-7]  # 3 of 10 bytes
+
     def run() -> None:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            sock.sendall(stalled)  # ... and the rest never comes
+            status, headers, body = read_response(sock)
+            assert (status, headers["connection"]) == (400, "close")
+            assert b"<Code>RequestTimeout</Code>" in body
+        assert error_code(gateway.s3().head_object, Bucket=bucket, Key="stalled") == "404"
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow: ")  # ... and nothing more
             started = time.monotonic()
@@ -456,12 +477,143 @@ async def test_a_slow_or_huge_request_head_gets_an_s3_error(gateway: Gateway) ->
             assert (status, headers["connection"]) == (400, "close")
             assert b"<Code>RequestTimeout</Code>" in body
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+            sock.sendall(
+                b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+            )
             status, _, body = read_response(sock)
             assert status == 400 and b"<Code>RequestHeaderSectionTooLarge</Code>" in body
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\nBad Header\r\n\r\n")
             status, _, body = read_response(sock)
             assert status == 400 and b"<Code>InvalidRequest</Code>" in body
+
+    await call(run)
+
+
+# == a bounded fuzz run against the live gateway ==================================================
+FUZZ_REQUESTS = 300
+
+
+def _mutate(message: bytes, rng: random.Random) -> bytes:
+    """One random damage to an HTTP message: what the fuzz run that found the 500s did."""
+    head, sep, body = message.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    choice = rng.randrange(9)
+    if choice == 0:  # a byte flipped anywhere
+        data = bytearray(message)
+        data[rng.randrange(len(data))] = rng.randrange(256)
+        return bytes(data)
+    if choice == 1:  # a number grown to thousands of digits
+        return re.sub(
+            rb"\d+", lambda m: m.group() * 900 if rng.random() < 0.3 else m.group(), message
+        )
+    if choice == 2:  # a header value replaced by junk
+        i = rng.randrange(1, len(lines))
+        name = lines[i].partition(b":")[0]
+        junk = rng.choice(
+            [
+                b"\x00",
+                b"\xff\xfe",
+                b"9" * 5000,
+                b"a" * 10000,
+                b"",
+                b"=?UTF-8?B?AA==?=",
+                "ü".encode(),
+            ]
+        )
+        lines[i] = name + b": " + junk
+    elif choice == 3:  # a header dropped
+        del lines[rng.randrange(1, len(lines))]
+    elif choice == 4:  # a header repeated
+        lines.insert(1, lines[rng.randrange(1, len(lines))])
+    elif choice == 5:  # the target damaged
+        method, _, rest = lines[0].partition(b" ")
+        target, _, version = rest.rpartition(b" ")
+        target = rng.choice(
+            [
+                target + b"%",
+                target.replace(b"/", b"/%00", 1),
+                b"/" + b"a" * 300 + target,
+                target + b"?partNumber=" + b"9" * 5000 + b"&uploadId=x",
+                target + b"?uploads&delete",
+            ]
+        )
+        lines[0] = b" ".join((method, target, version))
+    elif choice == 6:  # the body cut short or grown
+        body = body[: rng.randrange(len(body) + 1)] if rng.random() < 0.5 else body + b"tail"
+    elif choice == 7:  # a Date from the far future
+        lines.append(b"Date: Fri, 31 Dec 9999 23:59:59 -1200")
+    else:  # the method changed
+        lines[0] = (
+            rng.choice([b"PATCH", b"OPTIONS", b"POST", b"DELETE", b"BREW"])
+            + lines[0][lines[0].index(b" ") :]
+        )
+    return b"\r\n".join(lines) + sep + body
+
+
+def _send_one(gw: Gateway, message: bytes) -> tuple[int, dict[str, str], bytes] | None:
+    """Send ``message``; the answer, or ``None`` if the gateway closed without one (what
+    uvicorn does to a message it cannot frame). A hang fails (socket timeout)."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(message)
+        try:
+            return read_response(sock, head=message.startswith(b"HEAD "))
+        except ConnectionError:
+            return None
+
+
+async def test_fuzz_run_gets_no_5xx_and_stores_nothing_rejected(
+    gateway: Gateway, bucket: str
+) -> None:
+    s3 = gateway.s3()
+    await call(s3.create_bucket, Bucket=bucket)
+    await call(s3.put_object, Bucket=bucket, Key="fuzz/existing", Body=b"e")
+    upload = (await call(s3.create_multipart_upload, Bucket=bucket, Key="fuzz/mp"))["UploadId"]
+    complete = b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>abc</ETag></Part></CompleteMultipartUpload>"
+    templates = [
+        lambda i: signed(gateway, "PUT", f"/{bucket}/fuzz/put-{i}", b"body %d" % i,
+                         {"x-amz-meta-n": str(i), "Content-MD5": "", "Content-Type": "text/plain"}),
+        lambda i: signed(gateway, "PUT", f"/{bucket}/fuzz/part-{i}?partNumber=1&uploadId={upload}", b"p"),
+        lambda i: signed(gateway, "GET", f"/{bucket}/fuzz/existing", headers={"Range": "bytes=0-0"}),
+        lambda i: signed(gateway, "GET", f"/{bucket}?list-type=2&prefix=fuzz/&max-keys=5"),
+        lambda i: signed(gateway, "HEAD", f"/{bucket}/fuzz/existing", headers={"If-None-Match": '"x"'}),
+        lambda i: signed(gateway, "POST", f"/{bucket}/fuzz/mp?uploadId={upload}", complete),
+        lambda i: signed(gateway, "POST", f"/{bucket}?delete",
+                         b"<Delete><Object><Key>fuzz/none</Key></Object></Delete>"),
+        lambda i: signed(gateway, "PUT", f"/{bucket}/fuzz/chunked-{i}", b"3\r\nabc\r\n0\r\n\r\n", {
+            "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER", "Content-Encoding": "aws-chunked",
+            "x-amz-decoded-content-length": "3"}),
+    ]  # fmt: skip
+    rng = random.Random(
+        int(os.environ.get("EDGECACHE_FUZZ_SEED", "20261130"))
+    )  # another seed: another run
+    accepted_puts: set[str] = set()
+
+    messages = [_mutate(templates[i % len(templates)](i), rng) for i in range(FUZZ_REQUESTS)]
+
+    def run() -> None:
+        statuses: dict[int, int] = {}
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # bodies cut short wait 1 s each
+            answers = list(pool.map(functools.partial(_send_one, gateway), messages))
+        for message, answer in zip(messages, answers, strict=True):
+            status = answer[0] if answer else 0
+            statuses[status] = statuses.get(status, 0) + 1
+            assert status < 500, (message[:300], answer)
+            if answer and status >= 400 and not message.startswith(b"HEAD "):
+                assert answer[2].startswith(b"<?xml") and b"<Code>" in answer[2], (
+                    message[:300],
+                    answer,
+                )
+            if status == 200 and message.startswith(b"PUT "):
+                target = message.split(b" ", 2)[1].decode("latin-1")
+                accepted_puts.add(urllib.parse.unquote(target.partition("?")[0].split("/", 2)[2]))
+        stored = {
+            o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="fuzz/").get("Contents", [])
+        }
+        assert stored - {"fuzz/existing"} <= accepted_puts  # nothing stored from a rejected request
+        assert (
+            sum(n for s, n in statuses.items() if s >= 400) > FUZZ_REQUESTS // 2
+        )  # mostly damaged
+        print("fuzz statuses", sorted(statuses.items()))
 
     await call(run)

@@ -57,9 +57,15 @@ def only_s3_errors(fn, *args, **kwargs):
     query=structured,
     authorization=st.one_of(st.none(), structured),
     date=st.one_of(st.none(), structured, st.just(b"Fri, 31 Dec 9999 23:59:59 -1200")),
-    amz=st.dictionaries(st.sampled_from([b"x-amz-date", b"x-amz-content-sha256", b"x-amz-meta-a"]), structured, max_size=3),
+    amz=st.dictionaries(
+        st.sampled_from([b"x-amz-date", b"x-amz-content-sha256", b"x-amz-meta-a"]),
+        structured,
+        max_size=3,
+    ),
 )
-def test_signature_verification_answers_every_request(method, path, query, authorization, date, amz):
+def test_signature_verification_answers_every_request(
+    method, path, query, authorization, date, amz
+):
     headers = [(b"host", b"h")] + list(amz.items())
     if authorization is not None:
         headers.append((b"authorization", authorization))
@@ -89,13 +95,18 @@ async def _decode(body: list[bytes], mode: str, names: tuple[str, ...]) -> None:
         for piece in body:
             yield piece
 
-    decoder = ChunkedDecoder(pieces(), mode, signing=CONTEXT, trailer_names=names, min_chunk_bytes=1)
+    decoder = ChunkedDecoder(
+        pieces(), mode, signing=CONTEXT, trailer_names=names, min_chunk_bytes=1
+    )
     async for _ in decoder:
         pass
 
 
 @given(
-    body=st.lists(st.lists(st.one_of(frame_token, st.binary(max_size=20)), max_size=12).map(b"".join), max_size=4),
+    body=st.lists(
+        st.lists(st.one_of(frame_token, st.binary(max_size=20)), max_size=12).map(b"".join),
+        max_size=4,
+    ),
     mode=st.sampled_from(sorted(STREAMING_MODES)),
     names=st.sampled_from([(), ("crc32",), ("sha256",)]),
 )
@@ -115,7 +126,9 @@ xml_token = st.sampled_from(
      "</Object>", "<Key>", "</Key>", "<Quiet>true</Quiet>", '<?xml version="1.0"?>',
      "<!DOCTYPE x [<!ENTITY e 'x'>]>", "&e;", "1", "10001", "9" * 5000, '"etag"', "\x00", "ü"]
 )  # fmt: skip
-xml_body = st.lists(st.one_of(xml_token, st.text(max_size=10)), max_size=16).map(lambda p: "".join(p).encode())
+xml_body = st.lists(st.one_of(xml_token, st.text(max_size=10)), max_size=16).map(
+    lambda p: "".join(p).encode()
+)
 
 
 @given(xml_body)
@@ -207,7 +220,11 @@ condition = st.one_of(
     expiration=st.one_of(st.text(max_size=30), st.just("2999-01-01T00:00:00.000Z"), st.integers()),
     conditions=st.one_of(st.lists(condition, max_size=4), st.text(max_size=5)),
     raw=st.one_of(st.none(), st.text(max_size=40)),
-    fields=st.dictionaries(st.sampled_from(["key", "content-type", "x-ignore-a", "acl"]), st.text(max_size=10), max_size=3),
+    fields=st.dictionaries(
+        st.sampled_from(["key", "content-type", "x-ignore-a", "acl"]),
+        st.text(max_size=10),
+        max_size=3,
+    ),
 )
 def test_post_policy_documents(expiration, conditions, raw, fields):
     document = json.dumps({"expiration": expiration, "conditions": conditions}).encode()
@@ -217,7 +234,9 @@ def test_post_policy_documents(expiration, conditions, raw, fields):
         assert outcome[0] >= 0 and outcome[1] <= 5 * 1024**3
 
 
-@pytest.mark.parametrize("body", [b"", b"--x\r\n", b"--b\r\nContent-Disposition: form-data\r\n\r\nv\r\n--b--\r\n"])
+@pytest.mark.parametrize(
+    "body", [b"", b"--x\r\n", b"--b\r\nContent-Disposition: form-data\r\n\r\nv\r\n--b--\r\n"]
+)
 def test_post_form_without_file(body):
     async def run():
         async def pieces():

@@ -73,6 +73,7 @@ class GatewayConfig(msgspec.Struct, **_OPTS):
     # "s3.localhost"); empty: path-style only
     domain: str = ""
     header_timeout_s: float = 10.0  # a request's head must arrive within this (else 400 RequestTimeout)
+    body_idle_timeout_s: float = 20.0  # longest wait for more of a body the gateway is reading
 
 
 class CacheNodeConfig(msgspec.Struct, **_OPTS):

@@ -9,6 +9,10 @@ long as it liked. Here:
 - the head (request line and headers) must arrive within ``header_timeout_s`` of the
   connection opening or of its first byte; else ``400 RequestTimeout`` and the
   connection closes;
+- a body must keep arriving: ``body_idle_timeout_s`` without a byte while the app waits
+  for one (not while it holds reading back, nor while the client waits for ``100
+  Continue``) gets ``400 RequestTimeout`` and closes the connection, as S3 does after
+  about 20 s; the app sees a disconnect, so nothing of the upload is kept;
 - the head may hold at most :data:`MAX_HEAD_BYTES`; else ``400
   RequestHeaderSectionTooLarge`` (the gateway's own limit for headers it reads,
   :data:`edgecache.gateway.exchange.MAX_HEADER_BYTES`, is smaller and answered by the
@@ -30,11 +34,18 @@ from edgecache.common import errors
 from edgecache.common.logging import get_logger
 from edgecache.gateway import xml
 
-__all__ = ["HEADER_TIMEOUT_S", "MAX_HEAD_BYTES", "GatewayHttpProtocol", "protocol_class"]
+__all__ = [
+    "BODY_IDLE_TIMEOUT_S",
+    "HEADER_TIMEOUT_S",
+    "MAX_HEAD_BYTES",
+    "GatewayHttpProtocol",
+    "protocol_class",
+]
 
 log = get_logger("edgecache.gateway")
 
 HEADER_TIMEOUT_S = 10.0
+BODY_IDLE_TIMEOUT_S = 20.0
 MAX_HEAD_BYTES = 64 * 1024
 
 
@@ -43,12 +54,14 @@ class _HeadTooLarge(Exception):
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """See the module docstring; ``header_timeout_s`` is set by :func:`protocol_class`."""
+    """See the module docstring; the timeouts are set by :func:`protocol_class`."""
 
     header_timeout_s: float = HEADER_TIMEOUT_S
+    body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._head_error: errors.S3Error | None = None
         super().connection_made(transport)
@@ -56,6 +69,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._watch_body(False)
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -75,6 +89,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        self._watch_body(True)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._watch_body(True)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._watch_body(False)
 
     def send_400_response(self, msg: str) -> None:
         """An S3 XML error (RequestHeaderSectionTooLarge, else InvalidRequest) for what
@@ -97,6 +120,31 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _watch_body(self, on: bool) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if on:
+            self._body_timer = self.loop.call_later(self.body_idle_timeout_s, self._body_idle)
+
+    def _body_idle(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if self.transport.is_closing() or cycle is None or not cycle.more_body:
+            return
+        if cycle.response_complete:
+            return  # answered early: uvicorn discards the rest (see keepalive.py)
+        if self.flow.read_paused or cycle.waiting_for_100_continue:
+            self._watch_body(True)  # the app is not asking for the body yet
+            return
+        log.info(
+            "request.body_timeout", client=str(self.client), timeout_s=self.body_idle_timeout_s
+        )
+        if cycle.response_started:
+            self.transport.close()
+            return
+        self._write_error(errors.RequestTimeout())
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -126,7 +174,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def protocol_class(header_timeout_s: float = HEADER_TIMEOUT_S) -> type[GatewayHttpProtocol]:
-    """:class:`GatewayHttpProtocol` with its head deadline set, for ``uvicorn.Config(http=…)``."""
-    attributes: dict[str, Any] = {"header_timeout_s": header_timeout_s}
+def protocol_class(
+    header_timeout_s: float = HEADER_TIMEOUT_S, body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S
+) -> type[GatewayHttpProtocol]:
+    """:class:`GatewayHttpProtocol` with its timeouts (seconds) set, for
+    ``uvicorn.Config(http=…)``."""
+    attributes: dict[str, Any] = {
+        "header_timeout_s": header_timeout_s,
+        "body_idle_timeout_s": body_idle_timeout_s,
+    }
     return type("GatewayHttpProtocol", (GatewayHttpProtocol,), attributes)

@@ -21,7 +21,7 @@ from edgecache.common.logging import get_logger
 from edgecache.common.runtime import connect_nats
 from edgecache.gateway.app import create_app
 from edgecache.gateway.fastpath import with_fast_hits
-from edgecache.gateway.httpprotocol import HEADER_TIMEOUT_S, protocol_class
+from edgecache.gateway.httpprotocol import BODY_IDLE_TIMEOUT_S, HEADER_TIMEOUT_S, protocol_class
 from edgecache.gateway.invalidations import InvalidationListener
 from edgecache.gateway.keepalive import with_keepalive
 from edgecache.gateway.memtier import MemoryTier
@@ -55,7 +55,12 @@ def asgi(app: Litestar) -> ASGIApp:
 
 
 def uvicorn_config(
-    app: object, host: str, port: int, *, header_timeout_s: float = HEADER_TIMEOUT_S
+    app: object,
+    host: str,
+    port: int,
+    *,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
 ) -> uvicorn.Config:
     """uvicorn settings for the gateway: uvloop, httptools with the gateway's limits on the
     request head (:mod:`~edgecache.gateway.httpprotocol`), no access
@@ -65,7 +70,7 @@ def uvicorn_config(
         host=host,
         port=port,
         loop="uvloop",
-        http=protocol_class(header_timeout_s),
+        http=protocol_class(header_timeout_s, body_idle_timeout_s),
         lifespan="on",
         log_level="warning",
         access_log=False,
@@ -100,7 +105,13 @@ async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket)
     try:
         app = create_app(config, nc, memtier=tier, invalidations=listener)
         server = _Server(
-            uvicorn_config(asgi(app), gw.host, gw.port, header_timeout_s=gw.header_timeout_s)
+            uvicorn_config(
+                asgi(app),
+                gw.host,
+                gw.port,
+                header_timeout_s=gw.header_timeout_s,
+                body_idle_timeout_s=gw.body_idle_timeout_s,
+            )
         )
 
         async def stopper() -> None:

@@ -259,4 +259,6 @@ def _payload_mode(header_map: Mapping[str, list[str]]) -> str:
 def policy_signature(secret: str, policy: str) -> bytes:
     """The SigV2 signature of a browser POST policy: ``HMAC-SHA1(secret, policy)`` (the
     policy as sent, in base64), 20 bytes; the form's ``signature`` field is its base64."""
-    return hmac.new(secret.encode(), policy.encode("utf-8", "surrogateescape"), hashlib.sha1).digest()
+    return hmac.new(
+        secret.encode(), policy.encode("utf-8", "surrogateescape"), hashlib.sha1
+    ).digest()
