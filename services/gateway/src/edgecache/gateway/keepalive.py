@@ -52,7 +52,8 @@ def must_close(
     chunked = expect = False
     for name, value in headers:
         if name == b"content-length":
-            length = int(value) if value.strip().isdigit() else None
+            digits = value.strip()
+            length = int(digits) if digits.isdigit() and len(digits) <= 19 else None
         elif name == b"transfer-encoding":
             chunked = True
         elif name == b"expect":
