@@ -72,8 +72,8 @@ def with_keepalive(app: ASGIApp) -> ASGIApp:
     carry another request (see :func:`must_close`)."""
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
+        if scope["type"] != "http" or not _may_have_body(scope["headers"]):
+            await app(scope, receive, send)  # most GETs and HEADs: nothing to watch
             return
         state = {"called": False, "read": 0, "done": False}
 
@@ -101,3 +101,10 @@ def with_keepalive(app: ASGIApp) -> ASGIApp:
         await app(scope, tracked_receive, checked_send)
 
     return asgi
+
+
+def _may_have_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding"
+        for name, value in headers
+    )
