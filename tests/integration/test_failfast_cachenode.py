@@ -28,6 +28,8 @@ from edgecache.common import errors, wire
 from edgecache.common.client import EdgecacheClient
 from edgecache.common.config import Config, load_config
 from edgecache.gateway.app import create_app
+from edgecache.gateway.httpprotocol import protocol_class
+from edgecache.gateway.service import asgi
 from edgecache.launcher.natsserver import NatsServer
 from tests.fixtures.http import serving
 
@@ -133,7 +135,7 @@ async def nc(server: NatsServer) -> AsyncIterator[Any]:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def endpoint(config: Config, nc: Any, node: NodeProcess) -> AsyncIterator[str]:  # noqa: ARG001
-    async with serving(create_app(config, nc)) as url:
+    async with serving(asgi(create_app(config, nc)), http=protocol_class()) as url:  # as served
         yield url
 
 

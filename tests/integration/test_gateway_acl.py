@@ -17,6 +17,8 @@ from botocore.exceptions import ClientError
 
 from edgecache.common.config import Config
 from edgecache.gateway.app import create_app
+from edgecache.gateway.httpprotocol import protocol_class
+from edgecache.gateway.service import asgi
 from edgecache.launcher.natsserver import NatsServer
 from tests.fixtures.http import serving
 
@@ -29,7 +31,7 @@ async def test_private_acl_is_served_and_unsupported_headers_are_501(
     config = make_config(gateway={"access_key": AK, "secret_key": SK})
     nc = await nats.connect(nats_server.url)
     try:
-        async with serving(create_app(config, nc)) as url:
+        async with serving(asgi(create_app(config, nc)), http=protocol_class()) as url:  # as served
             await asyncio.to_thread(_check, url, bucket_name)
     finally:
         await nc.drain()

@@ -116,9 +116,10 @@ def split(data: bytes, cuts) -> list[bytes]:
 
 
 async def decode(body: bytes | list[bytes], mode=UNSIGNED_PAYLOAD_TRAILER, **kwargs):
-    """Decode; return (bytes, trailers)."""
+    """Decode; return (bytes, trailers). Chunks of any size (the examples' are small)."""
     parts = [body] if isinstance(body, bytes) else body
     kwargs.setdefault("signing", TRAILER_CTX if mode == SIGNED_PAYLOAD_TRAILER else STREAMING_CTX)
+    kwargs.setdefault("min_chunk_bytes", 1)
     decoder = ChunkedDecoder(pieces(*parts), mode, **kwargs)
     out = b"".join([piece async for piece in decoder])
     return out, decoder.trailers
@@ -401,3 +402,11 @@ def test_signed_modes_need_a_signing_context():
         ChunkedDecoder(pieces(), SIGNED_PAYLOAD)
     with pytest.raises(ValueError, match="not an aws-chunked"):
         ChunkedDecoder(pieces(), "UNSIGNED-PAYLOAD")
+
+
+async def test_only_the_last_chunk_may_be_small():
+    small = b"".join(b"1\r\nx\r\n" for _ in range(3)) + b"0\r\n\r\n"
+    with pytest.raises(errors.InvalidChunkSizeError):
+        await decode(small, min_chunk_bytes=8192)
+    ok = b"2000\r\n" + b"a" * 8192 + b"\r\n1\r\nb\r\n0\r\n\r\n"
+    assert (await decode(ok, min_chunk_bytes=8192))[0] == b"a" * 8192 + b"b"

@@ -424,3 +424,23 @@ def test_md5_in_fixture_is_right() -> None:
         base64.b64encode(hashlib.md5(b"hello world").digest()).decode()
         == "XrY7u+Ae7tCTyyK7j1rNww=="
     )
+
+
+@pytest.mark.parametrize(
+    ("region", "status", "code"),
+    [("us-east-1", 200, None), ("eu-west-1", 409, "BucketAlreadyOwnedByYou")],
+)
+async def test_recreating_ones_own_bucket(region: str, status: int, code: str | None) -> None:
+    recorder = Recorder()
+    recorder.replies[wire.CreateBucket] = errors.BucketAlreadyOwnedByYou()
+    config = load_config(
+        env={}, overrides={"gateway": {"access_key": AK, "secret_key": SK, "region": region}}
+    )
+    request = AWSRequest(method="PUT", url=BASE + "/mine", data=b"")
+    S3SigV4Auth(Credentials(AK, SK), "s3", region).add_auth(request)
+    async with AsyncTestClient(create_app(config, None, client=recorder)) as client:  # type: ignore[arg-type]
+        response = await client.request("PUT", "/mine", content=b"", headers=dict(request.headers))
+    assert response.status_code == status
+    if code:
+        assert error_code(response) == code
+    assert recorder.requests == [wire.CreateBucket(bucket="mine")]

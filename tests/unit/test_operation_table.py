@@ -26,6 +26,7 @@ HTTP = {
     "ListObjects": ("GET", b"/b", b""),
     "ListObjectsV2": ("GET", b"/b", b"list-type=2"),
     "DeleteObjects": ("POST", b"/b", b"delete"),
+    "PostObject": ("POST", b"/b", b""),
     "PutObject": ("PUT", b"/b/k", b""),
     "GetObject": ("GET", b"/b/k", b""),
     "HeadObject": ("HEAD", b"/b/k", b""),

@@ -90,6 +90,11 @@ class GatewayConfig(msgspec.Struct, **_OPTS):
     tls_port: int = 9001
     tls_cert_file: str = ""  # the certificate chain, leaf first (PEM)
     tls_key_file: str = ""  # its private key (PEM, unencrypted)
+    # virtual-hosted-style addressing: "Host: <bucket>.<domain>" names the bucket (e.g.
+    # "s3.localhost"); empty: path-style only
+    domain: str = ""
+    header_timeout_s: float = 10.0  # a request's head must arrive within this (else 400 RequestTimeout)
+    body_idle_timeout_s: float = 20.0  # longest wait for more of a body the gateway is reading
 
 
 class CacheNodeConfig(msgspec.Struct, **_OPTS):

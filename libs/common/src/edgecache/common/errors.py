@@ -24,18 +24,22 @@ __all__ = [
     "EntityTooSmall",
     "IllegalLocationConstraintException",
     "IncompleteBody",
+    "IncorrectNumberOfFilesInPostRequest",
     "InternalError",
     "InvalidAccessKeyId",
     "InvalidArgument",
     "InvalidBucketName",
+    "InvalidChunkSizeError",
     "InvalidDigest",
     "InvalidPart",
     "InvalidPartNumber",
+    "InvalidPolicyDocument",
     "InvalidPartOrder",
     "InvalidRange",
     "InvalidRequest",
     "InvalidURI",
     "KeyTooLongError",
+    "MalformedPOSTRequest",
     "MalformedXML",
     "MaxMessageLengthExceeded",
     "MetadataTooLarge",
@@ -46,6 +50,7 @@ __all__ = [
     "NoSuchUpload",
     "NotImplementedError_",
     "PreconditionFailed",
+    "RequestHeaderSectionTooLarge",
     "RequestTimeout",
     "RequestTimeTooSkewed",
     "S3Error",
@@ -302,6 +307,32 @@ class ServiceUnavailable(S3Error):
 
 class SlowDown(S3Error):
     code, status, default_message = "SlowDown", 503, "Please reduce your request rate."
+
+
+# -- browser POST uploads and request limits ---------------------------------------------------
+class MalformedPOSTRequest(S3Error):
+    code, status = "MalformedPOSTRequest", 400
+    default_message = "The body of your POST request is not well-formed multipart/form-data."
+
+
+class IncorrectNumberOfFilesInPostRequest(S3Error):
+    code, status = "IncorrectNumberOfFilesInPostRequest", 400
+    default_message = "POST requires exactly one file upload per request."
+
+
+class InvalidPolicyDocument(S3Error):
+    code, status = "InvalidPolicyDocument", 400
+    default_message = "The content of the form does not meet the conditions specified in the policy document."
+
+
+class InvalidChunkSizeError(S3Error):
+    code, status = "InvalidChunkSizeError", 403
+    default_message = "Only the last chunk is allowed to have a size less than 8192 bytes"
+
+
+class RequestHeaderSectionTooLarge(S3Error):
+    code, status = "RequestHeaderSectionTooLarge", 400
+    default_message = "Your request header section exceeds the maximum allowed size."
 
 
 def _leaves(cls: type[S3Error]) -> list[type[S3Error]]:

@@ -111,7 +111,13 @@ async def open_request(
     Raises:
         ServiceUnavailable: nothing answered within ``timeout_s``, or the server that took
             the request went silent for ``liveness.timeout_s``.
+        MaxMessageLengthExceeded: ``payload`` does not fit one frame of this connection
+            (publishing it would make the server drop the whole connection).
     """
+    if len(payload) > frame_bytes(nc):
+        raise errors.MaxMessageLengthExceeded(
+            f"The request does not fit one {nc.max_payload}-byte NATS message."
+        )
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     if request_id:
         headers = {**(headers or {}), HDR_REQUEST_ID: str(request_id)}

@@ -22,7 +22,7 @@ from edgecache.common.client import EdgecacheClient
 from edgecache.common.credit import CreditBudget
 from edgecache.common.heartbeats import Liveness
 from edgecache.common.logging import get_logger
-from edgecache.gateway import sigv4
+from edgecache.gateway import auth, sigv4
 from edgecache.gateway.exchange import Exchange
 from edgecache.gateway.handlers import HANDLERS
 from edgecache.gateway.operations import Operation
@@ -114,7 +114,7 @@ def create_app(
     *,
     client: EdgecacheClient | None = None,
     credentials: Mapping[str, str] | None = None,
-    verify: Callable[..., Any] = sigv4.verify,
+    verify: Callable[..., Any] = auth.verify,
     wrap_body: Callable[..., Any] = sigv4.wrap_body,
     memtier: MemoryTier | None = None,
     invalidations: InvalidationListener | None = None,
@@ -129,7 +129,7 @@ def create_app(
         client: the ``s3.*`` client to use instead of one built on ``nc`` (``nc`` may then
             be ``None``).
         credentials: access key → secret key; default the single pair in ``config.gateway``.
-        verify: the SigV4 verifier (tests may pass another with the same signature).
+        verify: the signature verifier (tests may pass another with the same signature).
         wrap_body: the body verifier that goes with ``verify``.
         memtier: the memory tier; used only with ``invalidations``, which the lifespan
             starts on ``nc`` (and which should watch ``nc``: see

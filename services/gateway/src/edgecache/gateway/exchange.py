@@ -23,18 +23,19 @@ from edgecache.common import errors
 from edgecache.common.errors import MaxMessageLengthExceeded
 from edgecache.common.logging import get_logger
 from edgecache.gateway.headers import RequestHeaders
-from edgecache.gateway.operations import Operation, route
+from edgecache.gateway.operations import Operation, host_bucket, route
 
 if TYPE_CHECKING:
     from litestar import Request
 
     from edgecache.gateway.state import GatewayState
 
-__all__ = ["RANGE_HEADER_MAX", "Exchange", "LiveTrailers"]
+__all__ = ["MAX_HEADER_BYTES", "RANGE_HEADER_MAX", "Exchange", "LiveTrailers"]
 
 log = get_logger("edgecache.gateway")
 
 RANGE_HEADER_MAX = 256  # characters of a Range header worth parsing
+MAX_HEADER_BYTES = 8 * 1024  # the request's header section, "name: value\r\n" each
 
 
 class LiveTrailers(Mapping[str, str]):
@@ -71,6 +72,8 @@ class Exchange:
         query_string: the raw query (bytes, no ``?``).
         raw_headers: ASGI header pairs (names lower case).
         headers: the same, decoded (see :class:`RequestHeaders`).
+        host_bucket: the bucket a virtual-hosted ``Host`` names (``<bucket>.<gateway.domain>``),
+            else ``""`` (path-style).
         request_id: 16 upper-case hex digits, sent as ``x-amz-request-id``.
         op: the routed operation, once :meth:`route` ran.
         bytes_in: decoded body bytes read; bytes_out: body bytes sent.
@@ -85,6 +88,7 @@ class Exchange:
         "deferred",
         "gateway",
         "headers",
+        "host_bucket",
         "method",
         "op",
         "query_string",
@@ -109,6 +113,7 @@ class Exchange:
         self.query_string: bytes = scope.get("query_string", b"")
         self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         self.headers = RequestHeaders.from_asgi(self.raw_headers)
+        self.host_bucket = host_bucket(self.headers.get("host", ""), gateway.config.domain)
         self.request_id = os.urandom(8).hex().upper()
         self.started = time.perf_counter()
         self.op: Operation | None = None
@@ -121,13 +126,19 @@ class Exchange:
 
     # -- the request ----------------------------------------------------------------------
     def authenticate(self) -> None:
-        """Verify the SigV4 signature (header or presigned query).
+        """Verify the signature (SigV4 or SigV2, header or presigned query).
 
         Raises:
+            RequestHeaderSectionTooLarge: the headers pass ``MAX_HEADER_BYTES``.
             S3Error: AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch,
-                RequestTimeTooSkewed, … from :func:`edgecache.gateway.sigv4.verify`.
+                RequestTimeTooSkewed, … from :func:`edgecache.gateway.auth.verify`.
         """
         gw = self.gateway
+        if sum(len(n) + len(v) + 4 for n, v in self.raw_headers) > MAX_HEADER_BYTES:
+            # S3's limit; also what keeps stored headers and replies within a NATS message
+            raise errors.RequestHeaderSectionTooLarge()
+        if self.signed_in_form():
+            return  # edgecache.gateway.postobject verifies the form before anything else
         self.auth = gw.verify(
             self.method,
             self.raw_path,
@@ -137,7 +148,24 @@ class Exchange:
             region=gw.config.region,
             now=time.time(),
             max_skew_s=gw.config.max_skew_s,
+            host_bucket=self.host_bucket,
         )
+
+    def signed_in_form(self) -> bool:
+        """A browser POST upload (PostObject) without an ``Authorization`` header nor a
+        presigned query: its signature is a field of its form."""
+        op = self.op
+        return (
+            op is not None
+            and op.name == "PostObject"
+            and not self.headers.get("authorization")
+            and b"Signature" not in self.query_string
+        )
+
+    def raw_body(self) -> AsyncIterator[bytes]:
+        """The request body as sent, unverified (a POST form carries its own signature),
+        counted into ``bytes_in``. Raises IncompleteBody if the client disconnects."""
+        return self._received()
 
     def route(self) -> Operation:
         """Route the request (see :func:`edgecache.gateway.operations.route`) and bind the
@@ -147,6 +175,7 @@ class Exchange:
             self.raw_path,
             self.query_string,
             copy_source="x-amz-copy-source" in self.headers,
+            host_bucket=self.host_bucket,
         )
         self.op = op
         structlog.contextvars.bind_contextvars(operation=op.name, bucket=op.bucket, key=op.key)

@@ -23,12 +23,13 @@ from litestar.response import Stream
 
 from edgecache.common import errors, names, wire
 from edgecache.common.errors import IllegalLocationConstraintException
-from edgecache.gateway import conditions, copysource, memory, shortcircuit, xml
+from edgecache.gateway import conditions, copysource, memory, postobject, shortcircuit, xml
 from edgecache.gateway.exchange import LiveTrailers
 from edgecache.gateway.headers import (
     MAX_PART_BYTES,
     object_attributes,
     object_headers,
+    parse_decimal,
     upload_digests,
     upload_size,
 )
@@ -47,6 +48,8 @@ MAX_XML_BYTES = 4 * 1024 * 1024  # CompleteMultipartUpload with 10000 parts is ~
 MAX_SMALL_XML_BYTES = 64 * 1024
 DELETE_CONCURRENCY = 16
 COPY_TIMEOUT_S = 600.0  # a copy answers when its bytes are copied: up to 5 GiB, maybe cold
+_LEGACY_REGION = "us-east-1"
+_MAX_INT = 2147483647  # S3's largest integer query parameter
 _CONDITIONAL_HEADERS = frozenset(
     {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
 )
@@ -106,16 +109,16 @@ def _int_param(
     """A numeric query parameter, clamped to ``high``.
 
     Raises:
-        InvalidArgument: not a decimal integer, or below ``low``.
+        InvalidArgument: not a decimal integer, below ``low`` or above 2147483647.
     """
     value = query.get(name)
     if value is None or value == "":
         return default
-    if not (value.isascii() and value.isdigit()) or int(value) < low:
+    number = parse_decimal(value, max_digits=10)
+    if number is None or not low <= number <= _MAX_INT:
         raise errors.InvalidArgument(
-            f"Argument {name} must be an integer between {low} and 2147483647"
+            f"Argument {name} must be an integer between {low} and {_MAX_INT}"
         )
-    number = int(value)
     return min(number, high) if high is not None else number
 
 
@@ -137,7 +140,8 @@ async def create_bucket(x: Exchange) -> Response[Any]:
 
     Raises:
         InvalidBucketName, IllegalLocationConstraintException (another region),
-        MalformedXML, BucketAlreadyOwnedByYou.
+        MalformedXML, BucketAlreadyOwnedByYou (outside us-east-1, where re-creating one's
+        own bucket is a 200 that changes nothing).
     """
     op = _op(x)
     names.validate_bucket_name(op.bucket)
@@ -149,7 +153,12 @@ async def create_bucket(x: Exchange) -> Response[Any]:
             f"endpoint this request was sent to.",
             resource=op.bucket,
         )
-    await x.gateway.client.request(wire.CreateBucket(bucket=op.bucket))
+    try:
+        await x.gateway.client.request(wire.CreateBucket(bucket=op.bucket))
+    except errors.BucketAlreadyOwnedByYou:
+        if region != _LEGACY_REGION:
+            raise
+        # us-east-1 answers its owner's re-creation with 200 (and keeps the bucket as it is)
     return empty(x, headers={"location": f"/{op.bucket}"})
 
 
@@ -749,6 +758,12 @@ async def list_object_versions(x: Exchange) -> Response[Any]:
         owner=x.gateway.owner,
     )
     return xml_response(x, body)
+# == browser uploads =============================================================================
+@serves(wire.PutObject, action="PostObject")
+async def post_object(x: Exchange) -> Response[Any]:
+    """PostObject (``POST /b``, ``multipart/form-data``): a browser upload signed by its
+    policy; see :mod:`edgecache.gateway.postobject`."""
+    return await postobject.serve(x)
 
 
 # == what we do not serve ========================================================================

@@ -35,6 +35,7 @@ __all__ = [
     "iso8601",
     "object_attributes",
     "object_headers",
+    "parse_decimal",
     "parse_http_date",
     "upload_digests",
     "upload_size",
@@ -100,7 +101,7 @@ def object_attributes(h: RequestHeaders) -> tuple[str, dict[str, str], dict[str,
         ``(content_type, metadata, headers)``: ``Content-Type`` (default
         ``binary/octet-stream``); user metadata from ``x-amz-meta-*`` with the prefix
         removed and names in lower case; stored system headers (:data:`STORED_HEADERS`,
-        with ``aws-chunked`` removed from ``Content-Encoding``).
+        with ``aws-chunked`` removed from ``Content-Encoding``, any other value as sent).
 
     Raises:
         MetadataTooLarge: user metadata over 2 KiB (names plus values, in bytes).
@@ -115,9 +116,12 @@ def object_attributes(h: RequestHeaders) -> tuple[str, dict[str, str], dict[str,
             metadata[short] = value
             size += len(short) + len(value)
         elif name in STORED_HEADERS:
-            if name == "content-encoding":
+            if name == "content-encoding" and "aws-chunked" in value.lower():
+                # only the framing is ours to remove; any other value is kept as sent
                 value = ",".join(
-                    e for e in (p.strip() for p in value.split(",")) if e and e != "aws-chunked"
+                    e
+                    for e in (p.strip() for p in value.split(","))
+                    if e and e.lower() != "aws-chunked"
                 )
                 if not value:
                     continue
@@ -176,13 +180,23 @@ def _is_aws_chunked(h: RequestHeaders) -> bool:
     )
 
 
+def parse_decimal(value: str, *, max_digits: int = 19) -> int | None:
+    """``value`` as a non-negative decimal integer, or ``None`` if it is not one (ASCII digits
+    only) or has more than ``max_digits`` digits (19: anything a 64-bit length can hold;
+    thousands of digits would cost quadratic time, past 4300 a ValueError)."""
+    if not value or len(value) > max_digits or not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
+
+
 def _length(h: RequestHeaders, name: str) -> int | None:
     value = h.get(name)
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit()):
-        raise errors.InvalidArgument(f"Invalid {name}: {value!r}")
-    return int(value)
+    number = parse_decimal(value)
+    if number is None:
+        raise errors.InvalidArgument(f"Invalid {name}: {value[:32]!r}")
+    return number
 
 
 def upload_size(h: RequestHeaders, *, limit: int = MAX_PART_BYTES) -> int | None:
@@ -218,11 +232,11 @@ def parse_http_date(value: str | None) -> float | None:
         return None
     try:
         parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    except (TypeError, ValueError, OverflowError, OSError):  # OverflowError: a huge year
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
 
 
 def iso8601(ts: float) -> str:

@@ -1,6 +1,7 @@
-"""Which S3 operation an HTTP request is: method + path-style target + query → :class:`Operation`.
+"""Which S3 operation an HTTP request is: method + target + query → :class:`Operation`.
 
-Path-style addressing only: ``/`` (the service), ``/<bucket>``, ``/<bucket>/<key>``. The
+Path-style addressing: ``/`` (the service), ``/<bucket>``, ``/<bucket>/<key>``; with
+``gateway.domain`` set, virtual-hosted style too: ``Host: <bucket>.<domain>``, ``/<key>``. The
 target comes from the ASGI ``raw_path`` (never the framework's normalised path), percent-
 decoded exactly once, so ``%2F`` in a key is a ``/`` of the key and ``//`` is kept. The
 query comes from the raw ``query_string``.
@@ -20,9 +21,9 @@ from urllib.parse import unquote, unquote_to_bytes
 
 import msgspec
 
-from edgecache.common.errors import InvalidURI
+from edgecache.common.errors import InvalidBucketName, InvalidURI
 
-__all__ = ["SUBRESOURCES", "Operation", "parse_query", "route"]
+__all__ = ["SUBRESOURCES", "Operation", "host_bucket", "parse_query", "route"]
 
 # Query parameters that select a different operation on the same target (S3 "sub-resources").
 # Any other parameter (prefix, max-keys, x-id, X-Amz-Signature, …) only qualifies one.
@@ -69,6 +70,10 @@ SUBRESOURCES = frozenset(
     }
 )
 _MAX_QUERY_FIELDS = 64
+# What may name an existing bucket (legacy us-east-1 names allowed upper case and "_"); a
+# name outside this never reaches the cache nodes. New names: names.validate_bucket_name.
+_BUCKET_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+_MAX_BUCKET_CHARS = 255
 
 
 class Operation(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,22 +130,44 @@ def parse_query(query_string: bytes) -> dict[str, str]:
     return out
 
 
-def _split_path(raw_path: bytes) -> tuple[str, str]:
-    """``b"/bucket/a%2Fb"`` → ``("bucket", "a/b")``; decoded once, UTF-8.
+def host_bucket(host: str, domain: str) -> str:
+    """The bucket of a virtual-hosted-style ``Host`` (``bucket.s3.localhost:9000`` with
+    ``domain`` ``s3.localhost`` → ``"bucket"``); ``""`` for path-style (no ``domain``, the
+    domain itself, an IP address or any other host). Case-insensitive; the port is ignored."""
+    if not domain or not host:
+        return ""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    suffix = "." + domain.lower().strip(".")
+    if name.lower().endswith(suffix) and len(name) > len(suffix):
+        return name[: -len(suffix)]
+    return ""
+
+
+def _split_path(raw_path: bytes, bucket_in_host: str = "") -> tuple[str, str]:
+    """``b"/bucket/a%2Fb"`` → ``("bucket", "a/b")``; decoded once, UTF-8. With
+    ``bucket_in_host`` (virtual-hosted style) the whole path is the key.
 
     Raises:
         InvalidURI: the path does not start with ``/`` or is not UTF-8 once decoded.
+        InvalidBucketName: the bucket holds characters no bucket name can hold, or is
+            longer than 255 characters.
     """
     if not raw_path.startswith(b"/"):
         raise InvalidURI()
-    bucket, _, key = raw_path[1:].partition(b"/")
+    if bucket_in_host:
+        bucket, key = b"", raw_path[1:]
+    else:
+        bucket, _, key = raw_path[1:].partition(b"/")
     try:
-        return (
-            unquote_to_bytes(bucket).decode("utf-8") if bucket else "",
+        names = (
+            bucket_in_host or (unquote_to_bytes(bucket).decode("utf-8") if bucket else ""),
             unquote_to_bytes(key).decode("utf-8") if key else "",
         )
     except UnicodeDecodeError as exc:
         raise InvalidURI() from exc
+    if len(names[0]) > _MAX_BUCKET_CHARS or not _BUCKET_CHARS.issuperset(names[0]):
+        raise InvalidBucketName(resource=names[0][:_MAX_BUCKET_CHARS])
+    return names
 
 
 def _unsupported(subresources: set[str]) -> str:
@@ -148,7 +175,12 @@ def _unsupported(subresources: set[str]) -> str:
 
 
 def route(
-    method: str, raw_path: bytes, query_string: bytes, *, copy_source: bool = False
+    method: str,
+    raw_path: bytes,
+    query_string: bytes,
+    *,
+    copy_source: bool = False,
+    host_bucket: str = "",
 ) -> Operation:
     """Map a request to its S3 operation.
 
@@ -158,14 +190,17 @@ def route(
         query_string: ASGI ``scope["query_string"]``.
         copy_source: whether an ``x-amz-copy-source`` header was sent (CopyObject and
             UploadPartCopy are PUTs that must not be taken for uploads).
+        host_bucket: the bucket named by a virtual-hosted ``Host`` (see :func:`host_bucket`);
+            the path is then all key.
 
     Returns:
         The operation; ``NotImplemented`` or ``MethodNotAllowed`` for what we do not serve.
 
     Raises:
         InvalidURI: the path or query cannot be decoded.
+        InvalidBucketName: no bucket can have that name.
     """
-    bucket, key = _split_path(raw_path)
+    bucket, key = _split_path(raw_path, host_bucket)
     query = parse_query(query_string)
     subs = {name for name in query if name in SUBRESOURCES}
     if query.get("versionId") == "null":  # the only version an unversioned bucket has
@@ -200,6 +235,8 @@ def route(
         elif method == "POST":
             if subs == {"delete"}:
                 return op("DeleteObjects")
+            if not subs:
+                return op("PostObject")  # a browser upload: multipart/form-data
         else:
             return op("MethodNotAllowed")
         return op("NotImplemented", _unsupported(subs) or method)

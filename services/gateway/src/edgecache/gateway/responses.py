@@ -60,11 +60,6 @@ def error_response(x: Exchange, exc: errors.S3Error) -> Response[bytes]:
     headers = x.response_headers()
     if exc.status == 503:
         headers["retry-after"] = str(exc.retry_after_s or 1)
-    if x.bytes_in == 0 and x.headers.get("expect", "").lower() == "100-continue":
-        # refused before reading: the client never sends the body it announced, while
-        # the server still waits for it on this connection (the next request would be
-        # read as that body): close the connection after this answer
-        headers["connection"] = "close"
     if x.method == "HEAD":
         return Response(b"", status_code=exc.status, headers=headers, media_type=XML)
     resource = exc.resource or (x.op.resource if x.op else "")

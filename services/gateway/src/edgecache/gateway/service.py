@@ -9,9 +9,8 @@ is drained.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -21,28 +20,50 @@ from edgecache.common.monitor import Monitor, Server
 from edgecache.common.runtime import connect_nats
 from edgecache.gateway.app import create_app
 from edgecache.gateway.fastpath import with_fast_hits
+from edgecache.gateway.httpprotocol import BODY_IDLE_TIMEOUT_S, HEADER_TIMEOUT_S, protocol_class
 from edgecache.gateway.invalidations import InvalidationListener
+from edgecache.gateway.keepalive import with_keepalive
 from edgecache.gateway.memtier import MemoryTier
 from edgecache.gateway.metrics import RequestMetrics, gateway_collector
 from edgecache.gateway.probes import with_health
 from edgecache.gateway.tls import TlsListener, tls_options, tls_wanted
 from edgecache.gateway.workers import listening_socket, run_workers
 
-__all__ = ["GRACEFUL_SHUTDOWN_S", "serve", "serve_worker", "uvicorn_config"]
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+    from edgecache.gateway.keepalive import ASGIApp
+
+__all__ = ["GRACEFUL_SHUTDOWN_S", "asgi", "serve", "serve_worker", "uvicorn_config"]
 
 log = get_logger("edgecache.gateway")
 
 GRACEFUL_SHUTDOWN_S = 30.0
 
 
-def uvicorn_config(app: object, host: str, port: int, **options: Any) -> uvicorn.Config:
-    """uvicorn settings for the gateway: uvloop, httptools when installed (else h11), no
-    access log (the gateway writes its own line per request), no ``Server: uvicorn``;
-    ``options`` (uvicorn's own, e.g. the TLS files) are added or override these."""
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+def asgi(app: Litestar) -> ASGIApp:
+    """The gateway app as uvicorn serves it: memory-tier hits answered in front of Litestar
+    (:mod:`~edgecache.gateway.fastpath`), and every answer given before its request body
+    was read marked to close the connection when it must (:mod:`~edgecache.gateway.keepalive`)."""
+    return with_keepalive(with_fast_hits(app))
+
+
+def uvicorn_config(
+    app: object,
+    host: str,
+    port: int,
+    *,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+    **options: Any,
+) -> uvicorn.Config:
+    """uvicorn settings for the gateway: uvloop, httptools with the gateway's limits on the
+    request head (:mod:`~edgecache.gateway.httpprotocol`), no access log (the gateway
+    writes its own line per request), no ``Server: uvicorn``; ``options`` (uvicorn's own,
+    e.g. the TLS files) are added or override these."""
     settings: dict[str, Any] = {
         "loop": "uvloop",
-        "http": http,
+        "http": protocol_class(header_timeout_s, body_idle_timeout_s),
         "lifespan": "on",
         "log_level": "warning",
         "access_log": False,
@@ -86,11 +107,12 @@ async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket)
         requests = RequestMetrics(monitor.registry) if gw.metrics_port else None
         app = create_app(config, nc, memtier=tier, invalidations=listener, metrics=requests)
         monitor.registry.register(gateway_collector(lambda: getattr(app.state, "gateway", None)))
-        asgi = with_health(with_fast_hits(app), monitor.health)
-        server = Server(uvicorn_config(asgi, gw.host, gw.port))
+        served = with_health(asgi(app), monitor.health)
+        limits = {"header_timeout_s": gw.header_timeout_s, "body_idle_timeout_s": gw.body_idle_timeout_s}
+        server = Server(uvicorn_config(served, gw.host, gw.port, **limits))
         tls = None
         if tls_on:
-            tls_config = uvicorn_config(asgi, gw.host, gw.tls_port, **tls_options(gw))
+            tls_config = uvicorn_config(served, gw.host, gw.tls_port, **limits, **tls_options(gw))
             tls = TlsListener(Server(tls_config), listening_socket(gw.host, gw.tls_port))
 
         async def stopper() -> None:

@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 
 from edgecache.common import errors
 from edgecache.gateway.chunked import STREAMING_MODES, ChunkedDecoder, parse_trailer_names
+from edgecache.gateway.headers import parse_decimal
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
@@ -34,6 +35,9 @@ __all__ = [
     "AuthContext",
     "PayloadVerifier",
     "VerifiedBody",
+    "policy_signer",
+    "request_time",
+    "secret_for",
     "verify",
     "wrap_body",
 ]
@@ -142,6 +146,8 @@ def verify(
         SignatureDoesNotMatch: the signature is wrong.
     """
     header_map = _header_map(headers)
+    if header_map.get("authorization", ["x"])[0].strip() == "":
+        del header_map["authorization"]  # an empty Authorization is no authentication
     if "authorization" not in header_map and b"X-Amz-Signature=" in query_string:
         known = _presigned.get((method, raw_path, query_string, region), header_map, credentials)
         if known is not None:  # the same URL again: only the checks that depend on now
@@ -172,9 +178,7 @@ def verify(
     else:
         raise errors.AccessDenied()
 
-    secret = credentials.get(claim.access_key)
-    if secret is None:
-        raise errors.InvalidAccessKeyId()
+    secret = secret_for(credentials, claim.access_key)
     _check_scope(claim, region, amz_date)
     _check_time(claim, when, now, max_skew_s)
     _check_signed_headers(claim, header_map)
@@ -279,6 +283,38 @@ class _PresignedCache:
 _presigned = _PresignedCache()
 
 
+def secret_for(credentials: Mapping[str, str], access_key: str) -> str:
+    """The secret access key of ``access_key`` (every signature version looks it up here).
+
+    Raises:
+        InvalidAccessKeyId: ``access_key`` is not in ``credentials``.
+    """
+    secret = credentials.get(access_key)
+    if secret is None:
+        raise errors.InvalidAccessKeyId()
+    return secret
+
+
+def policy_signer(
+    credential: str, amz_date: str, credentials: Mapping[str, str], region: str
+) -> tuple[str, bytes]:
+    """The signer of a browser POST policy signed with SigV4 (``x-amz-credential``,
+    ``x-amz-date`` form fields): ``(access key, signing key)``; the policy's signature is
+    the lower-case hex ``HMAC-SHA256(signing key, policy as sent in base64)``.
+
+    Raises:
+        AccessDenied: ``x-amz-date`` is not ``yyyymmddThhmmssZ``.
+        InvalidArgument: a malformed credential or a scope this gateway does not answer.
+        InvalidAccessKeyId: the access key is unknown.
+    """
+    if _parse_amz_date(amz_date) is None:
+        raise errors.AccessDenied("Invalid according to Policy: x-amz-date is not a valid date.")
+    claim = _claim(credential, "host", "", None, errors.InvalidArgument)
+    secret = secret_for(credentials, claim.access_key)
+    _check_scope(claim, region, amz_date)
+    return claim.access_key, _signing_key(secret, claim.scope_date, region)
+
+
 # -- the claim --------------------------------------------------------------------------------
 def _sigv2() -> errors.S3Error:
     return errors.InvalidRequest(
@@ -322,14 +358,14 @@ def _query_claim(query: Mapping[str, str]) -> _Claim:
         )
     if query["X-Amz-Algorithm"] != ALGORITHM:
         raise malformed(f'X-Amz-Algorithm only supports "{ALGORITHM}"')
-    expires = query["X-Amz-Expires"]
-    if not expires.isascii() or not expires.isdigit() or not 1 <= int(expires) <= MAX_EXPIRES_S:
+    expires = parse_decimal(query["X-Amz-Expires"], max_digits=7)
+    if expires is None or not 1 <= expires <= MAX_EXPIRES_S:
         raise malformed(f"X-Amz-Expires must be between 1 and {MAX_EXPIRES_S} seconds (one week).")
     return _claim(
         query["X-Amz-Credential"],
         query["X-Amz-SignedHeaders"],
         query["X-Amz-Signature"],
-        int(expires),
+        expires,
         malformed,
     )
 
@@ -414,13 +450,28 @@ def _header_date(header_map: Mapping[str, list[str]]) -> tuple[str, float]:
     else:
         try:
             parsed = email.utils.parsedate_to_datetime(header_map["date"][0])
-        except (KeyError, TypeError, ValueError):
-            parsed = None
-        when = parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp() if parsed else None
-        amz_date = "" if when is None else datetime.fromtimestamp(when, UTC).strftime(_AMZ_FORMAT)
+            when = parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp()
+            amz_date = datetime.fromtimestamp(when, UTC).strftime(_AMZ_FORMAT)
+        except (KeyError, TypeError, ValueError, OverflowError, OSError):
+            # absent, unparsable, or out of datetime's range (year 9999 in a zone west of
+            # UTC is year 10000 in UTC)
+            when, amz_date = None, ""
     if when is None:
         raise errors.AccessDenied("AWS authentication requires a valid Date or x-amz-date header")
     return amz_date, when
+
+
+def request_time(header_map: Mapping[str, list[str]]) -> float:
+    """The time a header-signed request claims, from ``x-amz-date`` (``yyyymmddThhmmssZ``)
+    or else ``Date`` (RFC 7231), in Unix seconds.
+
+    Args:
+        header_map: lower-case header name -> values.
+
+    Raises:
+        AccessDenied: neither header holds a valid date within years 1..9999.
+    """
+    return _header_date(header_map)[1]
 
 
 def _parse_amz_date(value: str) -> float | None:
@@ -630,6 +681,7 @@ def _length_header(header_map: Mapping[str, list[str]], name: str) -> int | None
     if values is None:
         return None
     value = values[0].strip()
-    if not (value.isascii() and value.isdigit()):
-        raise errors.InvalidArgument(f"Invalid {name}: {value!r}")
-    return int(value)
+    number = parse_decimal(value)
+    if number is None:
+        raise errors.InvalidArgument(f"Invalid {name}: {value[:32]!r}")
+    return number

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edgecache.gateway import sigv4
+from edgecache.gateway import auth, sigv4
 
 if TYPE_CHECKING:
     from edgecache.common.client import EdgecacheClient
@@ -29,7 +29,7 @@ class GatewayState:
         client: speaks ``s3.*`` to the cache nodes.
         config: the ``[gateway]`` section (region, clock skew, …).
         credentials: access key id → secret access key (one pair today).
-        verify: :func:`edgecache.gateway.sigv4.verify` (replaceable in tests).
+        verify: :func:`edgecache.gateway.auth.verify` (replaceable in tests).
         wrap_body: :func:`edgecache.gateway.sigv4.wrap_body`.
         owner: the owner ID and display name shown in listings.
         memtier: the memory tier, or ``None`` when it is off (or no events can keep it
@@ -44,7 +44,7 @@ class GatewayState:
     client: EdgecacheClient
     config: GatewayConfig
     credentials: Mapping[str, str]
-    verify: Callable[..., Any] = field(default=sigv4.verify)
+    verify: Callable[..., Any] = field(default=auth.verify)
     wrap_body: Callable[..., Any] = field(default=sigv4.wrap_body)
     owner: str = "edgecache"
     memtier: MemoryTier | None = None

@@ -16,7 +16,7 @@ import defusedxml
 import defusedxml.ElementTree as SafeET
 
 from edgecache.common import errors, wire
-from edgecache.gateway.headers import iso8601
+from edgecache.gateway.headers import iso8601, parse_decimal
 
 __all__ = [
     "NS",
@@ -37,10 +37,12 @@ __all__ = [
     "parse_complete_multipart",
     "parse_create_bucket",
     "parse_delete",
+    "post_response",
 ]
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 MAX_PARTS = 10000
+MAX_ETAG_CHARS = 64  # a part's ETag is 32 hex digits (MD5)
 MAX_DELETE_KEYS = 1000
 _DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 _XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -244,6 +246,17 @@ def complete_multipart_result(info: wire.ObjectInfo, *, location: str) -> bytes:
     return _bytes(root)
 
 
+def post_response(info: wire.ObjectInfo, *, location: str) -> bytes:
+    """PostObject with ``success_action_status=201``: ``<PostResponse>`` (Location, Bucket,
+    Key, ETag); S3 sends it without a namespace."""
+    root = ET.Element("PostResponse")
+    _add(root, "Location", location)
+    _add(root, "Bucket", info.bucket)
+    _add(root, "Key", info.key)
+    _add(root, "ETag", f'"{info.etag}"')
+    return _bytes(root)
+
+
 def list_parts_result(
     result: wire.ListPartsResult, *, max_parts: int, part_number_marker: int
 ) -> bytes:
@@ -338,8 +351,10 @@ def parse_complete_multipart(body: bytes) -> list[wire.CompletedPart]:
                 etag = _text(child).strip('"').strip()
         if number is None or not number.isascii() or not number.isdigit() or not etag:
             raise errors.MalformedXML()
-        part_number = int(number)
-        if not 1 <= part_number <= MAX_PARTS:
+        if len(etag) > MAX_ETAG_CHARS:  # no part has such an ETag; it would only swell the request
+            raise errors.InvalidPart(resource=etag[:MAX_ETAG_CHARS])
+        part_number = parse_decimal(number.lstrip("0") or "0", max_digits=6)
+        if part_number is None or not 1 <= part_number <= MAX_PARTS:
             raise errors.InvalidArgument(
                 "Part number must be an integer between 1 and 10000, inclusive"
             )

@@ -1,0 +1,240 @@
+"""uvicorn's httptools HTTP/1.1 protocol with the limits an S3 endpoint needs on the request
+head, and S3 errors instead of uvicorn's plain-text 400.
+
+uvicorn has no timeout for reading a request's head (its keep-alive timer stops at the
+first byte, and a new connection has none), nor a limit on its size: a client sending a
+header a byte a minute, or megabytes of headers, held a connection (and memory) for as
+long as it liked. Here:
+
+- the head (request line and headers) must arrive within ``header_timeout_s`` of the
+  connection opening or of its first byte; else ``400 RequestTimeout`` and the
+  connection closes;
+- a body must keep arriving: ``body_idle_timeout_s`` without a byte while the app waits
+  for one (not while it holds reading back, nor while the client waits for ``100
+  Continue``) gets ``400 RequestTimeout`` and closes the connection, as S3 does after
+  about 20 s; the app sees a disconnect, so nothing of the upload is kept;
+- the head may hold at most :data:`MAX_HEAD_BYTES`; else ``400
+  RequestHeaderSectionTooLarge`` (the gateway's own limit for headers it reads,
+  :data:`edgecache.gateway.exchange.MAX_HEADER_BYTES`, is smaller and answered by the
+  app);
+- what httptools cannot parse gets ``400 InvalidRequest`` as S3 XML;
+- a connection closed while the client may still be sending (an answer given before the
+  body was read, :mod:`.keepalive`) **lingers**: the answer is sent, the sending side is
+  shut down (FIN), and what the client still sends is read and dropped for up to
+  :data:`LINGER_S` or until it closes its side. Closing at once, with unread bytes in
+  the socket, makes the kernel answer with a reset that can destroy the answer before
+  the client read it (RFC 9112 §9.6; nginx's ``lingering_close``).
+
+Build the class with :func:`protocol_class` and pass it as uvicorn's ``http``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from edgecache.common import errors
+from edgecache.common.logging import get_logger
+from edgecache.gateway import xml
+
+__all__ = [
+    "BODY_IDLE_TIMEOUT_S",
+    "HEADER_TIMEOUT_S",
+    "LINGER_S",
+    "MAX_HEAD_BYTES",
+    "GatewayHttpProtocol",
+    "protocol_class",
+]
+
+log = get_logger("edgecache.gateway")
+
+LINGER_S = 2.0
+HEADER_TIMEOUT_S = 10.0
+BODY_IDLE_TIMEOUT_S = 20.0
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class _HeadTooLarge(Exception):
+    """Raised inside a parser callback: httptools turns it into a parser error."""
+
+
+class _LingeringTransport:
+    """The connection's transport as uvicorn sees it: ``close()`` lingers (see the module
+    docstring) instead of closing at once; everything else is the transport's own."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GatewayHttpProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        self._protocol._linger()  # noqa: SLF001 - the protocol owns its connection
+
+    def is_closing(self) -> bool:
+        return self._protocol._lingering or self._transport.is_closing()  # noqa: SLF001
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """See the module docstring; the timeouts are set by :func:`protocol_class`."""
+
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._head_error: errors.S3Error | None = None
+        self._lingering = False
+        self._raw = transport
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
+        self._arm()  # a new connection owes its first request head in time too
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # the rest of a body nobody reads
+        super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._lingering:
+            self._raw.close()
+            return None
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._watch_body(False)
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        if self._head_timer is None:
+            self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+        self._watch_body(True)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._watch_body(True)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._watch_body(False)
+
+    def send_400_response(self, msg: str) -> None:
+        """An S3 XML error (RequestHeaderSectionTooLarge, else InvalidRequest) for what
+        uvicorn rejects before the app sees it; the connection then closes."""
+        error = self._head_error or errors.InvalidRequest(f"Invalid HTTP request: {msg}")
+        self._write_error(error)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _linger(self) -> None:
+        """Close the connection, lingering if the client may still be sending."""
+        if self._lingering or self._raw.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body or not self._raw.can_write_eof():
+            self._raw.close()  # nothing more to come: close at once
+            return
+        self._lingering = True
+        self._disarm()
+        self._watch_body(False)
+        self._raw.write_eof()  # after what is buffered: the answer goes first
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER_S, self._raw.close)
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._head_error = errors.RequestHeaderSectionTooLarge()
+            raise _HeadTooLarge
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _watch_body(self, on: bool) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if on:
+            self._body_timer = self.loop.call_later(self.body_idle_timeout_s, self._body_idle)
+
+    def _body_idle(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if self.transport.is_closing() or cycle is None or not cycle.more_body:
+            return
+        if cycle.response_complete:
+            return  # answered early: uvicorn discards the rest (see keepalive.py)
+        if self.flow.read_paused or cycle.waiting_for_100_continue:
+            self._watch_body(True)  # the app is not asking for the body yet
+            return
+        log.info(
+            "request.body_timeout", client=str(self.client), timeout_s=self.body_idle_timeout_s
+        )
+        if cycle.response_started:
+            self.transport.close()
+            return
+        self._write_error(errors.RequestTimeout())
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # a response is on its way: nothing can be said
+            return
+        log.info("request.head_timeout", client=str(self.client), timeout_s=self.header_timeout_s)
+        self._write_error(
+            errors.RequestTimeout(
+                "Your socket connection to the server was not read from or written to "
+                "within the timeout period."
+            )
+        )
+
+    def _write_error(self, error: errors.S3Error) -> None:
+        request_id = os.urandom(8).hex().upper()
+        body = xml.error(error.code, error.message, "", request_id)
+        reason = {400: b"Bad Request", 403: b"Forbidden"}.get(error.status, b"Error")
+        head = (
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/xml\r\ncontent-length: %d\r\n"
+            b"x-amz-request-id: %s\r\nserver: edgecache\r\nconnection: close\r\n\r\n"
+            % (error.status, reason, len(body), request_id.encode())
+        )
+        self.transport.write(head + body)
+        self.transport.close()
+
+
+def protocol_class(
+    header_timeout_s: float = HEADER_TIMEOUT_S, body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S
+) -> type[GatewayHttpProtocol]:
+    """:class:`GatewayHttpProtocol` with its timeouts (seconds) set, for
+    ``uvicorn.Config(http=…)``."""
+    attributes: dict[str, Any] = {
+        "header_timeout_s": header_timeout_s,
+        "body_idle_timeout_s": body_idle_timeout_s,
+    }
+    return type("GatewayHttpProtocol", (GatewayHttpProtocol,), attributes)
