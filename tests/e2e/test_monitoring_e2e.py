@@ -46,9 +46,15 @@ def test_status_json_lists_every_services_metrics_and_health(stack: Stack) -> No
         for url in endpoints["ready"] + endpoints["live"]:
             status, body = _get(url)
             assert (status, json.loads(body)["service"]) == (200, name), url
+    # the admin API (the federator's) and its status page
+    api, page = services["federator"]["admin"]
+    status, _ = _get(api.removesuffix("/api") + "/health/live")
+    assert status == 200 and page.endswith("/status")
+    assert all(not services[n]["admin"] for n in ("gateway", "cachenode", "writeback"))
     # the table lists them too
     table = runner.invoke(cli.main, ["status", "--data-dir", str(stack.data_dir)])
     assert services["cachenode"]["metrics"][0] in table.output
+    assert page in table.output
     # and the gateway answers health on its S3 port, unsigned
     status, body = _get(stack.endpoint + "/health/ready")
     assert (status, json.loads(body)["ok"]) == (200, True)

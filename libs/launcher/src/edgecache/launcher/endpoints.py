@@ -21,12 +21,15 @@ class ServiceEndpoints(msgspec.Struct, frozen=True, kw_only=True):
 
     ``metrics`` and ``ready`` hold one URL per process: a gateway has one per worker
     (``gateway.metrics_port + i``); empty when the service's ``metrics_port`` is 0.
+    ``admin``: the admin API's base URL and its status page (the federator serves them;
+    empty for the other services, or when ``admin.port`` is 0).
     """
 
     service: str
     metrics: list[str]
     live: list[str]
     ready: list[str]
+    admin: list[str] = []
 
 
 def _processes(config: Config, service: str) -> int:
@@ -81,6 +84,17 @@ def service_endpoints(config: Config) -> list[ServiceEndpoints]:
                 metrics=[f"{b}/metrics" for b in bases],
                 live=[f"{b}/health/live" for b in bases],
                 ready=[f"{b}/health/ready" for b in bases],
+                admin=_admin_urls(config) if service == "federator" else [],
             )
         )
     return found
+
+
+def _admin_urls(config: Config) -> list[str]:
+    """The admin API's base URL and status page, if it is on."""
+    if not config.admin.port:
+        return []
+    host = "127.0.0.1" if config.admin.host in ("", "0.0.0.0", "::") else config.admin.host
+    host = f"[{host}]" if ":" in host else host
+    base = f"http://{host}:{config.admin.port}"
+    return [f"{base}/api", f"{base}/status"]

@@ -169,6 +169,7 @@ def render_status(status: ClusterStatus) -> str:
         for f in wb.failing
     ]
     lines += render_endpoints(status.services)
+    lines += [f"admin API: {' '.join(s.admin)}" for s in status.services if s.admin]
     return "\n".join(lines)
 
 
