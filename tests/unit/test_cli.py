@@ -438,6 +438,8 @@ class _Up:
                 str(port),
                 "--ready-timeout",
                 "60",
+                "--admin-port",  # not the default 14000: other stacks on this machine may hold it
+                str(free_port()),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
