@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 
 import click
 
+from edgecache.common.config import NatsConfig
+
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
-    from edgecache.common.config import Config, NatsConfig
+    from edgecache.common.config import Config
 
 # nats-py (and edgecache.common.jetstream, which uses it) is imported inside the functions:
 # it pulls in aiohttp, about a second of start-up that `edgecache --help` and
@@ -46,7 +48,7 @@ async def connect(target: str | NatsConfig, timeout_s: float) -> NATS:
     try:
         return await asyncio.wait_for(
             nats.connect(
-                url,
+                servers=NatsConfig(url=url).servers(),
                 name="edgecache-cli",
                 user=user or None,
                 password=password or None,
@@ -88,6 +90,7 @@ async def prepare_state(config: Config) -> None:
             nc.jetstream(),
             node_ttl_s=config.federator.node_ttl_s,
             ack_wait_s=config.writeback.ack_wait_s,
+            replicas=config.nats.replicas,
         )
     finally:
         await nc.close()

@@ -220,7 +220,8 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
     nc = await connect_nats(config.nats, name="edgecache-cachenode")
     stack.push_async_callback(nc.drain)
     state = await ensure_state(
-        nc.jetstream(), node_ttl_s=config.federator.node_ttl_s, ack_wait_s=config.writeback.ack_wait_s
+        nc.jetstream(), node_ttl_s=config.federator.node_ttl_s, ack_wait_s=config.writeback.ack_wait_s,
+        replicas=config.nats.replicas,
     )
     store = ChunkStore(
         config.cachenode_dir(),
