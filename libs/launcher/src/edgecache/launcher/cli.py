@@ -159,7 +159,9 @@ def up_command(
     stop_timeout: float,
 ) -> None:
     """Run the whole stack on this machine: nats-server, federator, writeback, one cache
-    node and the gateway, each a child process, restarted if it dies.
+    node and the gateway, each a child process, restarted if it dies. --nats-cluster 3
+    runs three clustered nats-servers with replicated state instead, --cachenodes N that
+    many cache nodes (docs/operations.md, "Running a 3-server site").
 
     Credentials come from EDGECACHE_ACCESS_KEY / EDGECACHE_SECRET_KEY, else from
     <data-dir>/credentials (generated on first run, mode 0600). The private nats-server
