@@ -153,7 +153,9 @@ def plan(
             "sync_interval": SYNC_INTERVAL,
         }
         if nats_cluster > 1:
-            ports = (nats_port, *(free_port() for _ in range(nats_cluster - 1))) if nats_port else ()
+            ports = (
+                (nats_port, *(free_port() for _ in range(nats_cluster - 1))) if nats_port else ()
+            )
             cluster = NatsCluster(root / NATS_DIR, nats_cluster, ports=ports, **options)
             nats_children = [(f"{NATS_CHILD}-{i + 1}", s) for i, s in enumerate(cluster.servers)]
             url, replicas = cluster.url, nats_cluster
@@ -201,7 +203,15 @@ def plan(
         )
         admin_url = f"http://{admin_host}:{admin_config.port}"
     return Plan(
-        config, config_path, specs, endpoint, nats_server, created, admin, admin_url, tuple(nats_children)
+        config,
+        config_path,
+        specs,
+        endpoint,
+        nats_server,
+        created,
+        admin,
+        admin_url,
+        tuple(nats_children),
     )
 
 
