@@ -6,36 +6,19 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import time
 from contextlib import AsyncExitStack
 
 from edgecache.cachenode import readthrough
 from edgecache.cachenode.service import start_node
-from edgecache.common import placement, subjects, wire
+from edgecache.common import placement, wire
 from edgecache.common.client import EdgecacheClient
+from tests.fixtures.nodes import beat, forget, sees
 
 MiB = 1024 * 1024
 
 
 async def _one(data: bytes):
     yield data
-
-
-async def _beat(node) -> None:
-    """What the federator does with a heartbeat: the node is in KV ``nodes``."""
-    beat = wire.Heartbeat(id=secrets.token_hex(4), at_ns=time.time_ns(), node_id=node.node_id, host="test", started=node.started, stats=node.stats())
-    await node.state.nodes.put(node.node_id, wire.encode(beat))
-
-
-async def _sees(node, ids: set[str], timeout_s: float = 5.0) -> None:
-    """Refresh ``node``'s membership until it is ``ids`` (a loaded machine may need a retry)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        await node.live.refresh()
-        if node.live.ids() == ids or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.1)
-    assert node.live.ids() == ids
 
 
 async def test_cold_object_is_filled_once_across_two_nodes(make_config, nc, tmp_path) -> None:
@@ -49,9 +32,9 @@ async def test_cold_object_is_filled_once_across_two_nodes(make_config, nc, tmp_
             )
             nodes.append(await start_node(config, stack))
         for node in nodes:
-            await _beat(node)
+            await beat(node)
         for node in nodes:
-            await _sees(node, {n.node_id for n in nodes})
+            await sees(node, {n.node_id for n in nodes})
         bucket = f"cluster-{secrets.token_hex(4)}"
         data = os.urandom(6 * MiB + 7)
         await nodes[0].origin.create_bucket(bucket)
@@ -70,14 +53,7 @@ async def test_cold_object_is_filled_once_across_two_nodes(make_config, nc, tmp_
         manifest = await other.catalog.get(bucket, "hot")
         body = b"".join([p async for p in readthrough.read(other, manifest[0], 0, len(data) - 1)])
         assert body == data and owner.counters.fills == fills
-        await _forget(nc, nodes)
-
-
-async def _forget(nc, nodes) -> None:
-    """Take the test's nodes out of the session-wide KV ``nodes`` (as their TTL would)."""
-    kv = await nc.jetstream().key_value(subjects.KV_NODES)
-    for node in nodes:
-        await kv.delete(node.node_id)
+        await forget(nc, nodes)
 
 
 async def test_an_acknowledged_write_survives_the_node_that_took_it(make_config, nc, tmp_path) -> None:
@@ -89,9 +65,9 @@ async def test_an_acknowledged_write_survives_the_node_that_took_it(make_config,
                                  origin={"kind": "file", "path": str(tmp_path / "origin")})
             nodes[name] = await start_node(config, stack)
         for node in nodes.values():
-            await _beat(node)
+            await beat(node)
         for node in nodes.values():
-            await _sees(node, {n.node_id for n in nodes.values()})
+            await sees(node, {n.node_id for n in nodes.values()})
         client = EdgecacheClient(nc, timeout_s=20.0, window_frames=8)
         bucket = f"repl-{secrets.token_hex(4)}"
         await client.request(wire.CreateBucket(bucket=bucket))
@@ -121,4 +97,4 @@ async def test_an_acknowledged_write_survives_the_node_that_took_it(make_config,
     finally:
         for stack in stacks.values():
             await stack.aclose()
-        await _forget(nc, nodes.values())
+        await forget(nc, nodes.values())

@@ -66,6 +66,22 @@ class NatsConfig(msgspec.Struct, **_OPTS):
     # heartbeat_timeout_s for dead (503 in about that time, not request_timeout_s).
     idle_heartbeat_s: float = 0.5
     heartbeat_timeout_s: float = 2.0
+    # copies of every JetStream stream and KV bucket: 1 on one nats-server, 3 on a 3-server
+    # cluster (docs/operations.md "Running a 3-server site"); an existing stream is updated
+    # to it, an existing KV bucket is used as it is
+    replicas: int = 1
+
+    def servers(self) -> list[str]:
+        """The server URLs of ``url``: one, or several separated by commas (a cluster's
+        servers, any of which may be down), e.g. ``["nats://h1:4222", "nats://h2:4222"]``.
+
+        Raises:
+            ConfigError: ``url`` names no server.
+        """
+        found = [u.strip() for u in self.url.split(",") if u.strip()]
+        if not found:
+            raise ConfigError(f"nats.url: no server in {self.url!r}")
+        return found
 
 
 class GatewayConfig(msgspec.Struct, **_OPTS):
@@ -114,6 +130,10 @@ class CacheNodeConfig(msgspec.Struct, **_OPTS):
     stream_idle_timeout_s: float = 30.0
     lease_s: float = 30.0  # a short-circuit read plan pins its chunks at most this long
     metrics_port: int = 0  # /metrics and /health/* (docs/operations.md); 0: none
+    # fewest copies of each dirty chunk (this node's included) a write may be acknowledged
+    # with: fewer live peers, and the write is refused (503 ServiceUnavailable) and nothing
+    # is kept; 1: always acknowledge (with up to `replicas` copies)
+    min_replicas: int = 1
 
 
 class WritebackConfig(msgspec.Struct, **_OPTS):

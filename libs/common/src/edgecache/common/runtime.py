@@ -68,7 +68,7 @@ async def connect_nats(
             watcher.reconnected()
 
     return await nats.connect(
-        config.url,
+        servers=config.servers(),
         name=name,
         user=config.user or None,
         password=config.password or None,

@@ -35,7 +35,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 import structlog
+from nats.errors import NoRespondersError as NatsNoResponders
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NoStreamResponseError as NatsNoStreamResponse
+from nats.js.errors import ServiceUnavailableError as NatsServiceUnavailable
 
 from edgecache.common import errors, heartbeats, wire
 from edgecache.common.backoff import Backoff
@@ -169,7 +172,13 @@ def read_control(msg: Msg) -> wire.Reply:
 
 
 def error_of(exc: BaseException) -> wire.Error:
-    """The wire form of an exception (anything not an S3Error is an InternalError)."""
+    """The wire form of an exception: an S3Error as it is; a NATS or JetStream timeout or
+    unavailability (a stream electing a leader after a server was lost: no response, no
+    responders) ``ServiceUnavailable`` with ``retry_after_s=1``, which S3 clients retry;
+    anything else an InternalError."""
+    unavailable = NatsTimeoutError | NatsServiceUnavailable | NatsNoResponders | NatsNoStreamResponse
+    if isinstance(exc, unavailable):
+        exc = errors.ServiceUnavailable(f"NATS: {type(exc).__name__}: {exc}", retry_after_s=1)
     if isinstance(exc, errors.S3Error):
         return wire.Error(
             code=exc.code, message=exc.message, resource=exc.resource, retry_after_s=exc.retry_after_s

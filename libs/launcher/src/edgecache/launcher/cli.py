@@ -84,6 +84,21 @@ for _name in SERVICES:
     help="Port of the private nats-server; 0 picks a free one.",
 )
 @click.option(
+    "--nats-cluster",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="Run the private NATS as a cluster of this many nats-servers (3: any one may be"
+    " lost), with every stream and KV bucket replicated on each (nats.replicas).",
+)
+@click.option(
+    "--cachenodes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Cache node processes, each with its own chunk store (<data-dir>/cachenode-<i>).",
+)
+@click.option(
     "--origin",
     envvar="EDGECACHE_ORIGIN",
     type=click.Choice(["file", "s3", "azure"]),
@@ -154,6 +169,8 @@ def up_command(
     port: int | None,
     nats_url: str | None,
     nats_port: int,
+    nats_cluster: int,
+    cachenodes: int,
     origin: str | None,
     origin_endpoint_url: str | None,
     origin_path: str | None,
@@ -167,7 +184,9 @@ def up_command(
     stop_timeout: float,
 ) -> None:
     """Run the whole stack on this machine: nats-server, federator, writeback, one cache
-    node and the gateway, each a child process, restarted if it dies.
+    node and the gateway, each a child process, restarted if it dies. --nats-cluster 3
+    runs three clustered nats-servers with replicated state instead, --cachenodes N that
+    many cache nodes (docs/operations.md, "Running a 3-server site").
 
     Credentials come from EDGECACHE_ACCESS_KEY / EDGECACHE_SECRET_KEY, else from
     <data-dir>/credentials (generated on first run, mode 0600). The private nats-server
@@ -200,12 +219,16 @@ def up_command(
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     # a private nats-server unless a NATS URL was given (flag, env or config file)
     external_nats = bool(nats_url) or config.nats.url != NatsConfig().url
+    if external_nats and nats_cluster > 1:
+        raise click.UsageError("--nats-cluster starts private nats-servers: not with a NATS URL")
     with lock_data_dir(root):
         code = up.run(
             config,
             root,
             external_nats=external_nats,
             nats_port=nats_port,
+            nats_cluster=nats_cluster,
+            cachenodes=cachenodes,
             ready_timeout_s=ready_timeout,
             stop_timeout_s=stop_timeout,
             tls_self_signed=tls_self_signed,

@@ -8,16 +8,20 @@ from typing import TYPE_CHECKING
 
 import click
 
+from edgecache.common.config import NatsConfig
+
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
-    from edgecache.common.config import Config, NatsConfig
+    from edgecache.common.config import Config
 
 # nats-py (and edgecache.common.jetstream, which uses it) is imported inside the functions:
 # it pulls in aiohttp, about a second of start-up that `edgecache --help` and
 # `edgecache <service>` (an exec of the service) should not pay.
 
-__all__ = ["connect", "prepare_state"]
+__all__ = ["JETSTREAM_READY_S", "connect", "prepare_state"]
+
+JETSTREAM_READY_S = 30.0  # how long `up` waits for JetStream (a cluster elects its leaders)
 
 
 async def connect(target: str | NatsConfig, timeout_s: float) -> NATS:
@@ -46,7 +50,7 @@ async def connect(target: str | NatsConfig, timeout_s: float) -> NATS:
     try:
         return await asyncio.wait_for(
             nats.connect(
-                url,
+                servers=NatsConfig(url=url).servers(),
                 name="edgecache-cli",
                 user=user or None,
                 password=password or None,
@@ -78,16 +82,23 @@ async def prepare_state(config: Config) -> None:
     start.
 
     Raises:
-        click.ClickException: NATS is unreachable.
+        click.ClickException: NATS is unreachable, or JetStream did not answer within
+            :data:`JETSTREAM_READY_S`.
     """
     from edgecache.common.jetstream import ensure_state
+    from edgecache.launcher.natscluster import wait_for_jetstream
 
     nc = await connect(config.nats, config.nats.connect_timeout_s)
     try:
+        try:  # a cluster's JetStream answers once it has elected a leader
+            await wait_for_jetstream(nc.jetstream(), timeout_s=JETSTREAM_READY_S)
+        except TimeoutError as exc:
+            raise click.ClickException(str(exc)) from exc
         await ensure_state(
             nc.jetstream(),
             node_ttl_s=config.federator.node_ttl_s,
             ack_wait_s=config.writeback.ack_wait_s,
+            replicas=config.nats.replicas,
         )
     finally:
         await nc.close()

@@ -32,8 +32,10 @@ class ServiceEndpoints(msgspec.Struct, frozen=True, kw_only=True):
     admin: list[str] = []
 
 
-def _processes(config: Config, service: str) -> int:
-    return config.gateway_workers() if service == "gateway" else 1
+def _processes(config: Config, service: str, cachenodes: int = 1) -> int:
+    if service == "gateway":
+        return config.gateway_workers()
+    return cachenodes if service == "cachenode" else 1
 
 
 def _free_run(host: str, count: int) -> int:
@@ -47,9 +49,11 @@ def _free_run(host: str, count: int) -> int:
     raise OSError(f"no {count} consecutive free ports on {host}")
 
 
-def pick_metrics_ports(config: Config) -> Config:
+def pick_metrics_ports(config: Config, *, cachenodes: int = 1) -> Config:
     """``config`` with a free port for every service whose ``metrics_port`` is 0 (for the
-    gateway, a run of ``gateway_workers()`` consecutive ones); ports already set are kept.
+    gateway, a run of ``gateway_workers()`` consecutive ones; for the cache node, a run of
+    ``cachenodes``: node ``i`` serves on ``metrics_port + i - 1``); ports already set are
+    kept.
 
     Raises:
         OSError: no free ports.
@@ -59,7 +63,7 @@ def pick_metrics_ports(config: Config) -> Config:
         section = getattr(config, service)
         if section.metrics_port:
             continue
-        port = _free_run(host, _processes(config, service))
+        port = _free_run(host, _processes(config, service, cachenodes))
         section = msgspec.structs.replace(section, metrics_port=port)
         config = msgspec.structs.replace(config, **{service: section})
     return config

@@ -11,6 +11,7 @@ always``; the test fixtures run it open and with the server's default sync.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,9 @@ from pathlib import Path
 
 from edgecache.launcher.datadir import write_private
 
-__all__ = ["NatsServer", "find_binary", "free_port"]
+__all__ = ["CLUSTER_NAME", "NatsServer", "find_binary", "free_port"]
+
+CLUSTER_NAME = "edgecache"  # the ``cluster {}`` name every server of a site's cluster shares
 
 
 def find_binary() -> str:
@@ -63,6 +66,11 @@ class NatsServer:
         sync_interval: JetStream's ``sync_interval``: ``"always"`` fsyncs every write
             before it is acknowledged; ``None`` keeps the server's default (every 2 min,
             so an acknowledged write may sit in the page cache until then).
+        server_name: the server's ``server_name`` (a JetStream cluster needs one per
+            server); ``None``: the server makes one up.
+        cluster_port: the ``cluster {}`` listen port for routes from the other servers;
+            0: a standalone server (see :mod:`edgecache.launcher.natscluster`).
+        routes: the other servers' route URLs (``nats-route://host:port``).
     """
 
     def __init__(
@@ -75,6 +83,9 @@ class NatsServer:
         host: str = "127.0.0.1",
         authorization: str | None = None,
         sync_interval: str | None = None,
+        server_name: str | None = None,
+        cluster_port: int = 0,
+        routes: tuple[str, ...] = (),
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -83,6 +94,9 @@ class NatsServer:
         self.max_pending_bytes = max_pending_bytes
         self.authorization = authorization
         self.sync_interval = sync_interval
+        self.server_name = server_name
+        self.cluster_port = cluster_port
+        self.routes = routes
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -101,6 +115,16 @@ class NatsServer:
         if self.sync_interval is not None:
             jetstream.append(f"  sync_interval: {self.sync_interval}")
         lines.append("jetstream {\n" + "\n".join(jetstream) + "\n}")
+        if self.server_name is not None:
+            lines.append(f"server_name: {json.dumps(self.server_name)}")
+        if self.cluster_port:
+            lines.append(
+                "cluster {\n"
+                f"  name: {json.dumps(CLUSTER_NAME)}\n"
+                f'  listen: "{self.host}:{self.cluster_port}"\n'
+                f"  routes: {json.dumps(list(self.routes))}\n"
+                "}"
+            )
         write_private(conf, "\n".join(lines) + "\n" + (self.authorization or ""))
         return conf
 

@@ -30,7 +30,8 @@ from edgecache.launcher.credentials import (
 from edgecache.launcher.datadir import CONFIG_FILE, LOGS_DIR, NATS_DIR, SERVICES_DIR
 from edgecache.launcher.endpoints import pick_metrics_ports
 from edgecache.launcher.natsauth import ADMIN, IDENTITIES, SERVICE_IDENTITIES, authorization_block
-from edgecache.launcher.natsserver import NatsServer, find_binary
+from edgecache.launcher.natscluster import NatsCluster
+from edgecache.launcher.natsserver import NatsServer, find_binary, free_port
 from edgecache.launcher.ports import http_answers, port_in_use, wait_tcp
 from edgecache.launcher.render import render_banner
 from edgecache.launcher.supervisor import ChildSpec, FatalExit, Supervisor, tail
@@ -86,6 +87,9 @@ class Plan:
     admin_url: str = ""  # the admin API (served by the federator), "" when it is off
     tls_endpoint: Endpoint | None = None  # the gateway's HTTPS endpoint, if it serves one
     ca_file: Path | None = None  # the CA of a self-signed certificate (for AWS_CA_BUNDLE)
+    #: every private nats-server with its child's name (one, or a cluster's; ``nats`` is
+    #: the first)
+    nats_children: tuple[tuple[str, NatsServer], ...] = ()
 
 
 def child_env() -> dict[str, str]:
@@ -103,10 +107,18 @@ def plan(
     external_nats: bool,
     nats_port: int,
     tls_self_signed: bool = False,
+    nats_cluster: int = 1,
+    cachenodes: int = 1,
 ) -> Plan:
     """Settle credentials, ports and the private nats-server; write ``edgecache.toml`` and
     ``services/<service>.toml``. Every service whose ``metrics_port`` is 0 gets a free one
     (:func:`~edgecache.launcher.endpoints.pick_metrics_ports`).
+
+    ``nats_cluster`` > 1: the private NATS is a cluster of that many servers
+    (:class:`~edgecache.launcher.natscluster.NatsCluster`, children ``nats-server-<i>``,
+    store dirs ``<data-dir>/nats/nats-<i>``), ``nats.url`` lists them all and
+    ``nats.replicas`` is the cluster's size. ``cachenodes`` > 1: that many cache node
+    processes (see :func:`cachenode_configs`).
 
     The private nats-server admits only the identities of
     :data:`~edgecache.launcher.natsauth.IDENTITIES` (passwords in
@@ -148,7 +160,7 @@ def plan(
         raise click.ClickException("give both --tls-cert and --tls-key, or --tls-self-signed")
     if gw.tls_cert_file and port_in_use(gw.host or "0.0.0.0", gw.tls_port):
         raise click.ClickException(f"port {gw.tls_port} is in use: pick another with --tls-port")
-    config = pick_metrics_ports(msgspec.structs.replace(config, gateway=gw))
+    config = pick_metrics_ports(msgspec.structs.replace(config, gateway=gw), cachenodes=cachenodes)
     admin_config = _admin_config(config, root)
 
     logs = root / LOGS_DIR
@@ -156,23 +168,35 @@ def plan(
     nats_server = None
     identity_of = {name: config.nats for name in UP_ORDER}
     admin = config.nats
+    nats_children: list[tuple[str, NatsServer]] = []
     if not external_nats:
         identities = load_or_create_nats_identities(root, IDENTITIES)
-        nats_server = NatsServer(
-            root / NATS_DIR,
-            port=nats_port,
-            authorization=authorization_block({n: i.password for n, i in identities.items()}),
-            sync_interval=SYNC_INTERVAL,
-        )
-        argv = [find_binary(), "-c", str(nats_server.write_config())]
-        specs.append(ChildSpec(NATS_CHILD, argv, logs / f"{NATS_CHILD}.log"))
+        options = {
+            "authorization": authorization_block({n: i.password for n, i in identities.items()}),
+            "sync_interval": SYNC_INTERVAL,
+        }
+        if nats_cluster > 1:
+            ports = (
+                (nats_port, *(free_port() for _ in range(nats_cluster - 1))) if nats_port else ()
+            )
+            cluster = NatsCluster(root / NATS_DIR, nats_cluster, ports=ports, **options)
+            nats_children = [(f"{NATS_CHILD}-{i + 1}", s) for i, s in enumerate(cluster.servers)]
+            url, replicas = cluster.url, nats_cluster
+        else:
+            nats_children = [(NATS_CHILD, NatsServer(root / NATS_DIR, port=nats_port, **options))]
+            url, replicas = nats_children[0][1].url, config.nats.replicas
+        for child, server in nats_children:
+            argv = [find_binary(), "-c", str(server.write_config())]
+            specs.append(ChildSpec(child, argv, logs / f"{child}.log"))
+        nats_server = nats_children[0][1]
         # the shared file names no identity: each service's copy names its own
         nats = msgspec.structs.replace(
             config.nats,
-            url=nats_server.url,
+            url=url,
             user="",
             password="",
             inbox_prefix=NatsConfig().inbox_prefix,
+            replicas=replicas,
         )
         config = msgspec.structs.replace(config, nats=nats)
         identity_of = {n: identities[SERVICE_IDENTITIES[n]].apply(nats) for n in UP_ORDER}
@@ -184,13 +208,15 @@ def plan(
     (root / SERVICES_DIR).mkdir(mode=0o700, exist_ok=True)
     env = child_env()
     for name in UP_ORDER:
-        service_path = root / SERVICES_DIR / f"{name}.toml"
         own = msgspec.structs.replace(config, nats=identity_of[name])
         if name == "federator":  # the admin API's token goes to the federator only
             own = msgspec.structs.replace(own, admin=admin_config)
-        write_config(own, service_path)
-        argv = [sys.executable, "-m", f"edgecache.{name}", "--config", str(service_path)]
-        specs.append(ChildSpec(name, argv, logs / f"{name}.log", env))
+        processes = cachenode_configs(own, cachenodes) if name == "cachenode" else [(name, own)]
+        for child, child_config in processes:
+            service_path = root / SERVICES_DIR / f"{child}.toml"
+            write_config(child_config, service_path)
+            argv = [sys.executable, "-m", f"edgecache.{name}", "--config", str(service_path)]
+            specs.append(ChildSpec(child, argv, logs / f"{child}.log", env))
     probe_host = "127.0.0.1" if gw.host in ("", "0.0.0.0", "::") else gw.host
     endpoint = Endpoint(probe_host, gw.port)
     admin_url = ""
@@ -201,8 +227,40 @@ def plan(
         admin_url = f"http://{admin_host}:{admin_config.port}"
     tls_endpoint = Endpoint(probe_host, gw.tls_port, "https") if gw.tls_cert_file else None
     return Plan(
-        config, config_path, specs, endpoint, nats_server, created, admin, admin_url, tls_endpoint, ca_file
+        config,
+        config_path,
+        specs,
+        endpoint,
+        nats_server,
+        created,
+        admin,
+        admin_url,
+        tls_endpoint,
+        ca_file,
+        tuple(nats_children),
     )
+
+
+def cachenode_configs(config: Config, count: int) -> list[tuple[str, Config]]:
+    """The child name and config of each of ``count`` cache node processes on this host.
+
+    The first is ``cachenode`` with ``config`` as it is (chunk store ``cachenode.data_dir``,
+    default ``<data-dir>/cachenode``: a one-node data dir keeps its chunks). Node ``i`` > 1
+    is ``cachenode-<i>`` with its own chunk store ``<data-dir>/cachenode-<i>`` (its node id,
+    when not configured, derives from it; a configured one gets ``-<i>``) and metrics port
+    ``metrics_port + i - 1`` (0 stays 0: none).
+    """
+    nodes = [("cachenode", config)]
+    base = config.cachenode
+    for i in range(2, count + 1):
+        section = msgspec.structs.replace(
+            base,
+            data_dir=str(Path(config.data_dir) / f"cachenode-{i}"),
+            node_id=f"{base.node_id}-{i}" if base.node_id else "",
+            metrics_port=base.metrics_port + i - 1 if base.metrics_port else 0,
+        )
+        nodes.append((f"cachenode-{i}", msgspec.structs.replace(config, cachenode=section)))
+    return nodes
 
 
 def run(
@@ -214,6 +272,8 @@ def run(
     ready_timeout_s: float,
     stop_timeout_s: float,
     tls_self_signed: bool = False,
+    nats_cluster: int = 1,
+    cachenodes: int = 1,
 ) -> int:
     """``edgecache up`` once the config is resolved and the data dir locked: start the
     children, print the banner when the gateway answers, supervise until a signal, stop.
@@ -230,6 +290,8 @@ def run(
         external_nats=external_nats,
         nats_port=nats_port,
         tls_self_signed=tls_self_signed,
+        nats_cluster=nats_cluster,
+        cachenodes=cachenodes,
     )
     logs = root / LOGS_DIR
     supervisor = Supervisor(the_plan.specs)
@@ -253,14 +315,14 @@ def run(
         click.echo(f"edgecache: {line}", err=True)
 
     try:
-        if the_plan.nats is not None:
-            supervisor.start(NATS_CHILD)
+        for child, server in the_plan.nats_children:
+            supervisor.start(child)
 
-            def nats_alive() -> bool:
-                return supervisor.pid(NATS_CHILD) is not None and not stops
+            def nats_alive(child: str = child) -> bool:
+                return supervisor.pid(child) is not None and not stops
 
-            if not wait_tcp(the_plan.nats.host, the_plan.nats.port, 10.0, nats_alive):
-                say(f"nats-server did not start:\n{tail(logs / f'{NATS_CHILD}.log')}")
+            if not wait_tcp(server.host, server.port, 10.0, nats_alive):
+                say(f"{child} did not start:\n{tail(logs / f'{child}.log')}")
                 return 1
         asyncio.run(prepare_state(msgspec.structs.replace(the_plan.config, nats=the_plan.admin)))
         supervisor.start_all()

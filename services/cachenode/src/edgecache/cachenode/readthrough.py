@@ -194,7 +194,11 @@ async def read_chunk_span(
         except (ChunkMissing, ChunkCorrupt):
             pass
         plain = wire.ChunkGet(chunk_id=chunk.id, first=first, last=last)
-        sources = [(n, plain) for n in (chunk.nodes or manifest.nodes) if n != node.node_id]
+        # holders that are live first: a lost node (its copy gone with it) costs a failed
+        # request each time it is asked; asked last, in case the live view lags behind
+        live = node.live.ids()
+        holders = sorted((n for n in chunk.nodes or manifest.nodes if n != node.node_id), key=lambda n: n not in live)
+        sources = [(n, plain) for n in holders]
         owner = placement.owner(manifest.bucket, manifest.key, node.live.ids())
         if manifest.state == "clean" and not local_only and owner and owner != node.node_id:
             sources.append((owner, wire.ChunkGet(

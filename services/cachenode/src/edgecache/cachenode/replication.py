@@ -6,8 +6,10 @@ at most :data:`IN_FLIGHT` chunks at a time, and the write is acknowledged only w
 copy made is on a peer's disk. A replica is a dirty chunk like the original: pinned until the
 version is clean in the origin (``ObjectClean``) or released (``ChunksReleased``). With
 fewer live (or willing) peers than asked for, the write goes ahead with the copies it could
-make and says so in the log (one node on a laptop: one copy). Availability wins over the
-replica count: a write is never refused for want of peers.
+make and says so in the log (one node on a laptop: one copy), unless that is fewer than
+``cachenode.min_replicas`` (default 1): then the write is refused with ``ServiceUnavailable``
+(503) and nothing is kept: before any byte is stored when too few nodes are live, or as soon
+as one chunk ends up with too few copies (the copies it got are released).
 """
 
 from __future__ import annotations
@@ -38,14 +40,21 @@ class Replicator:
     Args:
         node: this node.
         bucket, key: the object, whose rendezvous ranking orders the peers.
+
+    Raises:
+        ServiceUnavailable: fewer live peers than ``cachenode.min_replicas - 1``.
     """
 
     def __init__(self, node: CacheNode, bucket: str, key: str) -> None:
         self._node = node
-        copies = max(0, node.config.cachenode.replicas - 1)
+        self._minimum = max(1, node.config.cachenode.min_replicas)  # copies, this node's included
+        copies = max(0, node.config.cachenode.replicas - 1, self._minimum - 1)
         peers = [n for n in placement.ranked(bucket, key, node.live.ids()) if n != node.node_id]
         self._peers = peers
         self._copies = min(copies, len(peers))
+        if self._copies + 1 < self._minimum:
+            log.warning("replicas.refused", minimum=self._minimum, live_peers=len(peers), bucket=bucket, key=key)
+            raise _too_few(self._minimum, len(peers) + 1)
         if self._copies < copies:
             node.counters.short_uploads += 1
             log.warning("replicas.short", wanted=copies, live_peers=len(peers), bucket=bucket, key=key)
@@ -57,7 +66,11 @@ class Replicator:
         """Start copying a committed chunk; waits while :data:`IN_FLIGHT` copies are running.
 
         A peer that fails is skipped for the rest of the upload; a chunk that finds fewer
-        peers than wanted goes ahead with the copies it got (logged as ``replicas.short``).
+        peers than wanted goes ahead with the copies it got (logged as ``replicas.short``),
+        unless they are fewer than ``cachenode.min_replicas``.
+
+        Raises:
+            ServiceUnavailable: an earlier chunk got fewer copies than ``min_replicas``.
         """
         if not self._copies:
             self._done.append(wire.ChunkRef(id=ref.id, size=ref.size, nodes=[self._node.node_id]))
@@ -67,7 +80,11 @@ class Replicator:
             self._done.append(await self._pending.pop(0))
 
     async def finish(self) -> list[wire.ChunkRef]:
-        """Wait for every copy; the chunks in order, each naming the nodes that hold it."""
+        """Wait for every copy; the chunks in order, each naming the nodes that hold it.
+
+        Raises:
+            ServiceUnavailable: a chunk got fewer copies than ``cachenode.min_replicas``.
+        """
         while self._pending:
             self._done.append(await self._pending.pop(0))
         return self._done
@@ -106,10 +123,22 @@ class Replicator:
             except errors.S3Error as exc:  # gone since its last heartbeat, or its disk is full
                 self._failed.add(peer)
                 log.warning("replica.failed", chunk=ref.id, peer=peer, error=exc.code)
+        if len(holders) < self._minimum:  # refused: the copies made are let go
+            log.warning("replicas.refused", chunk=ref.id, copies=len(holders), minimum=self._minimum)
+            await self._node.release([ref.id], local=False)
+            raise _too_few(self._minimum, len(holders))
         if len(holders) <= self._copies:
             self._node.counters.short_chunks += 1
             log.warning("replicas.short", chunk=ref.id, copies=len(holders) - 1, wanted=self._copies)
         return wire.ChunkRef(id=ref.id, size=ref.size, nodes=holders)
+
+
+def _too_few(minimum: int, available: int) -> errors.ServiceUnavailable:
+    return errors.ServiceUnavailable(
+        f"cachenode.min_replicas asks for {minimum} copies of each chunk; "
+        f"only {available} live cache node(s) took one",
+        retry_after_s=1,
+    )
 
 
 async def _one(data: bytes):  # type: ignore[no-untyped-def]

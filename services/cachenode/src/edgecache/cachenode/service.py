@@ -231,7 +231,9 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
     """Connect, open the chunk store and origin, subscribe; everything unwinds with ``stack``."""
     nc = await connect_nats(config.nats, name="edgecache-cachenode")
     stack.push_async_callback(nc.drain)
-    state = await ensure_state(nc.jetstream(), node_ttl_s=config.federator.node_ttl_s)
+    state = await ensure_state(
+        nc.jetstream(), node_ttl_s=config.federator.node_ttl_s, replicas=config.nats.replicas
+    )
     store = ChunkStore(
         config.cachenode_dir(),
         capacity_bytes=config.cachenode.capacity_bytes,

@@ -165,7 +165,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         js = nc.jetstream()
 
         async def open_nodes() -> KeyValue:
-            state = await ensure_state(js, node_ttl_s=ttl_s)
+            state = await ensure_state(js, node_ttl_s=ttl_s, replicas=config.nats.replicas)
             return state.nodes
 
         federator = Federator(open_nodes, Membership(ttl_s))

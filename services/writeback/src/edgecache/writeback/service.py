@@ -457,6 +457,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             nc.jetstream(),
             node_ttl_s=config.federator.node_ttl_s,
             ack_wait_s=config.writeback.ack_wait_s,
+            replicas=config.nats.replicas,
         )
         origin = open_origin(config)
         await origin.start()
