@@ -22,6 +22,7 @@ from litestar import Response
 from litestar.response import Stream
 
 from edgecache.common import errors, names, wire
+from edgecache.common.checksums import multipart_checksum
 from edgecache.common.errors import IllegalLocationConstraintException
 from edgecache.gateway import conditions, copysource, memory, shortcircuit, xml
 from edgecache.gateway.exchange import LiveTrailers
@@ -538,11 +539,21 @@ def _upload_id(op: Operation) -> str:
 
 @serves(wire.CreateMultipartUpload)
 async def create_multipart_upload(x: Exchange) -> Response[Any]:
-    """CreateMultipartUpload (``POST /b/k?uploads``) → ``<InitiateMultipartUploadResult>``."""
+    """CreateMultipartUpload (``POST /b/k?uploads``) → ``<InitiateMultipartUploadResult>``;
+    ``x-amz-checksum-algorithm`` / ``x-amz-checksum-type`` choose the object's checksum and
+    are echoed.
+
+    Raises:
+        InvalidRequest: an unknown checksum algorithm or type, or a type the algorithm
+            does not allow (:func:`~edgecache.common.checksums.multipart_checksum`).
+    """
     op = _op(x)
     _check_key(op)
     _no_conditional_write(x)
     content_type, metadata, stored = object_attributes(x.headers)
+    algorithm, checksum_type = multipart_checksum(
+        x.headers.get("x-amz-checksum-algorithm"), x.headers.get("x-amz-checksum-type")
+    )
     reply = await x.gateway.client.request(
         wire.CreateMultipartUpload(
             bucket=op.bucket,
@@ -550,9 +561,17 @@ async def create_multipart_upload(x: Exchange) -> Response[Any]:
             content_type=content_type,
             metadata=metadata,
             headers=stored,
+            checksum_algorithm=algorithm,
+            checksum_type=checksum_type,
         )
     )
-    return xml_response(x, xml.initiate_multipart_result(_expect(reply, wire.MultipartUpload)))
+    body = xml.initiate_multipart_result(_expect(reply, wire.MultipartUpload))
+    headers = (
+        {"x-amz-checksum-algorithm": algorithm.upper(), "x-amz-checksum-type": checksum_type}
+        if algorithm
+        else {}
+    )
+    return xml_response(x, body, headers=headers)
 
 
 @serves(wire.CompleteMultipartUpload)
@@ -560,7 +579,8 @@ async def complete_multipart_upload(x: Exchange) -> Response[Any]:
     """CompleteMultipartUpload (``POST /b/k?uploadId=U``, XML list of parts).
 
     Raises:
-        MalformedXML, InvalidPartOrder, InvalidPart, EntityTooSmall, NoSuchUpload; with
+        MalformedXML, InvalidPartOrder, InvalidPart, EntityTooSmall, NoSuchUpload; BadDigest
+        (an ``x-amz-checksum-<alg>`` of the whole object that does not match); with
         ``If-Match`` / ``If-None-Match: *``: PreconditionFailed, NoSuchKey,
         ConditionalRequestConflict.
     """
@@ -568,10 +588,16 @@ async def complete_multipart_upload(x: Exchange) -> Response[Any]:
     _check_key(op)
     condition = conditions.write_condition(x.headers)
     upload_id = _upload_id(op)
+    _, whole = upload_digests(x.headers)  # the whole object's checksum, if sent
     parts = xml.parse_complete_multipart(await x.read_body(MAX_XML_BYTES))
     reply = await x.gateway.client.request(
         wire.CompleteMultipartUpload(
-            bucket=op.bucket, key=op.key, upload_id=upload_id, parts=parts, condition=condition
+            bucket=op.bucket,
+            key=op.key,
+            upload_id=upload_id,
+            parts=parts,
+            condition=condition,
+            checksums=whole,
         )
     )
     info = _expect(reply, wire.ObjectInfo)

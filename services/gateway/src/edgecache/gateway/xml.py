@@ -16,6 +16,7 @@ import defusedxml
 import defusedxml.ElementTree as SafeET
 
 from edgecache.common import errors, wire
+from edgecache.common.checksums import checksum_type_of
 from edgecache.gateway.headers import iso8601
 
 __all__ = [
@@ -45,6 +46,7 @@ _DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 _CHECKSUM_ELEMENTS = {
     "crc32": "ChecksumCRC32",
     "crc32c": "ChecksumCRC32C",
+    "crc64nvme": "ChecksumCRC64NVME",
     "sha1": "ChecksumSHA1",
     "sha256": "ChecksumSHA256",
 }
@@ -71,6 +73,9 @@ def _checksums(parent: ET.Element, checksums: dict[str, str]) -> None:
         tag = _CHECKSUM_ELEMENTS.get(algorithm)
         if tag is not None:
             _add(parent, tag, value)
+
+
+_CHECKSUM_ALGORITHMS = {tag: algorithm for algorithm, tag in _CHECKSUM_ELEMENTS.items()}
 
 
 def error(code: str, message: str, resource: str, request_id: str) -> bytes:
@@ -217,13 +222,15 @@ def initiate_multipart_result(upload: wire.MultipartUpload) -> bytes:
 
 def complete_multipart_result(info: wire.ObjectInfo, *, location: str) -> bytes:
     """CompleteMultipartUpload: ``<CompleteMultipartUploadResult>`` (Location, Bucket, Key,
-    ETag, checksums)."""
+    ETag, the object's checksum and ``ChecksumType``)."""
     root = _root("CompleteMultipartUploadResult")
     _add(root, "Location", location)
     _add(root, "Bucket", info.bucket)
     _add(root, "Key", info.key)
     _add(root, "ETag", f'"{info.etag}"')
     _checksums(root, info.checksums)
+    if info.checksums:
+        _add(root, "ChecksumType", checksum_type_of(next(iter(info.checksums.values()))))
     return _bytes(root)
 
 
@@ -299,7 +306,7 @@ def parse_complete_multipart(body: bytes) -> list[wire.CompletedPart]:
         body: the request body (bytes).
 
     Returns:
-        The parts, ETags stripped of quotes (hex).
+        The parts, ETags stripped of quotes (hex), with their ``Checksum<ALG>`` values.
 
     Raises:
         MalformedXML: bad XML, another root element, no ``Part``, a ``Part`` without a
@@ -314,11 +321,14 @@ def parse_complete_multipart(body: bytes) -> list[wire.CompletedPart]:
             continue
         number: str | None = None
         etag: str | None = None
+        checksums: dict[str, str] = {}
         for field, child in _children(element):
             if field == "PartNumber":
                 number = _text(child)
             elif field == "ETag":
                 etag = _text(child).strip('"').strip()
+            elif field in _CHECKSUM_ALGORITHMS:
+                checksums[_CHECKSUM_ALGORITHMS[field]] = _text(child)
         if number is None or not number.isascii() or not number.isdigit() or not etag:
             raise errors.MalformedXML()
         part_number = int(number)
@@ -328,7 +338,7 @@ def parse_complete_multipart(body: bytes) -> list[wire.CompletedPart]:
             )
         if parts and part_number <= parts[-1].part_number:
             raise errors.InvalidPartOrder()
-        parts.append(wire.CompletedPart(part_number=part_number, etag=etag))
+        parts.append(wire.CompletedPart(part_number=part_number, etag=etag, checksums=checksums))
         if len(parts) > MAX_PARTS:
             raise errors.MalformedXML()
     if not parts:
