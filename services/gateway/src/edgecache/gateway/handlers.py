@@ -24,6 +24,7 @@ from litestar.response import Stream
 from edgecache.common import errors, names, wire
 from edgecache.common.checksums import multipart_checksum
 from edgecache.common.errors import IllegalLocationConstraintException
+from edgecache.common.tokens import decode_token, encode_token
 from edgecache.gateway import conditions, copysource, memory, shortcircuit, xml
 from edgecache.gateway.exchange import LiveTrailers
 from edgecache.gateway.headers import (
@@ -46,6 +47,7 @@ R = TypeVar("R")
 
 MAX_XML_BYTES = 4 * 1024 * 1024  # CompleteMultipartUpload with 10000 parts is ~1.5 MB
 MAX_SMALL_XML_BYTES = 64 * 1024
+MAX_BUCKETS = 10_000  # ListBuckets' largest page (max-buckets), S3's bucket quota
 DELETE_CONCURRENCY = 16
 COPY_TIMEOUT_S = 600.0  # a copy answers when its bytes are copied: up to 5 GiB, maybe cold
 _CONDITIONAL_HEADERS = frozenset(
@@ -127,9 +129,44 @@ def _check_key(op: Operation) -> None:
 # == service and buckets =========================================================================
 @serves(wire.ListBuckets)
 async def list_buckets(x: Exchange) -> Response[Any]:
-    """ListBuckets (``GET /``) → ``<ListAllMyBucketsResult>``."""
+    """ListBuckets (``GET /``) → ``<ListAllMyBucketsResult>``, by name; ``prefix``,
+    ``bucket-region`` filter; ``max-buckets`` (1..10000, default all) and
+    ``continuation-token`` page, and ``ContinuationToken`` resumes a truncated page.
+
+    Raises:
+        InvalidArgument: ``max-buckets`` outside 1..10000, a continuation token we did not
+            make (empty included).
+    """
+    q = _op(x).query
+    prefix = q.get("prefix", "")
+    max_buckets = _int_param(q, "max-buckets", MAX_BUCKETS, low=1)
+    if max_buckets > MAX_BUCKETS:
+        raise errors.InvalidArgument(
+            f"Argument max-buckets must be an integer between 1 and {MAX_BUCKETS}"
+        )
+    after = decode_token(q["continuation-token"]) if "continuation-token" in q else None
     reply = _expect(await x.gateway.client.request(wire.ListBuckets()), wire.BucketList)
-    return xml_response(x, xml.list_buckets_result(reply.buckets, owner=x.gateway.owner))
+    region = q.get("bucket-region")
+    buckets = sorted(
+        (
+            b
+            for b in reply.buckets
+            if b.name.startswith(prefix)
+            and (after is None or b.name > after)
+            and region in (None, x.gateway.config.region)
+        ),
+        key=lambda b: b.name,
+    )
+    page = buckets[:max_buckets]
+    token = encode_token(page[-1].name) if len(buckets) > len(page) else ""
+    body = xml.list_buckets_result(
+        page,
+        owner=x.gateway.owner,
+        region=x.gateway.config.region,
+        continuation_token=token,
+        prefix=q.get("prefix"),
+    )
+    return xml_response(x, body)
 
 
 @serves(wire.CreateBucket)
@@ -189,7 +226,8 @@ def _encoding_url(query: dict[str, str]) -> bool:
 
 @serves(wire.ListObjects, action="ListObjectsV2")
 async def list_objects_v2(x: Exchange) -> Response[Any]:
-    """ListObjectsV2 (``GET /b?list-type=2``): ``max-keys`` capped at 1000.
+    """ListObjectsV2 (``GET /b?list-type=2``): ``max-keys`` capped at 1000; ``Owner`` with
+    ``fetch-owner=true``; ``encoding-type=url`` encodes every name in the result.
 
     Raises:
         InvalidArgument: bad ``max-keys``, ``encoding-type`` or continuation token.
@@ -223,13 +261,19 @@ async def list_objects_v2(x: Exchange) -> Response[Any]:
         start_after=start_after,
         continuation_token=token,
         encoding_url=encoding_url,
+        owner=x.gateway.owner if q.get("fetch-owner") == "true" else None,
     )
     return xml_response(x, body)
 
 
 @serves(wire.ListObjects)
 async def list_objects(x: Exchange) -> Response[Any]:
-    """ListObjects v1 (``GET /b``): ``marker``, ``NextMarker`` with a delimiter."""
+    """ListObjects v1 (``GET /b``): ``marker``, ``NextMarker`` with a delimiter, ``Owner`` of
+    each object; ``encoding-type=url`` encodes every name in the result.
+
+    Raises:
+        InvalidArgument: bad ``max-keys`` or ``encoding-type``. NoSuchBucket.
+    """
     op = _op(x)
     q = op.query
     encoding_url = _encoding_url(q)
@@ -249,6 +293,7 @@ async def list_objects(x: Exchange) -> Response[Any]:
         max_keys=max_keys,
         marker=marker,
         encoding_url=encoding_url,
+        owner=x.gateway.owner,  # v1 always names the owner
     )
     return xml_response(x, body)
 

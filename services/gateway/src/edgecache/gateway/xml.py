@@ -65,7 +65,10 @@ def _add(parent: ET.Element, tag: str, text: str | int | bool | None = None) -> 
 
 
 def _bytes(root: ET.Element) -> bytes:
-    return _DECLARATION + ET.tostring(root, encoding="utf-8")
+    # ElementTree writes a carriage return as is, and every XML parser reads it as a line
+    # feed: as a character reference it survives (S3 does the same). The builders write no
+    # carriage return of their own, so every one is a name's.
+    return _DECLARATION + ET.tostring(root, encoding="utf-8").replace(b"\r", b"&#13;")
 
 
 def _checksums(parent: ET.Element, checksums: dict[str, str]) -> None:
@@ -88,8 +91,17 @@ def error(code: str, message: str, resource: str, request_id: str) -> bytes:
     return _bytes(root)
 
 
-def list_buckets_result(buckets: Iterable[wire.BucketInfo], *, owner: str) -> bytes:
-    """ListBuckets: ``<ListAllMyBucketsResult>`` with ``Owner`` and one ``Bucket`` each."""
+def list_buckets_result(
+    buckets: Iterable[wire.BucketInfo],
+    *,
+    owner: str,
+    region: str = "",
+    continuation_token: str = "",
+    prefix: str | None = None,
+) -> bytes:
+    """ListBuckets: ``<ListAllMyBucketsResult>`` with ``Owner`` and one ``Bucket`` each
+    (with ``BucketRegion`` when ``region`` is given); ``ContinuationToken`` when the page is
+    truncated, ``Prefix`` when the request had one."""
     root = _root("ListAllMyBucketsResult")
     who = _add(root, "Owner")
     _add(who, "ID", owner)
@@ -99,6 +111,12 @@ def list_buckets_result(buckets: Iterable[wire.BucketInfo], *, owner: str) -> by
         entry = _add(parent, "Bucket")
         _add(entry, "Name", bucket.name)
         _add(entry, "CreationDate", iso8601(bucket.created))
+        if region:
+            _add(entry, "BucketRegion", region)
+    if continuation_token:
+        _add(root, "ContinuationToken", continuation_token)
+    if prefix is not None:
+        _add(root, "Prefix", prefix)
     return _bytes(root)
 
 
