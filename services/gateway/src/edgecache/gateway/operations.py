@@ -68,6 +68,16 @@ SUBRESOURCES = frozenset(
         "website",
     }
 )
+# Sub-resources of newer S3 actions (2025), kept apart so the list above merges cleanly:
+# without them ``PUT /b/k?annotation`` would overwrite the object (PutObject) and
+# ``PUT /b?abac`` would be a CreateBucket (docs/compatibility.md, checked against botocore).
+SUBRESOURCES = SUBRESOURCES | {
+    "abac",
+    "annotation",
+    "metadataAnnotationTable",
+    "metadataInventoryTable",
+    "metadataJournalTable",
+}
 _MAX_QUERY_FIELDS = 64
 
 
