@@ -223,3 +223,34 @@ def test_part_checksum_of_another_algorithm_is_refused(s3, bucket: str) -> None:
         )
     assert _code(exc) == ("InvalidRequest", 400)
     s3.abort_multipart_upload(Bucket=bucket, Key="mp-other", UploadId=upload_id)
+
+
+# == GetObjectAttributes =========================================================================
+def test_get_object_attributes(s3, bucket: str) -> None:
+    parts = [os.urandom(PART), b"last part"]
+    _multipart(s3, bucket, "attrs-mp", "SHA1", "COMPOSITE", parts)
+    everything = ["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"]
+    got = s3.get_object_attributes(Bucket=bucket, Key="attrs-mp", ObjectAttributes=everything)
+    head = s3.head_object(Bucket=bucket, Key="attrs-mp")
+    assert got["ETag"] == head["ETag"].strip('"') and got["LastModified"] == head["LastModified"]
+    assert got["Checksum"] == {
+        "ChecksumSHA1": composite("SHA1", parts),
+        "ChecksumType": "COMPOSITE",
+    }
+    assert got["ObjectParts"]["TotalPartsCount"] == 2
+    assert (got["StorageClass"], got["ObjectSize"]) == ("STANDARD", len(b"".join(parts)))
+    s3.put_object(Bucket=bucket, Key="attrs-one", Body=b"one", ChecksumAlgorithm="CRC64NVME")
+    one = s3.get_object_attributes(
+        Bucket=bucket, Key="attrs-one", ObjectAttributes=["Checksum", "ObjectSize"]
+    )
+    assert one["Checksum"] == {
+        "ChecksumCRC64NVME": digest("CRC64NVME", b"one"),
+        "ChecksumType": "FULL_OBJECT",
+    }
+    assert one["ObjectSize"] == 3 and "ETag" not in one and "ObjectParts" not in one
+    with pytest.raises(ClientError) as exc:
+        s3.get_object_attributes(Bucket=bucket, Key="attrs-one", ObjectAttributes=["Owner"])
+    assert _code(exc) == ("InvalidArgument", 400)
+    with pytest.raises(ClientError) as exc:
+        s3.get_object_attributes(Bucket=bucket, Key="attrs-none", ObjectAttributes=["ETag"])
+    assert _code(exc) == ("NoSuchKey", 404)

@@ -29,6 +29,7 @@ from edgecache.gateway import conditions, copysource, memory, shortcircuit, xml
 from edgecache.gateway.exchange import LiveTrailers
 from edgecache.gateway.headers import (
     MAX_PART_BYTES,
+    http_date,
     object_attributes,
     object_headers,
     upload_digests,
@@ -811,6 +812,31 @@ async def list_object_versions(x: Exchange) -> Response[Any]:
         owner=x.gateway.owner,
     )
     return xml_response(x, body)
+
+
+# == object attributes ===========================================================================
+@serves(wire.HeadObject, action="GetObjectAttributes")
+async def get_object_attributes(x: Exchange) -> Response[Any]:
+    """GetObjectAttributes (``GET /b/k?attributes``, ``x-amz-object-attributes: ETag,
+    Checksum, ObjectParts, StorageClass, ObjectSize``) → ``<GetObjectAttributesResponse>``
+    with ``Last-Modified``; answered from a HeadObject.
+
+    Raises:
+        InvalidArgument: the header is missing, empty or names another attribute.
+        NoSuchBucket, NoSuchKey.
+    """
+    op = _op(x)
+    _check_key(op)
+    asked = [a.strip() for a in x.headers.get("x-amz-object-attributes", "").split(",") if a.strip()]
+    if not asked or any(a not in xml.OBJECT_ATTRIBUTES for a in asked):
+        raise errors.InvalidArgument("Invalid attribute name specified.")
+    reply = await x.gateway.client.request(wire.HeadObject(bucket=op.bucket, key=op.key))
+    info = _expect(reply, wire.ObjectInfo)
+    return xml_response(
+        x,
+        xml.get_object_attributes_result(info, asked),
+        headers={"last-modified": http_date(info.last_modified)},
+    )
 
 
 # == what we do not serve ========================================================================

@@ -217,6 +217,8 @@ def route(
             return op("GetObject")
         if subs == {"uploadId"}:
             return op("ListParts")
+        if subs == {"attributes"}:
+            return op("GetObjectAttributes")
     elif method == "HEAD":
         if not subs or subs == {"partNumber"}:
             return op("HeadObject")

@@ -26,6 +26,7 @@ __all__ = [
     "copy_part_result",
     "delete_result",
     "error",
+    "get_object_attributes_result",
     "initiate_multipart_result",
     "list_buckets_result",
     "list_multipart_uploads_result",
@@ -508,4 +509,30 @@ def list_object_versions_result(
         _add(entry, "StorageClass", "STANDARD")
     for p in result.common_prefixes:
         _add(_add(root, "CommonPrefixes"), "Prefix", enc(p))
+    return _bytes(root)
+
+
+# == object attributes ===========================================================================
+OBJECT_ATTRIBUTES = ("ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize")
+
+
+def get_object_attributes_result(info: wire.ObjectInfo, attributes: Iterable[str]) -> bytes:
+    """GetObjectAttributes: ``<GetObjectAttributesResponse>`` with the asked-for elements of
+    :data:`OBJECT_ATTRIBUTES` (ETag unquoted, as S3 sends it here; ``ObjectParts`` holds
+    ``PartsCount`` (boto3: ``TotalPartsCount``) of a multipart object; ``Checksum`` its
+    checksum and type)."""
+    wanted = set(attributes)
+    root = _root("GetObjectAttributesResponse")
+    if "ETag" in wanted:
+        _add(root, "ETag", info.etag)
+    if "Checksum" in wanted and info.checksums:
+        checksum = _add(root, "Checksum")
+        _checksums(checksum, info.checksums)
+        _add(checksum, "ChecksumType", checksum_type_of(next(iter(info.checksums.values()))))
+    if "ObjectParts" in wanted and info.parts_count is not None:
+        _add(_add(root, "ObjectParts"), "PartsCount", info.parts_count)
+    if "StorageClass" in wanted:
+        _add(root, "StorageClass", "STANDARD")
+    if "ObjectSize" in wanted:
+        _add(root, "ObjectSize", info.size)
     return _bytes(root)
