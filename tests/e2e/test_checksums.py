@@ -254,3 +254,41 @@ def test_get_object_attributes(s3, bucket: str) -> None:
     with pytest.raises(ClientError) as exc:
         s3.get_object_attributes(Bucket=bucket, Key="attrs-none", ObjectAttributes=["ETag"])
     assert _code(exc) == ("NoSuchKey", 404)
+
+
+def test_part_copy_into_an_upload_with_a_checksum_algorithm(s3, bucket: str) -> None:
+    source = os.urandom(PART + 100)
+    s3.put_object(Bucket=bucket, Key="copy-src", Body=source)
+    key = "mp-copied"
+    upload_id = s3.create_multipart_upload(
+        Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32C", ChecksumType="FULL_OBJECT"
+    )["UploadId"]
+    first = s3.upload_part_copy(
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+        PartNumber=1,
+        CopySource={"Bucket": bucket, "Key": "copy-src"},
+        CopySourceRange=f"bytes=0-{PART - 1}",
+    )["CopyPartResult"]
+    assert first["ChecksumCRC32C"] == digest("CRC32C", source[:PART])
+    second = s3.upload_part(
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+        PartNumber=2,
+        Body=b"tail",
+        ChecksumAlgorithm="CRC32C",
+    )
+    done = s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+        MultipartUpload={
+            "Parts": [
+                {"PartNumber": 1, "ETag": first["ETag"]},
+                {"PartNumber": 2, "ETag": second["ETag"]},
+            ]
+        },
+    )
+    assert done["ChecksumCRC32C"] == digest("CRC32C", source[:PART] + b"tail")
