@@ -82,7 +82,7 @@ def test_put_object_checksum_is_verified_stored_and_returned(
     key = f"put-{algorithm}"
     field = f"Checksum{algorithm}"
     put = s3.put_object(Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm=algorithm)
-    assert put[field] == digest(algorithm, data)
+    assert (put[field], put["ChecksumType"]) == (digest(algorithm, data), "FULL_OBJECT")
     head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     assert (head[field], head["ChecksumType"]) == (digest(algorithm, data), "FULL_OBJECT")
     got = s3.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")

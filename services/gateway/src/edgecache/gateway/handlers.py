@@ -22,7 +22,7 @@ from litestar import Response
 from litestar.response import Stream
 
 from edgecache.common import errors, names, wire
-from edgecache.common.checksums import multipart_checksum
+from edgecache.common.checksums import FULL_OBJECT, multipart_checksum
 from edgecache.common.errors import IllegalLocationConstraintException
 from edgecache.common.tokens import decode_token, encode_token
 from edgecache.gateway import conditions, copysource, memory, shortcircuit, xml
@@ -387,7 +387,10 @@ async def put_object(x: Exchange) -> Response[Any]:
         condition=condition,
     )
     info = _expect(await _upload(x, request), wire.ObjectInfo)
-    return empty(x, headers={"etag": f'"{info.etag}"', **_checksum_headers(info.checksums)})
+    headers = {"etag": f'"{info.etag}"', **_checksum_headers(info.checksums)}
+    if info.checksums:
+        headers["x-amz-checksum-type"] = FULL_OBJECT  # a single PUT's checksum covers it all
+    return empty(x, headers=headers)
 
 
 @serves(wire.UploadPart)
