@@ -274,7 +274,8 @@ def test_parse_trailer_names():
     assert parse_trailer_names(None) == ()
     assert parse_trailer_names("X-Amz-Checksum-CRC32C") == ("crc32c",)
     assert parse_trailer_names("x-amz-checksum-sha1, x-amz-checksum-sha256") == ("sha1", "sha256")
-    for bad in ("x-amz-checksum-crc64nvme", "x-amz-meta-a", "content-md5"):
+    assert parse_trailer_names("x-amz-checksum-crc64nvme") == ("crc64nvme",)
+    for bad in ("x-amz-checksum-xxhash64", "x-amz-meta-a", "content-md5"):
         with pytest.raises(errors.InvalidArgument):
             parse_trailer_names(bad)
 

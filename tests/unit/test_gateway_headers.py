@@ -101,7 +101,8 @@ def test_upload_digests() -> None:
         ({"content_md5": "AAAA"}, errors.InvalidDigest),  # 3 bytes
         ({"x_amz_checksum_crc32": "AAAAAAAA"}, errors.InvalidRequest),  # 6 bytes
         ({"x_amz_checksum_sha1": "DUoRhQ=="}, errors.InvalidRequest),
-        ({"x_amz_checksum_crc64nvme": "AAAAAAAAAAA="}, errors.InvalidRequest),
+        ({"x_amz_checksum_crc64nvme": "AAAAAA=="}, errors.InvalidRequest),  # 4 bytes, not 8
+        ({"x_amz_checksum_xxhash64": "AAAAAAAAAAA="}, errors.InvalidRequest),  # not verified
         (
             {"x_amz_checksum_crc32": "DUoRhQ==", "x_amz_checksum_crc32c": "yZRlqg=="},
             errors.InvalidRequest,

@@ -261,7 +261,9 @@ def test_complete_multipart_good() -> None:
         "<PartNumber> 1 </PartNumber></Part>\n",
         ns=False,
     )
-    assert xml.parse_complete_multipart(body) == [wire.CompletedPart(part_number=1, etag="aa")]
+    assert xml.parse_complete_multipart(body) == [
+        wire.CompletedPart(part_number=1, etag="aa", checksums={"crc32": "AAAAAA=="})
+    ]
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ HTTP = {
     "UploadPartCopy": ("PUT", b"/b/k", b"partNumber=1&uploadId=u", {"copy_source": True}),
     "ListMultipartUploads": ("GET", b"/b", b"uploads"),
     "ListObjectVersions": ("GET", b"/b", b"versions"),
+    "GetObjectAttributes": ("GET", b"/b/k", b"attributes"),
     "NotImplemented": ("GET", b"/b", b"versioning"),
     "MethodNotAllowed": ("PATCH", b"/b", b""),
 }

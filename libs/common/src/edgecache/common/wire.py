@@ -6,7 +6,7 @@ incompatible change is a new tag (``.v2``) decoded beside the old one.
 
 Units: sizes in bytes, times in seconds since the Unix epoch (float) unless the name says
 ``_ns``; byte ranges are inclusive (``first..last``); checksums are base64 as S3 sends
-them (``checksums`` maps the algorithm in lower case — ``crc32``, ``crc32c``, ``sha1``,
+them (``checksums`` maps the algorithm in lower case — ``crc32``, ``crc32c``, ``crc64nvme``, ``sha1``,
 ``sha256`` — to its base64 value); ETags are hex without quotes.
 """
 
@@ -218,6 +218,8 @@ class CreateMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.init.v1"):
     content_type: str = "binary/octet-stream"
     metadata: dict[str, str] = {}
     headers: dict[str, str] = {}
+    checksum_algorithm: str = ""  # lower case (``crc32``…), "" for none
+    checksum_type: str = ""  # "COMPOSITE" or "FULL_OBJECT" with an algorithm, else ""
 
 
 class UploadPart(msgspec.Struct, **_OPTS, tag="multipart.upload.v1"):
@@ -240,6 +242,7 @@ class UploadPart(msgspec.Struct, **_OPTS, tag="multipart.upload.v1"):
 class CompletedPart(msgspec.Struct, frozen=True, kw_only=True):
     part_number: int
     etag: str  # hex, quotes stripped
+    checksums: dict[str, str] = {}  # ChecksumCRC32… of the request's <Part>, by algorithm
 
 
 class CompleteMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.complete.v1"):
@@ -256,6 +259,8 @@ class CompleteMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.complete.v
     upload_id: str
     parts: list[CompletedPart]
     condition: WriteCondition | None = None  # If-Match / If-None-Match (conditional write)
+    # the whole object's x-amz-checksum-<alg> header, if sent (checked: BadDigest)
+    checksums: dict[str, str] = {}
 
 
 class AbortMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.abort.v1"):
@@ -677,6 +682,8 @@ class UploadRecord(msgspec.Struct, **_OPTS, tag="uploadrecord.v1"):
     content_type: str = "binary/octet-stream"
     metadata: dict[str, str] = {}
     headers: dict[str, str] = {}
+    checksum_algorithm: str = ""  # as CreateMultipartUpload.checksum_algorithm
+    checksum_type: str = ""  # as CreateMultipartUpload.checksum_type
 
 
 class PartRecord(msgspec.Struct, **_OPTS, tag="partrecord.v1"):

@@ -59,13 +59,17 @@ async def _copy_chunks(
     bucket: str,
     key: str,
     prefix: str,
+    compute: str = "",
 ) -> tuple[list[wire.ChunkRef], Digests, dict[str, str]]:
     """Copy bytes ``first..last`` (inclusive; ``last < first``: none) of ``manifest`` into new
     dirty chunks ``<prefix>.<i>`` here, replicated for ``bucket/key``.
 
+    ``compute``: a checksum algorithm to compute over the copied bytes whatever the source
+    holds (a part copied into an upload created with that algorithm).
+
     Returns:
         The chunks, the digests of the bytes, and the source's full-object checksums when the
-        whole object was copied (each verified against the bytes).
+        whole object was copied (each verified against the bytes), plus ``compute``'s.
 
     Raises:
         BadDigest: the bytes do not match the source's MD5 or checksums.
@@ -79,7 +83,7 @@ async def _copy_chunks(
     )
     # an ETag we computed (not the origin's, which may be no MD5) of a single-part version
     our_md5 = whole and manifest.parts_count is None and manifest.etag != manifest.origin_etag
-    digests = Digests(kept)
+    digests = Digests({*kept, *([compute] if compute else [])})
 
     async def body() -> AsyncIterator[bytes]:
         if last >= first:
@@ -98,6 +102,8 @@ async def _copy_chunks(
         if our_md5 and digests.md5_hex != manifest.etag:
             raise errors.BadDigest("the copy source's bytes do not match its ETag")
         checksums = digests.verify(kept)
+        if compute:
+            checksums.setdefault(compute, digests.values()[compute])
     except Exception:
         await multipart.drop(node, [r.id for r in refs])
         raise
@@ -158,7 +164,7 @@ async def upload_part_copy(node: CacheNode, request: wire.UploadPartCopy) -> wir
         PreconditionFailed, BadDigest, ServiceUnavailable.
     """
     multipart.check_part_number(request.part_number)
-    await multipart.require_upload(node, request.bucket, request.key, request.upload_id)
+    upload = await multipart.require_upload(node, request.bucket, request.key, request.upload_id)
     source = await source_manifest(node, request.source)
     first, last = request.source.first, request.source.last
     if first is None or last is None:
@@ -173,7 +179,14 @@ async def upload_part_copy(node: CacheNode, request: wire.UploadPartCopy) -> wir
             f"The specified copy range is larger than {MAX_COPY_BYTES} bytes"
         )
     refs, digests, checksums = await _copy_chunks(
-        node, source, first, last, bucket=request.bucket, key=request.key, prefix=new_id()
+        node,
+        source,
+        first,
+        last,
+        bucket=request.bucket,
+        key=request.key,
+        prefix=new_id(),
+        compute=upload.checksum_algorithm,
     )
     return await multipart.store_part(
         node, request.upload_id, request.part_number, refs, digests, checksums

@@ -8,31 +8,17 @@ hides it. Delimiters roll keys up into common prefixes after the merge.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import heapq
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from edgecache.common import errors, wire
+from edgecache.common.tokens import decode_token, encode_token
 
 if TYPE_CHECKING:
     from edgecache.cachenode.node import CacheNode
 
-__all__ = ["decode_token", "encode_token", "list_objects"]
-
-
-def encode_token(marker: str) -> str:
-    """The opaque continuation token of a listing that resumes after ``marker``."""
-    return base64.urlsafe_b64encode(marker.encode()).decode()
-
-
-def decode_token(token: str) -> str:
-    """Raises InvalidArgument for a token we did not make."""
-    try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise errors.InvalidArgument("The continuation token provided is incorrect") from exc
+__all__ = ["list_objects"]
 
 
 def _utf8(key: str) -> bytes:

@@ -17,7 +17,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from edgecache.cachenode import objects
 from edgecache.cachenode.node import Answered, CacheNode, now
 from edgecache.common import errors, kvkeys, wire
-from edgecache.common.checksums import Digests
+from edgecache.common.checksums import Digests, object_checksum
 from edgecache.common.ids import new_id
 from edgecache.common.jetstream import current_values
 from edgecache.common.names import validate_key
@@ -107,6 +107,8 @@ async def create_multipart_upload(
         content_type=request.content_type,
         metadata=request.metadata,
         headers=request.headers,
+        checksum_algorithm=request.checksum_algorithm,
+        checksum_type=request.checksum_type,
     )
     await node.state.uploads.put(kvkeys.upload_key(upload_id), wire.encode(record))
     return wire.MultipartUpload(bucket=request.bucket, key=request.key, upload_id=upload_id)
@@ -179,13 +181,26 @@ async def upload_part(node: CacheNode, msg: Msg, request: wire.UploadPart) -> No
     """Receive one part (a stream), store it as dirty chunks, answer ``PartInfo``.
 
     A part uploaded again under the same number replaces the earlier one (:func:`store_part`).
-    Errors: NoSuchUpload, InvalidArgument (part number outside 1..10000), BadDigest.
+    A part of an upload created with a checksum algorithm gets that algorithm's checksum,
+    computed here when the client sent none.
+    Errors: NoSuchUpload, InvalidArgument (part number outside 1..10000), BadDigest,
+    InvalidRequest (a checksum of another algorithm than the upload's).
     """
     check_part_number(request.part_number)
-    await require_upload(node, request.bucket, request.key, request.upload_id)
+    record = await require_upload(node, request.bucket, request.key, request.upload_id)
+    algorithm = record.checksum_algorithm
     prefix = new_id()
-    rx, refs, digests, checksums = await objects.receive(node, msg, request, prefix=prefix)
+    rx, refs, digests, checksums = await objects.receive(
+        node, msg, request, prefix=prefix, compute=algorithm
+    )
     try:
+        # checked once the body is read, so the client's connection stays usable
+        other = [a for a in checksums if algorithm and a != algorithm]
+        if other:
+            raise errors.InvalidRequest(
+                f"Checksum Type mismatch occurred, expected checksum Type: {algorithm}, "
+                f"actual checksum Type: {other[0]}"
+            )
         info = await store_part(node, request.upload_id, request.part_number, refs, digests, checksums)
         await rx.finish(info)
     except Exception as exc:
@@ -201,9 +216,13 @@ async def complete_multipart_upload(
 ) -> wire.ObjectInfo:
     """Assemble the listed parts into the object's new dirty version.
 
+    The object's checksum (an upload created with an algorithm) is combined from the
+    parts' checksums (:func:`_object_checksums`).
+
     Raises:
-        NoSuchUpload, MalformedXML (no parts), InvalidPartOrder, InvalidPart (missing part
-        or ETag mismatch), EntityTooSmall (a part but the last under 5 MiB).
+        NoSuchUpload, MalformedXML (no parts), InvalidPartOrder, InvalidPart (missing part,
+        ETag or part checksum mismatch), EntityTooSmall (a part but the last under 5 MiB),
+        BadDigest (the whole object's checksum sent does not match), InvalidRequest.
     """
     record = await require_upload(node, request.bucket, request.key, request.upload_id)
     if not request.parts:
@@ -229,11 +248,13 @@ async def complete_multipart_upload(
     chunks = [
         wire.ChunkRef(id=c.id, size=c.size, nodes=c.nodes or p.nodes) for p in chosen for c in p.chunks
     ]
+    checksums = _object_checksums(record, request, chosen)
     version = new_id()
     manifest = wire.Manifest(
         bucket=request.bucket,
         key=request.key,
         version=version,
+        checksums=checksums,
         size=sum(p.size for p in chosen),
         etag=etag,
         last_modified=now(),
@@ -248,6 +269,42 @@ async def complete_multipart_upload(
     await objects.commit_version(node, manifest, request.condition)
     await _forget(node, request.upload_id, stored, keep={c.id for c in chunks})
     return objects.info_of(manifest)
+
+
+def _object_checksums(
+    record: wire.UploadRecord, request: wire.CompleteMultipartUpload, chosen: list[wire.PartRecord]
+) -> dict[str, str]:
+    """The completed object's ``{algorithm: base64}`` from its parts' stored checksums,
+    ``{}`` for an upload created without an algorithm (whatever the request claims: clients
+    such as the AWS CLI v1 send part CRC32s without declaring an algorithm up front).
+
+    Raises:
+        InvalidPart: a ``<Part>`` checksum of the request differs from the stored one.
+        InvalidRequest: a checksum of another algorithm than the upload's.
+        BadDigest: the whole object's checksum header differs from the combined one.
+    """
+    algorithm = record.checksum_algorithm
+    claimed = {a for p in request.parts for a in p.checksums} | set(request.checksums)
+    if not algorithm:  # part checksums of such an upload stay the parts' own, as before
+        return {}
+    if claimed - {algorithm}:
+        raise errors.InvalidRequest(
+            f"The upload was created using a {algorithm} checksum; the complete request "
+            f"carries a checksum of another algorithm."
+        )
+    for wanted, part in zip(request.parts, chosen, strict=True):
+        sent = wanted.checksums.get(algorithm)
+        if algorithm not in part.checksums or (sent is not None and sent != part.checksums[algorithm]):
+            raise errors.InvalidPart()
+    value = object_checksum(
+        algorithm, record.checksum_type, [(p.checksums[algorithm], p.size) for p in chosen]
+    )
+    sent = request.checksums.get(algorithm)
+    if sent is not None and sent.partition("-")[0] != value.partition("-")[0]:
+        raise errors.BadDigest(
+            f"The {algorithm.upper()} you specified did not match the calculated checksum."
+        )
+    return {algorithm: value}
 
 
 async def abort_multipart_upload(node: CacheNode, request: wire.AbortMultipartUpload) -> wire.Ok:

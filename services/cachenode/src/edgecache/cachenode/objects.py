@@ -79,9 +79,18 @@ def verify_upload(
 
 
 async def receive(
-    node: CacheNode, msg: Msg, request: wire.PutObject | wire.UploadPart, *, prefix: str
+    node: CacheNode,
+    msg: Msg,
+    request: wire.PutObject | wire.UploadPart,
+    *,
+    prefix: str,
+    compute: str = "",
 ) -> tuple[stream.UploadReceiver, list[wire.ChunkRef], Digests, dict[str, str]]:
     """Open the upload stream of ``msg`` and write its bytes into dirty chunks.
+
+    Args:
+        compute: a checksum algorithm to compute and store even when the client sent no
+            value of it (a part of a multipart upload created with that algorithm).
 
     Returns:
         The open receiver (the caller answers on it and closes it), the chunks, the digests
@@ -91,11 +100,13 @@ async def receive(
     rx = node.upload_receiver(msg)
     refs: list[wire.ChunkRef] = []
     try:
-        digests = Digests(request.checksums)
+        digests = Digests({*request.checksums, *([compute] if compute else [])})
         await rx.open()
         replicator = Replicator(node, request.bucket, request.key)
         refs = await chunks.write_chunks(node, aiter(rx), prefix=prefix, digests=digests, replicator=replicator)
         checksums = verify_upload(request, digests, rx.end.checksums if rx.end else {})
+        if compute:
+            checksums.setdefault(compute, digests.values()[compute])
     except Exception as exc:
         await node.store.delete([r.id for r in refs])
         await node.release([r.id for r in refs], local=False)

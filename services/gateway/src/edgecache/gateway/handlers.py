@@ -22,11 +22,14 @@ from litestar import Response
 from litestar.response import Stream
 
 from edgecache.common import errors, names, wire
+from edgecache.common.checksums import FULL_OBJECT, multipart_checksum
 from edgecache.common.errors import IllegalLocationConstraintException
+from edgecache.common.tokens import decode_token, encode_token
 from edgecache.gateway import conditions, copysource, memory, postobject, shortcircuit, xml
 from edgecache.gateway.exchange import LiveTrailers
 from edgecache.gateway.headers import (
     MAX_PART_BYTES,
+    http_date,
     object_attributes,
     object_headers,
     parse_decimal,
@@ -46,6 +49,7 @@ R = TypeVar("R")
 
 MAX_XML_BYTES = 4 * 1024 * 1024  # CompleteMultipartUpload with 10000 parts is ~1.5 MB
 MAX_SMALL_XML_BYTES = 64 * 1024
+MAX_BUCKETS = 10_000  # ListBuckets' largest page (max-buckets), S3's bucket quota
 DELETE_CONCURRENCY = 16
 COPY_TIMEOUT_S = 600.0  # a copy answers when its bytes are copied: up to 5 GiB, maybe cold
 _LEGACY_REGION = "us-east-1"
@@ -129,9 +133,44 @@ def _check_key(op: Operation) -> None:
 # == service and buckets =========================================================================
 @serves(wire.ListBuckets)
 async def list_buckets(x: Exchange) -> Response[Any]:
-    """ListBuckets (``GET /``) → ``<ListAllMyBucketsResult>``."""
+    """ListBuckets (``GET /``) → ``<ListAllMyBucketsResult>``, by name; ``prefix``,
+    ``bucket-region`` filter; ``max-buckets`` (1..10000, default all) and
+    ``continuation-token`` page, and ``ContinuationToken`` resumes a truncated page.
+
+    Raises:
+        InvalidArgument: ``max-buckets`` outside 1..10000, a continuation token we did not
+            make (empty included).
+    """
+    q = _op(x).query
+    prefix = q.get("prefix", "")
+    max_buckets = _int_param(q, "max-buckets", MAX_BUCKETS, low=1)
+    if max_buckets > MAX_BUCKETS:
+        raise errors.InvalidArgument(
+            f"Argument max-buckets must be an integer between 1 and {MAX_BUCKETS}"
+        )
+    after = decode_token(q["continuation-token"]) if "continuation-token" in q else None
     reply = _expect(await x.gateway.client.request(wire.ListBuckets()), wire.BucketList)
-    return xml_response(x, xml.list_buckets_result(reply.buckets, owner=x.gateway.owner))
+    region = q.get("bucket-region")
+    buckets = sorted(
+        (
+            b
+            for b in reply.buckets
+            if b.name.startswith(prefix)
+            and (after is None or b.name > after)
+            and region in (None, x.gateway.config.region)
+        ),
+        key=lambda b: b.name,
+    )
+    page = buckets[:max_buckets]
+    token = encode_token(page[-1].name) if len(buckets) > len(page) else ""
+    body = xml.list_buckets_result(
+        page,
+        owner=x.gateway.owner,
+        region=x.gateway.config.region,
+        continuation_token=token,
+        prefix=q.get("prefix"),
+    )
+    return xml_response(x, body)
 
 
 @serves(wire.CreateBucket)
@@ -206,7 +245,8 @@ def _encoding_url(query: dict[str, str]) -> bool:
 
 @serves(wire.ListObjects, action="ListObjectsV2")
 async def list_objects_v2(x: Exchange) -> Response[Any]:
-    """ListObjectsV2 (``GET /b?list-type=2``): ``max-keys`` capped at 1000.
+    """ListObjectsV2 (``GET /b?list-type=2``): ``max-keys`` capped at 1000; ``Owner`` with
+    ``fetch-owner=true``; ``encoding-type=url`` encodes every name in the result.
 
     Raises:
         InvalidArgument: bad ``max-keys``, ``encoding-type`` or continuation token.
@@ -240,13 +280,19 @@ async def list_objects_v2(x: Exchange) -> Response[Any]:
         start_after=start_after,
         continuation_token=token,
         encoding_url=encoding_url,
+        owner=x.gateway.owner if q.get("fetch-owner") == "true" else None,
     )
     return xml_response(x, body)
 
 
 @serves(wire.ListObjects)
 async def list_objects(x: Exchange) -> Response[Any]:
-    """ListObjects v1 (``GET /b``): ``marker``, ``NextMarker`` with a delimiter."""
+    """ListObjects v1 (``GET /b``): ``marker``, ``NextMarker`` with a delimiter, ``Owner`` of
+    each object; ``encoding-type=url`` encodes every name in the result.
+
+    Raises:
+        InvalidArgument: bad ``max-keys`` or ``encoding-type``. NoSuchBucket.
+    """
     op = _op(x)
     q = op.query
     encoding_url = _encoding_url(q)
@@ -266,6 +312,7 @@ async def list_objects(x: Exchange) -> Response[Any]:
         max_keys=max_keys,
         marker=marker,
         encoding_url=encoding_url,
+        owner=x.gateway.owner,  # v1 always names the owner
     )
     return xml_response(x, body)
 
@@ -358,7 +405,10 @@ async def put_object(x: Exchange) -> Response[Any]:
         condition=condition,
     )
     info = _expect(await _upload(x, request), wire.ObjectInfo)
-    return empty(x, headers={"etag": f'"{info.etag}"', **_checksum_headers(info.checksums)})
+    headers = {"etag": f'"{info.etag}"', **_checksum_headers(info.checksums)}
+    if info.checksums:
+        headers["x-amz-checksum-type"] = FULL_OBJECT  # a single PUT's checksum covers it all
+    return empty(x, headers=headers)
 
 
 @serves(wire.UploadPart)
@@ -556,11 +606,21 @@ def _upload_id(op: Operation) -> str:
 
 @serves(wire.CreateMultipartUpload)
 async def create_multipart_upload(x: Exchange) -> Response[Any]:
-    """CreateMultipartUpload (``POST /b/k?uploads``) → ``<InitiateMultipartUploadResult>``."""
+    """CreateMultipartUpload (``POST /b/k?uploads``) → ``<InitiateMultipartUploadResult>``;
+    ``x-amz-checksum-algorithm`` / ``x-amz-checksum-type`` choose the object's checksum and
+    are echoed.
+
+    Raises:
+        InvalidRequest: an unknown checksum algorithm or type, or a type the algorithm
+            does not allow (:func:`~edgecache.common.checksums.multipart_checksum`).
+    """
     op = _op(x)
     _check_key(op)
     _no_conditional_write(x)
     content_type, metadata, stored = object_attributes(x.headers)
+    algorithm, checksum_type = multipart_checksum(
+        x.headers.get("x-amz-checksum-algorithm"), x.headers.get("x-amz-checksum-type")
+    )
     reply = await x.gateway.client.request(
         wire.CreateMultipartUpload(
             bucket=op.bucket,
@@ -568,9 +628,17 @@ async def create_multipart_upload(x: Exchange) -> Response[Any]:
             content_type=content_type,
             metadata=metadata,
             headers=stored,
+            checksum_algorithm=algorithm,
+            checksum_type=checksum_type,
         )
     )
-    return xml_response(x, xml.initiate_multipart_result(_expect(reply, wire.MultipartUpload)))
+    body = xml.initiate_multipart_result(_expect(reply, wire.MultipartUpload))
+    headers = (
+        {"x-amz-checksum-algorithm": algorithm.upper(), "x-amz-checksum-type": checksum_type}
+        if algorithm
+        else {}
+    )
+    return xml_response(x, body, headers=headers)
 
 
 @serves(wire.CompleteMultipartUpload)
@@ -578,7 +646,8 @@ async def complete_multipart_upload(x: Exchange) -> Response[Any]:
     """CompleteMultipartUpload (``POST /b/k?uploadId=U``, XML list of parts).
 
     Raises:
-        MalformedXML, InvalidPartOrder, InvalidPart, EntityTooSmall, NoSuchUpload; with
+        MalformedXML, InvalidPartOrder, InvalidPart, EntityTooSmall, NoSuchUpload; BadDigest
+        (an ``x-amz-checksum-<alg>`` of the whole object that does not match); with
         ``If-Match`` / ``If-None-Match: *``: PreconditionFailed, NoSuchKey,
         ConditionalRequestConflict.
     """
@@ -586,10 +655,16 @@ async def complete_multipart_upload(x: Exchange) -> Response[Any]:
     _check_key(op)
     condition = conditions.write_condition(x.headers)
     upload_id = _upload_id(op)
+    _, whole = upload_digests(x.headers)  # the whole object's checksum, if sent
     parts = xml.parse_complete_multipart(await x.read_body(MAX_XML_BYTES))
     reply = await x.gateway.client.request(
         wire.CompleteMultipartUpload(
-            bucket=op.bucket, key=op.key, upload_id=upload_id, parts=parts, condition=condition
+            bucket=op.bucket,
+            key=op.key,
+            upload_id=upload_id,
+            parts=parts,
+            condition=condition,
+            checksums=whole,
         )
     )
     info = _expect(reply, wire.ObjectInfo)
@@ -764,6 +839,31 @@ async def post_object(x: Exchange) -> Response[Any]:
     """PostObject (``POST /b``, ``multipart/form-data``): a browser upload signed by its
     policy; see :mod:`edgecache.gateway.postobject`."""
     return await postobject.serve(x)
+
+
+# == object attributes ===========================================================================
+@serves(wire.HeadObject, action="GetObjectAttributes")
+async def get_object_attributes(x: Exchange) -> Response[Any]:
+    """GetObjectAttributes (``GET /b/k?attributes``, ``x-amz-object-attributes: ETag,
+    Checksum, ObjectParts, StorageClass, ObjectSize``) → ``<GetObjectAttributesResponse>``
+    with ``Last-Modified``; answered from a HeadObject.
+
+    Raises:
+        InvalidArgument: the header is missing, empty or names another attribute.
+        NoSuchBucket, NoSuchKey.
+    """
+    op = _op(x)
+    _check_key(op)
+    asked = [a.strip() for a in x.headers.get("x-amz-object-attributes", "").split(",") if a.strip()]
+    if not asked or any(a not in xml.OBJECT_ATTRIBUTES for a in asked):
+        raise errors.InvalidArgument("Invalid attribute name specified.")
+    reply = await x.gateway.client.request(wire.HeadObject(bucket=op.bucket, key=op.key))
+    info = _expect(reply, wire.ObjectInfo)
+    return xml_response(
+        x,
+        xml.get_object_attributes_result(info, asked),
+        headers={"last-modified": http_date(info.last_modified)},
+    )
 
 
 # == what we do not serve ========================================================================

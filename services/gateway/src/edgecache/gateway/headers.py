@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from edgecache.common import errors
+from edgecache.common.checksums import DIGEST_BYTES, checksum_type_of
 from edgecache.common.errors import MetadataTooLarge
 
 if TYPE_CHECKING:
@@ -55,11 +56,9 @@ STORED_HEADERS = (
     "expires",
 )
 # Checksum algorithms we verify → digest length in bytes.
-CHECKSUM_BYTES = {"crc32": 4, "crc32c": 4, "sha1": 20, "sha256": 32}
+CHECKSUM_BYTES = DIGEST_BYTES
 # x-amz-checksum-<alg> values S3 knows but we cannot verify.
-_UNSUPPORTED_CHECKSUMS = frozenset(
-    {"crc64nvme", "md5", "sha512", "xxhash3", "xxhash64", "xxhash128"}
-)
+_UNSUPPORTED_CHECKSUMS = frozenset({"md5", "sha512", "xxhash3", "xxhash64", "xxhash128"})
 _META = "x-amz-meta-"
 _CHECKSUM = "x-amz-checksum-"
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name
@@ -292,8 +291,7 @@ def object_headers(
         if checksum_mode and info.checksums:
             for algorithm, value in info.checksums.items():
                 out[_CHECKSUM + algorithm] = value
-            composite = any("-" in v for v in info.checksums.values())
-            out["x-amz-checksum-type"] = "COMPOSITE" if composite else "FULL_OBJECT"
+            out["x-amz-checksum-type"] = checksum_type_of(next(iter(info.checksums.values())))
     for param, header in _OVERRIDES.items():
         value = query.get(param)
         if value is not None:

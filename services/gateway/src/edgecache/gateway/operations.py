@@ -69,6 +69,16 @@ SUBRESOURCES = frozenset(
         "website",
     }
 )
+# Sub-resources of newer S3 actions (2025), kept apart so the list above merges cleanly:
+# without them ``PUT /b/k?annotation`` would overwrite the object (PutObject) and
+# ``PUT /b?abac`` would be a CreateBucket (docs/compatibility.md, checked against botocore).
+SUBRESOURCES = SUBRESOURCES | {
+    "abac",
+    "annotation",
+    "metadataAnnotationTable",
+    "metadataInventoryTable",
+    "metadataJournalTable",
+}
 _MAX_QUERY_FIELDS = 64
 # What may name an existing bucket (legacy us-east-1 names allowed upper case and "_"); a
 # name outside this never reaches the cache nodes. New names: names.validate_bucket_name.
@@ -248,6 +258,8 @@ def route(
             return op("ListParts")
         if subs == {"acl"}:
             return op("GetObjectAcl")
+        if subs == {"attributes"}:
+            return op("GetObjectAttributes")
     elif method == "HEAD":
         if not subs or subs == {"partNumber"}:
             return op("HeadObject")

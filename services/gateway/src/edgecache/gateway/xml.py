@@ -16,6 +16,7 @@ import defusedxml
 import defusedxml.ElementTree as SafeET
 
 from edgecache.common import errors, wire
+from edgecache.common.checksums import checksum_type_of
 from edgecache.gateway.headers import iso8601, parse_decimal
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "copy_part_result",
     "delete_result",
     "error",
+    "get_object_attributes_result",
     "initiate_multipart_result",
     "list_buckets_result",
     "list_multipart_uploads_result",
@@ -49,6 +51,7 @@ _XSI = "http://www.w3.org/2001/XMLSchema-instance"
 _CHECKSUM_ELEMENTS = {
     "crc32": "ChecksumCRC32",
     "crc32c": "ChecksumCRC32C",
+    "crc64nvme": "ChecksumCRC64NVME",
     "sha1": "ChecksumSHA1",
     "sha256": "ChecksumSHA256",
 }
@@ -67,7 +70,10 @@ def _add(parent: ET.Element, tag: str, text: str | int | bool | None = None) -> 
 
 
 def _bytes(root: ET.Element) -> bytes:
-    return _DECLARATION + ET.tostring(root, encoding="utf-8")
+    # ElementTree writes a carriage return as is, and every XML parser reads it as a line
+    # feed: as a character reference it survives (S3 does the same). The builders write no
+    # carriage return of their own, so every one is a name's.
+    return _DECLARATION + ET.tostring(root, encoding="utf-8").replace(b"\r", b"&#13;")
 
 
 def _checksums(parent: ET.Element, checksums: dict[str, str]) -> None:
@@ -75,6 +81,9 @@ def _checksums(parent: ET.Element, checksums: dict[str, str]) -> None:
         tag = _CHECKSUM_ELEMENTS.get(algorithm)
         if tag is not None:
             _add(parent, tag, value)
+
+
+_CHECKSUM_ALGORITHMS = {tag: algorithm for algorithm, tag in _CHECKSUM_ELEMENTS.items()}
 
 
 def error(code: str, message: str, resource: str, request_id: str) -> bytes:
@@ -87,8 +96,17 @@ def error(code: str, message: str, resource: str, request_id: str) -> bytes:
     return _bytes(root)
 
 
-def list_buckets_result(buckets: Iterable[wire.BucketInfo], *, owner: str) -> bytes:
-    """ListBuckets: ``<ListAllMyBucketsResult>`` with ``Owner`` and one ``Bucket`` each."""
+def list_buckets_result(
+    buckets: Iterable[wire.BucketInfo],
+    *,
+    owner: str,
+    region: str = "",
+    continuation_token: str = "",
+    prefix: str | None = None,
+) -> bytes:
+    """ListBuckets: ``<ListAllMyBucketsResult>`` with ``Owner`` and one ``Bucket`` each
+    (with ``BucketRegion`` when ``region`` is given); ``ContinuationToken`` when the page is
+    truncated, ``Prefix`` when the request had one."""
     root = _root("ListAllMyBucketsResult")
     who = _add(root, "Owner")
     _add(who, "ID", owner)
@@ -98,6 +116,12 @@ def list_buckets_result(buckets: Iterable[wire.BucketInfo], *, owner: str) -> by
         entry = _add(parent, "Bucket")
         _add(entry, "Name", bucket.name)
         _add(entry, "CreationDate", iso8601(bucket.created))
+        if region:
+            _add(entry, "BucketRegion", region)
+    if continuation_token:
+        _add(root, "ContinuationToken", continuation_token)
+    if prefix is not None:
+        _add(root, "Prefix", prefix)
     return _bytes(root)
 
 
@@ -236,13 +260,15 @@ def initiate_multipart_result(upload: wire.MultipartUpload) -> bytes:
 
 def complete_multipart_result(info: wire.ObjectInfo, *, location: str) -> bytes:
     """CompleteMultipartUpload: ``<CompleteMultipartUploadResult>`` (Location, Bucket, Key,
-    ETag, checksums)."""
+    ETag, the object's checksum and ``ChecksumType``)."""
     root = _root("CompleteMultipartUploadResult")
     _add(root, "Location", location)
     _add(root, "Bucket", info.bucket)
     _add(root, "Key", info.key)
     _add(root, "ETag", f'"{info.etag}"')
     _checksums(root, info.checksums)
+    if info.checksums:
+        _add(root, "ChecksumType", checksum_type_of(next(iter(info.checksums.values()))))
     return _bytes(root)
 
 
@@ -329,7 +355,7 @@ def parse_complete_multipart(body: bytes) -> list[wire.CompletedPart]:
         body: the request body (bytes).
 
     Returns:
-        The parts, ETags stripped of quotes (hex).
+        The parts, ETags stripped of quotes (hex), with their ``Checksum<ALG>`` values.
 
     Raises:
         MalformedXML: bad XML, another root element, no ``Part``, a ``Part`` without a
@@ -344,11 +370,14 @@ def parse_complete_multipart(body: bytes) -> list[wire.CompletedPart]:
             continue
         number: str | None = None
         etag: str | None = None
+        checksums: dict[str, str] = {}
         for field, child in _children(element):
             if field == "PartNumber":
                 number = _text(child)
             elif field == "ETag":
                 etag = _text(child).strip('"').strip()
+            elif field in _CHECKSUM_ALGORITHMS:
+                checksums[_CHECKSUM_ALGORITHMS[field]] = _text(child)
         if number is None or not number.isascii() or not number.isdigit() or not etag:
             raise errors.MalformedXML()
         if len(etag) > MAX_ETAG_CHARS:  # no part has such an ETag; it would only swell the request
@@ -360,7 +389,7 @@ def parse_complete_multipart(body: bytes) -> list[wire.CompletedPart]:
             )
         if parts and part_number <= parts[-1].part_number:
             raise errors.InvalidPartOrder()
-        parts.append(wire.CompletedPart(part_number=part_number, etag=etag))
+        parts.append(wire.CompletedPart(part_number=part_number, etag=etag, checksums=checksums))
         if len(parts) > MAX_PARTS:
             raise errors.MalformedXML()
     if not parts:
@@ -512,4 +541,30 @@ def list_object_versions_result(
         _add(entry, "StorageClass", "STANDARD")
     for p in result.common_prefixes:
         _add(_add(root, "CommonPrefixes"), "Prefix", enc(p))
+    return _bytes(root)
+
+
+# == object attributes ===========================================================================
+OBJECT_ATTRIBUTES = ("ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize")
+
+
+def get_object_attributes_result(info: wire.ObjectInfo, attributes: Iterable[str]) -> bytes:
+    """GetObjectAttributes: ``<GetObjectAttributesResponse>`` with the asked-for elements of
+    :data:`OBJECT_ATTRIBUTES` (ETag unquoted, as S3 sends it here; ``ObjectParts`` holds
+    ``PartsCount`` (boto3: ``TotalPartsCount``) of a multipart object; ``Checksum`` its
+    checksum and type)."""
+    wanted = set(attributes)
+    root = _root("GetObjectAttributesResponse")
+    if "ETag" in wanted:
+        _add(root, "ETag", info.etag)
+    if "Checksum" in wanted and info.checksums:
+        checksum = _add(root, "Checksum")
+        _checksums(checksum, info.checksums)
+        _add(checksum, "ChecksumType", checksum_type_of(next(iter(info.checksums.values()))))
+    if "ObjectParts" in wanted and info.parts_count is not None:
+        _add(_add(root, "ObjectParts"), "PartsCount", info.parts_count)
+    if "StorageClass" in wanted:
+        _add(root, "StorageClass", "STANDARD")
+    if "ObjectSize" in wanted:
+        _add(root, "ObjectSize", info.size)
     return _bytes(root)
