@@ -22,6 +22,12 @@ every subscriber before it sees the reply. Each catalog numbers its invalidation
 … (``publisher``, ``publisher_started_ns``, ``seq``) so a subscriber can prove it missed
 none.
 
+**The dirty index.** Each dirty manifest's key is also *marked* in KV ``objects``
+(``kvkeys.dirty_key``, value: the version), before the manifest is written; marking a
+version clean (or removing its tombstone) removes the mark if it still names that version.
+So every dirty manifest has a mark (a mark may outlive its version: readers check the
+manifest), and :meth:`Catalog.dirty` reads the marks under a prefix, not every manifest.
+
 **Intents.** A new version's manifest is written before its write-back intent is appended
 to ``WRITEBACK`` (:meth:`Catalog.commit`). A crash between the two leaves a dirty manifest
 without an intent; :meth:`Catalog.recover` re-publishes those when a cache node starts
@@ -31,6 +37,7 @@ without an intent; :meth:`Catalog.recover` re-publishes those when a cache node 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -44,12 +51,15 @@ from edgecache.common.jetstream import current_values
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
+    from nats.js.kv import KeyValue
 
     from edgecache.common.jetstream import State
 
 __all__ = ["Catalog", "Entry"]
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed compare-and-set
+GET_BATCH = 64  # manifests read concurrently by dirty()
+_INDEX_BUILT = "x.dirty-index.v1"  # KV objects: present once the dirty index covers every manifest
 
 
 class Entry(NamedTuple):
@@ -88,14 +98,34 @@ class Catalog:
             return None
         return Entry(wire.decode(entry.value, wire.Manifest), entry.revision)
 
-    async def dirty(self, bucket: str | None = None) -> AsyncIterator[wire.Manifest]:
+    async def dirty(
+        self, bucket: str | None = None, prefix: str = ""
+    ) -> AsyncIterator[wire.Manifest]:
         """Every dirty manifest (puts and tombstones not yet applied to the origin) of
-        ``bucket``, or of every bucket, read in one pass; in KV order, not key order."""
-        key_filter = ">" if bucket is None else kvkeys.bucket_filter(bucket)
-        async for value in current_values(self._kv, key_filter):
-            manifest = wire.decode(value, wire.Manifest)
-            if manifest.state == "dirty":
-                yield manifest
+        ``bucket`` (or of every bucket) whose key starts with ``prefix``; in KV order, not
+        key order.
+
+        Reads the dirty index (see :mod:`~edgecache.common.kvkeys`) under ``prefix`` up to
+        its last ``/``, then each manifest it names, :data:`GET_BATCH` at a time: the cost
+        is that of the dirty keys there, not of every manifest of the bucket.
+        """
+        key_filter = kvkeys.DIRTY_ALL if bucket is None else kvkeys.dirty_filter(bucket, prefix)
+        batch: list[tuple[str, str]] = []
+        async for kv_key, _value, _revision in _current_entries(self._kv, key_filter):
+            b, k = kvkeys.parse_dirty_key(kv_key)
+            if k.startswith(prefix):
+                batch.append((b, k))
+            if len(batch) >= GET_BATCH:
+                for m in await self._dirty_manifests(batch):
+                    yield m
+                batch = []
+        for m in await self._dirty_manifests(batch):
+            yield m
+
+    async def _dirty_manifests(self, names: list[tuple[str, str]]) -> list[wire.Manifest]:
+        """The manifests of ``names`` that are dirty (a mark may outlive its version)."""
+        found = await asyncio.gather(*(self.get(b, k) for b, k in names))
+        return [e.manifest for e in found if e is not None and e.manifest.state == "dirty"]
 
     # -- changing -----------------------------------------------------------------------------
     async def commit(self, manifest: wire.Manifest, intent: wire.Intent) -> None:
@@ -167,18 +197,42 @@ class Catalog:
         (if still at ``revision``) and announce ``ObjectClean``. ``False``: the entry moved
         on; nothing was written nor announced."""
         event = _clean_event(clean, deleted=False)
-        return await self._change(
+        changed = await self._change(
             clean.bucket, clean.key, clean, revision=revision, events=[event], invalidates=False
         )
+        if changed:
+            await self._unmark(clean)
+        return changed
 
     async def remove_tombstone(self, tombstone: wire.Manifest, revision: int) -> bool:
         """The delete of ``tombstone`` is applied to the origin: remove the tombstone (if
         still at ``revision``) and announce ``ObjectClean`` (``deleted``). ``False``: the
         entry moved on (a newer version); nothing was removed nor announced."""
         event = _clean_event(tombstone, deleted=True)
-        return await self._change(  # readers saw the delete when the tombstone was written
+        changed = await self._change(  # readers saw the delete when the tombstone was written
             tombstone.bucket, tombstone.key, None, revision=revision, events=[event], invalidates=False
         )
+        if changed:
+            await self._unmark(tombstone)
+        return changed
+
+    async def _unmark(self, manifest: wire.Manifest) -> None:
+        """Remove the dirty mark of ``manifest``'s key if it still names its version (a
+        newer write re-marks the key first; the compare-and-set then keeps its mark)."""
+        mark_key = kvkeys.dirty_key(manifest.bucket, manifest.key)
+        try:
+            mark = await self._kv.get(mark_key)
+        except KeyNotFoundError:
+            return
+        if mark.value != manifest.version.encode():
+            return
+        try:
+            await self._kv.delete(mark_key, last=mark.revision)
+        except KeyWrongLastSequenceError:
+            return  # re-marked meanwhile
+        except APIError as exc:
+            if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                raise
 
     async def announce_clean(self, manifest: wire.Manifest, *, deleted: bool) -> None:
         """Announce ``ObjectClean`` again for a version already marked clean (or a tombstone
@@ -206,6 +260,10 @@ class Catalog:
             ``False`` when the compare-and-set lost: nothing changed, nothing published.
         """
         kv_key = kvkeys.object_key(bucket, key)
+        if manifest is not None and manifest.state == "dirty":
+            # indexed before it is written: every dirty manifest has its mark (a mark whose
+            # write then loses is harmless: readers check the manifest itself)
+            await self._kv.put(kvkeys.dirty_key(bucket, key), manifest.version.encode())
         try:
             if manifest is None:
                 if not revision:
@@ -268,7 +326,9 @@ class Catalog:
 
     async def recover(self, holder: str) -> int:
         """Re-publish the intent of every dirty manifest that names ``holder`` among its
-        nodes (or names no node). Returns how many."""
+        nodes (or names no node). Reads the dirty index, so the cost is that of the dirty
+        manifests, not of every manifest. Returns how many."""
+        await self._build_index()
         count = 0
         async for m in self.dirty():
             if m.nodes and holder not in m.nodes:
@@ -279,6 +339,35 @@ class Catalog:
             )
             count += 1
         return count
+
+    async def _build_index(self) -> None:
+        """Mark every dirty manifest written before the dirty index existed; once per KV
+        ``objects`` (a scan of every manifest: the one start-up that is not bounded)."""
+        try:
+            await self._kv.get(_INDEX_BUILT)
+            return
+        except KeyNotFoundError:
+            pass
+        async for value in current_values(self._kv, kvkeys.OBJECTS_ALL):
+            m = wire.decode(value, wire.Manifest)
+            if m.state == "dirty":
+                await self._kv.put(kvkeys.dirty_key(m.bucket, m.key), m.version.encode())
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self._kv.create(_INDEX_BUILT, b"1")
+
+
+async def _current_entries(kv: KeyValue, key_filter: str) -> AsyncIterator[tuple[str, bytes, int]]:
+    """``(key, value, revision)`` of every current key of ``kv`` matching ``key_filter``,
+    read in one pass (deleted keys skipped)."""
+    watcher = await kv.watch(key_filter, ignore_deletes=True)
+    try:
+        async for entry in watcher:
+            if entry is None:  # the initial values are all delivered
+                return
+            if entry.value:
+                yield entry.key, entry.value, entry.revision
+    finally:
+        await watcher.stop()
 
 
 def _clean_event(m: wire.Manifest, *, deleted: bool) -> wire.ObjectClean:

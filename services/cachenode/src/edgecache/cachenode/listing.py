@@ -1,7 +1,8 @@
 """ListObjects (v1 and v2): the origin's listing merged with writes not yet persisted.
 
-The overlay is every **dirty** manifest of the bucket in the catalog (puts and
-tombstones); clean objects come from the origin, which is their source of truth. Keys are
+The overlay is every **dirty** manifest under the listed prefix (puts and tombstones),
+which the catalog reads from its dirty index, not by scanning the bucket's manifests;
+clean objects come from the origin, which is their source of truth. Keys are
 merged in UTF-8 binary order; a dirty put replaces the origin's entry, a dirty tombstone
 hides it. Delimiters roll keys up into common prefixes after the merge; with a delimiter
 the origin is asked for one level (``Origin.iter_level``: its objects and common prefixes),
@@ -47,8 +48,8 @@ def _utf8(key: str) -> bytes:
 async def _overlay(node: CacheNode, bucket: str, prefix: str, after: str) -> list[wire.Manifest]:
     """Dirty manifests of ``bucket`` under ``prefix`` sorting after ``after``, in key order."""
     found: list[wire.Manifest] = []
-    async for m in node.catalog.dirty(bucket):
-        if m.key.startswith(prefix) and _utf8(m.key) > _utf8(after):
+    async for m in node.catalog.dirty(bucket, prefix):
+        if _utf8(m.key) > _utf8(after):
             found.append(m)
     found.sort(key=lambda m: _utf8(m.key))
     return found
