@@ -59,6 +59,8 @@ __all__ = ["Catalog", "Entry"]
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed compare-and-set
 GET_BATCH = 64  # manifests read concurrently by dirty()
+ERASED_TTL_S = 60  # a removed key's purge marker expires after this (s)
+_KV_PREFIX = f"$KV.{subjects.KV_OBJECTS}."  # KV objects' subjects (one per key)
 _INDEX_BUILT = "x.dirty-index.v1"  # KV objects: present once the dirty index covers every manifest
 
 
@@ -76,12 +78,15 @@ class Catalog:
     Args:
         nc: the NATS connection (events).
         state: the JetStream state (KV ``objects``; the ``WRITEBACK`` stream for intents).
+        clean_ttl_s: a clean manifest expires this long after it was last written (s;
+            ``0``: never); dirty manifests and tombstones never expire.
     """
 
-    def __init__(self, nc: NATS, state: State) -> None:
+    def __init__(self, nc: NATS, state: State, *, clean_ttl_s: float = 0.0) -> None:
         self._nc = nc
         self._js = state.js
         self._kv = state.objects
+        self._clean_ttl_s = clean_ttl_s
         self._publisher = new_id()
         self._started_ns = time.time_ns()
         self._seq = 0
@@ -227,10 +232,8 @@ class Catalog:
         if mark.value != manifest.version.encode():
             return
         try:
-            await self._kv.delete(mark_key, last=mark.revision)
-        except KeyWrongLastSequenceError:
-            return  # re-marked meanwhile
-        except APIError as exc:
+            await self._erase(mark_key, mark.revision)
+        except APIError as exc:  # re-marked meanwhile
             if exc.err_code not in _WRONG_LAST_SEQUENCE:
                 raise
 
@@ -264,17 +267,16 @@ class Catalog:
             # indexed before it is written: every dirty manifest has its mark (a mark whose
             # write then loses is harmless: readers check the manifest itself)
             await self._kv.put(kvkeys.dirty_key(bucket, key), manifest.version.encode())
+        ttl = self._clean_ttl_s if manifest is not None and manifest.state == "clean" else 0.0
         try:
             if manifest is None:
                 if not revision:
                     raise ValueError("a manifest is deleted only at a known revision")
-                await self._kv.delete(kv_key, last=revision)
-            elif revision is None:
-                await self._kv.put(kv_key, wire.encode(manifest))
+                await self._erase(kv_key, revision)
             elif revision == 0:
-                await self._kv.create(kv_key, wire.encode(manifest))
+                await self._kv.create(kv_key, wire.encode(manifest), msg_ttl=ttl or None)
             else:
-                await self._kv.update(kv_key, wire.encode(manifest), last=revision)
+                await self._write(kv_key, wire.encode(manifest), revision, ttl)
         except KeyWrongLastSequenceError:
             return False
         except APIError as exc:  # nats-py does not translate a delete's lost CAS
@@ -287,6 +289,33 @@ class Catalog:
         for event in events:
             await self._publish(event)
         return True
+
+    async def _write(self, kv_key: str, value: bytes, revision: int | None, ttl_s: float) -> None:
+        """Put ``value`` at ``kv_key`` (if the key is at ``revision``, unless ``None``),
+        expiring after ``ttl_s`` (``0``: never; the server's per-message TTL, ``Nats-TTL``).
+
+        Raises:
+            APIError: the compare-and-set lost (codes ``_WRONG_LAST_SEQUENCE``), or another.
+        """
+        headers = {} if revision is None else {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+        await self._js.publish(
+            _KV_PREFIX + kv_key, value, headers=headers or None, msg_ttl=ttl_s or None
+        )
+
+    async def _erase(self, kv_key: str, revision: int) -> None:
+        """Remove ``kv_key`` if it is at ``revision``: a purge (the key's history goes) whose
+        own marker expires after :data:`ERASED_TTL_S`, so removed keys leave nothing behind
+        (a plain KV delete leaves its marker for ever).
+
+        Raises:
+            APIError: the compare-and-set lost (codes ``_WRONG_LAST_SEQUENCE``), or another.
+        """
+        headers = {
+            "KV-Operation": "PURGE",
+            "Nats-Rollup": "sub",
+            "Nats-Expected-Last-Subject-Sequence": str(revision),
+        }
+        await self._js.publish(_KV_PREFIX + kv_key, b"", headers=headers, msg_ttl=ERASED_TTL_S)
 
     async def invalidate_bucket(self, bucket: str) -> None:
         """Every object of ``bucket`` changed (the bucket was deleted): tell memory tiers."""

@@ -99,6 +99,8 @@ class CacheNodeConfig(msgspec.Struct, **_OPTS):
     stream_idle_timeout_s: float = 30.0
     lease_s: float = 30.0  # a short-circuit read plan pins its chunks at most this long
     metrics_port: int = 0  # /metrics and /health/* (docs/operations.md); 0: none
+    manifest_ttl_s: float = 86400.0  # a clean manifest not rewritten for this long expires (0: never)
+    multipart_max_age_s: float = 7 * 86400.0  # an upload not completed by then is aborted
 
 
 class WritebackConfig(msgspec.Struct, **_OPTS):

@@ -126,6 +126,8 @@ class WritebackService:
         prefetch: open the next chunk's stream while the origin consumes the current one.
         credit: the download credit of ``nc`` that every chunk stream takes from;
             default: one of its own, of ``DEFAULT_CREDIT_BYTES``.
+        manifest_ttl_s: a version marked clean expires from KV ``objects`` after this
+            (s; ``0``: never): ``cachenode.manifest_ttl_s``.
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class WritebackService:
         chunk_timeout_s: float = 30.0,
         prefetch: bool = True,
         credit: CreditBudget | None = None,
+        manifest_ttl_s: float = 0.0,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -153,7 +156,7 @@ class WritebackService:
         self._grace = shutdown_grace_s
         self._applier = IntentApplier(
             nc,
-            Catalog(nc, state),
+            Catalog(nc, state, clean_ttl_s=manifest_ttl_s),
             state.buckets,
             origin,
             credit=credit if credit is not None else CreditBudget(nc),
@@ -445,6 +448,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             chunk_timeout_s=config.nats.request_timeout_s,
             window_frames=config.cachenode.window_frames,
             credit=CreditBudget(nc, max_bytes=config.nats.download_credit_bytes),
+            manifest_ttl_s=config.cachenode.manifest_ttl_s,
         )
         await stack.enter_async_context(writeback_monitor(config, nc, service.stats))
         await service.run(stop)
