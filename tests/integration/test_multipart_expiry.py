@@ -38,6 +38,8 @@ async def test_abandoned_uploads_are_aborted_and_their_chunks_released(
         with pytest.raises(errors.NoSuchUpload):
             await client.put_object(part, one(b"abc"))
         assert await multipart.abort_abandoned(node) == 0
+        listed = await client.request(wire.ListMultipartUploads(bucket=bucket_name))
+        assert listed.uploads == []  # as S3 lists it: gone
         young = await client.request(wire.CreateMultipartUpload(bucket=bucket_name, key="young"))
 
         monkeypatch.setattr(multipart, "now", lambda: started + AGE_S + grace_s + 2)

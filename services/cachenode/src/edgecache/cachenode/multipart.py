@@ -319,10 +319,12 @@ async def list_multipart_uploads(
     up into common prefixes. Raises NoSuchBucket, InvalidArgument (``max_uploads`` < 0).
     """
     await node.require_bucket(request.bucket)
+    abandoned_before = now() - node.config.cachenode.multipart_max_age_s  # being aborted
     if request.max_uploads < 0:
         raise errors.InvalidArgument("max-uploads must be a non-negative integer")
     records = [
-        r for r in await upload_records(node) if r.bucket == request.bucket and r.key.startswith(request.prefix)
+        r for r in await upload_records(node)
+        if r.bucket == request.bucket and r.key.startswith(request.prefix) and r.initiated >= abandoned_before
     ]
     records.sort(key=lambda r: (_utf8(r.key), r.initiated, r.upload_id))
     marker = _utf8(request.key_marker)
