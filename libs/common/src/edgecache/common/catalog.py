@@ -22,6 +22,12 @@ every subscriber before it sees the reply. Each catalog numbers its invalidation
 … (``publisher``, ``publisher_started_ns``, ``seq``) so a subscriber can prove it missed
 none.
 
+**The dirty index.** Each dirty manifest's key is also *marked* in KV ``objects``
+(``kvkeys.dirty_key``, value: the version), before the manifest is written; marking a
+version clean (or removing its tombstone) removes the mark if it still names that version.
+So every dirty manifest has a mark (a mark may outlive its version: readers check the
+manifest), and :meth:`Catalog.dirty` reads the marks under a prefix, not every manifest.
+
 **Intents.** A new version's manifest is written before its write-back intent is appended
 to ``WRITEBACK`` (:meth:`Catalog.commit`). A crash between the two leaves a dirty manifest
 without an intent; :meth:`Catalog.recover` re-publishes those when a cache node starts
@@ -31,6 +37,7 @@ without an intent; :meth:`Catalog.recover` re-publishes those when a cache node 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -40,7 +47,7 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from edgecache.common import errors, kvkeys, subjects, wire
 from edgecache.common.etags import etag_matches
 from edgecache.common.ids import new_id
-from edgecache.common.jetstream import current_values
+from edgecache.common.jetstream import GET_BATCH, current_entries, current_values
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -50,6 +57,9 @@ if TYPE_CHECKING:
 __all__ = ["Catalog", "Entry"]
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed compare-and-set
+ERASED_TTL_S = 60  # a removed key's purge marker expires after this (s)
+_KV_PREFIX = f"$KV.{subjects.KV_OBJECTS}."  # KV objects' subjects (one per key)
+_INDEX_BUILT = "x.dirty-index.v1"  # KV objects: present once the dirty index covers every manifest
 
 
 class Entry(NamedTuple):
@@ -66,12 +76,15 @@ class Catalog:
     Args:
         nc: the NATS connection (events).
         state: the JetStream state (KV ``objects``; the ``WRITEBACK`` stream for intents).
+        clean_ttl_s: a clean manifest expires this long after it was last written (s;
+            ``0``: never); dirty manifests and tombstones never expire.
     """
 
-    def __init__(self, nc: NATS, state: State) -> None:
+    def __init__(self, nc: NATS, state: State, *, clean_ttl_s: float = 0.0) -> None:
         self._nc = nc
         self._js = state.js
         self._kv = state.objects
+        self._clean_ttl_s = clean_ttl_s
         self._publisher = new_id()
         self._started_ns = time.time_ns()
         self._seq = 0
@@ -88,14 +101,34 @@ class Catalog:
             return None
         return Entry(wire.decode(entry.value, wire.Manifest), entry.revision)
 
-    async def dirty(self, bucket: str | None = None) -> AsyncIterator[wire.Manifest]:
+    async def dirty(
+        self, bucket: str | None = None, prefix: str = ""
+    ) -> AsyncIterator[wire.Manifest]:
         """Every dirty manifest (puts and tombstones not yet applied to the origin) of
-        ``bucket``, or of every bucket, read in one pass; in KV order, not key order."""
-        key_filter = ">" if bucket is None else kvkeys.bucket_filter(bucket)
-        async for value in current_values(self._kv, key_filter):
-            manifest = wire.decode(value, wire.Manifest)
-            if manifest.state == "dirty":
-                yield manifest
+        ``bucket`` (or of every bucket) whose key starts with ``prefix``; in KV order, not
+        key order.
+
+        Reads the dirty index (see :mod:`~edgecache.common.kvkeys`) under ``prefix`` up to
+        its last ``/``, then each manifest it names, :data:`GET_BATCH` at a time: the cost
+        is that of the dirty keys there, not of every manifest of the bucket.
+        """
+        key_filter = kvkeys.DIRTY_ALL if bucket is None else kvkeys.dirty_filter(bucket, prefix)
+        batch: list[tuple[str, str]] = []
+        async for kv_key, _version, _revision in current_entries(self._kv, key_filter):
+            b, k = kvkeys.parse_dirty_key(kv_key)
+            if k.startswith(prefix):
+                batch.append((b, k))
+            if len(batch) >= GET_BATCH:
+                for m in await self._dirty_manifests(batch):
+                    yield m
+                batch = []
+        for m in await self._dirty_manifests(batch):
+            yield m
+
+    async def _dirty_manifests(self, names: list[tuple[str, str]]) -> list[wire.Manifest]:
+        """The manifests of ``names`` that are dirty (a mark may outlive its version)."""
+        found = await asyncio.gather(*(self.get(b, k) for b, k in names))
+        return [e.manifest for e in found if e is not None and e.manifest.state == "dirty"]
 
     # -- changing -----------------------------------------------------------------------------
     async def commit(self, manifest: wire.Manifest, intent: wire.Intent) -> None:
@@ -167,18 +200,40 @@ class Catalog:
         (if still at ``revision``) and announce ``ObjectClean``. ``False``: the entry moved
         on; nothing was written nor announced."""
         event = _clean_event(clean, deleted=False)
-        return await self._change(
+        changed = await self._change(
             clean.bucket, clean.key, clean, revision=revision, events=[event], invalidates=False
         )
+        if changed:
+            await self._unmark(clean)
+        return changed
 
     async def remove_tombstone(self, tombstone: wire.Manifest, revision: int) -> bool:
         """The delete of ``tombstone`` is applied to the origin: remove the tombstone (if
         still at ``revision``) and announce ``ObjectClean`` (``deleted``). ``False``: the
         entry moved on (a newer version); nothing was removed nor announced."""
         event = _clean_event(tombstone, deleted=True)
-        return await self._change(  # readers saw the delete when the tombstone was written
+        changed = await self._change(  # readers saw the delete when the tombstone was written
             tombstone.bucket, tombstone.key, None, revision=revision, events=[event], invalidates=False
         )
+        if changed:
+            await self._unmark(tombstone)
+        return changed
+
+    async def _unmark(self, manifest: wire.Manifest) -> None:
+        """Remove the dirty mark of ``manifest``'s key if it still names its version (a
+        newer write re-marks the key first; the compare-and-set then keeps its mark)."""
+        mark_key = kvkeys.dirty_key(manifest.bucket, manifest.key)
+        try:
+            mark = await self._kv.get(mark_key)
+        except KeyNotFoundError:
+            return
+        if mark.value != manifest.version.encode():
+            return
+        try:
+            await self._erase(mark_key, mark.revision)
+        except APIError as exc:  # re-marked meanwhile
+            if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                raise
 
     async def announce_clean(self, manifest: wire.Manifest, *, deleted: bool) -> None:
         """Announce ``ObjectClean`` again for a version already marked clean (or a tombstone
@@ -206,17 +261,20 @@ class Catalog:
             ``False`` when the compare-and-set lost: nothing changed, nothing published.
         """
         kv_key = kvkeys.object_key(bucket, key)
+        if manifest is not None and manifest.state == "dirty":
+            # indexed before it is written: every dirty manifest has its mark (a mark whose
+            # write then loses is harmless: readers check the manifest itself)
+            await self._kv.put(kvkeys.dirty_key(bucket, key), manifest.version.encode())
+        ttl = self._clean_ttl_s if manifest is not None and manifest.state == "clean" else 0.0
         try:
             if manifest is None:
                 if not revision:
                     raise ValueError("a manifest is deleted only at a known revision")
-                await self._kv.delete(kv_key, last=revision)
-            elif revision is None:
-                await self._kv.put(kv_key, wire.encode(manifest))
+                await self._erase(kv_key, revision)
             elif revision == 0:
-                await self._kv.create(kv_key, wire.encode(manifest))
+                await self._kv.create(kv_key, wire.encode(manifest), msg_ttl=ttl or None)
             else:
-                await self._kv.update(kv_key, wire.encode(manifest), last=revision)
+                await self._write(kv_key, wire.encode(manifest), revision, ttl)
         except KeyWrongLastSequenceError:
             return False
         except APIError as exc:  # nats-py does not translate a delete's lost CAS
@@ -229,6 +287,33 @@ class Catalog:
         for event in events:
             await self._publish(event)
         return True
+
+    async def _write(self, kv_key: str, value: bytes, revision: int | None, ttl_s: float) -> None:
+        """Put ``value`` at ``kv_key`` (if the key is at ``revision``, unless ``None``),
+        expiring after ``ttl_s`` (``0``: never; the server's per-message TTL, ``Nats-TTL``).
+
+        Raises:
+            APIError: the compare-and-set lost (codes ``_WRONG_LAST_SEQUENCE``), or another.
+        """
+        headers = {} if revision is None else {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+        await self._js.publish(
+            _KV_PREFIX + kv_key, value, headers=headers or None, msg_ttl=ttl_s or None
+        )
+
+    async def _erase(self, kv_key: str, revision: int) -> None:
+        """Remove ``kv_key`` if it is at ``revision``: a purge (the key's history goes) whose
+        own marker expires after :data:`ERASED_TTL_S`, so removed keys leave nothing behind
+        (a plain KV delete leaves its marker for ever).
+
+        Raises:
+            APIError: the compare-and-set lost (codes ``_WRONG_LAST_SEQUENCE``), or another.
+        """
+        headers = {
+            "KV-Operation": "PURGE",
+            "Nats-Rollup": "sub",
+            "Nats-Expected-Last-Subject-Sequence": str(revision),
+        }
+        await self._js.publish(_KV_PREFIX + kv_key, b"", headers=headers, msg_ttl=ERASED_TTL_S)
 
     async def invalidate_bucket(self, bucket: str) -> None:
         """Every object of ``bucket`` changed (the bucket was deleted): tell memory tiers."""
@@ -268,7 +353,9 @@ class Catalog:
 
     async def recover(self, holder: str) -> int:
         """Re-publish the intent of every dirty manifest that names ``holder`` among its
-        nodes (or names no node). Returns how many."""
+        nodes (or names no node). Reads the dirty index, so the cost is that of the dirty
+        manifests, not of every manifest. Returns how many."""
+        await self._build_index()
         count = 0
         async for m in self.dirty():
             if m.nodes and holder not in m.nodes:
@@ -279,6 +366,21 @@ class Catalog:
             )
             count += 1
         return count
+
+    async def _build_index(self) -> None:
+        """Mark every dirty manifest written before the dirty index existed; once per KV
+        ``objects`` (a scan of every manifest: the one start-up that is not bounded)."""
+        try:
+            await self._kv.get(_INDEX_BUILT)
+            return
+        except KeyNotFoundError:
+            pass
+        async for value in current_values(self._kv, kvkeys.OBJECTS_ALL):
+            m = wire.decode(value, wire.Manifest)
+            if m.state == "dirty":
+                await self._kv.put(kvkeys.dirty_key(m.bucket, m.key), m.version.encode())
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self._kv.create(_INDEX_BUILT, b"1")
 
 
 def _clean_event(m: wire.Manifest, *, deleted: bool) -> wire.ObjectClean:

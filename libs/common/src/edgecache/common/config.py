@@ -134,6 +134,8 @@ class CacheNodeConfig(msgspec.Struct, **_OPTS):
     # with: fewer live peers, and the write is refused (503 ServiceUnavailable) and nothing
     # is kept; 1: always acknowledge (with up to `replicas` copies)
     min_replicas: int = 1
+    manifest_ttl_s: float = 86400.0  # a clean manifest not rewritten for this long expires (0: never)
+    multipart_max_age_s: float = 7 * 86400.0  # an upload not completed by then is aborted
 
 
 class WritebackConfig(msgspec.Struct, **_OPTS):

@@ -6,6 +6,8 @@ Every service calls :func:`ensure_state` at start, so any one of them can come u
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -18,7 +20,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, NotFoundError
 
 from edgecache.common import subjects
 from edgecache.common.config import WritebackConfig
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
-__all__ = ["State", "current_values", "ensure_state"]
+__all__ = ["GET_BATCH", "State", "current_entries", "current_keys", "current_values", "ensure_state"]
 
 
 class State:
@@ -133,15 +135,60 @@ async def _consumer_exists(js: JetStreamContext, durable: str) -> bool:
     return True
 
 
-async def current_values(kv: KeyValue, key_filter: str) -> AsyncIterator[bytes]:
-    """The current value of every key of ``kv`` matching ``key_filter`` (NATS subject
-    wildcards), read in one pass from the stream (deleted keys are skipped)."""
-    watcher = await kv.watch(key_filter, ignore_deletes=True)
+GET_BATCH = 64
+"""KV reads in flight at once when reading many keys."""
+
+
+async def current_keys(kv: KeyValue, key_filter: str) -> list[str]:
+    """The keys of ``kv`` matching ``key_filter`` (NATS subject wildcards) that have a
+    message in the bucket's stream now (a deleted or purged key's marker counts), sorted.
+
+    One ``STREAM.INFO`` request with a subjects filter per 100,000 keys (the server pages
+    them). Not a KV watcher's initial values: nats-py ends those with a marker that can
+    overtake entries the server has already sent, and a listing then misses keys.
+
+    Raises:
+        nats.errors.TimeoutError, JetStream API errors: the stream cannot be read.
+    """
+    js = kv._js  # noqa: SLF001 - nats-py's KV keeps its context, stream and subject prefix
+    prefix: str = kv._pre  # noqa: SLF001
+    subject = f"{js._prefix}.STREAM.INFO.{kv._stream}"  # noqa: SLF001
+    keys: list[str] = []
+    offset = 0
+    while True:
+        request = json.dumps({"subjects_filter": prefix + key_filter, "offset": offset}).encode()
+        reply = json.loads((await js._nc.request(subject, request, timeout=js._timeout)).data)  # noqa: SLF001
+        if "error" in reply:
+            raise APIError.from_error(reply["error"])
+        found = (reply.get("state") or {}).get("subjects") or {}
+        keys.extend(s[len(prefix) :] for s in found)
+        offset += len(found)
+        if not found or offset >= int(reply.get("total", 0)):
+            return sorted(keys)
+
+
+async def current_entries(kv: KeyValue, key_filter: str) -> AsyncIterator[tuple[str, bytes, int]]:
+    """``(key, value, revision)`` of every current key of ``kv`` matching ``key_filter``,
+    in key order: the keys first (:func:`current_keys`), then their values,
+    :data:`GET_BATCH` at a time (a key deleted meanwhile, or holding a delete marker, is
+    skipped)."""
+    keys = await current_keys(kv, key_filter)
+    for start in range(0, len(keys), GET_BATCH):
+        batch = keys[start : start + GET_BATCH]
+        for key, entry in zip(batch, await asyncio.gather(*(_get(kv, k) for k in batch)), strict=True):
+            if entry is not None and entry.value:
+                yield key, entry.value, entry.revision or 0
+
+
+async def _get(kv: KeyValue, key: str) -> KeyValue.Entry | None:
     try:
-        async for entry in watcher:
-            if entry is None:  # the initial values are all delivered
-                return
-            if entry.value:
-                yield entry.value
-    finally:
-        await watcher.stop()
+        return await kv.get(key)
+    except KeyNotFoundError:
+        return None
+
+
+async def current_values(kv: KeyValue, key_filter: str) -> AsyncIterator[bytes]:
+    """The current value of every key of ``kv`` matching ``key_filter`` (see
+    :func:`current_entries`)."""
+    async for _key, value, _revision in current_entries(kv, key_filter):
+        yield value

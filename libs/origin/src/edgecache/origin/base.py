@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-__all__ = ["Origin", "OriginBucket", "OriginObject"]
+__all__ = ["Origin", "OriginBucket", "OriginObject", "common_prefix"]
 
 
 class OriginObject(msgspec.Struct, frozen=True, kw_only=True):
@@ -138,3 +138,39 @@ class Origin(abc.ABC):
         Raises:
             NoSuchBucket, ServiceUnavailable.
         """
+
+    async def iter_level(
+        self, bucket: str, *, prefix: str = "", delimiter: str = "", start_after: str = ""
+    ) -> AsyncIterator[OriginObject | str]:
+        """One level of ``bucket`` under ``prefix``: the objects whose key has no
+        ``delimiter`` after ``prefix``, and the common prefixes (``str``, ending with
+        ``delimiter``) that roll up the others, merged in UTF-8 binary order.
+
+        Objects come after ``start_after``; a common prefix comes if it holds a key after
+        ``start_after`` and is not ``start_after`` itself (a page that ended on it). With no
+        ``delimiter``, the same as :meth:`iter_objects`. This default rolls up
+        :meth:`iter_objects`; an origin that can read one level directly overrides it.
+
+        Raises:
+            NoSuchBucket, ServiceUnavailable.
+        """
+        skip = ""
+        async for obj in self.iter_objects(bucket, prefix=prefix, start_after=start_after):
+            if skip and obj.key.startswith(skip):
+                continue
+            common = common_prefix(obj.key, prefix, delimiter)
+            if not common:
+                yield obj
+                continue
+            skip = common
+            if common != start_after:
+                yield common
+
+
+def common_prefix(key: str, prefix: str, delimiter: str) -> str:
+    """The common prefix ``key`` rolls up into (through the first ``delimiter`` after
+    ``prefix``), or ``""`` if it rolls up into none."""
+    if not delimiter:
+        return ""
+    idx = key.find(delimiter, len(prefix))
+    return key[: idx + len(delimiter)] if idx >= 0 else ""

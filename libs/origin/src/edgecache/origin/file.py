@@ -133,6 +133,24 @@ def _write_all(fd: int, data: bytes, md5: hashlib._Hash | None) -> None:
         md5.update(data)
 
 
+def _canonical_file_under(path: str) -> bool:
+    """Whether a regular file whose path below ``path`` is all canonical names (so the walk
+    lists it) exists; depth first, stopping at the first found. ``False`` may be wrong (a
+    long segment's pieces are not followed): then walk."""
+    try:
+        with os.scandir(path) as it:
+            for e in it:
+                if kp.decode_segment(e.name) is None or len(e.name.encode()) > kp.MAX_NAME_BYTES:
+                    continue
+                if e.is_file(follow_symlinks=False):
+                    return True
+                if e.is_dir(follow_symlinks=False) and _canonical_file_under(e.path):
+                    return True
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # removed meanwhile
+    return False
+
+
 def _unlink(path: str) -> bool:
     try:
         os.unlink(path)
@@ -585,22 +603,63 @@ class FileOrigin(Origin):
         with _os_errors(bucket):
             if not await asyncio.to_thread(os.path.isdir, bucket_dir):
                 raise errors.NoSuchBucket(resource=bucket)
-        walk = self._walk(bucket, bucket_dir, prefix, start_after)
+        walk = self._walk(bucket, _Entry("", True, bucket_dir, []), prefix, start_after)
+        async for obj in self._batches(bucket, walk):
+            yield obj
+
+    async def iter_level(
+        self, bucket: str, *, prefix: str = "", delimiter: str = "", start_after: str = ""
+    ) -> AsyncIterator[OriginObject | str]:
+        """See :meth:`Origin.iter_level`. With ``delimiter`` ``"/"`` the directories of the
+        level are read, not walked: a subdirectory under ``prefix`` is a common prefix,
+        opened only to see that it holds an object (its first regular file with a
+        canonical name suffices; else it is walked until one is found). Other delimiters
+        roll up the walk.
+
+        Raises:
+            NoSuchBucket: the bucket's directory does not exist.
+        """
+        if delimiter != "/":
+            async for item in super().iter_level(
+                bucket, prefix=prefix, delimiter=delimiter, start_after=start_after
+            ):
+                yield item
+            return
+        bucket_dir = self._bucket_dir(bucket)
+        with _os_errors(bucket):
+            if not await asyncio.to_thread(os.path.isdir, bucket_dir):
+                raise errors.NoSuchBucket(resource=bucket)
+        level = self._walk(
+            bucket, _Entry("", True, bucket_dir, []), prefix, start_after, roll_up=True
+        )
+        async for item in self._batches(bucket, level):
+            yield item
+
+    @staticmethod
+    async def _batches(
+        bucket: str, items: Iterator[OriginObject | str]
+    ) -> AsyncIterator[OriginObject | str]:
+        """Drain a blocking iterator, :data:`LIST_BATCH` items per worker-thread hop."""
         while True:
             with _os_errors(bucket):
-                batch = await asyncio.to_thread(lambda: list(itertools.islice(walk, LIST_BATCH)))
+                batch = await asyncio.to_thread(lambda: list(itertools.islice(items, LIST_BATCH)))
             for obj in batch:
                 yield obj
             if len(batch) < LIST_BATCH:
                 return
 
     def _walk(
-        self, bucket: str, bucket_dir: str, prefix: str, start_after: str
-    ) -> Iterator[OriginObject]:
-        """Depth-first over directories, each one's entries sorted by key; directories sort
-        as their key prefix with the trailing ``/``, which is exactly where their keys fall
-        (``a`` < ``a-b`` < ``a.b`` < ``a/…`` < ``a0``)."""
-        stack = [iter(self._scan(bucket_dir, "", []))]
+        self, bucket: str, top: _Entry, prefix: str, start_after: str, *, roll_up: bool = False
+    ) -> Iterator[OriginObject | str]:
+        """Depth-first over the directories under ``top`` (a directory entry; the bucket's
+        is ``_Entry("", True, bucket_dir, [])``), each one's entries sorted by key;
+        directories sort as their key prefix with the trailing ``/``, which is exactly
+        where their keys fall (``a`` < ``a-b`` < ``a.b`` < ``a/…`` < ``a0``).
+
+        ``roll_up``: a directory under ``prefix`` is not entered but yielded as a common
+        prefix (its key prefix, a ``str``) if it holds an object to list.
+        """
+        stack = [iter(self._scan(top.path, top.sort_key, top.parts))]
         while stack:
             entry = next(stack[-1], None)
             if entry is None:
@@ -614,6 +673,10 @@ class FileOrigin(Origin):
                     continue
                 if key < start_after and not start_after.startswith(key):
                     continue  # every key under it sorts before start_after
+                if roll_up and len(key) > len(prefix) and key.startswith(prefix):
+                    if key != start_after and self._holds_object(bucket, entry, start_after):
+                        yield key  # the common prefix: the directory's key prefix
+                    continue
                 stack.append(iter(self._scan(entry.path, key, entry.parts)))
             elif key.startswith(prefix):
                 if key > start_after and kp.key_to_parts(key) == entry.parts:
@@ -622,6 +685,22 @@ class FileOrigin(Origin):
                         yield obj
             elif key > prefix:
                 return
+
+    def _holds_object(self, bucket: str, entry: _Entry, start_after: str) -> bool:
+        """Whether directory ``entry`` holds an object listed after ``start_after``.
+
+        First a depth-first look that stops at the first object file with a canonical
+        name (on a tree this origin wrote: one directory per level, its first entries);
+        the exact walk only when that finds none or ``start_after`` falls inside.
+        """
+        if (
+            start_after < entry.sort_key
+            and kp.key_to_parts(entry.sort_key[:-1]) == entry.parts
+            and _canonical_file_under(entry.path)
+        ):
+            return True
+        walk = self._walk(bucket, entry, entry.sort_key, start_after)
+        return next(walk, None) is not None
 
     def _list_entry(self, bucket: str, key: str, entry: _Entry) -> OriginObject | None:
         for shared_lock in (contextlib.nullcontext(), self._lock(bucket, shared=True)):

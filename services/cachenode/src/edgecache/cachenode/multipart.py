@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
 __all__ = [
+    "abort_abandoned",
     "abort_multipart_upload",
     "check_part_number",
     "complete_multipart_upload",
@@ -123,10 +124,14 @@ def check_part_number(part_number: int) -> None:
 
 
 async def require_upload(node: CacheNode, bucket: str, key: str, upload_id: str) -> wire.UploadRecord:
-    """The record of an upload in progress. Raises NoSuchUpload."""
+    """The record of an upload in progress. Raises NoSuchUpload (also once it is older
+    than ``cachenode.multipart_max_age_s``: :func:`abort_abandoned` is about to abort it)."""
     if not _valid_upload_id(upload_id):
         raise errors.NoSuchUpload(resource=f"{bucket}/{key}")
-    return await _upload(node, bucket, key, upload_id)
+    record = await _upload(node, bucket, key, upload_id)
+    if record.initiated < now() - node.config.cachenode.multipart_max_age_s:
+        raise errors.NoSuchUpload("the upload was abandoned", resource=f"{bucket}/{key}")
+    return record
 
 
 async def store_part(
@@ -343,6 +348,25 @@ async def upload_records(node: CacheNode) -> list[wire.UploadRecord]:
     ]
 
 
+async def abort_abandoned(node: CacheNode) -> int:
+    """Abort every upload initiated over ``cachenode.multipart_max_age_s`` ago, plus one
+    ``nats.request_timeout_s`` of grace so that a request that found it young has finished:
+    its KV entries go, its chunks here are deleted and everywhere released (evictable).
+    Any node may run it; two racing abort the same uploads harmlessly.
+
+    Returns:
+        How many uploads were aborted.
+    """
+    cachenode, grace_s = node.config.cachenode, node.config.nats.request_timeout_s
+    cutoff = now() - cachenode.multipart_max_age_s - grace_s
+    aborted = 0
+    for record in await upload_records(node):
+        if record.initiated < cutoff:
+            await _forget(node, record.upload_id, await _parts(node, record.upload_id), keep=set())
+            aborted += 1
+    return aborted
+
+
 async def list_multipart_uploads(
     node: CacheNode, request: wire.ListMultipartUploads
 ) -> wire.ListMultipartUploadsResult:
@@ -352,10 +376,12 @@ async def list_multipart_uploads(
     up into common prefixes. Raises NoSuchBucket, InvalidArgument (``max_uploads`` < 0).
     """
     await node.require_bucket(request.bucket)
+    abandoned_before = now() - node.config.cachenode.multipart_max_age_s  # being aborted
     if request.max_uploads < 0:
         raise errors.InvalidArgument("max-uploads must be a non-negative integer")
     records = [
-        r for r in await upload_records(node) if r.bucket == request.bucket and r.key.startswith(request.prefix)
+        r for r in await upload_records(node)
+        if r.bucket == request.bucket and r.key.startswith(request.prefix) and r.initiated >= abandoned_before
     ]
     records.sort(key=lambda r: (_utf8(r.key), r.initiated, r.upload_id))
     marker = _utf8(request.key_marker)

@@ -76,7 +76,9 @@ class CacheNode:
     requests: RequestTimes | None = None  # request latencies by operation (metrics), if any
 
     def __post_init__(self) -> None:
-        self.catalog = Catalog(self.nc, self.state)
+        self.catalog = Catalog(
+            self.nc, self.state, clean_ttl_s=self.config.cachenode.manifest_ttl_s
+        )
         self.filler = Filler(
             self.store,
             self.origin,

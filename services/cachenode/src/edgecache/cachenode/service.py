@@ -213,6 +213,21 @@ async def _evictions(node: CacheNode, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), 1.0)
 
 
+async def _upload_sweeps(node: CacheNode, stop: asyncio.Event) -> None:
+    """Abort abandoned multipart uploads (:func:`.multipart.abort_abandoned`), a few times
+    per ``cachenode.multipart_max_age_s`` and at least hourly."""
+    period_s = min(3600.0, node.config.cachenode.multipart_max_age_s / 4)
+    while not stop.is_set():
+        try:
+            aborted = await multipart.abort_abandoned(node)
+            if aborted:
+                log.info("uploads.aborted", uploads=aborted)
+        except Exception:
+            log.exception("uploads.sweep.failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), period_s)
+
+
 async def on_released(node: CacheNode, msg: Msg) -> None:
     """``ChunksReleased``: the chunks (replicas or originals) held here become evictable."""
     event = wire.decode(msg.data, wire.ChunksReleased)
@@ -287,6 +302,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         background = [
             asyncio.ensure_future(_heartbeats(node, stop)),
             asyncio.ensure_future(_evictions(node, stop)),
+            asyncio.ensure_future(_upload_sweeps(node, stop)),
             asyncio.ensure_future(node.live.run(stop)),
         ]
         await stop.wait()

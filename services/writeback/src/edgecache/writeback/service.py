@@ -132,6 +132,8 @@ class WritebackService:
             default: one of its own, of ``DEFAULT_CREDIT_BYTES``.
         liveness: idle heartbeats asked of the nodes chunks are read from (fail over to
             the next holder of a chunk when one goes silent).
+        manifest_ttl_s: a version marked clean expires from KV ``objects`` after this
+            (s; ``0``: never): ``cachenode.manifest_ttl_s``.
     """
 
     def __init__(
@@ -149,6 +151,7 @@ class WritebackService:
         prefetch: bool = True,
         credit: CreditBudget | None = None,
         liveness: Liveness = DEFAULT_LIVENESS,
+        manifest_ttl_s: float = 0.0,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -160,7 +163,7 @@ class WritebackService:
         self._grace = shutdown_grace_s
         self._applier = IntentApplier(
             nc,
-            Catalog(nc, state),
+            Catalog(nc, state, clean_ttl_s=manifest_ttl_s),
             state.buckets,
             origin,
             credit=credit if credit is not None else CreditBudget(nc),
@@ -471,6 +474,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             window_frames=config.cachenode.window_frames,
             credit=CreditBudget(nc, max_bytes=config.nats.download_credit_bytes),
             liveness=Liveness.of(config.nats),
+            manifest_ttl_s=config.cachenode.manifest_ttl_s,
         )
         await stack.enter_async_context(writeback_monitor(config, nc, service.stats))
         await service.run(stop)
