@@ -158,6 +158,8 @@ def start_stack(
         str(data_dir),
         "--port",
         str(port or free_port()),
+        "--admin-port",  # not the default 14000, which another stack on the machine may hold
+        str(free_port()),
         *origin_args,
     ]
     env = {**env, "EDGECACHE_ACCESS_KEY": access_key, "EDGECACHE_SECRET_KEY": secret_key}

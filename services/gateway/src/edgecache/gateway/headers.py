@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import functools
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -220,8 +221,10 @@ def upload_size(h: RequestHeaders, *, limit: int = MAX_PART_BYTES) -> int | None
     return size
 
 
+@functools.lru_cache(maxsize=4096)
 def http_date(ts: float) -> str:
-    """Unix seconds → RFC 7231 date, ``Sun, 06 Nov 1994 08:49:37 GMT``."""
+    """Unix seconds → RFC 7231 date, ``Sun, 06 Nov 1994 08:49:37 GMT`` (remembered: a hit
+    sends the same object's ``Last-Modified`` again and again)."""
     return email.utils.formatdate(ts, usegmt=True)
 
 

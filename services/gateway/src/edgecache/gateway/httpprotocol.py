@@ -68,6 +68,9 @@ class _LingeringTransport:
     def __init__(self, transport: asyncio.Transport, protocol: GatewayHttpProtocol) -> None:
         self._transport = transport
         self._protocol = protocol
+        # the calls of every request, bound once (``__getattr__`` costs a lookup a call)
+        self.write = transport.write
+        self.get_extra_info = transport.get_extra_info
 
     def close(self) -> None:
         self._protocol._linger()  # noqa: SLF001 - the protocol owns its connection
