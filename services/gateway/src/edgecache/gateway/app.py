@@ -28,7 +28,7 @@ from edgecache.gateway.handlers import HANDLERS
 from edgecache.gateway.operations import Operation
 from edgecache.gateway.responses import StreamCutFilter, error_response
 from edgecache.gateway.shortcircuit import LocalReads
-from edgecache.gateway.state import GatewayState
+from edgecache.gateway.state import GatewayState, RequestCounter
 from edgecache.gateway.unsupported import refuse_unsupported
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from edgecache.common.config import Config
     from edgecache.gateway.invalidations import InvalidationListener
     from edgecache.gateway.memtier import MemoryTier
-    from edgecache.gateway.metrics import RequestMetrics
 
 __all__ = ["create_app", "dispatch"]
 
@@ -118,7 +117,7 @@ def create_app(
     wrap_body: Callable[..., Any] = sigv4.wrap_body,
     memtier: MemoryTier | None = None,
     invalidations: InvalidationListener | None = None,
-    metrics: RequestMetrics | None = None,
+    metrics: RequestCounter | None = None,
 ) -> Litestar:
     """Build the gateway's ASGI app around a connected NATS client.
 

@@ -87,6 +87,26 @@ class LocalReads:
         """:func:`read_piece` in one of this worker's reader threads."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, read_piece, piece, buffer)
 
+    async def read_held(self, piece: wire.PlanPiece) -> tuple[bytearray, memoryview]:
+        """:meth:`read` into a buffer taken for it (waiting while all are in use): the
+        buffer and the planned bytes in it. Give the buffer back with :meth:`give_back`
+        once its bytes are sent; on an error it is given back here, and when the caller is
+        cancelled, once the thread is done writing into it.
+
+        Raises:
+            FileNotFoundError, InvalidChunk, OSError: as :func:`read_piece`.
+        """
+        buffer = await self.take()
+        reading = asyncio.ensure_future(self.read(piece, buffer))
+        try:
+            return buffer, await asyncio.shield(reading)
+        except asyncio.CancelledError:  # the thread still writes into the buffer
+            reading.add_done_callback(lambda _: self.give_back(buffer))
+            raise
+        except BaseException:
+            self.give_back(buffer)
+            raise
+
     async def read_span(self, span: wire.FileSpan) -> AsyncIterator[bytes]:
         """The bytes of a file frame (:class:`~edgecache.common.wire.FileSpan`), in pieces of
         at most :data:`SEND_BYTES`: a committed chunk is read whole into one of the buffers
@@ -109,16 +129,7 @@ class LocalReads:
         piece = wire.PlanPiece(
             chunk_id=span.chunk_id, paths=span.paths, chunk_size=span.chunk_size, offset=span.offset, length=span.length
         )
-        buffer = await self.take()
-        reading = asyncio.ensure_future(self.read(piece, buffer))
-        try:
-            view = await asyncio.shield(reading)
-        except asyncio.CancelledError:  # the thread still writes into the buffer
-            reading.add_done_callback(lambda _: self.give_back(buffer))
-            raise
-        except BaseException:
-            self.give_back(buffer)
-            raise
+        buffer, view = await self.read_held(piece)
         try:
             with view:
                 for start in range(0, len(view), SEND_BYTES):
@@ -263,17 +274,7 @@ class PlanBody:
 
     async def _read(self) -> None:
         """Read and verify the next piece into a buffer (``_data``)."""
-        piece = self._plan.pieces[self._next]
-        buffer = await self._local.take()
-        reading = asyncio.ensure_future(self._local.read(piece, buffer))
-        try:
-            data = await asyncio.shield(reading)
-        except asyncio.CancelledError:  # the thread still writes into the buffer
-            reading.add_done_callback(lambda _: self._local.give_back(buffer))
-            raise
-        except BaseException:
-            self._local.give_back(buffer)
-            raise
+        buffer, data = await self._local.read_held(self._plan.pieces[self._next])
         self._buffer, self._data = buffer, data
         self._next += 1
         self._position += len(data)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgecache.gateway import auth, sigv4
 
@@ -15,10 +15,17 @@ if TYPE_CHECKING:
     from edgecache.common.config import GatewayConfig
     from edgecache.gateway.invalidations import InvalidationListener
     from edgecache.gateway.memtier import MemoryTier
-    from edgecache.gateway.metrics import RequestMetrics
     from edgecache.gateway.shortcircuit import LocalReads
 
-__all__ = ["GatewayState"]
+__all__ = ["GatewayState", "RequestCounter"]
+
+
+class RequestCounter(Protocol):
+    """Where finished requests are counted (:class:`edgecache.gateway.metrics.RequestMetrics`)."""
+
+    def observe(self, operation: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
+        """One request: its S3 action (``""`` if unrouted), HTTP status, seconds from
+        arrival to its end, body bytes received and sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +57,7 @@ class GatewayState:
     memtier: MemoryTier | None = None
     invalidations: InvalidationListener | None = None
     local: LocalReads | None = None
-    metrics: RequestMetrics | None = None
+    metrics: RequestCounter | None = None
 
     def in_sync(self) -> bool:
         """Whether the memory tier may be used now (it saw every invalidation event)."""

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
     from edgecache.common.config import Config
-    from edgecache.writeback.service import WritebackStats
+    from edgecache.writeback.stats import WritebackStats
 
 __all__ = ["Backlog", "stats_samples", "writeback_monitor"]
 

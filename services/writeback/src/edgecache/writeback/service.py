@@ -34,7 +34,6 @@ import datetime
 import hashlib
 import time
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -51,6 +50,7 @@ from edgecache.common.runtime import connect_nats
 from edgecache.origin import open_origin
 from edgecache.writeback.backoff import retry_delay_s
 from edgecache.writeback.metrics import writeback_monitor
+from edgecache.writeback.stats import WritebackStats
 from edgecache.writeback.worker import IntentApplier, op_of
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from edgecache.common.jetstream import State
     from edgecache.origin import Origin
 
-__all__ = ["WritebackService", "WritebackStats", "serve"]
+__all__ = ["WritebackService", "serve"]
 
 log = get_logger(__name__)
 
@@ -77,38 +77,6 @@ _KNOWN_TAGS = frozenset(
 HDR_ATTEMPT = "Ec-Attempt"  # on a retried intent: which attempt this delivery is (1, 2, …)
 HDR_ERROR = "Ec-Error"  # on a retried intent: why the previous attempt failed
 _MAX_ERROR_HEADER = 300  # characters of an error kept in Ec-Error
-
-
-@dataclass
-class WritebackStats:
-    """Counters of one replica since it started.
-
-    Attributes:
-        done: intents finished and acked (including skipped ones).
-        skipped: of those, superseded or already clean (nothing new written).
-        failed: attempts that failed and were scheduled (or ``nak``-ed) for a retry.
-        retried: attempts that were retries (``Ec-Attempt`` or ``num_delivered`` > 1).
-        dropped: undecodable intents, ``term``-ed.
-        bytes_written: object bytes written to the origin.
-        in_flight: intents being worked on now.
-        failing: the keys whose last attempt here failed, ``(bucket, key)`` (``key`` is
-            ``""`` for bucket intents) → ``(attempts so far, last error)``; a key leaves
-            it when an intent of it is applied.
-    """
-
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    retried: int = 0
-    dropped: int = 0
-    bytes_written: int = 0
-    in_flight: int = 0
-    failing: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters (``failing`` as its size)."""
-        counters = {k: v for k, v in asdict(self).items() if k != "failing"}
-        return {**counters, "failing": len(self.failing)}
 
 
 class WritebackService:
