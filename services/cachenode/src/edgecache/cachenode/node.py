@@ -104,15 +104,23 @@ class CacheNode:
         return await self.catalog.get(bucket, key)
 
     # -- streams -----------------------------------------------------------------------------
-    def upload_receiver(self, msg: Msg, *, replica: bool = False) -> stream.UploadReceiver:
+    def upload_receiver(
+        self, msg: Msg, *, replica: bool = False, size: int | None = None
+    ) -> stream.UploadReceiver:
         """The receiving end of the upload stream ``msg`` opens (not yet open), with its
         credit from this connection's upload budget (``replica``: from the budget of the
-        replica streams of other nodes)."""
+        replica streams of other nodes). ``size``: the body's length in bytes when the
+        request declares it: the stream then never holds more credit than that body needs
+        (a small upload stuck in a NATS failover holds one frame of the budget, not a
+        whole window, until it times out)."""
+        window = self.config.cachenode.window_frames
+        if size is not None:
+            window = max(1, min(window, -(-size // stream.frame_bytes(self.nc))))
         return stream.UploadReceiver(
             self.nc,
             msg.reply,
             subjects.stream_inbox(self.node_id, new_id()),
-            window=self.config.cachenode.window_frames,
+            window=window,
             idle_timeout_s=self.config.cachenode.stream_idle_timeout_s,
             budget=self.replica_credit if replica else self.upload_credit,
         )

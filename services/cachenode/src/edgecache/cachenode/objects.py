@@ -97,7 +97,7 @@ async def receive(
         and the verified checksums. On error the chunks are gone and the receiver is closed
         after answering the error.
     """
-    rx = node.upload_receiver(msg)
+    rx = node.upload_receiver(msg, size=request.size)
     refs: list[wire.ChunkRef] = []
     try:
         digests = Digests({*request.checksums, *([compute] if compute else [])})

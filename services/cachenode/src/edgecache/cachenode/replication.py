@@ -153,7 +153,7 @@ async def serve_chunk_put(node: CacheNode, msg: Msg) -> None:
     except Exception as exc:  # noqa: BLE001 - a bad request from a peer
         await stream.send_error(node.nc, msg.reply, errors.InvalidRequest(str(exc)))
         return
-    rx = node.upload_receiver(msg, replica=True)
+    rx = node.upload_receiver(msg, replica=True, size=request.size)
     try:
         await rx.open()
         async with node.store.writer(request.chunk_id, dirty=True) as writer:
