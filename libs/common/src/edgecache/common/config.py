@@ -156,6 +156,14 @@ class FederatorConfig(msgspec.Struct, **_OPTS):
     metrics_port: int = 0  # /metrics and /health/* (docs/operations.md); 0: none
 
 
+class FederationConfig(msgspec.Struct, **_OPTS):
+    """This site's place in a federation of sites over NATS leaf nodes (docs/operations.md,
+    "Two sites and a hub"). ``site`` empty: a lone site, nothing is federated."""
+
+    site: str = ""  # this site's name: [a-z0-9-], also its JetStream domain
+    hub_url: str = ""  # the hub's leaf node URL (nats-leaf://host:7422); empty: no hub
+
+
 class OriginConfig(msgspec.Struct, **_OPTS):
     kind: Literal["file", "s3", "azure"] = "file"
     path: str = ""  # file: the directory; empty: <data_dir>/origin
@@ -197,6 +205,7 @@ class Config(msgspec.Struct, **_OPTS):
     cachenode: CacheNodeConfig = CacheNodeConfig()
     writeback: WritebackConfig = WritebackConfig()
     federator: FederatorConfig = FederatorConfig()
+    federation: FederationConfig = FederationConfig()
     origin: OriginConfig = OriginConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()

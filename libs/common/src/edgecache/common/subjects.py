@@ -25,6 +25,9 @@ __all__ = [
     "EVENTS_CHUNKS_RELEASED",
     "EVENTS_INVALIDATE",
     "EVENTS_OBJECT_CLEAN",
+    "FED_APPLY",
+    "FED_HEARTBEAT",
+    "FED_PREFIX",
     "HEARTBEAT_WILDCARD",
     "KV_BUCKETS",
     "KV_NODES",
@@ -40,6 +43,8 @@ __all__ = [
     "jetstream_stream_info",
     "s3",
     "s3_request",
+    "site_changes",
+    "site_s3",
     "stream_inbox",
     "writeback_consumer",
     "writeback_partition",
@@ -67,6 +72,23 @@ EVENTS_OBJECT_CLEAN = "edgecache.events.object.clean"
 EVENTS_CHUNKS_RELEASED = "edgecache.events.chunks.released"
 EVENTS_INVALIDATE = "edgecache.events.invalidate"  # wire.Invalidation, to memory tiers
 HEARTBEAT_WILDCARD = "edgecache.heartbeat.*"
+
+# federation (docs/architecture.md, Federation): only ``edgecache.fed.>`` and inboxes cross
+# a site's leaf node connection to the hub
+FED_PREFIX = "edgecache.fed"
+FED_APPLY = "edgecache.fed.apply"  # federator → a cache node (queue group): apply a wire.SiteChange
+FED_HEARTBEAT = "edgecache.fed.heartbeat"  # site federator → hub: the site's stats
+
+
+def site_changes(site: str) -> str:
+    """``edgecache.fed.changes.<site>``: where ``site``'s catalog appends ``wire.SiteChange``."""
+    return f"{FED_PREFIX}.changes.{site}"
+
+
+def site_s3(site: str, operation: str) -> str:
+    """``edgecache.fed.site.<site>.s3.<operation>``: ``s3.<operation>`` asked of ``site`` by
+    another site (a read of a version only ``site`` holds), served by its cache nodes."""
+    return f"{FED_PREFIX}.site.{site}.{s3(operation)}"
 
 
 def s3(operation: str) -> str:

@@ -74,6 +74,7 @@ __all__ = [
     "ReadPlan",
     "Reply",
     "Request",
+    "SiteChange",
     "UploadPart",
     "UploadPartCopy",
     "UploadSummary",
@@ -769,6 +770,29 @@ class Invalidation(Event, tag="invalidation.v1"):
     publisher_started_ns: int
     seq: int
     version: str = ""  # the new version; "" for a delete
+
+
+class SiteChange(Event, tag="site.change.v1"):
+    """A site's catalog → every other site (JetStream, ``edgecache.fed.changes.<site>``): the
+    current version of ``bucket/key`` at ``site`` changed (``key`` ``None``: the bucket was
+    deleted). Appended with a JetStream acknowledgement before the change is acknowledged,
+    so it survives a broken hub link and is replayed when the link returns.
+
+    ``hlc`` (hybrid logical clock, ns) and ``site`` order concurrent writes of one key:
+    the larger ``(hlc, site)`` wins everywhere (docs/architecture.md, Federation).
+    ``state`` ``dirty``: only ``site`` holds the bytes (read them there);
+    ``clean``: the version is in the origin.
+    """
+
+    site: str
+    bucket: str
+    key: str | None
+    version: str = ""  # "" for a delete
+    hlc: int = 0
+    state: Literal["dirty", "clean"] = "dirty"
+    deleted: bool = False
+    size: int = 0
+    etag: str = ""
 
 
 class ChunksReleased(Event, tag="chunks.released.v1"):
