@@ -1,5 +1,5 @@
 """`edgecache up` in front of real S3 (moto) and Azure (Azurite) origins, driven by the AWS
-CLI: a 256 MiB origin object read through the gateway with identical bytes, the second read
+CLI: a 64 MiB (eight-chunk) origin object read through the gateway with identical bytes, the second read
 served with no origin GET, and an object put through the gateway landing in the origin."""
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from tests.fixtures.stack import Stack, start_stack, wait_for
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
 AWS = Path(__file__).resolve().parents[2] / ".tools" / "awscli" / "bin" / "aws"
-SIZE = 256 * MiB
-HEARTBEAT_LAG_S = 4.5  # two heartbeats (cachenode.heartbeat_s = 2) and a margin
+SIZE = 64 * MiB  # eight chunks: moto copies the whole object for every ranged GET
+HEARTBEAT_S = 0.5  # the stacks' cachenode.heartbeat_s: node stats reach `status` quickly
+HEARTBEAT_LAG_S = 1.5  # two heartbeats and a margin
+FAST_HEARTBEATS = {"EDGECACHE_CACHENODE__HEARTBEAT_S": str(HEARTBEAT_S)}
 
 
 def _aws(stack: Stack, tmp_path: Path, *args: str) -> str:
@@ -98,7 +100,7 @@ def test_s3_origin_through_the_gateway(tmp_path: Path, tmp_path_factory) -> None
     digest = _random_file(src, SIZE)
     direct.upload_file(str(src), bucket, "big.bin")
     src.unlink()
-    stack = start_stack(tmp_path / "data", args=["--origin", "s3", "--origin-endpoint-url", url], env=FAKE_AWS_ENV)
+    stack = start_stack(tmp_path / "data", args=["--origin", "s3", "--origin-endpoint-url", url], env={**FAKE_AWS_ENV, **FAST_HEARTBEATS})
     try:
         get_line = re.compile(rf"GET /{bucket}/big\.bin[ ?]")  # moto colours its log lines
         _read_twice_through_gateway(
@@ -133,7 +135,7 @@ def test_azure_origin_through_the_gateway(tmp_path: Path, azurite: str) -> None:
     with src.open("rb") as f:
         container.upload_blob("big.bin", f, length=SIZE, max_concurrency=4)
     src.unlink()
-    stack = start_stack(tmp_path / "data", args=["--origin", "azure"], env={"AZURE_STORAGE_CONNECTION_STRING": azurite})
+    stack = start_stack(tmp_path / "data", args=["--origin", "azure"], env={"AZURE_STORAGE_CONNECTION_STRING": azurite, **FAST_HEARTBEATS})
     try:
         fills_seen: list[int] = []
 
