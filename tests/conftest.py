@@ -1,6 +1,7 @@
 """Shared fixtures live in tests/fixtures/, one module each, loaded as pytest plugins."""
 
 pytest_plugins = [
+    "tests.fixtures.federation",
     "tests.fixtures.nats",
     "tests.fixtures.origins",
     "tests.fixtures.stack",

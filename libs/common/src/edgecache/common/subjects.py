@@ -25,9 +25,17 @@ __all__ = [
     "EVENTS_CHUNKS_RELEASED",
     "EVENTS_INVALIDATE",
     "EVENTS_OBJECT_CLEAN",
+    "CHANGES_STREAM",
+    "FEDERATION_CONSUMER",
+    "FEDERATION_STREAM",
     "FED_APPLY",
     "FED_HEARTBEAT",
+    "FED_JOIN",
     "FED_PREFIX",
+    "FED_STATUS",
+    "HUB_DOMAIN",
+    "KV_SITES",
+    "domain_api",
     "HEARTBEAT_WILDCARD",
     "KV_BUCKETS",
     "KV_NODES",
@@ -89,6 +97,22 @@ def site_s3(site: str, operation: str) -> str:
     """``edgecache.fed.site.<site>.s3.<operation>``: ``s3.<operation>`` asked of ``site`` by
     another site (a read of a version only ``site`` holds), served by its cache nodes."""
     return f"{FED_PREFIX}.site.{site}.{s3(operation)}"
+
+
+# federation, the sites' transport (docs/operations.md, "Two sites and a hub")
+HUB_DOMAIN = "hub"  # the hub's JetStream domain; a site's domain is its name
+CHANGES_STREAM = "CHANGES"  # a site's own change log (edgecache.fed.changes.<site>)
+FEDERATION_STREAM = "FEDERATION"  # hub: sources every site's CHANGES; site: mirrors the hub's
+FEDERATION_CONSUMER = "apply"  # a site federator's durable consumer of its FEDERATION mirror
+KV_SITES = "sites"  # hub: one entry per live site (wire.SiteHeartbeat), with a TTL
+FED_JOIN = "edgecache.fed.join"  # site federator → hub federator: add my CHANGES as a source
+FED_STATUS = "edgecache.fed.status"  # anyone → hub federator: every live site (edgecache status)
+
+
+def domain_api(domain: str) -> str:
+    """``$JS.<domain>.API``: the JetStream API of another domain, across leaf nodes (a
+    stream source's or mirror's ``external.api``)."""
+    return f"$JS.{domain}.API"
 
 
 def s3(operation: str) -> str:

@@ -47,6 +47,7 @@ __all__ = [
     "authorization_block",
     "inbox_prefix",
     "password_variable",
+    "render_authorization",
 ]
 
 PLATFORM = "platform"  # other platform services that call s3.*
@@ -248,16 +249,26 @@ def authorization_block(passwords: Mapping[str, str] | None = None) -> str:
     Raises:
         KeyError: ``passwords`` lacks an identity.
     """
-    lines = ["authorization {", "  users = ["]
+    users = []
     for name, perms in IDENTITIES.items():
         secret = (
             json.dumps(passwords[name]) if passwords is not None else f"${password_variable(name)}"
         )
+        users.append((f"user: {json.dumps(name)}, password: {secret}", perms))
+    return render_authorization(users)
+
+
+def render_authorization(users: list[tuple[str, Permissions | None]]) -> str:
+    """An ``authorization {}`` block of ``users``: each is its credential fields as the
+    config writes them (``user: "x", password: "y"`` or ``nkey: "U…"``) and its permissions
+    (``None``: unrestricted)."""
+    lines = ["authorization {", "  users = ["]
+    for credential, perms in users:
         if perms is None:
-            lines.append(f"    {{user: {json.dumps(name)}, password: {secret}}}")
+            lines.append(f"    {{{credential}}}")
             continue
         lines += [
-            f"    {{user: {json.dumps(name)}, password: {secret}, permissions: {{",
+            f"    {{{credential}, permissions: {{",
             f"      publish: {{allow: {_strings(perms.publish, '      ')}}}",
             f"      subscribe: {{allow: {_strings(perms.subscribe, '      ')}}}",
         ]
