@@ -5,8 +5,9 @@ run (the hub's leaf permissions, JetStream domains ``hub``, ``a``, ``b``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import nats
 import pytest
@@ -24,6 +25,7 @@ from edgecache.common.jetstream import (
     restart_stalled_sources,
     sourced_sites,
 )
+from edgecache.federator.applier import ChangeApplier
 from tests.fixtures.federation import Federation
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -259,3 +261,75 @@ async def test_hub_down_changes_replayed_in_order(
         for origin in ("a", "b"):
             assert [c for c in got if c.site == origin] == made[origin]
     print(f"caught up {1000 * (time.monotonic() - started):.0f} ms after the link returned")  # noqa: T201
+
+
+# --- the site federator's applier: FEDERATION → edgecache.fed.apply (a stand-in node here,
+# until the cache node's handler exists) → ack
+
+
+class StandInNode:
+    """Answers ``edgecache.fed.apply`` in queue group ``cachenode`` as a cache node would:
+    records each change and answers ``Ok`` (or ``Error`` while ``refuse`` is set)."""
+
+    def __init__(self) -> None:
+        self.changes: list[wire.SiteChange] = []
+        self.refuse = False
+        self.refused = 0
+
+    async def answer(self, msg: Msg) -> None:
+        if self.refuse:
+            self.refused += 1
+            await msg.respond(wire.encode(wire.Error(code="ServiceUnavailable")))
+            return
+        self.changes.append(wire.decode(msg.data, wire.SiteChange))
+        await msg.respond(wire.encode(wire.Ok()))
+
+
+async def _until(predicate: Callable[[], object], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_applier_sends_other_sites_changes_to_a_node(
+    federation: Federation, conns: dict[str, NATS]
+) -> None:
+    """b's applier sends a's changes (not b's own) to b's nodes, in order per key, and
+    acks them once a node answers; with no node up it retries until one is."""
+    await _streams(federation, conns)
+    applier = ChangeApplier(conns["b"], "b", max_in_flight=4, timeout_s=0.5)
+    task = asyncio.create_task(applier.run())
+    node = StandInNode()
+    try:
+        # no node at b yet: a's change waits and is retried
+        first = await _append(conns["a"], "a", "k-retried")
+        await _until(lambda: applier.failures > 0)
+        sub = await conns["b"].subscribe(
+            subjects.FED_APPLY, queue=subjects.CACHENODE_QUEUE, cb=node.answer
+        )
+        await _until(lambda: first in node.changes)
+        # a node that refuses (an error reply) is asked again
+        node.refuse = True
+        refused = await _append(conns["a"], "a", "k-refused")
+        await _until(lambda: node.refused > 0)
+        node.refuse = False
+        own = await _append(conns["b"], "b", "k-own")
+        made = [await _append(conns["a"], "a", f"k{i % 3}") for i in range(12)]
+        await _until(lambda: all(c in node.changes for c in made) and refused in node.changes)
+        assert own not in node.changes
+        for key in ("k0", "k1", "k2"):
+            seen = [c for c in node.changes if c.key == key and c in made]
+            assert seen == [c for c in made if c.key == key]
+        await _until(lambda: applier.skipped > 0)
+        backlog = -1
+        deadline = time.monotonic() + 5
+        while backlog != 0 and time.monotonic() < deadline:
+            backlog = await applier.backlog()
+            await asyncio.sleep(0.02)
+        assert backlog == 0
+        await sub.unsubscribe()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
