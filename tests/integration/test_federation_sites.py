@@ -9,6 +9,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+import msgspec
 import nats
 import pytest
 import pytest_asyncio
@@ -18,6 +19,7 @@ from nats.errors import NoRespondersError
 from nats.js.errors import KeyNotFoundError, ServiceUnavailableError
 
 from edgecache.common import ids, subjects, wire
+from edgecache.common.config import Config
 from edgecache.common.jetstream import (
     add_site_source,
     ensure_hub_stream,
@@ -26,6 +28,12 @@ from edgecache.common.jetstream import (
     sourced_sites,
 )
 from edgecache.federator.applier import ChangeApplier
+from edgecache.federator.hub import serve_hub
+from edgecache.federator.membership import Membership
+from edgecache.federator.sitelink import start_site
+from edgecache.launcher.natsauth import inbox_prefix
+from edgecache.launcher.render import render_sites
+from edgecache.launcher.status import read_sites
 from tests.fixtures.federation import Federation
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -333,3 +341,85 @@ async def test_applier_sends_other_sites_changes_to_a_node(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+# --- membership: site heartbeats → the hub federator (KV sites, TTL) → status
+
+
+def _hub_config(federation: Federation, ttl_s: float) -> Config:
+    """The hub federator's config, with its own identity on the hub (its permissions are
+    under test too)."""
+    nats_config = {
+        "url": f"nats://{federation.hub.host}:{federation.hub.port}",
+        "user": "federator",
+        "password": federation.passwords["federator"],
+        "inbox_prefix": inbox_prefix("federator"),
+    }
+    return msgspec.convert(
+        {"nats": nats_config, "federator": {"role": "hub", "site_ttl_s": ttl_s}}, Config
+    )
+
+
+def _site_config(federation: Federation, site: str) -> Config:
+    return msgspec.convert(
+        {
+            "nats": {"url": federation.site_url(site)},
+            "federation": {"site": site, "hub_url": federation.leaf_url},
+            "federator": {"site_heartbeat_s": 0.2},
+        },
+        Config,
+    )
+
+
+def _node(node_id: str) -> wire.Heartbeat:
+    return wire.Heartbeat(
+        id=ids.new_id(),
+        at_ns=time.time_ns(),
+        node_id=node_id,
+        host="h",
+        started=time.time(),
+        stats=wire.NodeStats(hits=7),
+    )
+
+
+async def test_sites_heartbeat_to_the_hub_and_status_lists_them(
+    federation: Federation, conns: dict[str, NATS]
+) -> None:
+    """Each site federator's heartbeat puts the site, its nodes and its backlog in the hub's
+    KV ``sites``; ``edgecache status`` at a site lists every site; a site that stops beating
+    leaves after the TTL."""
+    ttl_s = 1.5
+    stop = asyncio.Event()
+    hub = asyncio.create_task(serve_hub(_hub_config(federation, ttl_s), stop))
+    tasks: dict[str, list[asyncio.Task[None]]] = {}
+    try:
+        for site in ("a", "b"):
+            members = Membership(30.0)
+            members.observe(_node(f"{site}-node-1"))
+            tasks[site] = await start_site(_site_config(federation, site), conns[site], members)
+
+        async def listed() -> dict[str, wire.SiteHeartbeat]:
+            return {s.site: s for s in await read_sites(conns["a"], timeout_s=1.0)}
+
+        deadline = time.monotonic() + 10
+        while set(sites := await listed()) != {"a", "b"}:
+            assert time.monotonic() < deadline, f"sites listed: {sorted(sites)}"
+            await asyncio.sleep(0.05)
+        assert [n.node_id for n in sites["b"].nodes] == ["b-node-1"]
+        assert sites["b"].nodes[0].stats.hits == 7
+        assert sites["a"].backlog >= 0 and sites["a"].lag >= 0
+        text = render_sites(list(sites.values()))
+        assert "a: 1 cache node(s), cross-site backlog" in text[1] and "b-node-1" in "\n".join(text)
+        # b stops beating: it leaves KV sites after the TTL
+        for task in tasks.pop("b"):
+            task.cancel()
+        deadline = time.monotonic() + 10 * ttl_s
+        while set(sites := await listed()) != {"a"}:
+            assert time.monotonic() < deadline, f"sites listed: {sorted(sites)}"
+            await asyncio.sleep(0.1)
+    finally:
+        for site_tasks in tasks.values():
+            for task in site_tasks:
+                task.cancel()
+        stop.set()
+        await hub
