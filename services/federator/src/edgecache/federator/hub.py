@@ -101,6 +101,7 @@ class Hub:
             if beat.site not in self.sourced:
                 if await add_site_source(self._js, beat.site, replicas=self.replicas):
                     log.info("site.sourced", site=beat.site)
+                    self._restarted[beat.site] = time.monotonic()  # its consumer is on its way
                 self.sourced.add(beat.site)
             await self.sites.put(beat.site, msg.data)
             if await restart_stalled_sources(

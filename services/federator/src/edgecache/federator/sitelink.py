@@ -76,6 +76,7 @@ class SiteLink:
             nats.errors.TimeoutError, JetStream API errors: the site's JetStream did not answer.
         """
         await ensure_site_streams(self._js, self.site, replicas=self.replicas)
+        self._restarted[subjects.HUB_DOMAIN] = time.monotonic()  # its consumer is on its way
 
     async def lag(self) -> int:
         """Messages the site's ``FEDERATION`` lags behind the hub's (-1: unknown)."""
