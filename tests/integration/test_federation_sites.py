@@ -27,13 +27,13 @@ from edgecache.common.jetstream import (
     restart_stalled_sources,
     sourced_sites,
 )
+from edgecache.common.sitestatus import ask_sites
 from edgecache.federator.applier import ChangeApplier
 from edgecache.federator.hub import serve_hub
 from edgecache.federator.membership import Membership
 from edgecache.federator.sitelink import start_site
 from edgecache.launcher.natsauth import inbox_prefix
 from edgecache.launcher.render import render_sites
-from edgecache.launcher.status import read_sites
 from tests.fixtures.federation import Federation
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -399,7 +399,7 @@ async def test_sites_heartbeat_to_the_hub_and_status_lists_them(
             tasks[site] = await start_site(_site_config(federation, site), conns[site], members)
 
         async def listed() -> dict[str, wire.SiteHeartbeat]:
-            return {s.site: s for s in await read_sites(conns["a"], timeout_s=1.0)}
+            return {s.site: s for s in (await ask_sites(conns["a"], timeout_s=1.0)).sites}
 
         deadline = time.monotonic() + 10
         while set(sites := await listed()) != {"a", "b"}:

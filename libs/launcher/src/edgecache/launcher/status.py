@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 import msgspec
@@ -34,7 +33,6 @@ __all__ = [
     "PartitionBacklog",
     "endpoints_for",
     "nats_config_for",
-    "read_sites",
     "read_status",
 ]
 
@@ -70,6 +68,8 @@ async def read_status(target: str | NatsConfig, *, timeout_s: float = 5.0) -> Cl
     """
     from nats.js.errors import NotFoundError  # heavy: see edgecache.launcher.connection
 
+    from edgecache.common.sitestatus import ask_sites  # nats-py too
+
     url = target if isinstance(target, str) else target.url
     nc = await connect(target, timeout_s)
     try:
@@ -104,27 +104,12 @@ async def read_status(target: str | NatsConfig, *, timeout_s: float = 5.0) -> Cl
             )
         await watcher.stop()
         backlog = await read_backlog(js)
-        sites = await read_sites(nc, timeout_s=min(timeout_s, 2.0))
+        sites = (await ask_sites(nc, timeout_s=min(timeout_s, 2.0))).sites
     finally:
         await nc.close()
     return ClusterStatus(
         nats_url=url, nodes=sorted(nodes, key=lambda n: n.node_id), writeback=backlog, sites=sites
     )
-
-
-async def read_sites(nc: Any, *, timeout_s: float = 2.0) -> list[wire.SiteHeartbeat]:
-    """Every live site's last heartbeat, asked of the hub federator (``edgecache.fed.status``)
-    through ``nc`` (a site's NATS or the hub's); ``[]`` if none answers in ``timeout_s`` (a
-    lone site, or the hub is unreachable)."""
-    import nats.errors  # heavy: see edgecache.launcher.connection
-
-    try:
-        reply = await nc.request(subjects.FED_STATUS, b"", timeout=timeout_s)
-        return wire.decode(reply.data, wire.SiteStatus).sites
-    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-        return []
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return []
 
 
 def _config_path(config_file: str | None, data_dir: str) -> str | None:
