@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import msgspec
 import nats
@@ -32,8 +33,11 @@ from edgecache.federator.applier import ChangeApplier
 from edgecache.federator.hub import serve_hub
 from edgecache.federator.membership import Membership
 from edgecache.federator.sitelink import start_site
+from edgecache.launcher.leafnodes import site_server_options
 from edgecache.launcher.natsauth import inbox_prefix
+from edgecache.launcher.natsserver import NatsServer
 from edgecache.launcher.render import render_sites
+from edgecache.launcher.sitekey import load_or_create_site_key
 from tests.fixtures.federation import Federation
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -423,3 +427,22 @@ async def test_sites_heartbeat_to_the_hub_and_status_lists_them(
                 task.cancel()
         stop.set()
         await hub
+
+
+async def test_a_site_whose_key_the_hub_does_not_list_is_refused(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """A leaf connection with an nkey the hub's config does not list never links."""
+    stranger, _ = load_or_create_site_key(tmp_path)
+    server = NatsServer(
+        tmp_path / "nats", **site_server_options("c", federation.leaf_url, stranger)
+    )
+    server.start(log_file=tmp_path / "c.log")
+    try:
+        deadline = time.monotonic() + 10
+        while "Authorization Violation" not in (tmp_path / "c.log").read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the hub did not refuse the stranger"
+            await asyncio.sleep(0.05)
+        assert federation.linked() == set(federation.sites)  # a and b only
+    finally:
+        server.stop()
