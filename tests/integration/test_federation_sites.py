@@ -42,6 +42,8 @@ from tests.fixtures.federation import Federation
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
+SITE_TTL_S = 1.5  # KV sites keeps the TTL of whoever creates it first: one for the module
+
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def conns(federation: Federation) -> AsyncIterator[dict[str, NATS]]:
@@ -386,13 +388,13 @@ def _node(node_id: str) -> wire.Heartbeat:
     )
 
 
-async def test_sites_heartbeat_to_the_hub_and_status_lists_them(
-    federation: Federation, conns: dict[str, NATS]
-) -> None:
-    """Each site federator's heartbeat puts the site, its nodes and its backlog in the hub's
-    KV ``sites``; ``edgecache status`` at a site lists every site; a site that stops beating
-    leaves after the TTL."""
-    ttl_s = 1.5
+@contextlib.asynccontextmanager
+async def _federators(
+    federation: Federation, conns: dict[str, NATS], ttl_s: float
+) -> AsyncIterator[dict[str, list[asyncio.Task[None]]]]:
+    """The hub federator (its own identity) and a federator's site side at a and b (each
+    with one made-up cache node in its membership), as ``edgecache hub`` and ``up --site``
+    run them; yields each site's tasks (cancel them to silence a site)."""
     stop = asyncio.Event()
     hub = asyncio.create_task(serve_hub(_hub_config(federation, ttl_s), stop))
     tasks: dict[str, list[asyncio.Task[None]]] = {}
@@ -401,6 +403,55 @@ async def test_sites_heartbeat_to_the_hub_and_status_lists_them(
             members = Membership(30.0)
             members.observe(_node(f"{site}-node-1"))
             tasks[site] = await start_site(_site_config(federation, site), conns[site], members)
+        yield tasks
+    finally:
+        for site_tasks in tasks.values():
+            for task in site_tasks:
+                task.cancel()
+        stop.set()
+        await hub
+
+
+async def test_federators_restart_stalled_sources_when_the_hub_returns(
+    federation: Federation, conns: dict[str, NATS]
+) -> None:
+    """With the hub stopped and started again, the federators (not the test) get the
+    sources moving: each site has the other's changes made meanwhile within seconds, not
+    nats-server's 30 s and more."""
+    async with _federators(federation, conns, SITE_TTL_S):
+        await _until_linked(conns)
+        before = len(await _mirrored(conns["b"], 0))
+        federation.cut()
+        try:
+            for site in ("a", "b"):
+                for i in range(3):
+                    await _append(conns[site], site, f"down-{i}")
+        finally:
+            federation.restore()
+        started = time.monotonic()
+        for site in ("a", "b"):
+            await _mirrored(conns[site], before + 6, timeout_s=15.0)
+        print(
+            f"federators: caught up {1000 * (time.monotonic() - started):.0f} ms after the hub returned"
+        )  # noqa: T201
+
+
+async def _until_linked(conns: dict[str, NATS]) -> None:
+    """Until the hub federator lists both sites."""
+    deadline = time.monotonic() + 10
+    while {s.site for s in (await ask_sites(conns["a"], timeout_s=1.0)).sites} != {"a", "b"}:
+        assert time.monotonic() < deadline, "the sites did not join"
+        await asyncio.sleep(0.05)
+
+
+async def test_sites_heartbeat_to_the_hub_and_status_lists_them(
+    federation: Federation, conns: dict[str, NATS]
+) -> None:
+    """Each site federator's heartbeat puts the site, its nodes and its backlog in the hub's
+    KV ``sites``; ``edgecache status`` at a site lists every site; a site that stops beating
+    leaves after the TTL."""
+    ttl_s = SITE_TTL_S
+    async with _federators(federation, conns, ttl_s) as tasks:
 
         async def listed() -> dict[str, wire.SiteHeartbeat]:
             return {s.site: s for s in (await ask_sites(conns["a"], timeout_s=1.0)).sites}
@@ -421,12 +472,6 @@ async def test_sites_heartbeat_to_the_hub_and_status_lists_them(
         while set(sites := await listed()) != {"a"}:
             assert time.monotonic() < deadline, f"sites listed: {sorted(sites)}"
             await asyncio.sleep(0.1)
-    finally:
-        for site_tasks in tasks.values():
-            for task in site_tasks:
-                task.cancel()
-        stop.set()
-        await hub
 
 
 async def test_a_site_whose_key_the_hub_does_not_list_is_refused(
