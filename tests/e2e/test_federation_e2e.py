@@ -3,20 +3,22 @@
 once for the module (tests/fixtures/federation.py ``federated_stacks``). The cross-site read
 and overwrite assertions build on this module.
 
-Opt-in for now (``EDGECACHE_E2E_FEDERATION=1``): two whole stacks cost 67 s of wall time on
-the 2-core build box under load (50 s to start side by side, 8 s to stop), over the suite's
-budget; the integration tests (test_federation_sites.py) cover the transport in 10 s.
+Opt-in for now (``EDGECACHE_E2E_FEDERATION=1``): two whole stacks cost about 70 s of wall
+time on the 2-core build box under load (50–59 s to start side by side, 8–9 s to stop), over the
+suite's budget; the integration tests (test_federation_sites.py) cover the transport in 10 s.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import asyncio
+import os
 import time
 from pathlib import Path
 
 import pytest
 
+from edgecache.launcher.render import render_status
+from edgecache.launcher.status import nats_config_for, read_status
 from tests.fixtures.federation import FederatedStacks
 
 pytestmark = [
@@ -27,23 +29,15 @@ pytestmark = [
     ),
 ]
 
-EDGECACHE = str(Path(sys.executable).parent / "edgecache")
-
 
 def _status(data_dir: Path) -> str:
-    done = subprocess.run(
-        [EDGECACHE, "status", "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    """What ``edgecache status --data-dir DATA_DIR`` prints."""
+    return render_status(asyncio.run(read_status(nats_config_for(None, None, str(data_dir)))))
 
 
 def test_each_site_serves_and_status_lists_both_sites(federated_stacks: FederatedStacks) -> None:
-    """Both sites joined the hub (``edgecache status`` at either lists both, each with its
-    cache node), and each serves S3 on its own."""
+    """Both sites joined the hub (``edgecache status`` at a lists both, each with its cache
+    node), and each serves S3 on its own."""
     a, b = federated_stacks.sites["a"], federated_stacks.sites["b"]
     deadline = time.monotonic() + 30
     while True:
