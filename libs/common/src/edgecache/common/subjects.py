@@ -13,6 +13,7 @@ Internal subjects live under ``edgecache.``.
 from __future__ import annotations
 
 import hashlib
+import re
 
 from edgecache.common import wire
 
@@ -35,6 +36,7 @@ __all__ = [
     "HUB_DOMAIN",
     "KV_SITES",
     "domain_api",
+    "is_site_name",
     "HEARTBEAT_WILDCARD",
     "KV_BUCKETS",
     "KV_NODES",
@@ -106,6 +108,15 @@ FEDERATION_CONSUMER = "apply"  # a site federator's durable consumer of its FEDE
 KV_SITES = "sites"  # hub: one entry per live site (wire.SiteHeartbeat), with a TTL
 # FED_HEARTBEAT is a request: the hub federator sources a site's CHANGES from its first one
 FED_STATUS = "edgecache.fed.status"  # → hub federator: wire.SiteStatus (edgecache status)
+
+
+_SITE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+def is_site_name(name: str) -> bool:
+    """Whether ``name`` can name a site: ``[a-z0-9][a-z0-9-]*``, at most 32 characters, not
+    :data:`HUB_DOMAIN` (it is a JetStream domain and a subject token)."""
+    return bool(_SITE_NAME.fullmatch(name)) and name != HUB_DOMAIN
 
 
 def domain_api(domain: str) -> str:

@@ -6,7 +6,6 @@ the hub). ``edgecache hub``, ``edgecache up --site`` and the test fixtures
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,6 @@ __all__ = [
 
 DEFAULT_LEAF_PORT = 7422  # nats-server's conventional leaf node port
 
-_SITE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
-
 
 def check_site_name(site: str) -> str:
     """``site`` if it can name a site (``[a-z0-9][a-z0-9-]*``, at most 32 characters, not
@@ -39,7 +36,7 @@ def check_site_name(site: str) -> str:
     Raises:
         click.BadParameter: it cannot.
     """
-    if not _SITE_NAME.fullmatch(site) or site == subjects.HUB_DOMAIN:
+    if not subjects.is_site_name(site):
         raise click.BadParameter(
             f"{site!r}: a site name is [a-z0-9][a-z0-9-]*, at most 32 characters, not "
             f"{subjects.HUB_DOMAIN!r}"
@@ -92,7 +89,9 @@ def site_server_options(site: str, hub_url: str, key: SiteKey) -> dict[str, Any]
     }
 
 
-def site_nats_options(config: Config, root: Path, *, nats_cluster: int = 1) -> tuple[dict[str, Any], SiteKey]:
+def site_nats_options(
+    config: Config, root: Path, *, nats_cluster: int = 1
+) -> tuple[dict[str, Any], SiteKey]:
     """For ``edgecache up --site NAME --hub-url URL``: what the private nats-server adds
     (:func:`site_server_options`, with the site's nkey from ``<root>/federation/``, made on
     first use) and the key (its public half goes into the hub's config).

@@ -97,6 +97,13 @@ class Hub:
             log.warning("site.heartbeat_invalid", error=str(exc))
             await self._answer(msg, wire.Error(code="InvalidRequest", message=str(exc)))
             return
+        if not subjects.is_site_name(beat.site):
+            self.rejected += 1
+            log.warning("site.heartbeat_invalid", site=beat.site, error="not a site name")
+            await self._answer(
+                msg, wire.Error(code="InvalidRequest", message=f"not a site name: {beat.site!r}")
+            )
+            return
         try:
             if beat.site not in self.sourced:
                 if await add_site_source(self._js, beat.site, replicas=self.replicas):
