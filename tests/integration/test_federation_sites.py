@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js.errors import KeyNotFoundError, ServiceUnavailableError
+from prometheus_client import CollectorRegistry, generate_latest
 
 from edgecache.common import ids, subjects, wire
 from edgecache.common.config import Config
@@ -28,11 +29,12 @@ from edgecache.common.jetstream import (
     restart_stalled_sources,
     sourced_sites,
 )
+from edgecache.common.metrics import Snapshot
 from edgecache.common.sitestatus import ask_sites
 from edgecache.federator.applier import ChangeApplier
 from edgecache.federator.hub import serve_hub
 from edgecache.federator.membership import Membership
-from edgecache.federator.sitelink import start_site
+from edgecache.federator.sitelink import Site, site_samples, start_site
 from edgecache.launcher.leafnodes import site_server_options
 from edgecache.launcher.natsauth import inbox_prefix
 from edgecache.launcher.natsserver import NatsServer
@@ -391,22 +393,22 @@ def _node(node_id: str) -> wire.Heartbeat:
 @contextlib.asynccontextmanager
 async def _federators(
     federation: Federation, conns: dict[str, NATS], ttl_s: float
-) -> AsyncIterator[dict[str, list[asyncio.Task[None]]]]:
+) -> AsyncIterator[dict[str, Site]]:
     """The hub federator (its own identity) and a federator's site side at a and b (each
     with one made-up cache node in its membership), as ``edgecache hub`` and ``up --site``
-    run them; yields each site's tasks (cancel them to silence a site)."""
+    run them; yields each site's side (cancel its tasks to silence a site)."""
     stop = asyncio.Event()
     hub = asyncio.create_task(serve_hub(_hub_config(federation, ttl_s), stop))
-    tasks: dict[str, list[asyncio.Task[None]]] = {}
+    sites: dict[str, Site] = {}
     try:
         for site in ("a", "b"):
             members = Membership(30.0)
             members.observe(_node(f"{site}-node-1"))
-            tasks[site] = await start_site(_site_config(federation, site), conns[site], members)
-        yield tasks
+            sites[site] = await start_site(_site_config(federation, site), conns[site], members)
+        yield sites
     finally:
-        for site_tasks in tasks.values():
-            for task in site_tasks:
+        for running in sites.values():
+            for task in running.tasks:
                 task.cancel()
         stop.set()
         await hub
@@ -457,7 +459,10 @@ async def test_sites_heartbeat_to_the_hub_and_status_lists_them(
             return {s.site: s for s in (await ask_sites(conns["a"], timeout_s=1.0)).sites}
 
         deadline = time.monotonic() + 10
-        while set(sites := await listed()) != {"a", "b"}:
+        # both federators heard from the hub (KV sites may still hold an earlier test's entries)
+        while set(sites := await listed()) != {"a", "b"} or not all(
+            t.link.heartbeats for t in tasks.values()
+        ):
             assert time.monotonic() < deadline, f"sites listed: {sorted(sites)}"
             await asyncio.sleep(0.05)
         assert [n.node_id for n in sites["b"].nodes] == ["b-node-1"]
@@ -465,8 +470,17 @@ async def test_sites_heartbeat_to_the_hub_and_status_lists_them(
         assert sites["a"].backlog >= 0 and sites["a"].lag >= 0
         text = render_sites(list(sites.values()))
         assert "a: 1 cache node(s), cross-site backlog" in text[1] and "b-node-1" in "\n".join(text)
+        # the site's metrics (a scrape of the federator's /metrics)
+        registry = CollectorRegistry()
+        registry.register(Snapshot("federator", lambda: site_samples(tasks["a"].link)))
+        scraped = generate_latest(registry).decode()
+        assert "edgecache_federator_site_hub_linked 1.0" in scraped
+        assert (
+            "edgecache_federator_site_backlog" in scraped
+            and "edgecache_federator_site_lag" in scraped
+        )
         # b stops beating: it leaves KV sites after the TTL
-        for task in tasks.pop("b"):
+        for task in tasks["b"].tasks:
             task.cancel()
         deadline = time.monotonic() + 10 * ttl_s
         while set(sites := await listed()) != {"a"}:

@@ -35,7 +35,7 @@ from edgecache.common.monitor import Monitor
 from edgecache.common.runtime import connect_nats
 from edgecache.federator.hub import serve_hub
 from edgecache.federator.membership import Change, ChangeKind, Membership
-from edgecache.federator.sitelink import start_site
+from edgecache.federator.sitelink import site_samples, start_site
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -175,14 +175,16 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
         federator = Federator(open_nodes, Membership(ttl_s))
         await federator.start()
-        await stack.enter_async_context(federator_monitor(config, nc, federator))
+        monitor = await stack.enter_async_context(federator_monitor(config, nc, federator))
         sub = await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=federator.on_heartbeat)
         stack.push_async_callback(sub.unsubscribe)
         sweeper = asyncio.create_task(federator.sweep_forever(max(0.05, min(1.0, ttl_s / 4))))
         stack.push_async_callback(_cancel, sweeper)
         if config.federation.site:
-            for task in await start_site(config, nc, federator.membership):
+            site = await start_site(config, nc, federator.membership)
+            for task in site.tasks:
                 stack.push_async_callback(_cancel, task)
+            monitor.registry.register(Snapshot("federator", lambda: site_samples(site.link)))
         if config.admin.port and config.admin.token:
             # imported only when on: Litestar and uvicorn take seconds to import
             from edgecache.federator.adminserver import serve_admin

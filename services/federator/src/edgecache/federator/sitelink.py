@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -23,6 +25,7 @@ import nats.errors
 from edgecache.common import ids, subjects, wire
 from edgecache.common.jetstream import ensure_site_streams, restart_stalled_sources, source_activity
 from edgecache.common.logging import get_logger
+from edgecache.common.metrics import Sample
 from edgecache.federator.applier import ChangeApplier
 
 if TYPE_CHECKING:
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
     from edgecache.common.config import Config
     from edgecache.federator.membership import Membership
 
-__all__ = ["SiteLink", "start_site"]
+__all__ = ["Site", "SiteLink", "site_samples", "start_site"]
 
 log = get_logger(__name__)
 
@@ -65,6 +68,7 @@ class SiteLink:
         self.heartbeat_s = heartbeat_s
         self.replicas = replicas
         self.linked = False  # the hub answered the last heartbeat
+        self.last: wire.SiteHeartbeat | None = None  # the last heartbeat sent
         self.heartbeats = 0  # heartbeats the hub answered
         self.restarts = 0  # stalled FEDERATION sources restarted
         self._restarted: dict[str, float] = {}
@@ -105,6 +109,7 @@ class SiteLink:
     async def beat(self) -> bool:
         """Send one heartbeat; whether the hub answered (then restart stalled sources)."""
         beat = await self.heartbeat()
+        self.last = beat
         try:
             reply = await self._nc.request(
                 subjects.FED_HEARTBEAT, wire.encode(beat), timeout=max(self.heartbeat_s, 1.0)
@@ -148,9 +153,55 @@ class SiteLink:
             await asyncio.sleep(max(0.0, self.heartbeat_s - (time.monotonic() - started)))
 
 
-async def start_site(config: Config, nc: NATS, membership: Membership) -> list[asyncio.Task[None]]:
+def site_samples(link: SiteLink) -> Iterator[Sample]:
+    """The site's federation counters and its last heartbeat's figures, as samples."""
+    applier, last = link.applier, link.last
+    yield (
+        "site_changes_applied",
+        "counter",
+        "Other sites' changes a cache node applied",
+        applier.applied,
+    )
+    yield (
+        "site_changes_skipped",
+        "counter",
+        "This site's own changes read back from FEDERATION",
+        applier.skipped,
+    )
+    yield (
+        "site_apply_failures",
+        "counter",
+        "edgecache.fed.apply requests unanswered or refused (retried)",
+        applier.failures,
+    )
+    yield (
+        "site_backlog",
+        "gauge",
+        "Other sites' changes not yet applied here (-1: unknown)",
+        last.backlog if last else -1,
+    )
+    yield (
+        "site_lag",
+        "gauge",
+        "Messages FEDERATION lags behind the hub's (-1: unknown)",
+        last.lag if last else -1,
+    )
+    yield ("site_hub_linked", "gauge", "1 if the hub answered the last heartbeat", int(link.linked))
+    yield ("site_source_restarts", "counter", "Stalled FEDERATION sources restarted", link.restarts)
+
+
+@dataclass
+class Site:
+    """A running site side of the federator: its applier, its link and their tasks."""
+
+    applier: ChangeApplier
+    link: SiteLink
+    tasks: list[asyncio.Task[None]]
+
+
+async def start_site(config: Config, nc: NATS, membership: Membership) -> Site:
     """Create the site's streams and start its applier and its heartbeat to the hub
-    (``config.federation.site`` set); the tasks, to cancel at shutdown.
+    (``config.federation.site`` set); cancel :attr:`Site.tasks` at shutdown.
 
     Raises:
         nats.errors.TimeoutError, JetStream API errors: the site's JetStream did not answer.
@@ -169,4 +220,6 @@ async def start_site(config: Config, nc: NATS, membership: Membership) -> list[a
     )
     await link.start()
     log.info("site.started", site=config.federation.site)
-    return [asyncio.create_task(applier.run()), asyncio.create_task(link.run())]
+    return Site(
+        applier, link, [asyncio.create_task(applier.run()), asyncio.create_task(link.run())]
+    )
