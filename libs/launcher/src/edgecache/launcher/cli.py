@@ -31,6 +31,15 @@ __all__ = ["SERVICES", "main"]
 SERVICES: tuple[str, ...] = ("gateway", "cachenode", "writeback", "federator")
 
 
+_stop_timeout = click.option(
+    "--stop-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds each child gets to stop after SIGTERM before SIGKILL.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="edgecache-launcher", prog_name="edgecache")
 def main() -> None:
@@ -158,13 +167,7 @@ for _name in SERVICES:
     show_default=True,
     help="Seconds to wait for the gateway to answer HTTP before giving up.",
 )
-@click.option(
-    "--stop-timeout",
-    type=float,
-    default=10.0,
-    show_default=True,
-    help="Seconds each child gets to stop after SIGTERM before SIGKILL.",
-)
+@_stop_timeout
 @click.option(
     "--site",
     envvar="EDGECACHE_FEDERATION__SITE",
@@ -375,13 +378,7 @@ main.add_command(
     " and in <site data-dir>/federation/site.pub); kept in <data-dir>/federation/sites.json."
     " Repeatable.",
 )
-@click.option(
-    "--stop-timeout",
-    type=float,
-    default=10.0,
-    show_default=True,
-    help="Seconds each child gets to stop after SIGTERM before SIGKILL.",
-)
+@_stop_timeout
 def hub_command(data_dir: str, host: str, port: int, leaf_port: int, sites: tuple[str, ...], stop_timeout: float) -> None:
     """Run the hub of a federation of sites: a nats-server with JetStream domain `hub` and a
     leaf node listener that admits each site by its nkey, and the hub federator (site
