@@ -10,6 +10,7 @@ absent, or another version                skip: superseded (a later intent follo
 this version, ``clean``                   re-announce ``ObjectClean`` (a redelivery)
 this version, dirty, put                  stream chunks → ``origin.put_object``; CAS clean
 this version, dirty tombstone             ``origin.delete_object``; CAS-delete the entry
+another site's version (federation)       skip: superseded (that site writes it back)
 ========================================  ===============================================
 
 then ``ObjectClean`` on ``edgecache.events.object.clean`` (the catalog publishes it with
@@ -164,6 +165,8 @@ class IntentApplier:
         found = await self._catalog.get(intent.bucket, intent.key)
         if found is None or found.manifest.version != intent.version:
             return None
+        if found.manifest.site not in ("", self._catalog.site):
+            return None  # another site's version (a remote record): that site writes it back
         return found
 
     # -- put ---------------------------------------------------------------------------------
@@ -240,7 +243,7 @@ class IntentApplier:
             await self._catalog.announce_clean(_tombstone(intent), deleted=True)
             return Outcome("delete", "already_clean")
         m, revision = found
-        if m.version != intent.version or not m.deleted:
+        if m.version != intent.version or not m.deleted or m.site not in ("", self._catalog.site):
             return Outcome("delete", "superseded")
         await self._origin.delete_object(m.bucket, m.key)
         if not await self._catalog.remove_tombstone(m, revision):  # announces ObjectClean
