@@ -5,6 +5,7 @@ run (the hub's leaf permissions, JetStream domains ``hub``, ``a``, ``b``)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import nats
@@ -15,7 +16,14 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js.errors import KeyNotFoundError, ServiceUnavailableError
 
-from edgecache.common import subjects
+from edgecache.common import ids, subjects, wire
+from edgecache.common.jetstream import (
+    add_site_source,
+    ensure_hub_stream,
+    ensure_site_streams,
+    restart_stalled_sources,
+    sourced_sites,
+)
 from tests.fixtures.federation import Federation
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -151,3 +159,103 @@ async def test_a_site_cannot_reach_another_sites_jetstream(conns: dict[str, NATS
     ).domain == subjects.HUB_DOMAIN
     with pytest.raises(ServiceUnavailableError):  # no responders: the hub never forwards it
         await conns["a"].jetstream(domain="b", timeout=1).account_info()
+
+
+# --- the change log: CHANGES at each site, FEDERATION at the hub (sources) and at each site
+# (a mirror of the hub's)
+
+
+async def _streams(federation: Federation, conns: dict[str, NATS]) -> None:
+    """Create every site's streams and the hub's, sourcing every site (what the site
+    federators and the hub federator do when a site joins), twice: it is idempotent."""
+    for _ in range(2):
+        for site in federation.sites:
+            await ensure_site_streams(conns[site].jetstream(), site)
+        hub = conns["hub"].jetstream()
+        await ensure_hub_stream(hub)
+        for site in federation.sites:
+            await add_site_source(hub, site)
+    assert sourced_sites(await hub.stream_info(subjects.FEDERATION_STREAM)) == list(
+        federation.sites
+    )
+
+
+async def _append(nc: NATS, site: str, key: str) -> wire.SiteChange:
+    """Append a change at ``site`` as its catalog does (a JetStream publish, acknowledged,
+    ``Nats-Msg-Id`` the event id)."""
+    change = wire.SiteChange(
+        id=ids.new_id(), at_ns=time.time_ns(), site=site, bucket="bk", key=key, version="v1"
+    )
+    ack = await nc.jetstream().publish(
+        subjects.site_changes(site), wire.encode(change), headers={"Nats-Msg-Id": change.id}
+    )
+    assert ack.stream == subjects.CHANGES_STREAM
+    return change
+
+
+async def _mirrored(
+    nc: NATS,
+    want: int,
+    timeout_s: float = 10.0,
+    *,
+    nudge: Federation | None = None,
+    conns: dict[str, NATS] | None = None,
+) -> list[wire.SiteChange]:
+    """The changes in a site's ``FEDERATION`` once it holds ``want`` of them. With
+    ``nudge``, restart stalled sources meanwhile, as the federators do once they hear across
+    the link."""
+    js = nc.jetstream()
+    deadline = time.monotonic() + timeout_s
+    restarted: dict[str, dict[str, float]] = {}
+    while (await js.stream_info(subjects.FEDERATION_STREAM)).state.messages < want:
+        assert time.monotonic() < deadline, "the site's FEDERATION did not catch up"
+        if nudge is not None and conns is not None:
+            for where, domains in (
+                ("hub", set(nudge.sites)),
+                *((s, {subjects.HUB_DOMAIN}) for s in nudge.sites),
+            ):
+                await restart_stalled_sources(
+                    conns[where].jetstream(),
+                    subjects.FEDERATION_STREAM,
+                    domains,
+                    restarted=restarted.setdefault(where, {}),
+                )
+        await asyncio.sleep(0.01)
+    last = (await js.stream_info(subjects.FEDERATION_STREAM)).state.last_seq
+    msgs = [await js.get_msg(subjects.FEDERATION_STREAM, seq) for seq in range(1, last + 1)]
+    return [wire.decode(m.data, wire.SiteChange) for m in msgs if m.data]
+
+
+async def test_a_change_at_a_reaches_b(federation: Federation, conns: dict[str, NATS]) -> None:
+    await _streams(federation, conns)
+    before = len(await _mirrored(conns["b"], 0))
+    started = time.monotonic()
+    change = await _append(conns["a"], "a", "k-first")
+    at_b = await _mirrored(conns["b"], before + 1)
+    print(f"a → b mirror: {1000 * (time.monotonic() - started):.0f} ms")  # noqa: T201
+    assert at_b[-1] == change
+    # a's own change comes back to a too (its federator skips it)
+    assert (await _mirrored(conns["a"], before + 1))[-1] == change
+
+
+async def test_hub_down_changes_replayed_in_order(
+    federation: Federation, conns: dict[str, NATS]
+) -> None:
+    """With the hub down, appends at a and at b are acknowledged locally; once it is back,
+    each site's mirror has the other's changes, each site's in the order it made them."""
+    await _streams(federation, conns)
+    before = len(await _mirrored(conns["b"], 0))
+    federation.cut()
+    try:
+        made = {
+            site: [await _append(conns[site], site, f"k{i}") for i in range(5)]
+            for site in ("a", "b")
+        }
+    finally:
+        federation.restore()
+    started = time.monotonic()
+    for site in ("a", "b"):
+        got = (await _mirrored(conns[site], before + 10, nudge=federation, conns=conns))[before:]
+        for origin in ("a", "b"):
+            assert [c for c in got if c.site == origin] == made[origin]
+    print(f"caught up {1000 * (time.monotonic() - started):.0f} ms after the link returned")  # noqa: T201
