@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -14,13 +15,17 @@ from nats.js.api import StreamConfig
 
 from edgecache.common import errors, subjects, wire
 from edgecache.common.catalog import Catalog
+from edgecache.common.credit import CreditBudget
 from edgecache.common.ids import new_id
 from edgecache.common.jetstream import State, ensure_state
+from edgecache.origin.file import FileOrigin
+from edgecache.writeback.worker import IntentApplier
 
 SITE = f"s{secrets.token_hex(3)}"  # this module's site (its change log's subject is its own)
 OTHER = "zz-other"  # a remote site that sorts after SITE at an equal hlc
 EARLIER = "00-other"  # one that sorts before it
 CHUNK = 1000
+EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -65,7 +70,7 @@ def version(bucket: str, key: str, *, size: int = 2500, deleted: bool = False) -
         key=key,
         version=v,
         size=size,
-        etag="e" * 32,
+        etag="e" * 32 if size else EMPTY_MD5,
         last_modified=time.time(),
         chunks=[wire.ChunkRef(id=f"{v}.0", size=size)] if size else [],
         nodes=["n1"],
@@ -269,3 +274,36 @@ async def test_recovery_republishes_no_intent_of_a_remote_version(catalog: Catal
     catalog.publish_intent = capture  # type: ignore[method-assign]
     await catalog.recover("any-node")
     assert [i for i in published if i.bucket == bucket] == []
+
+
+async def test_a_write_back_never_replaces_a_newer_version_in_the_origin(
+    nc, catalog: Catalog, state: State, tmp_path
+) -> None:
+    """The loser's write-back (its version still current here: the winner's change has not
+    arrived) finds the winner in the origin and writes nothing; the winner's own wins."""
+    origin = FileOrigin(tmp_path / "origin")
+    await origin.start()
+    applier = IntentApplier(nc, catalog, state.buckets, origin, credit=CreditBudget(nc))
+    bucket, key = f"b-{secrets.token_hex(3)}", "k"
+    loser = version(bucket, key, size=0)  # no chunks to stream: the origin's guard decides
+    await catalog.commit(loser, intent(loser))
+    stamped = (await catalog.get(bucket, key)).manifest
+
+    async def winner() -> AsyncIterator[bytes]:
+        yield b"winner"
+
+    await origin.put_object(bucket, key, winner(), size=6, hlc=stamped.hlc + 5, site=OTHER)
+    outcome = await applier.apply(intent(loser))
+    assert (outcome.op, outcome.result) == ("put", "superseded")
+    obj = await origin.head_object(bucket, key)
+    assert (obj.size, obj.hlc, obj.site) == (6, stamped.hlc + 5, OTHER)
+    assert (
+        await catalog.get(bucket, key)
+    ).manifest.state == "dirty"  # replaced when the winner's change comes
+
+    newer = version(bucket, key, size=0)  # written here after the winner was seen
+    catalog.clock.observe(stamped.hlc + 5)
+    await catalog.commit(newer, intent(newer))
+    assert (await applier.apply(intent(newer))).result == "written"
+    assert (await origin.head_object(bucket, key)).size == 0
+    await origin.close()
