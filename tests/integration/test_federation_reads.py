@@ -226,6 +226,25 @@ async def test_a_write_at_a_is_read_at_b_from_a_then_from_the_origin(
     assert all(b.node.store.has(c.id) for c in (await current(b, bucket, "k")).chunks)
 
 
+async def test_a_write_at_b_after_a_relayed_read_is_read_back_at_once(
+    sites: dict[str, Site], bucket: str
+) -> None:
+    """Read-after-write at b although b's node had cached ``a`` as the key's owner: the
+    write's own invalidation drops the route before the next request runs."""
+    a, b = sites["a"], sites["b"]
+    await put(a, bucket, "rw", b"a's")
+    theirs = await current(a, bucket, "rw")
+    await until(holds(b, bucket, "rw", theirs.version), what="a's version at b")
+    assert (await b.client.get_object_bytes(bucket, "rw"))[1] == b"a's"
+    assert b.node.routes.get(bucket, "rw") == "a"
+    await put(b, bucket, "rw", b"b's")
+    assert (await b.client.get_object_bytes(bucket, "rw"))[1] == b"b's"
+    mine = await current(b, bucket, "rw")
+    assert mine.site == "b" and mine.hlc > theirs.hlc  # stamped after the version it replaced
+    await until(holds(a, bucket, "rw", mine.version), what="b's version at a")
+    assert (await a.client.get_object_bytes(bucket, "rw"))[1] == b"b's"  # relayed from b
+
+
 async def test_an_overwrite_at_a_is_seen_at_b_within_a_second(
     sites: dict[str, Site], bucket: str
 ) -> None:

@@ -58,6 +58,8 @@ def _from_origin(node: CacheNode, bucket: str, obj: OriginObject, version: str) 
         state="clean",
         origin_etag=obj.etag,
         validated_at=time.time(),
+        hlc=obj.hlc,  # federation: the version's place in the (hlc, site) order, if stamped
+        site=obj.site,
     )
 
 
