@@ -35,7 +35,7 @@ from edgecache.cachenode.service import start_node
 from edgecache.common import errors, stream, subjects, wire
 from edgecache.common.client import EdgecacheClient
 from edgecache.common.config import load_config
-from edgecache.common.jetstream import add_site_source, ensure_site_streams
+from edgecache.common.jetstream import add_site_source, ensure_site_streams, restart_stalled_sources
 from edgecache.origin import open_origin
 from edgecache.writeback.service import WritebackService
 from tests.fixtures.federation import Federation
@@ -311,5 +311,32 @@ async def test_a_read_across_a_broken_hub_link_is_503_and_nothing_else_stops(
         await put(b, bucket, "near", b"still writable")
         assert (await b.client.get_object_bytes(bucket, "near"))[1] == b"still writable"
         assert (await a.client.get_object_bytes(bucket, "far"))[1] == b"held at a"
+        await put(a, bucket, "far", b"written during the cut")  # a's own log takes it
+        during = (await current(a, bucket, "far")).version
     finally:
         federation.restore()
+    # the link is back: what the site federators do when they hear across it again
+    hub = await nats.connect(federation.hub_url())
+    try:
+        restored = time.perf_counter()
+        await restart_stalled_sources(
+            hub.jetstream(), subjects.FEDERATION_STREAM, {"a", "b"}, stalled_after_s=0.0
+        )
+        for site in (a, b):
+            await restart_stalled_sources(
+                site.nc.jetstream(),
+                subjects.FEDERATION_STREAM,
+                {subjects.HUB_DOMAIN},
+                stalled_after_s=0.0,
+            )
+        await until(
+            holds(b, bucket, "far", during),
+            timeout_s=15.0,
+            what="the change made during the cut at b",
+        )
+        print(
+            f"\nthe change made during the cut reached b {time.perf_counter() - restored:.2f} s after the link"
+        )
+    finally:
+        await hub.close()
+    assert (await b.client.get_object_bytes(bucket, "far"))[1] == b"written during the cut"
