@@ -4,6 +4,7 @@ that applies another site's change (the larger ``(hlc, site)`` wins)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from nats.js.api import StreamConfig
 from edgecache.common import errors, subjects, wire
 from edgecache.common.catalog import Catalog
 from edgecache.common.credit import CreditBudget
+from edgecache.common.hlc import HybridClock
 from edgecache.common.ids import new_id
 from edgecache.common.jetstream import State, ensure_state
 from edgecache.origin.file import FileOrigin
@@ -307,3 +309,21 @@ async def test_a_write_back_never_replaces_a_newer_version_in_the_origin(
     assert (await applier.apply(intent(newer))).result == "written"
     assert (await origin.head_object(bucket, key)).size == 0
     await origin.close()
+
+
+async def test_concurrent_writes_at_one_site_keep_the_hlc_order(
+    nc, state: State, changes: str
+) -> None:
+    """Two nodes of one site, one clock a second ahead, write one key at once: the version
+    left current here is the one with the largest stamp in the change log — the one every
+    other site keeps."""
+    ahead = HybridClock(lambda: time.time_ns() + 10**9)
+    nodes = [Catalog(nc, state, site=SITE), Catalog(nc, state, site=SITE, clock=ahead)]
+    bucket, key = f"b-{secrets.token_hex(3)}", "k"
+    start = await last_seq(nc, changes)
+    writes = [version(bucket, key) for _ in range(12)]
+    await asyncio.gather(*(nodes[i % 2].commit(m, intent(m)) for i, m in enumerate(writes)))
+    log = [c for c in await logged(nc, changes, start) if c.bucket == bucket]
+    assert len(log) == len(writes) and len({c.hlc for c in log}) == len(log)
+    held = (await nodes[0].get(bucket, key)).manifest
+    assert held.version == max(log, key=lambda c: (c.hlc, c.site)).version

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple
@@ -77,6 +78,7 @@ ERASED_TTL_S = 60  # a removed key's purge marker expires after this (s)
 _KV_PREFIX = f"$KV.{subjects.KV_OBJECTS}."  # KV objects' subjects (one per key)
 _INDEX_BUILT = "x.dirty-index.v1"  # KV objects: present once the dirty index covers every manifest
 _APPLY_ROUNDS = 5  # re-reads of a manifest that changed while a remote change was applied
+_PUT_ROUNDS = 30  # federated: tries of a write of one key that other writes of it keep beating
 
 
 class Entry(NamedTuple):
@@ -198,14 +200,37 @@ class Catalog:
                     resource=f"{manifest.bucket}/{manifest.key}",
                 )
         revision = 0 if current is None else current.revision
-        if not await self._change(manifest.bucket, manifest.key, manifest, revision=revision, log="new"):
+        if not await self._change(
+            manifest.bucket, manifest.key, manifest, revision=revision, log="new", current=current
+        ):
             raise errors.ConditionalRequestConflict(resource=f"{manifest.bucket}/{manifest.key}")
         await self.publish_intent(intent)
 
     async def put(self, manifest: wire.Manifest) -> None:
         """Write ``manifest`` whatever was there before (the last write wins). A dirty
-        manifest needs its intent too: :meth:`commit` writes both."""
-        await self._change(manifest.bucket, manifest.key, manifest, revision=None, log="new")
+        manifest needs its intent too: :meth:`commit` writes both.
+
+        Federated, the write is a compare-and-set on the entry its stamp was taken after
+        (retried with a new stamp if another write came first), so the order of a key's
+        versions in KV is their ``(hlc, site)`` order, as every other site will see it.
+
+        Raises:
+            ServiceUnavailable: federated, the entry kept changing under the write.
+        """
+        if not self.site:
+            await self._change(manifest.bucket, manifest.key, manifest, revision=None, log="new")
+            return
+        for attempt in range(_PUT_ROUNDS):
+            current = await self.get(manifest.bucket, manifest.key)
+            revision = 0 if current is None else current.revision
+            if await self._change(
+                manifest.bucket, manifest.key, manifest, revision=revision, log="new", current=current
+            ):
+                return
+            await asyncio.sleep(random.uniform(0, 0.001 * (attempt + 1)))  # writers of one key: spread out
+        raise errors.ServiceUnavailable(
+            f"manifest of {manifest.bucket}/{manifest.key} kept changing under the write", retry_after_s=1
+        )
 
     async def create(self, manifest: wire.Manifest) -> bool:
         """Record ``manifest`` if ``bucket/key`` has no entry; ``False`` if it has one (a
@@ -282,6 +307,7 @@ class Catalog:
         invalidates: bool = True,
         log: Literal["new", "clean"] | None = None,
         logged: wire.Manifest | None = None,
+        current: Entry | None = None,
     ) -> bool:
         """The one place KV ``objects`` changes: write ``manifest`` (``None``: delete the
         entry) for ``bucket/key``, then append its :class:`~wire.SiteChange` to the site's
@@ -291,8 +317,9 @@ class Catalog:
         ``revision``: ``None`` writes whatever is there; ``0`` writes only if there is no
         entry; ``n`` changes the entry only if it is at revision ``n`` (a delete needs it).
         ``log``: ``"new"``: ``manifest`` is a new version (or tombstone) of this site: it
-        is stamped (``hlc``, ``site``) and logged dirty; ``"clean"``: this site's version
-        ``manifest`` (or ``logged``, when the entry is removed) reached the origin.
+        is stamped (``hlc``, ``site``) past ``current`` (the entry it replaces, as read at
+        ``revision``) and logged dirty; ``"clean"``: this site's version ``manifest`` (or
+        ``logged``, when the entry is removed) reached the origin.
 
         Returns:
             ``False`` when the compare-and-set lost: nothing changed, nothing published.
@@ -302,7 +329,7 @@ class Catalog:
                 ``CHANGES`` stream, JetStream unavailable): not to be acknowledged.
         """
         if self.site and log == "new" and manifest is not None:
-            manifest = await self._stamp(manifest)
+            manifest = self._stamp(manifest, current)
         kv_key = kvkeys.object_key(bucket, key)
         if manifest is not None and manifest.state == "dirty":
             # indexed before it is written: every dirty manifest has its mark (a mark whose
@@ -379,10 +406,10 @@ class Catalog:
         await self._invalidate(bucket, None, "")
 
     # -- federation ---------------------------------------------------------------------------
-    async def _stamp(self, manifest: wire.Manifest) -> wire.Manifest:
-        """``manifest`` stamped as this site's, with an ``hlc`` past the version it replaces
-        (whichever site wrote that one): a write made after another was seen wins."""
-        current = await self.get(manifest.bucket, manifest.key)
+    def _stamp(self, manifest: wire.Manifest, current: Entry | None) -> wire.Manifest:
+        """``manifest`` stamped as this site's, with an ``hlc`` past ``current``, the version
+        it replaces (whichever site wrote that one): a write made after another was seen
+        wins."""
         if current is not None:
             self.clock.observe(current.manifest.hlc)
         return msgspec.structs.replace(manifest, hlc=self.clock.now(), site=self.site)
