@@ -1,10 +1,10 @@
 """Shared fixtures live in tests/fixtures/, one module each, loaded as pytest plugins."""
 
 pytest_plugins = [
-    "tests.fixtures.federation",
     "tests.fixtures.nats",
     "tests.fixtures.origins",
     "tests.fixtures.stack",
+    "tests.fixtures.federation",
 ]
 
 # Property tests: few examples per run, for the suite's time budget (HYPOTHESIS_PROFILE=thorough

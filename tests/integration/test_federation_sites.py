@@ -5,9 +5,12 @@ run (the hub's leaf permissions, JetStream domains ``hub``, ``a``, ``b``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import msgspec
 import nats
 import pytest
 import pytest_asyncio
@@ -17,6 +20,7 @@ from nats.errors import NoRespondersError
 from nats.js.errors import KeyNotFoundError, ServiceUnavailableError
 
 from edgecache.common import ids, subjects, wire
+from edgecache.common.config import Config
 from edgecache.common.jetstream import (
     add_site_source,
     ensure_hub_stream,
@@ -24,9 +28,21 @@ from edgecache.common.jetstream import (
     restart_stalled_sources,
     sourced_sites,
 )
+from edgecache.common.sitestatus import ask_sites
+from edgecache.federator.applier import ChangeApplier
+from edgecache.federator.hub import serve_hub
+from edgecache.federator.membership import Membership
+from edgecache.federator.sitelink import start_site
+from edgecache.launcher.leafnodes import site_server_options
+from edgecache.launcher.natsauth import inbox_prefix
+from edgecache.launcher.natsserver import NatsServer
+from edgecache.launcher.render import render_sites
+from edgecache.launcher.sitekey import load_or_create_site_key
 from tests.fixtures.federation import Federation
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SITE_TTL_S = 1.5  # KV sites keeps the TTL of whoever creates it first: one for the module
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -259,3 +275,219 @@ async def test_hub_down_changes_replayed_in_order(
         for origin in ("a", "b"):
             assert [c for c in got if c.site == origin] == made[origin]
     print(f"caught up {1000 * (time.monotonic() - started):.0f} ms after the link returned")  # noqa: T201
+
+
+# --- the site federator's applier: FEDERATION → edgecache.fed.apply (a stand-in node here,
+# until the cache node's handler exists) → ack
+
+
+class StandInNode:
+    """Answers ``edgecache.fed.apply`` in queue group ``cachenode`` as a cache node would:
+    records each change and answers ``Ok`` (or ``Error`` while ``refuse`` is set)."""
+
+    def __init__(self) -> None:
+        self.changes: list[wire.SiteChange] = []
+        self.refuse = False
+        self.refused = 0
+
+    async def answer(self, msg: Msg) -> None:
+        if self.refuse:
+            self.refused += 1
+            await msg.respond(wire.encode(wire.Error(code="ServiceUnavailable")))
+            return
+        self.changes.append(wire.decode(msg.data, wire.SiteChange))
+        await msg.respond(wire.encode(wire.Ok()))
+
+
+async def _until(predicate: Callable[[], object], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_applier_sends_other_sites_changes_to_a_node(
+    federation: Federation, conns: dict[str, NATS]
+) -> None:
+    """b's applier sends a's changes (not b's own) to b's nodes, in order per key, and
+    acks them once a node answers; with no node up it retries until one is."""
+    await _streams(federation, conns)
+    applier = ChangeApplier(conns["b"], "b", max_in_flight=4, timeout_s=0.5)
+    task = asyncio.create_task(applier.run())
+    node = StandInNode()
+    try:
+        # no node at b yet: a's change waits and is retried
+        first = await _append(conns["a"], "a", "k-retried")
+        await _until(lambda: applier.failures > 0)
+        sub = await conns["b"].subscribe(
+            subjects.FED_APPLY, queue=subjects.CACHENODE_QUEUE, cb=node.answer
+        )
+        await _until(lambda: first in node.changes)
+        # a node that refuses (an error reply) is asked again
+        node.refuse = True
+        refused = await _append(conns["a"], "a", "k-refused")
+        await _until(lambda: node.refused > 0)
+        node.refuse = False
+        own = await _append(conns["b"], "b", "k-own")
+        made = [await _append(conns["a"], "a", f"k{i % 3}") for i in range(12)]
+        await _until(lambda: all(c in node.changes for c in made) and refused in node.changes)
+        assert own not in node.changes
+        for key in ("k0", "k1", "k2"):
+            seen = [c for c in node.changes if c.key == key and c in made]
+            assert seen == [c for c in made if c.key == key]
+        await _until(lambda: applier.skipped > 0)
+        backlog = -1
+        deadline = time.monotonic() + 5
+        while backlog != 0 and time.monotonic() < deadline:
+            backlog = await applier.backlog()
+            await asyncio.sleep(0.02)
+        assert backlog == 0
+        await sub.unsubscribe()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# --- membership: site heartbeats → the hub federator (KV sites, TTL) → status
+
+
+def _hub_config(federation: Federation, ttl_s: float) -> Config:
+    """The hub federator's config, with its own identity on the hub (its permissions are
+    under test too)."""
+    nats_config = {
+        "url": f"nats://{federation.hub.host}:{federation.hub.port}",
+        "user": "federator",
+        "password": federation.passwords["federator"],
+        "inbox_prefix": inbox_prefix("federator"),
+    }
+    return msgspec.convert(
+        {"nats": nats_config, "federator": {"role": "hub", "site_ttl_s": ttl_s}}, Config
+    )
+
+
+def _site_config(federation: Federation, site: str) -> Config:
+    return msgspec.convert(
+        {
+            "nats": {"url": federation.site_url(site)},
+            "federation": {"site": site, "hub_url": federation.leaf_url},
+            "federator": {"site_heartbeat_s": 0.2},
+        },
+        Config,
+    )
+
+
+def _node(node_id: str) -> wire.Heartbeat:
+    return wire.Heartbeat(
+        id=ids.new_id(),
+        at_ns=time.time_ns(),
+        node_id=node_id,
+        host="h",
+        started=time.time(),
+        stats=wire.NodeStats(hits=7),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _federators(
+    federation: Federation, conns: dict[str, NATS], ttl_s: float
+) -> AsyncIterator[dict[str, list[asyncio.Task[None]]]]:
+    """The hub federator (its own identity) and a federator's site side at a and b (each
+    with one made-up cache node in its membership), as ``edgecache hub`` and ``up --site``
+    run them; yields each site's tasks (cancel them to silence a site)."""
+    stop = asyncio.Event()
+    hub = asyncio.create_task(serve_hub(_hub_config(federation, ttl_s), stop))
+    tasks: dict[str, list[asyncio.Task[None]]] = {}
+    try:
+        for site in ("a", "b"):
+            members = Membership(30.0)
+            members.observe(_node(f"{site}-node-1"))
+            tasks[site] = await start_site(_site_config(federation, site), conns[site], members)
+        yield tasks
+    finally:
+        for site_tasks in tasks.values():
+            for task in site_tasks:
+                task.cancel()
+        stop.set()
+        await hub
+
+
+async def test_federators_restart_stalled_sources_when_the_hub_returns(
+    federation: Federation, conns: dict[str, NATS]
+) -> None:
+    """With the hub stopped and started again, the federators (not the test) get the
+    sources moving: each site has the other's changes made meanwhile within seconds, not
+    nats-server's 30 s and more."""
+    async with _federators(federation, conns, SITE_TTL_S):
+        await _until_linked(conns)
+        before = len(await _mirrored(conns["b"], 0))
+        federation.cut()
+        try:
+            for site in ("a", "b"):
+                for i in range(3):
+                    await _append(conns[site], site, f"down-{i}")
+        finally:
+            federation.restore()
+        started = time.monotonic()
+        for site in ("a", "b"):
+            await _mirrored(conns[site], before + 6, timeout_s=15.0)
+        print(
+            f"federators: caught up {1000 * (time.monotonic() - started):.0f} ms after the hub returned"
+        )  # noqa: T201
+
+
+async def _until_linked(conns: dict[str, NATS]) -> None:
+    """Until the hub federator lists both sites."""
+    deadline = time.monotonic() + 10
+    while {s.site for s in (await ask_sites(conns["a"], timeout_s=1.0)).sites} != {"a", "b"}:
+        assert time.monotonic() < deadline, "the sites did not join"
+        await asyncio.sleep(0.05)
+
+
+async def test_sites_heartbeat_to_the_hub_and_status_lists_them(
+    federation: Federation, conns: dict[str, NATS]
+) -> None:
+    """Each site federator's heartbeat puts the site, its nodes and its backlog in the hub's
+    KV ``sites``; ``edgecache status`` at a site lists every site; a site that stops beating
+    leaves after the TTL."""
+    ttl_s = SITE_TTL_S
+    async with _federators(federation, conns, ttl_s) as tasks:
+
+        async def listed() -> dict[str, wire.SiteHeartbeat]:
+            return {s.site: s for s in (await ask_sites(conns["a"], timeout_s=1.0)).sites}
+
+        deadline = time.monotonic() + 10
+        while set(sites := await listed()) != {"a", "b"}:
+            assert time.monotonic() < deadline, f"sites listed: {sorted(sites)}"
+            await asyncio.sleep(0.05)
+        assert [n.node_id for n in sites["b"].nodes] == ["b-node-1"]
+        assert sites["b"].nodes[0].stats.hits == 7
+        assert sites["a"].backlog >= 0 and sites["a"].lag >= 0
+        text = render_sites(list(sites.values()))
+        assert "a: 1 cache node(s), cross-site backlog" in text[1] and "b-node-1" in "\n".join(text)
+        # b stops beating: it leaves KV sites after the TTL
+        for task in tasks.pop("b"):
+            task.cancel()
+        deadline = time.monotonic() + 10 * ttl_s
+        while set(sites := await listed()) != {"a"}:
+            assert time.monotonic() < deadline, f"sites listed: {sorted(sites)}"
+            await asyncio.sleep(0.1)
+
+
+async def test_a_site_whose_key_the_hub_does_not_list_is_refused(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """A leaf connection with an nkey the hub's config does not list never links."""
+    stranger, _ = load_or_create_site_key(tmp_path)
+    server = NatsServer(
+        tmp_path / "nats", **site_server_options("c", federation.leaf_url, stranger)
+    )
+    server.start(log_file=tmp_path / "c.log")
+    try:
+        deadline = time.monotonic() + 10
+        while "Authorization Violation" not in (tmp_path / "c.log").read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the hub did not refuse the stranger"
+            await asyncio.sleep(0.05)
+        assert federation.linked() == set(federation.sites)  # a and b only
+    finally:
+        server.stop()

@@ -30,7 +30,6 @@ __all__ = [
     "FEDERATION_STREAM",
     "FED_APPLY",
     "FED_HEARTBEAT",
-    "FED_JOIN",
     "FED_PREFIX",
     "FED_STATUS",
     "HUB_DOMAIN",
@@ -105,8 +104,8 @@ CHANGES_STREAM = "CHANGES"  # a site's own change log (edgecache.fed.changes.<si
 FEDERATION_STREAM = "FEDERATION"  # hub: sources every site's CHANGES; site: mirrors the hub's
 FEDERATION_CONSUMER = "apply"  # a site federator's durable consumer of its FEDERATION mirror
 KV_SITES = "sites"  # hub: one entry per live site (wire.SiteHeartbeat), with a TTL
-FED_JOIN = "edgecache.fed.join"  # site federator → hub federator: add my CHANGES as a source
-FED_STATUS = "edgecache.fed.status"  # anyone → hub federator: every live site (edgecache status)
+# FED_HEARTBEAT is a request: the hub federator sources a site's CHANGES from its first one
+FED_STATUS = "edgecache.fed.status"  # → hub federator: wire.SiteStatus (edgecache status)
 
 
 def domain_api(domain: str) -> str:

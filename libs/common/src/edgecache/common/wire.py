@@ -929,3 +929,31 @@ class ChunksPurged(Event, tag="chunks.purged.v1"):
     is kept)."""
 
     chunk_ids: list[str]
+
+
+# == Federation: sites and the hub (docs/operations.md, "Two sites and a hub") ==============
+__all__ += ["SiteHeartbeat", "SiteStatus"]  # noqa: PLE0605 - appended with their block
+
+
+class SiteHeartbeat(Event, tag="site.heartbeat.v1"):
+    """A site's federator → the hub federator (``edgecache.fed.heartbeat``, a request answered
+    with :class:`Ok`), every ``federator.site_heartbeat_s``; kept in the hub's KV ``sites``
+    with a TTL. The first one makes the hub source the site's ``CHANGES``.
+
+    ``backlog``: other sites' changes in this site's ``FEDERATION`` not yet applied here
+    (its apply consumer's pending and unacknowledged messages); ``lag``: messages its
+    ``FEDERATION`` lags behind the hub's (-1: unknown)."""
+
+    site: str
+    nodes: list[Heartbeat] = []
+    backlog: int = 0
+    lag: int = 0
+    applied: int = 0  # other sites' changes applied since the federator started
+    failed_applies: int = 0  # FED_APPLY requests that got no answer or an error, retried
+
+
+class SiteStatus(msgspec.Struct, **_OPTS, tag="site.status.v1"):
+    """The hub federator's answer to ``edgecache.fed.status``: the last heartbeat of every
+    site in KV ``sites`` (live sites only), by name."""
+
+    sites: list[SiteHeartbeat]

@@ -64,11 +64,10 @@ HUB_IDENTITIES: dict[str, Permissions | None] = {
             f"{_API}.DIRECT.GET.{_SITES_STREAM}.>",
             f"{_API}.STREAM.MSG.GET.{_SITES_STREAM}",
             f"$KV.{subjects.KV_SITES}.>",
-            "_INBOX.>",  # replies to the sites' joins and to status requests
+            "_INBOX.>",  # replies to the sites' heartbeats and to status requests
         ),
         subscribe=(
             subjects.FED_HEARTBEAT,
-            subjects.FED_JOIN,
             subjects.FED_STATUS,
             f"{inbox_prefix('federator')}.>",
         ),

@@ -14,11 +14,18 @@ from typing import Any
 import click
 
 from edgecache.common import subjects
+from edgecache.common.config import Config
 from edgecache.launcher.hubauth import hub_authorization_block
 from edgecache.launcher.natsserver import LeafRemote, NatsServer, free_port
-from edgecache.launcher.sitekey import SiteKey
+from edgecache.launcher.sitekey import SiteKey, load_or_create_site_key
 
-__all__ = ["DEFAULT_LEAF_PORT", "check_site_name", "hub_server", "site_server_options"]
+__all__ = [
+    "DEFAULT_LEAF_PORT",
+    "check_site_name",
+    "hub_server",
+    "site_nats_options",
+    "site_server_options",
+]
 
 DEFAULT_LEAF_PORT = 7422  # nats-server's conventional leaf node port
 
@@ -83,3 +90,21 @@ def site_server_options(site: str, hub_url: str, key: SiteKey) -> dict[str, Any]
         "server_name": f"site-{site}",
         "leaf_remote": LeafRemote(url=hub_url, seed=key.seed),
     }
+
+
+def site_nats_options(config: Config, root: Path, *, nats_cluster: int = 1) -> tuple[dict[str, Any], SiteKey]:
+    """For ``edgecache up --site NAME --hub-url URL``: what the private nats-server adds
+    (:func:`site_server_options`, with the site's nkey from ``<root>/federation/``, made on
+    first use) and the key (its public half goes into the hub's config).
+
+    Raises:
+        click.UsageError: no hub URL, or a NATS cluster (one server per site for now).
+        click.BadParameter: the site's name cannot name a site.
+    """
+    fed = config.federation
+    if not fed.hub_url:
+        raise click.UsageError("--site needs --hub-url (the hub's nats-leaf://host:7422)")
+    if nats_cluster > 1:
+        raise click.UsageError("--site runs one nats-server per site: not with --nats-cluster")
+    key, _created = load_or_create_site_key(root)
+    return site_server_options(fed.site, fed.hub_url, key), key

@@ -11,9 +11,11 @@ import os
 from pathlib import Path
 
 import click
-import nkeys
 
 from edgecache.launcher.datadir import write_private
+
+# nkeys (PyNaCl) is imported inside the functions, as nats-py is in connection.py: every
+# `edgecache` command would otherwise pay its import (about 40 ms), only --site uses it.
 
 __all__ = ["FEDERATION_DIR", "SiteKey", "load_or_create_site_key", "public_key"]
 
@@ -36,6 +38,8 @@ def public_key(seed: str) -> str:
     Raises:
         click.ClickException: ``seed`` is not a user nkey seed.
     """
+    import nkeys
+
     try:
         pair = nkeys.from_seed(bytearray(seed.encode()))
         public = pair.public_key.decode()
@@ -60,6 +64,8 @@ def load_or_create_site_key(data_dir: Path) -> tuple[SiteKey, bool]:
     path = folder / "site.nk"
     created = not path.exists()
     if created:
+        import nkeys
+
         folder.mkdir(parents=True, exist_ok=True)
         seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
         write_private(path, seed + "\n")

@@ -33,7 +33,9 @@ from edgecache.common.logging import get_logger
 from edgecache.common.metrics import Sample, Snapshot
 from edgecache.common.monitor import Monitor
 from edgecache.common.runtime import connect_nats
+from edgecache.federator.hub import serve_hub
 from edgecache.federator.membership import Change, ChangeKind, Membership
+from edgecache.federator.sitelink import start_site
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -158,6 +160,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     Raises:
         nats.errors.NoServersError: NATS did not answer at start.
     """
+    if config.federator.role == "hub":
+        await serve_hub(config, stop)
+        return
     ttl_s = config.federator.node_ttl_s
     async with AsyncExitStack() as stack:
         nc = await connect_nats(config.nats, name="edgecache-federator")
@@ -175,6 +180,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         stack.push_async_callback(sub.unsubscribe)
         sweeper = asyncio.create_task(federator.sweep_forever(max(0.05, min(1.0, ttl_s / 4))))
         stack.push_async_callback(_cancel, sweeper)
+        if config.federation.site:
+            for task in await start_site(config, nc, federator.membership):
+                stack.push_async_callback(_cancel, task)
         if config.admin.port and config.admin.token:
             # imported only when on: Litestar and uvicorn take seconds to import
             from edgecache.federator.adminserver import serve_admin
