@@ -5,9 +5,9 @@ writing site, then from the origin; concurrent writes end with the ``(hlc, site)
 everywhere; a read of a version held across a broken hub link is an honest 503.
 
 The changes travel as in production (``CHANGES`` → hub ``FEDERATION`` → each site's
-``FEDERATION``, JetStream's sourcing across the leaf links); the site federator's part —
-reading its ``FEDERATION`` and handing each remote change to a node (``FED_APPLY``) — is
-played by :func:`courier` until the federator does it.
+``FEDERATION``, JetStream's sourcing across the leaf links), and each site's federator
+applier (``edgecache.federator.applier``, in-process) hands other sites' changes to the
+site's node (``FED_APPLY``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,14 @@ import nats
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from edgecache.cachenode.node import CacheNode
 from edgecache.cachenode.service import start_node
-from edgecache.common import errors, stream, subjects, wire
+from edgecache.common import errors, subjects, wire
 from edgecache.common.client import EdgecacheClient
 from edgecache.common.config import load_config
 from edgecache.common.jetstream import add_site_source, ensure_site_streams, restart_stalled_sources
+from edgecache.federator.applier import ChangeApplier
 from edgecache.origin import open_origin
 from edgecache.writeback.service import WritebackService
 from tests.fixtures.federation import Federation
@@ -43,7 +42,6 @@ from tests.fixtures.federation import Federation
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MiB = 1024 * 1024
-COURIER = "apply-test"  # the courier's durable consumer of a site's FEDERATION
 
 
 @dataclass
@@ -53,39 +51,6 @@ class Site:
     node: CacheNode
     client: EdgecacheClient
     config: Any
-    applied: list[wire.SiteChange] = field(default_factory=list)
-
-
-async def courier(site: Site, stop: asyncio.Event) -> None:
-    """The site federator's apply loop: each change of another site in the site's
-    ``FEDERATION``, in order, to a cache node (``FED_APPLY``); ack after its ``Ok``."""
-    js = site.nc.jetstream()
-    await js.add_consumer(
-        subjects.FEDERATION_STREAM,
-        ConsumerConfig(
-            durable_name=COURIER,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            max_ack_pending=1,
-        ),
-    )
-    sub = await js.pull_subscribe_bind(durable=COURIER, stream=subjects.FEDERATION_STREAM)
-    try:
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(1, timeout=0.2)
-            except NatsTimeoutError:
-                continue
-            for msg in msgs:
-                change = wire.decode(msg.data, wire.SiteChange)
-                if change.site != site.name:
-                    answer = await site.nc.request(subjects.FED_APPLY, msg.data, timeout=5)
-                    stream.read_control(answer)  # raises (the change is redelivered) on an Error
-                    site.applied.append(change)
-                await msg.ack()
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -94,7 +59,6 @@ async def sites(
 ) -> AsyncIterator[dict[str, Site]]:
     root: Path = tmp_path_factory.mktemp("fedreads")
     origin_dir = root / "origin"
-    stop = asyncio.Event()
     hub = await nats.connect(federation.hub_url())
     async with AsyncExitStack() as stack:
         out: dict[str, Site] = {}
@@ -115,11 +79,12 @@ async def sites(
             await add_site_source(hub.jetstream(), name)  # what the hub federator does on a join
             node = await start_node(config, stack)
             out[name] = Site(name, nc, node, EdgecacheClient(nc, timeout_s=10.0), config)
-        tasks = [asyncio.ensure_future(courier(s, stop)) for s in out.values()]
+        tasks = [asyncio.ensure_future(ChangeApplier(s.nc, s.name).run()) for s in out.values()]
         try:
             yield out
         finally:
-            stop.set()
+            for task in tasks:
+                task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await hub.close()
 
