@@ -168,6 +168,7 @@ class FederationConfig(msgspec.Struct, **_OPTS):
 
     site: str = ""  # this site's name: [a-z0-9-], also its JetStream domain
     hub_url: str = ""  # the hub's leaf node URL (nats-leaf://host:7422); empty: no hub
+    route_ttl_s: float = 5.0  # a cache node trusts its cached owner site of a key this long
 
 
 class OriginConfig(msgspec.Struct, **_OPTS):

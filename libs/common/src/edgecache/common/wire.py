@@ -662,6 +662,12 @@ class Manifest(msgspec.Struct, **_OPTS, tag="manifest.v1"):
     origin_etag: str = ""
     validated_at: float = 0.0  # s since epoch, last time the origin confirmed this version
     part_sizes: list[int] = []  # bytes of each part of a multipart version, in order (partNumber reads)
+    # federation (docs/architecture.md, Federation): the version's hybrid logical clock (ns)
+    # and the site that wrote it; the larger (hlc, site) wins. 0/"": not federated. A
+    # manifest whose ``site`` is another site's is a *remote record*: no chunks here while
+    # it is dirty (read it at ``site``), refilled from the origin once clean.
+    hlc: int = 0
+    site: str = ""
 
 
 class BucketRecord(msgspec.Struct, **_OPTS, tag="bucketrecord.v1"):
@@ -793,6 +799,10 @@ class SiteChange(Event, tag="site.change.v1"):
     deleted: bool = False
     size: int = 0
     etag: str = ""
+    # the version's manifest as the writing site holds it, without ``chunks`` and ``nodes``
+    # (its metadata, for HEAD, listings and the refill from the origin); ``None`` for a
+    # delete or a bucket deletion
+    manifest: Manifest | None = None
 
 
 class ChunksReleased(Event, tag="chunks.released.v1"):

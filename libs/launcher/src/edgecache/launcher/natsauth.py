@@ -298,7 +298,10 @@ def federation_grants(site: str) -> dict[str, Permissions]:
     - cache node: answer ``edgecache.fed.apply`` (queue group ``cachenode``) and other
       sites' reads of this site's versions (``edgecache.fed.site.<site>.s3.>``); append to
       this site's change log (``edgecache.fed.changes.<site>``, a JetStream publish whose
-      acknowledgement comes to its inbox); ask other sites (``edgecache.fed.site.*.s3.>``).
+      acknowledgement comes to its inbox); ask other sites (``edgecache.fed.site.*.s3.>``);
+      hear this site's invalidations (its route cache of owner sites).
+    - writeback: append to this site's change log (a version turned clean, a tombstone
+      removed).
     - federator: create the site's streams and its ``apply`` consumer, read and ack it,
       restart its stalled source (a stream update), ask ``edgecache.fed.apply``, send
       heartbeats to the hub and ask it for the sites' status.
@@ -306,8 +309,11 @@ def federation_grants(site: str) -> dict[str, Permissions]:
     return {
         "cachenode": Permissions(
             publish=(subjects.site_changes(site), f"{subjects.FED_PREFIX}.site.*.s3.>"),
-            subscribe=(subjects.FED_APPLY, f"{subjects.FED_PREFIX}.site.{site}.s3.>"),
+            # the route cache drops a key's owner site when the key changes at this site
+            subscribe=(subjects.FED_APPLY, f"{subjects.FED_PREFIX}.site.{site}.s3.>", subjects.EVENTS_INVALIDATE),
         ),
+        # its catalog logs "clean" (and tombstone removal) to the site's change log
+        "writeback": Permissions(publish=(subjects.site_changes(site),), subscribe=()),
         "federator": Permissions(
             publish=(
                 *(f"{_API}.STREAM.{op}.{s}" for s in _FED_STREAMS for op in ("CREATE", "INFO")),

@@ -25,6 +25,7 @@ import msgspec
 
 from edgecache.cachenode.chunkstore import ChunkCorrupt, ChunkMissing
 from edgecache.common import errors, peers, placement, stream, wire
+from edgecache.common.catalog import fill_chunks
 from edgecache.common.heartbeats import Liveness
 from edgecache.common.ids import new_id
 from edgecache.common.logging import get_logger
@@ -41,11 +42,8 @@ log = get_logger(__name__)
 
 # -- lookup -------------------------------------------------------------------------------
 def _from_origin(node: CacheNode, bucket: str, obj: OriginObject, version: str) -> wire.Manifest:
-    size, step = obj.size, node.chunk_bytes
-    chunks = [
-        wire.ChunkRef(id=f"{version}.{i}", size=min(step, size - offset))
-        for i, offset in enumerate(range(0, size, step))
-    ]
+    size = obj.size
+    chunks = fill_chunks(version, size, node.chunk_bytes)
     return wire.Manifest(
         bucket=bucket,
         key=obj.key,
@@ -60,6 +58,8 @@ def _from_origin(node: CacheNode, bucket: str, obj: OriginObject, version: str) 
         state="clean",
         origin_etag=obj.etag,
         validated_at=time.time(),
+        hlc=obj.hlc,  # federation: the version's place in the (hlc, site) order, if stamped
+        site=obj.site,
     )
 
 
@@ -305,7 +305,13 @@ async def read(
 
     Raises:
         ChunkMissing, ServiceUnavailable, PreconditionFailed: see :func:`read_chunk_span`.
+        ServiceUnavailable: the version is another site's, not yet in the origin (a remote
+            record has no chunks here: a GET relays to that site instead, :mod:`.sites`).
     """
+    if (site := node.catalog.owner_of(manifest)) is not None:
+        raise errors.ServiceUnavailable(
+            f"{manifest.bucket}/{manifest.key} is held at site {site}", retry_after_s=1
+        )
     spans = chunk_spans(manifest.chunks, first, last)
     last_index = spans[-1][0] if spans else -1
     for index, cfirst, clast in spans:

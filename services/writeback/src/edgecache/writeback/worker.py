@@ -10,7 +10,14 @@ absent, or another version                skip: superseded (a later intent follo
 this version, ``clean``                   re-announce ``ObjectClean`` (a redelivery)
 this version, dirty, put                  stream chunks → ``origin.put_object``; CAS clean
 this version, dirty tombstone             ``origin.delete_object``; CAS-delete the entry
+another site's version (federation)       skip: superseded (that site writes it back)
 ========================================  ===============================================
+
+**Federation.** A version stamped ``(hlc, site)`` is written with its stamp, and the origin
+refuses to replace (or delete) an object with a larger stamp
+(:class:`~edgecache.origin.OriginHoldsNewer`; see ``Origin.put_object``): that write is
+skipped as superseded — the newer version's change is on its way to this site and will
+replace the manifest. So a loser's write-back never overwrites the winner in the origin.
 
 then ``ObjectClean`` on ``edgecache.events.object.clean`` (the catalog publishes it with
 the change). A ``BucketCreated`` creates the bucket in the origin while its record in KV
@@ -39,6 +46,7 @@ from edgecache.common.credit import CreditBudget
 from edgecache.common.heartbeats import DEFAULT as DEFAULT_LIVENESS
 from edgecache.common.heartbeats import Liveness
 from edgecache.common.logging import get_logger
+from edgecache.origin import OriginHoldsNewer
 from edgecache.writeback.chunks import ObjectBody
 
 if TYPE_CHECKING:
@@ -164,6 +172,8 @@ class IntentApplier:
         found = await self._catalog.get(intent.bucket, intent.key)
         if found is None or found.manifest.version != intent.version:
             return None
+        if found.manifest.site not in ("", self._catalog.site):
+            return None  # another site's version (a remote record): that site writes it back
         return found
 
     # -- put ---------------------------------------------------------------------------------
@@ -183,6 +193,9 @@ class IntentApplier:
                     etag = await self._upload(intent, m)
                 except Superseded:
                     continue  # look again: superseded, or finished by another replica
+                except OriginHoldsNewer as exc:
+                    log.warning("writeback.origin_newer", bucket=m.bucket, key=m.key, version=m.version, reason=str(exc))
+                    return Outcome("put", "superseded", written)
                 written += m.size
             clean = _cleaned(m, etag)
             if await self._catalog.mark_clean(clean, revision):  # announces ObjectClean
@@ -222,8 +235,9 @@ class IntentApplier:
                     metadata=dict(m.metadata),
                     headers=dict(m.headers),
                     etag=m.etag,
+                    **_stamp(m),
                 )
-        except Superseded:
+        except (Superseded, OriginHoldsNewer):
             raise
         except BaseException as exc:
             # an origin that wraps the body's errors must not hide a fence
@@ -240,9 +254,13 @@ class IntentApplier:
             await self._catalog.announce_clean(_tombstone(intent), deleted=True)
             return Outcome("delete", "already_clean")
         m, revision = found
-        if m.version != intent.version or not m.deleted:
+        if m.version != intent.version or not m.deleted or m.site not in ("", self._catalog.site):
             return Outcome("delete", "superseded")
-        await self._origin.delete_object(m.bucket, m.key)
+        try:
+            await self._origin.delete_object(m.bucket, m.key, **_stamp(m))
+        except OriginHoldsNewer as exc:
+            log.warning("writeback.origin_newer", bucket=m.bucket, key=m.key, version=m.version, reason=str(exc))
+            return Outcome("delete", "superseded")
         if not await self._catalog.remove_tombstone(m, revision):  # announces ObjectClean
             # a newer version was written meanwhile; its own intent follows
             return Outcome("delete", "superseded")
@@ -293,6 +311,12 @@ class IntentApplier:
         if not entry.value:
             return None
         return wire.decode(entry.value, wire.BucketRecord), entry.revision
+
+
+def _stamp(m: wire.Manifest) -> dict[str, int | str]:
+    """The origin's ``hlc``/``site`` arguments for ``m`` (none for an unstamped version: a
+    lone site writes as it always did)."""
+    return {"hlc": m.hlc, "site": m.site} if m.hlc else {}
 
 
 def _cleaned(m: wire.Manifest, origin_etag: str) -> wire.Manifest:
