@@ -7,7 +7,11 @@ segment cannot be addressed over Azure's REST URLs and raises ``InvalidArgument`
 
 Metadata: content type and the system headers go to the blob's content settings, except
 ``Expires`` (no such setting) which is stored as metadata ``ec_expires``; edgecache's ETag
-is metadata ``ec_etag``. Azure metadata names must be C# identifiers and are
+is metadata ``ec_etag``; the object's tags are metadata ``ec_tagging``, in the URL query
+form of ``x-amz-tagging`` (``k1=v1&k2=v2``, percent-encoded UTF-8): Azure's own blob index
+tags allow fewer characters than S3 tags (no ``@``, ASCII only), so they cannot hold every
+S3 tag set. Changing them rewrites the metadata, which changes the blob's ETag (returned to
+the caller as the new origin ETag). Azure metadata names must be C# identifiers and are
 case-insensitive, so a user metadata key ``k`` is stored as ``u_`` + ``k`` with every
 character outside ``a-z0-9`` written as ``_xx`` per UTF-8 byte (lower-case hex):
 ``x-amz-meta-Foo_bar`` -> ``u__46oo_5fbar``. The ``u_``/``ec_`` prefixes keep user and
@@ -25,6 +29,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, urlencode
 
 import aiohttp
 from azure.core import MatchConditions
@@ -62,6 +67,7 @@ GET_BYTES = 4 * MiB  # download request size: get_range pieces are at most this
 CONN_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 ETAG_META = "ec_etag"
 EXPIRES_META = "ec_expires"
+TAGS_META = "ec_tagging"  # the object's tags, URL query form
 USER_PREFIX = "u_"
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -193,10 +199,13 @@ def _describe(props: BlobProperties) -> OriginObject:
         if value := getattr(settings, attr, None):
             headers[name] = value
     metadata = {}
+    tags: dict[str, str] = {}
     for stored, value in (props.metadata or {}).items():
         low = stored.lower()
         if low == EXPIRES_META:
             headers["expires"] = value
+        elif low == TAGS_META:
+            tags = dict(parse_qsl(value, keep_blank_values=True))
         elif low.startswith("ec_"):
             continue
         else:
@@ -209,6 +218,7 @@ def _describe(props: BlobProperties) -> OriginObject:
         content_type=settings.content_type or "binary/octet-stream",
         metadata=metadata,
         headers=headers,
+        tags=tags,
     )
 
 
@@ -336,6 +346,7 @@ class AzureOrigin(Origin):
         metadata: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         etag: str = "",
+        tags: dict[str, str] | None = None,
     ) -> str:
         """One ``Put Blob`` up to ``multipart_threshold_bytes``, else staged blocks of
         ``part_bytes`` (a few in parallel) and one ``Put Block List``. Blocks of a failed
@@ -352,6 +363,8 @@ class AzureOrigin(Origin):
             stored[ETAG_META] = etag
         if "expires" in sys_headers:
             stored[EXPIRES_META] = sys_headers["expires"]
+        if tags:
+            stored[TAGS_META] = urlencode(tags, quote_via=quote)
         if size <= self.config.multipart_threshold_bytes:
             data = await read_all(body, size=size)
             result = await self._with_container(
@@ -391,6 +404,27 @@ class AzureOrigin(Origin):
             await self.create_bucket(bucket)
         with _azure_errors(bucket, key):
             return await call()
+
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> str | None:
+        """Rewrite the blob's metadata with ``ec_tagging`` set to ``tags`` (removed for
+        none), conditional on the ETag just read; see :meth:`Origin.put_tags`.
+
+        Returns:
+            The blob's new ETag (a metadata change changes it).
+
+        Raises:
+            PreconditionFailed: the blob changed between the read and the write (retry).
+        """
+        blob = self._blob(bucket, key)
+        with _azure_errors(bucket, key):
+            props = await blob.get_blob_properties()
+            stored = {k: v for k, v in (props.metadata or {}).items() if k.lower() != TAGS_META}
+            if tags:
+                stored[TAGS_META] = urlencode(tags, quote_via=quote)
+            result = await blob.set_blob_metadata(
+                stored, etag=props.etag, match_condition=MatchConditions.IfNotModified
+            )
+        return strip_etag(result["etag"])
 
     async def delete_object(self, bucket: str, key: str) -> None:
         blob = self._blob(bucket, key)

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
+from edgecache.common import errors
+
 __all__ = ["Origin", "OriginBucket", "OriginObject", "common_prefix"]
 
 
@@ -32,6 +34,8 @@ class OriginObject(msgspec.Struct, frozen=True, kw_only=True):
     content_type: str = "binary/octet-stream"
     metadata: dict[str, str] = {}
     headers: dict[str, str] = {}
+    # the object's tags (S3 object tagging); None: not read with the rest (ask get_tags)
+    tags: dict[str, str] | None = None
 
 
 class OriginBucket(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,13 +113,15 @@ class Origin(abc.ABC):
         metadata: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         etag: str = "",
+        tags: dict[str, str] | None = None,
     ) -> str:
         """Write ``size`` bytes from ``body`` as ``bucket/key``, replacing any object there.
 
         Atomic for readers: the old object or the whole new one, never a partial one. Large
         objects go up in parts (S3 multipart upload, Azure staged blocks). ``etag`` is
         edgecache's ETag for the bytes (MD5 hex, or ``hex-N``), stored where the backend
-        allows. Creates the bucket if it does not exist.
+        allows. ``tags`` (``{key: value}``, S3's rules already checked) become the object's
+        tags (see :meth:`put_tags`). Creates the bucket if it does not exist.
 
         Returns:
             The origin's ETag of the new object (hex, no quotes).
@@ -123,6 +129,27 @@ class Origin(abc.ABC):
         Raises:
             ServiceUnavailable: the origin could not be reached; nothing was written.
         """
+
+    async def get_tags(self, bucket: str, key: str) -> dict[str, str]:
+        """The tags of ``bucket/key`` (``{}``: none). This default reads them from
+        :meth:`head_object`, for origins that describe them there.
+
+        Raises:
+            NoSuchBucket, NoSuchKey, ServiceUnavailable.
+        """
+        return (await self.head_object(bucket, key)).tags or {}
+
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> str | None:
+        """Replace the tags of the existing object ``bucket/key`` with ``tags`` (``{}``:
+        remove them); the object's bytes and other metadata stay as they are.
+
+        Returns:
+            The object's new origin ETag if changing its tags changed it, else ``None``.
+
+        Raises:
+            NoSuchBucket, NoSuchKey, ServiceUnavailable.
+        """
+        raise errors.NotImplementedError_(f"{self.name}: object tags are not supported")
 
     @abc.abstractmethod
     async def delete_object(self, bucket: str, key: str) -> None:

@@ -12,6 +12,12 @@ this version, dirty, put                  stream chunks → ``origin.put_object`
 this version, dirty tombstone             ``origin.delete_object``; CAS-delete the entry
 ========================================  ===============================================
 
+An ``ObjectTagged`` intent (the tags of a version already in the origin changed) puts the
+manifest's current tags on the origin's object (``origin.put_tags``) and marks them clean
+(CAS); it is skipped when the version is superseded, still dirty (its put takes the tags
+along) or its tags are clean already. A put whose manifest's tags changed while its bytes
+were uploading puts the new tags before marking the version clean.
+
 then ``ObjectClean`` on ``edgecache.events.object.clean`` (the catalog publishes it with
 the change). A ``BucketCreated`` creates the bucket in the origin while its record in KV
 ``buckets`` is live; a ``BucketDeleted`` deletes the bucket in the origin and then its
@@ -55,7 +61,7 @@ log = get_logger(__name__)
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed CAS
 _MAX_ROUNDS = 3  # re-reads of a manifest that changed under us before giving up this attempt
 
-Op = Literal["put", "delete", "create_bucket", "delete_bucket"]
+Op = Literal["put", "delete", "create_bucket", "delete_bucket", "tag"]
 Result = Literal["written", "deleted", "created", "already_clean", "superseded"]
 
 
@@ -91,6 +97,8 @@ def op_of(intent: wire.Intent) -> Op:
             return "create_bucket"
         case wire.BucketDeleted():
             return "delete_bucket"
+        case wire.ObjectTagged():
+            return "tag"
     raise TypeError(f"not an intent: {type(intent).__name__}")
 
 
@@ -156,10 +164,12 @@ class IntentApplier:
                 return await self._create_bucket(intent)
             case wire.BucketDeleted():
                 return await self._delete_bucket(intent)
+            case wire.ObjectTagged():
+                return await self._tag(intent)
         raise TypeError(f"not an intent: {type(intent).__name__}")
 
     # -- manifests ---------------------------------------------------------------------------
-    async def _current(self, intent: wire.ObjectWritten | wire.ObjectDeleted) -> Entry | None:
+    async def _current(self, intent: wire.ObjectWritten | wire.ObjectDeleted | wire.ObjectTagged) -> Entry | None:
         """The manifest if it is still this intent's version, else ``None``."""
         found = await self._catalog.get(intent.bucket, intent.key)
         if found is None or found.manifest.version != intent.version:
@@ -170,6 +180,7 @@ class IntentApplier:
     async def _put(self, intent: wire.ObjectWritten) -> Outcome:
         written = 0
         etag: str | None = None  # the origin's ETag once this version is uploaded
+        tags: dict[str, str] = {}  # the tags the origin's object has
         for _ in range(_MAX_ROUNDS):
             found = await self._current(intent)
             if found is None or found[0].deleted:
@@ -184,6 +195,10 @@ class IntentApplier:
                 except Superseded:
                     continue  # look again: superseded, or finished by another replica
                 written += m.size
+                tags = m.tags
+            elif m.tags != tags:  # retagged while the bytes went up
+                etag = await self._origin.put_tags(m.bucket, m.key, dict(m.tags)) or etag
+                tags = m.tags
             clean = _cleaned(m, etag)
             if await self._catalog.mark_clean(clean, revision):  # announces ObjectClean
                 return Outcome("put", "written", written)
@@ -222,6 +237,7 @@ class IntentApplier:
                     metadata=dict(m.metadata),
                     headers=dict(m.headers),
                     etag=m.etag,
+                    tags=dict(m.tags),
                 )
         except Superseded:
             raise
@@ -230,6 +246,28 @@ class IntentApplier:
             if isinstance(exc.__cause__, Superseded) or isinstance(exc.__context__, Superseded):
                 raise Superseded(str(exc)) from exc
             raise
+
+    # -- tags --------------------------------------------------------------------------------
+    async def _tag(self, intent: wire.ObjectTagged) -> Outcome:
+        """Put the manifest's current tags on the origin's object, then mark them clean (a
+        compare-and-set; a change meanwhile is put in the next round)."""
+        for _ in range(_MAX_ROUNDS):
+            found = await self._current(intent)
+            if found is None or found[0].deleted or found[0].state == "dirty":
+                return Outcome("tag", "superseded")  # gone, newer, or its put carries them
+            m, revision = found
+            if m.tags_state == "clean":
+                return Outcome("tag", "already_clean")
+            origin_etag = await self._origin.put_tags(m.bucket, m.key, dict(m.tags))
+            clean = msgspec.structs.replace(
+                m, tags_state="clean", origin_etag=origin_etag or m.origin_etag, validated_at=time.time()
+            )
+            if await self._catalog.mark_tags_clean(clean, revision):
+                return Outcome("tag", "written")
+        raise errors.ServiceUnavailable(
+            f"manifest of {intent.bucket}/{intent.key} kept changing under the tagging",
+            retry_after_s=1,
+        )
 
     # -- delete ------------------------------------------------------------------------------
     async def _delete(self, intent: wire.ObjectDeleted) -> Outcome:
@@ -297,7 +335,7 @@ class IntentApplier:
 
 def _cleaned(m: wire.Manifest, origin_etag: str) -> wire.Manifest:
     return msgspec.structs.replace(
-        m, state="clean", origin_etag=origin_etag, validated_at=time.time()
+        m, state="clean", tags_state="clean", origin_etag=origin_etag, validated_at=time.time()
     )
 
 
