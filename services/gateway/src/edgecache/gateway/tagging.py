@@ -82,7 +82,9 @@ def header_tags(headers: Mapping[str, str]) -> dict[str, str]:
     try:
         pairs = parse_qsl(value, keep_blank_values=True, strict_parsing=False, errors="strict")
     except (UnicodeError, ValueError) as exc:
-        raise errors.InvalidArgument("The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL query parameters without tag name duplicates.") from exc
+        raise errors.InvalidArgument(
+            "The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL query parameters without tag name duplicates."
+        ) from exc
     return validate(pairs)
 
 
