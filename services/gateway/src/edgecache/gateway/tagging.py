@@ -30,7 +30,9 @@ __all__ = [
 MAX_TAGS = 10
 MAX_KEY_CHARS = 128
 MAX_VALUE_CHARS = 256
-MAX_HEADER_CHARS = 8192  # x-amz-tagging: far above 10 encoded tags, far below a header's limit
+# x-amz-tagging: 10 tags of the longest key and value, every character 4 UTF-8 bytes
+# percent-encoded (12 characters), with their "=" and "&"
+MAX_HEADER_CHARS = MAX_TAGS * ((MAX_KEY_CHARS + MAX_VALUE_CHARS) * 12 + 2)
 _PUNCTUATION = frozenset("_.:/=+-@")
 _RESERVED_PREFIX = "aws:"
 
@@ -78,7 +80,7 @@ def header_tags(headers: Mapping[str, str]) -> dict[str, str]:
     if not value:
         return {}
     if len(value) > MAX_HEADER_CHARS:
-        raise errors.InvalidTag("Object tags cannot be greater than 10")
+        raise errors.InvalidTag("The header 'x-amz-tagging' is longer than any valid tag set")
     try:
         pairs = parse_qsl(value, keep_blank_values=True, strict_parsing=False, errors="strict")
     except (UnicodeError, ValueError) as exc:
