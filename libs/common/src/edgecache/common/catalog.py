@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 
     from edgecache.common.jetstream import State
 
-__all__ = ["Applied", "Catalog", "Entry", "fill_chunks"]
+__all__ = ["Applied", "Catalog", "Entry", "fill_chunks", "tagged_intent"]
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed compare-and-set
 ERASED_TTL_S = 60  # a removed key's purge marker expires after this (s)
@@ -160,7 +160,7 @@ class Catalog:
     async def _dirty_manifests(self, names: list[tuple[str, str]]) -> list[wire.Manifest]:
         """The manifests of ``names`` that are dirty (a mark may outlive its version)."""
         found = await asyncio.gather(*(self.get(b, k) for b, k in names))
-        return [e.manifest for e in found if e is not None and e.manifest.state == "dirty"]
+        return [e.manifest for e in found if e is not None and _pending(e.manifest)]
 
     # -- changing -----------------------------------------------------------------------------
     async def commit(self, manifest: wire.Manifest, intent: wire.Intent) -> None:
@@ -275,6 +275,27 @@ class Catalog:
             await self._unmark(tombstone)
         return changed
 
+    async def retag(self, tagged: wire.Manifest, revision: int) -> bool:
+        """Make ``tagged`` (the current manifest with new ``tags``) current if the entry is
+        still at ``revision``: readers see the change (invalidated). If its version is
+        already in the origin (``clean``), ``tagged`` must say ``tags_state="dirty"``: an
+        :class:`~wire.ObjectTagged` intent is appended after the write (a dirty version
+        takes its tags with its bytes). ``False``: the entry moved on; nothing changed."""
+        if not await self._change(tagged.bucket, tagged.key, tagged, revision=revision):
+            return False
+        if tagged.state == "clean" and tagged.tags_state == "dirty":
+            await self.publish_intent(tagged_intent(tagged))
+        return True
+
+    async def mark_tags_clean(self, clean: wire.Manifest, revision: int) -> bool:
+        """The tags of ``clean`` (``tags_state="clean"``, maybe a new ``origin_etag``) are in
+        the origin: write it over the entry if still at ``revision`` (nothing a reader sees
+        changed: no invalidation) and drop the dirty mark. ``False``: the entry moved on."""
+        changed = await self._change(clean.bucket, clean.key, clean, revision=revision, invalidates=False)
+        if changed and not _pending(clean):
+            await self._unmark(clean)
+        return changed
+
     async def _unmark(self, manifest: wire.Manifest) -> None:
         """Remove the dirty mark of ``manifest``'s key if it still names its version (a
         newer write re-marks the key first; the compare-and-set then keeps its mark)."""
@@ -331,11 +352,11 @@ class Catalog:
         if self.site and log == "new" and manifest is not None:
             manifest = self._stamp(manifest, current)
         kv_key = kvkeys.object_key(bucket, key)
-        if manifest is not None and manifest.state == "dirty":
+        if manifest is not None and _pending(manifest):
             # indexed before it is written: every dirty manifest has its mark (a mark whose
             # write then loses is harmless: readers check the manifest itself)
             await self._kv.put(kvkeys.dirty_key(bucket, key), manifest.version.encode())
-        ttl = self._clean_ttl_s if manifest is not None and manifest.state == "clean" else 0.0
+        ttl = self._clean_ttl_s if manifest is not None and not _pending(manifest) else 0.0
         try:
             if manifest is None:
                 if not revision:
@@ -512,7 +533,7 @@ class Catalog:
         """Append ``intent`` to its partition of ``WRITEBACK`` (that of ``bucket/key``;
         ``key`` ``""`` for bucket intents), de-duplicated by its id. Waits for the stream's
         acknowledgement: the intent is durable when this returns."""
-        key = intent.key if isinstance(intent, wire.ObjectWritten | wire.ObjectDeleted) else ""
+        key = intent.key if isinstance(intent, wire.ObjectWritten | wire.ObjectDeleted | wire.ObjectTagged) else ""
         await self._js.publish(
             subjects.writeback_subject_for(intent.bucket, key),
             wire.encode(intent),
@@ -530,6 +551,10 @@ class Catalog:
                 continue
             if m.site and m.site != self.site:
                 continue  # another site's version: its own site writes it back
+            if m.state == "clean":  # only its tags are not in the origin yet
+                await self.publish_intent(tagged_intent(m))
+                count += 1
+                continue
             intent_type = wire.ObjectDeleted if m.deleted else wire.ObjectWritten
             await self.publish_intent(
                 intent_type(id=m.version, at_ns=time.time_ns(), bucket=m.bucket, key=m.key, version=m.version)
@@ -616,6 +641,18 @@ def _site_change(m: wire.Manifest, *, clean: bool) -> wire.SiteChange:
         etag=m.etag,
         manifest=None if m.deleted else msgspec.structs.replace(m, chunks=[], nodes=[]),
     )
+
+
+def _pending(m: wire.Manifest) -> bool:
+    """Whether ``m`` holds something the origin lacks: its version, or its tags (such a
+    manifest is dirty-marked and never expires)."""
+    return m.state == "dirty" or m.tags_state == "dirty"
+
+
+def tagged_intent(m: wire.Manifest) -> wire.ObjectTagged:
+    """A new write-back intent taking the tags of ``m`` to the origin (a new id: each tag
+    change is its own intent; applying a stale one again is harmless)."""
+    return wire.ObjectTagged(id=new_id(), at_ns=time.time_ns(), bucket=m.bucket, key=m.key, version=m.version)
 
 
 def _clean_event(m: wire.Manifest, *, deleted: bool) -> wire.ObjectClean:

@@ -40,6 +40,11 @@ __all__ = [
     "Credit",
     "DeleteBucket",
     "DeleteObject",
+    "DeleteObjectTagging",
+    "GetObjectTagging",
+    "ObjectTagged",
+    "PutObjectTagging",
+    "Tagging",
     "End",
     "FileSpan",
     "Error",
@@ -146,6 +151,7 @@ class PutObject(msgspec.Struct, **_OPTS, tag="putobject.v1"):
     content_md5: str | None = None
     checksums: dict[str, str] = {}
     condition: WriteCondition | None = None  # If-Match / If-None-Match (conditional write)
+    tags: dict[str, str] = {}  # x-amz-tagging, validated (see GetObjectTagging)
 
 
 class GetObject(msgspec.Struct, **_OPTS, tag="getobject.v1"):
@@ -221,6 +227,7 @@ class CreateMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.init.v1"):
     headers: dict[str, str] = {}
     checksum_algorithm: str = ""  # lower case (``crc32``…), "" for none
     checksum_type: str = ""  # "COMPOSITE" or "FULL_OBJECT" with an algorithm, else ""
+    tags: dict[str, str] = {}  # x-amz-tagging: the object's tags once completed
 
 
 class UploadPart(msgspec.Struct, **_OPTS, tag="multipart.upload.v1"):
@@ -337,6 +344,8 @@ class CopyObject(msgspec.Struct, **_OPTS, tag="copyobject.v1"):
     metadata: dict[str, str] = {}
     headers: dict[str, str] = {}
     condition: WriteCondition | None = None
+    # x-amz-tagging-directive REPLACE: these tags (x-amz-tagging); None (COPY): the source's
+    tags: dict[str, str] | None = None
 
 
 class UploadPartCopy(msgspec.Struct, **_OPTS, tag="multipart.copy.v1"):
@@ -370,6 +379,39 @@ class ListMultipartUploads(msgspec.Struct, **_OPTS, tag="multipart.listuploads.v
     max_uploads: int = 1000
 
 
+class PutObjectTagging(msgspec.Struct, **_OPTS, tag="objecttagging.put.v1"):
+    """``s3.objecttagging.put`` → :class:`Ok`: the tags of ``bucket/key`` become ``tags``
+    (already validated: at most 10, keys 1-128 and values 0-256 characters). A change of
+    the object that readers see (invalidated) and a write-back intent of its own.
+    Errors: NoSuchBucket, NoSuchKey."""
+
+    operation: ClassVar[str] = "objecttagging.put"
+
+    bucket: str
+    key: str
+    tags: dict[str, str] = {}
+
+
+class GetObjectTagging(msgspec.Struct, **_OPTS, tag="objecttagging.get.v1"):
+    """``s3.objecttagging.get`` → :class:`Tagging` (empty for an untagged object).
+    Errors: NoSuchBucket, NoSuchKey."""
+
+    operation: ClassVar[str] = "objecttagging.get"
+
+    bucket: str
+    key: str
+
+
+class DeleteObjectTagging(msgspec.Struct, **_OPTS, tag="objecttagging.delete.v1"):
+    """``s3.objecttagging.delete`` → :class:`Ok`: as PutObjectTagging with no tags.
+    Errors: NoSuchBucket, NoSuchKey."""
+
+    operation: ClassVar[str] = "objecttagging.delete"
+
+    bucket: str
+    key: str
+
+
 Request = (
     CreateBucket
     | DeleteBucket
@@ -388,6 +430,9 @@ Request = (
     | CopyObject
     | UploadPartCopy
     | ListMultipartUploads
+    | PutObjectTagging
+    | GetObjectTagging
+    | DeleteObjectTagging
 )
 
 #: Every request type, in the order of the ``Request`` union.
@@ -434,6 +479,7 @@ class ObjectInfo(msgspec.Struct, **_OPTS, tag="object.v1"):
     parts_count: int | None = None
     range_first: int | None = None
     range_last: int | None = None
+    tag_count: int = 0  # how many tags the object has (x-amz-tagging-count)
 
 
 class ObjectSummary(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -491,6 +537,12 @@ class ListMultipartUploadsResult(msgspec.Struct, **_OPTS, tag="listuploads.resul
     is_truncated: bool = False
     next_key_marker: str = ""
     next_upload_id_marker: str = ""
+
+
+class Tagging(msgspec.Struct, **_OPTS, tag="tagging.v1"):
+    """The tags of an object (GetObjectTagging), in the order they were set."""
+
+    tags: dict[str, str] = {}
 
 
 # == Stream control (docs/protocol.md) ========================================================
@@ -596,6 +648,7 @@ Reply = (
     | End
     | ReadPlan
     | ListMultipartUploadsResult
+    | Tagging
 )
 
 
@@ -668,6 +721,10 @@ class Manifest(msgspec.Struct, **_OPTS, tag="manifest.v1"):
     # it is dirty (read it at ``site``), refilled from the origin once clean.
     hlc: int = 0
     site: str = ""
+    tags: dict[str, str] = {}  # the object's tags (S3 object tagging), in the order set
+    # ``dirty``: ``tags`` changed after this version reached the origin and an ObjectTagged
+    # intent is taking them there (the manifest is then kept: no TTL, dirty-marked)
+    tags_state: Literal["dirty", "clean"] = "clean"
 
 
 class BucketRecord(msgspec.Struct, **_OPTS, tag="bucketrecord.v1"):
@@ -691,6 +748,7 @@ class UploadRecord(msgspec.Struct, **_OPTS, tag="uploadrecord.v1"):
     headers: dict[str, str] = {}
     checksum_algorithm: str = ""  # as CreateMultipartUpload.checksum_algorithm
     checksum_type: str = ""  # as CreateMultipartUpload.checksum_type
+    tags: dict[str, str] = {}  # as CreateMultipartUpload.tags
 
 
 class PartRecord(msgspec.Struct, **_OPTS, tag="partrecord.v1"):
@@ -746,7 +804,16 @@ class BucketDeleted(Event, tag="bucket.deleted.v1"):
     bucket: str
 
 
-Intent = ObjectWritten | ObjectDeleted | BucketCreated | BucketDeleted
+class ObjectTagged(Event, tag="object.tagged.v1"):
+    """cachenode → writeback: the tags of ``version`` (already in the origin) changed; put
+    the manifest's current tags on the origin's object. ``id`` is new for each change."""
+
+    bucket: str
+    key: str
+    version: str
+
+
+Intent = ObjectWritten | ObjectDeleted | BucketCreated | BucketDeleted | ObjectTagged
 
 
 class ObjectClean(Event, tag="object.clean.v1"):

@@ -7,7 +7,11 @@ segment cannot be addressed over Azure's REST URLs and raises ``InvalidArgument`
 
 Metadata: content type and the system headers go to the blob's content settings, except
 ``Expires`` (no such setting) which is stored as metadata ``ec_expires``; edgecache's ETag
-is metadata ``ec_etag``. Azure metadata names must be C# identifiers and are
+is metadata ``ec_etag``; the object's tags are metadata ``ec_tagging``, in the URL query
+form of ``x-amz-tagging`` (``k1=v1&k2=v2``, percent-encoded UTF-8): Azure's own blob index
+tags allow fewer characters than S3 tags (no ``@``, ASCII only), so they cannot hold every
+S3 tag set. Changing them rewrites the metadata, which changes the blob's ETag (returned to
+the caller as the new origin ETag). Azure metadata names must be C# identifiers and are
 case-insensitive, so a user metadata key ``k`` is stored as ``u_`` + ``k`` with every
 character outside ``a-z0-9`` written as ``_xx`` per UTF-8 byte (lower-case hex):
 ``x-amz-meta-Foo_bar`` -> ``u__46oo_5fbar``. The ``u_``/``ec_`` prefixes keep user and
@@ -25,6 +29,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, urlencode
 
 import aiohttp
 from azure.core import MatchConditions
@@ -64,6 +69,7 @@ ETAG_META = "ec_etag"
 EXPIRES_META = "ec_expires"
 HLC_META = "ec_hlc"  # federation: the version's stamp (Origin.put_object)
 SITE_META = "ec_site"
+TAGS_META = "ec_tagging"  # the object's tags, URL query form
 USER_PREFIX = "u_"
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -198,6 +204,7 @@ def _describe(props: BlobProperties) -> OriginObject:
             headers[name] = value
     metadata = {}
     stamp: dict[str, Any] = {}
+    tags: dict[str, str] = {}
     for stored, value in (props.metadata or {}).items():
         low = stored.lower()
         if low == EXPIRES_META:
@@ -206,6 +213,8 @@ def _describe(props: BlobProperties) -> OriginObject:
             stamp["hlc"] = int(value)
         elif low == SITE_META:
             stamp["site"] = value
+        elif low == TAGS_META:
+            tags = dict(parse_qsl(value, keep_blank_values=True))
         elif low.startswith("ec_"):
             continue
         else:
@@ -219,6 +228,7 @@ def _describe(props: BlobProperties) -> OriginObject:
         metadata=metadata,
         headers=headers,
         **stamp,
+        tags=tags,
     )
 
 
@@ -348,6 +358,7 @@ class AzureOrigin(Origin):
         etag: str = "",
         hlc: int = 0,
         site: str = "",
+        tags: dict[str, str] | None = None,
     ) -> str:
         """One ``Put Blob`` up to ``multipart_threshold_bytes``, else staged blocks of
         ``part_bytes`` (a few in parallel) and one ``Put Block List``. Blocks of a failed
@@ -366,6 +377,8 @@ class AzureOrigin(Origin):
             stored[ETAG_META] = etag
         if "expires" in sys_headers:
             stored[EXPIRES_META] = sys_headers["expires"]
+        if tags:
+            stored[TAGS_META] = urlencode(tags, quote_via=quote)
         condition: dict[str, Any] = {}
         if hlc:
             stored.update({HLC_META: str(hlc), SITE_META: site})
@@ -453,6 +466,27 @@ class AzureOrigin(Origin):
             await self.create_bucket(bucket)
         with _azure_errors(bucket, key):
             return await call()
+
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> str | None:
+        """Rewrite the blob's metadata with ``ec_tagging`` set to ``tags`` (removed for
+        none), conditional on the ETag just read; see :meth:`Origin.put_tags`.
+
+        Returns:
+            The blob's new ETag (a metadata change changes it).
+
+        Raises:
+            PreconditionFailed: the blob changed between the read and the write (retry).
+        """
+        blob = self._blob(bucket, key)
+        with _azure_errors(bucket, key):
+            props = await blob.get_blob_properties()
+            stored = {k: v for k, v in (props.metadata or {}).items() if k.lower() != TAGS_META}
+            if tags:
+                stored[TAGS_META] = urlencode(tags, quote_via=quote)
+            result = await blob.set_blob_metadata(
+                stored, etag=props.etag, match_condition=MatchConditions.IfNotModified
+            )
+        return strip_etag(result["etag"])
 
     async def delete_object(self, bucket: str, key: str, *, hlc: int = 0, site: str = "") -> None:
         """See :meth:`Origin.delete_object` (a stamped delete reads the properties first)."""

@@ -38,6 +38,8 @@ class OriginObject(msgspec.Struct, frozen=True, kw_only=True):
     # kept beside it (S3/Azure metadata, the file origin's sidecar), never in ``metadata``
     hlc: int = 0
     site: str = ""
+    # the object's tags (S3 object tagging); None: not read with the rest (ask get_tags)
+    tags: dict[str, str] | None = None
 
 
 class OriginHoldsNewer(errors.PreconditionFailed):
@@ -128,13 +130,15 @@ class Origin(abc.ABC):
         etag: str = "",
         hlc: int = 0,
         site: str = "",
+        tags: dict[str, str] | None = None,
     ) -> str:
         """Write ``size`` bytes from ``body`` as ``bucket/key``, replacing any object there.
 
         Atomic for readers: the old object or the whole new one, never a partial one. Large
         objects go up in parts (S3 multipart upload, Azure staged blocks). ``etag`` is
         edgecache's ETag for the bytes (MD5 hex, or ``hex-N``), stored where the backend
-        allows. Creates the bucket if it does not exist.
+        allows. ``tags`` (``{key: value}``, S3's rules already checked) become the object's
+        tags (see :meth:`put_tags`). Creates the bucket if it does not exist.
 
         ``hlc``/``site`` (federation; ``hlc`` 0: not stamped) are stored with the object and
         read back in :class:`OriginObject`; a stamped write never replaces an object with a
@@ -150,6 +154,27 @@ class Origin(abc.ABC):
             ServiceUnavailable: the origin could not be reached, or (stamped) the object
                 changed between the comparison and the write; nothing was written.
         """
+
+    async def get_tags(self, bucket: str, key: str) -> dict[str, str]:
+        """The tags of ``bucket/key`` (``{}``: none). This default reads them from
+        :meth:`head_object`, for origins that describe them there.
+
+        Raises:
+            NoSuchBucket, NoSuchKey, ServiceUnavailable.
+        """
+        return (await self.head_object(bucket, key)).tags or {}
+
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> str | None:
+        """Replace the tags of the existing object ``bucket/key`` with ``tags`` (``{}``:
+        remove them); the object's bytes and other metadata stay as they are.
+
+        Returns:
+            The object's new origin ETag if changing its tags changed it, else ``None``.
+
+        Raises:
+            NoSuchBucket, NoSuchKey, ServiceUnavailable.
+        """
+        raise errors.NotImplementedError_(f"{self.name}: object tags are not supported")
 
     @abc.abstractmethod
     async def delete_object(self, bucket: str, key: str, *, hlc: int = 0, site: str = "") -> None:

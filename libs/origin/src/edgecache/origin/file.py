@@ -82,6 +82,7 @@ class _Meta(msgspec.Struct, frozen=True, kw_only=True):
     headers: dict[str, str] = {}
     hlc: int = 0  # federation: the version's stamp (Origin.put_object)
     site: str = ""
+    tags: dict[str, str] = {}  # the object's tags (S3 object tagging), in the order set
 
 
 class _BucketRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -346,6 +347,7 @@ class FileOrigin(Origin):
                 etag=f"{st.st_size:x}-{st.st_mtime_ns:x}",
                 last_modified=st.st_mtime_ns / 1e9,
                 content_type=mimetypes.guess_type(key)[0] or DEFAULT_CONTENT_TYPE,
+                tags={},
             )
         return OriginObject(
             key=key,
@@ -357,6 +359,7 @@ class FileOrigin(Origin):
             headers=dict(meta.headers),
             hlc=meta.hlc,
             site=meta.site,
+            tags=dict(meta.tags),
         )
 
     def _try_lookup(
@@ -477,9 +480,10 @@ class FileOrigin(Origin):
         etag: str = "",
         hlc: int = 0,
         site: str = "",
+        tags: dict[str, str] | None = None,
     ) -> str:
-        """Write the file, then its metadata; see :meth:`Origin.put_object` (a stamped
-        write compares the stamp in place under the bucket's lock, where it renames).
+        """Write the file, then its metadata (tags included); see :meth:`Origin.put_object`
+        (a stamped write compares the stamp in place under the bucket's lock, where it renames).
 
         Returns:
             ``etag`` as given, else the MD5 hex of the bytes (computed while writing).
@@ -514,6 +518,7 @@ class FileOrigin(Origin):
                     headers=system_headers(headers),
                     hlc=hlc,
                     site=site,
+                    tags=dict(tags or {}),
                 )
                 await asyncio.to_thread(self._commit, bucket, key, tmp, meta)
         except BaseException:
@@ -558,6 +563,30 @@ class FileOrigin(Origin):
                 os.mkdir(path)
             fsync_dir(parent)
         return path
+
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> str | None:
+        """Rewrite the object's metadata file with ``tags`` (the data file is untouched, so
+        its ETag stays); see :meth:`Origin.put_tags`. An object without trusted metadata (a
+        foreign file) gets a metadata file describing it as it is served."""
+        with _os_errors(f"{bucket}/{key}"):
+            await asyncio.to_thread(self._put_tags, bucket, key, dict(tags))
+        return None
+
+    def _put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        bucket_dir, parts, path = self._object_path(bucket, key)
+        if not os.path.isdir(bucket_dir):
+            raise errors.NoSuchBucket(resource=bucket)
+        with self._lock(bucket):
+            found = self._open_data(path)
+            if found is None:
+                raise errors.NoSuchKey(resource=f"{bucket}/{key}")
+            fd, st = found
+            os.close(fd)
+            meta = self._matching_meta(bucket, key, parts, st)
+            if meta is None:
+                obj = self._describe(key, st, None)
+                meta = _Meta(key=key, size=st.st_size, mtime_ns=st.st_mtime_ns, etag=obj.etag, content_type=obj.content_type)
+            self._write_file(self._meta_path(bucket, parts), msgspec.json.encode(msgspec.structs.replace(meta, tags=tags)))
 
     # -- deleting ----------------------------------------------------------------------------
     async def delete_object(self, bucket: str, key: str, *, hlc: int = 0, site: str = "") -> None:

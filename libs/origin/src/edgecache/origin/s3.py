@@ -16,6 +16,7 @@ import email.utils
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import botocore.exceptions as bexc
@@ -305,6 +306,7 @@ class S3Origin(Origin):
         etag: str = "",
         hlc: int = 0,
         site: str = "",
+        tags: dict[str, str] | None = None,
     ) -> str:
         """One ``PutObject`` up to ``multipart_threshold_bytes``, else a multipart upload of
         ``part_bytes`` parts, a few in parallel, aborted on any failure. Creates the bucket
@@ -326,6 +328,8 @@ class S3Origin(Origin):
                     continue  # S3 takes only an HTTP date here
             else:
                 params[_HEADER_PARAMS[name]] = value
+        if tags:  # x-amz-tagging, on PutObject and CreateMultipartUpload alike
+            params["Tagging"] = urlencode(tags, quote_via=quote)
         condition: dict[str, str] = {}
         if hlc:
             params["Metadata"].update({HLC_META: str(hlc), SITE_META: site})
@@ -422,6 +426,25 @@ class S3Origin(Origin):
                 await self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
         return strip_etag(done.get("ETag"))
+
+    async def get_tags(self, bucket: str, key: str) -> dict[str, str]:
+        """``GetObjectTagging``; see :meth:`Origin.get_tags`."""
+        check_key(bucket, key)
+        with _s3_errors(bucket, key):
+            r = await self._s3.get_object_tagging(Bucket=bucket, Key=key)
+        return {t["Key"]: t["Value"] for t in r.get("TagSet", [])}
+
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> str | None:
+        """``PutObjectTagging`` (``DeleteObjectTagging`` for no tags): S3 keeps the object's
+        ETag; see :meth:`Origin.put_tags`."""
+        check_key(bucket, key)
+        with _s3_errors(bucket, key):
+            if tags:
+                tag_set = [{"Key": k, "Value": v} for k, v in tags.items()]
+                await self._s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": tag_set})
+            else:
+                await self._s3.delete_object_tagging(Bucket=bucket, Key=key)
+        return None
 
     async def delete_object(self, bucket: str, key: str, *, hlc: int = 0, site: str = "") -> None:
         """See :meth:`Origin.delete_object` (a stamped delete HEADs first)."""

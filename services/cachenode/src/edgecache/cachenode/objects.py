@@ -48,6 +48,7 @@ def info_of(m: wire.Manifest, *, first: int | None = None, last: int | None = No
         parts_count=m.parts_count,
         range_first=first,
         range_last=last,
+        tag_count=len(m.tags),
     )
 
 
@@ -140,6 +141,7 @@ async def put_object(node: CacheNode, msg: Msg, request: wire.PutObject) -> None
             checksums=checksums,
             chunks=refs,
             nodes=holders_of(node, refs),
+            tags=request.tags,
         )
         await commit_version(node, manifest, request.condition)
         await rx.finish(info_of(manifest))

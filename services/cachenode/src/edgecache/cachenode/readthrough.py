@@ -54,6 +54,7 @@ def _from_origin(node: CacheNode, bucket: str, obj: OriginObject, version: str) 
         content_type=obj.content_type,
         metadata=obj.metadata,
         headers=obj.headers,
+        tags=obj.tags or {},
         chunks=chunks,
         state="clean",
         origin_etag=obj.etag,
@@ -69,13 +70,20 @@ async def _adopt(node: CacheNode, bucket: str, key: str) -> wire.Manifest:
     Raises:
         NoSuchBucket / NoSuchKey / ServiceUnavailable: from the origin.
     """
-    obj = await node.origin.head_object(bucket, key)
+    obj = await _described(node, bucket, await node.origin.head_object(bucket, key))
     manifest = _from_origin(node, bucket, obj, new_id())
     if not await node.catalog.create(manifest):
         found = await node.catalog.get(bucket, key)  # another node recorded it first
         if found is not None and not found.manifest.deleted:
             return found.manifest
     return manifest
+
+
+async def _described(node: CacheNode, bucket: str, obj: OriginObject) -> OriginObject:
+    """``obj`` with its tags, asked of the origin if its HEAD did not bring them (S3)."""
+    if obj.tags is not None:
+        return obj
+    return msgspec.structs.replace(obj, tags=await node.origin.get_tags(bucket, obj.key))
 
 
 async def _revalidate(node: CacheNode, manifest: wire.Manifest, revision: int) -> wire.Manifest:
@@ -96,7 +104,7 @@ async def _revalidate(node: CacheNode, manifest: wire.Manifest, revision: int) -
         await node.catalog.replace(fresh, revision, same_version=True)
         return fresh
     log.info("revalidate.changed", bucket=manifest.bucket, key=manifest.key)
-    changed = _from_origin(node, manifest.bucket, obj, new_id())
+    changed = _from_origin(node, manifest.bucket, await _described(node, manifest.bucket, obj), new_id())
     if not await node.catalog.replace(changed, revision):
         found = await node.catalog.get(manifest.bucket, manifest.key)
         if found is not None and not found.manifest.deleted:
@@ -120,7 +128,8 @@ async def lookup(node: CacheNode, bucket: str, key: str) -> wire.Manifest:
             await node.require_bucket(bucket)
             raise errors.NoSuchKey(resource=f"{bucket}/{key}")
         stale = time.time() - manifest.validated_at > node.config.cachenode.revalidate_after_s
-        if manifest.state == "clean" and stale:
+        # tags on their way to the origin (tags_state dirty): the origin's copy is older
+        if manifest.state == "clean" and manifest.tags_state == "clean" and stale:
             try:
                 return await _revalidate(node, manifest, revision)
             except errors.NoSuchKey as exc:

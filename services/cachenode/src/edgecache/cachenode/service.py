@@ -32,6 +32,7 @@ from edgecache.cachenode import (
     replication,
     shortcircuit,
     sites,
+    tagging,
 )
 from edgecache.cachenode.chunkstore import ChunkStore
 from edgecache.cachenode.metrics import node_monitor
@@ -136,6 +137,9 @@ HANDLERS: dict[type[wire.Request], Handler] = {
     wire.CopyObject: _replying(copy.copy_object),
     wire.UploadPartCopy: _replying(copy.upload_part_copy),
     wire.ListMultipartUploads: _replying(multipart.list_multipart_uploads),
+    wire.PutObjectTagging: _replying(tagging.put_object_tagging),
+    wire.GetObjectTagging: _replying(tagging.get_object_tagging),
+    wire.DeleteObjectTagging: _replying(tagging.delete_object_tagging),
 }
 
 

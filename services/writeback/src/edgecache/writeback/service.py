@@ -387,7 +387,7 @@ def _header_text(text: str) -> str:
 
 def _describe(intent: wire.Intent) -> dict[str, Any]:
     fields: dict[str, Any] = {"intent": intent.id, "bucket": intent.bucket}
-    if isinstance(intent, wire.ObjectWritten | wire.ObjectDeleted):
+    if isinstance(intent, wire.ObjectWritten | wire.ObjectDeleted | wire.ObjectTagged):
         fields.update(key=intent.key, version=intent.version)
     return fields
 

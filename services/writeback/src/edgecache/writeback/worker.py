@@ -19,6 +19,12 @@ refuses to replace (or delete) an object with a larger stamp
 skipped as superseded — the newer version's change is on its way to this site and will
 replace the manifest. So a loser's write-back never overwrites the winner in the origin.
 
+An ``ObjectTagged`` intent (the tags of a version already in the origin changed) puts the
+manifest's current tags on the origin's object (``origin.put_tags``) and marks them clean
+(CAS); it is skipped when the version is superseded, still dirty (its put takes the tags
+along) or its tags are clean already. A put whose manifest's tags changed while its bytes
+were uploading puts the new tags before marking the version clean.
+
 then ``ObjectClean`` on ``edgecache.events.object.clean`` (the catalog publishes it with
 the change). A ``BucketCreated`` creates the bucket in the origin while its record in KV
 ``buckets`` is live; a ``BucketDeleted`` deletes the bucket in the origin and then its
@@ -63,7 +69,7 @@ log = get_logger(__name__)
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed CAS
 _MAX_ROUNDS = 3  # re-reads of a manifest that changed under us before giving up this attempt
 
-Op = Literal["put", "delete", "create_bucket", "delete_bucket"]
+Op = Literal["put", "delete", "create_bucket", "delete_bucket", "tag"]
 Result = Literal["written", "deleted", "created", "already_clean", "superseded"]
 
 
@@ -99,6 +105,8 @@ def op_of(intent: wire.Intent) -> Op:
             return "create_bucket"
         case wire.BucketDeleted():
             return "delete_bucket"
+        case wire.ObjectTagged():
+            return "tag"
     raise TypeError(f"not an intent: {type(intent).__name__}")
 
 
@@ -164,10 +172,12 @@ class IntentApplier:
                 return await self._create_bucket(intent)
             case wire.BucketDeleted():
                 return await self._delete_bucket(intent)
+            case wire.ObjectTagged():
+                return await self._tag(intent)
         raise TypeError(f"not an intent: {type(intent).__name__}")
 
     # -- manifests ---------------------------------------------------------------------------
-    async def _current(self, intent: wire.ObjectWritten | wire.ObjectDeleted) -> Entry | None:
+    async def _current(self, intent: wire.ObjectWritten | wire.ObjectDeleted | wire.ObjectTagged) -> Entry | None:
         """The manifest if it is still this intent's version, else ``None``."""
         found = await self._catalog.get(intent.bucket, intent.key)
         if found is None or found.manifest.version != intent.version:
@@ -180,6 +190,7 @@ class IntentApplier:
     async def _put(self, intent: wire.ObjectWritten) -> Outcome:
         written = 0
         etag: str | None = None  # the origin's ETag once this version is uploaded
+        tags: dict[str, str] = {}  # the tags the origin's object has
         for _ in range(_MAX_ROUNDS):
             found = await self._current(intent)
             if found is None or found[0].deleted:
@@ -197,6 +208,10 @@ class IntentApplier:
                     log.warning("writeback.origin_newer", bucket=m.bucket, key=m.key, version=m.version, reason=str(exc))
                     return Outcome("put", "superseded", written)
                 written += m.size
+                tags = m.tags
+            elif m.tags != tags:  # retagged while the bytes went up
+                etag = await self._origin.put_tags(m.bucket, m.key, dict(m.tags)) or etag
+                tags = m.tags
             clean = _cleaned(m, etag)
             if await self._catalog.mark_clean(clean, revision):  # announces ObjectClean
                 return Outcome("put", "written", written)
@@ -236,6 +251,7 @@ class IntentApplier:
                     headers=dict(m.headers),
                     etag=m.etag,
                     **_stamp(m),
+                    tags=dict(m.tags),
                 )
         except (Superseded, OriginHoldsNewer):
             raise
@@ -244,6 +260,28 @@ class IntentApplier:
             if isinstance(exc.__cause__, Superseded) or isinstance(exc.__context__, Superseded):
                 raise Superseded(str(exc)) from exc
             raise
+
+    # -- tags --------------------------------------------------------------------------------
+    async def _tag(self, intent: wire.ObjectTagged) -> Outcome:
+        """Put the manifest's current tags on the origin's object, then mark them clean (a
+        compare-and-set; a change meanwhile is put in the next round)."""
+        for _ in range(_MAX_ROUNDS):
+            found = await self._current(intent)
+            if found is None or found[0].deleted or found[0].state == "dirty":
+                return Outcome("tag", "superseded")  # gone, newer, or its put carries them
+            m, revision = found
+            if m.tags_state == "clean":
+                return Outcome("tag", "already_clean")
+            origin_etag = await self._origin.put_tags(m.bucket, m.key, dict(m.tags))
+            clean = msgspec.structs.replace(
+                m, tags_state="clean", origin_etag=origin_etag or m.origin_etag, validated_at=time.time()
+            )
+            if await self._catalog.mark_tags_clean(clean, revision):
+                return Outcome("tag", "written")
+        raise errors.ServiceUnavailable(
+            f"manifest of {intent.bucket}/{intent.key} kept changing under the tagging",
+            retry_after_s=1,
+        )
 
     # -- delete ------------------------------------------------------------------------------
     async def _delete(self, intent: wire.ObjectDeleted) -> Outcome:
@@ -321,7 +359,7 @@ def _stamp(m: wire.Manifest) -> dict[str, int | str]:
 
 def _cleaned(m: wire.Manifest, origin_etag: str) -> wire.Manifest:
     return msgspec.structs.replace(
-        m, state="clean", origin_etag=origin_etag, validated_at=time.time()
+        m, state="clean", tags_state="clean", origin_etag=origin_etag, validated_at=time.time()
     )
 
 
