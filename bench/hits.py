@@ -322,6 +322,9 @@ def hits(
             value, anchor, unit = ours.rate, theirs.rate, "req/s"
         ratio = value / anchor if anchor else 0.0
         bench.add(Row(label, unit, value, anchor, f">= {target}x", ratio >= target, cpu))
+        if size < MiB:  # what a hit costs the gateway, steadier than req/s on a shared box
+            gateway_cpu = sum(v for k, v in cpu.items() if k.startswith("gateway"))
+            bench.add(Row(f"  gateway CPU per request {_size_text(size)}", "us", gateway_cpu / ours.requests * 1e6))
         bench.add(Row(f"  p50 latency {_size_text(size)}", "ms", ours.p50_ms, theirs.p50_ms))
         bench.add(Row(f"  p99 latency {_size_text(size)}", "ms", ours.p99_ms, theirs.p99_ms))
 
@@ -436,6 +439,10 @@ def run(args: argparse.Namespace, tmp: Path) -> HitBench:
         )
         cleanup.callback(stop, stack.process)
         bench.pids = children(stack.process.pid)
+        if "gateway" in bench.pids:  # its other workers (multiprocessing children)
+            workers = Path(f"/proc/{bench.pids['gateway']}/task/{bench.pids['gateway']}/children")
+            for i, pid in enumerate(workers.read_text().split(), start=1):
+                bench.pids[f"gateway-{i}"] = int(pid)
         meter = CpuMeter({**bench.pids, "nginx": nginx.pid})
         gateway = s3_client(stack.endpoint, stack.access_key, stack.secret_key)
         origin = s3_client(origin_url, "testing", "testing")
