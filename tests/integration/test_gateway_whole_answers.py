@@ -174,6 +174,7 @@ async def test_a_hit_answers_what_a_miss_answers(
         assert miss[0] == hit[0] == 200 and miss[2] == hit[2] == body
         assert _stable(hit[1]) == _stable(miss[1])
         assert hit[1]["x-amz-request-id"] != miss[1]["x-amz-request-id"]
+        assert "date" in hit[1] and "date" in miss[1]  # uvicorn's default header, both ways
         assert hit[1]["content-type"] == "text/x-whole" and hit[1]["x-amz-meta-colour"] == "blue"
         assert "x-amz-checksum-crc32" not in hit[1]
         assert written == [200]  # the hit, in one write; the miss through the framework
