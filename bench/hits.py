@@ -292,9 +292,12 @@ def _fetch_md5(url: str, *, tries: int = 5) -> tuple[int, str]:
     raise AssertionError("unreachable")
 
 
-def hits(bench: HitBench, gateway: Any, gateway_url: str, cache_url: str, meter: CpuMeter) -> None:
-    """wrk against the gateway and against nginx for each size in HIT_LOADS."""
-    for key, size, connections, target in HIT_LOADS:
+def hits(
+    bench: HitBench, gateway: Any, gateway_url: str, cache_url: str, meter: CpuMeter,
+    loads: tuple[tuple[str, int, int, float], ...] = HIT_LOADS,
+) -> None:
+    """wrk against the gateway and against nginx for each size in ``loads``."""
+    for key, size, connections, target in loads:
         digest = bench.write_object(key, size)
         url = gateway.generate_presigned_url(
             "get_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=7 * 86400
@@ -319,6 +322,9 @@ def hits(bench: HitBench, gateway: Any, gateway_url: str, cache_url: str, meter:
             value, anchor, unit = ours.rate, theirs.rate, "req/s"
         ratio = value / anchor if anchor else 0.0
         bench.add(Row(label, unit, value, anchor, f">= {target}x", ratio >= target, cpu))
+        if size < MiB:  # what a hit costs the gateway, steadier than req/s on a shared box
+            gateway_cpu = sum(v for k, v in cpu.items() if k.startswith("gateway"))
+            bench.add(Row(f"  gateway CPU per request {_size_text(size)}", "us", gateway_cpu / ours.requests * 1e6))
         bench.add(Row(f"  p50 latency {_size_text(size)}", "ms", ours.p50_ms, theirs.p50_ms))
         bench.add(Row(f"  p99 latency {_size_text(size)}", "ms", ours.p99_ms, theirs.p99_ms))
 
@@ -433,6 +439,10 @@ def run(args: argparse.Namespace, tmp: Path) -> HitBench:
         )
         cleanup.callback(stop, stack.process)
         bench.pids = children(stack.process.pid)
+        if "gateway" in bench.pids:  # its other workers (multiprocessing children)
+            workers = Path(f"/proc/{bench.pids['gateway']}/task/{bench.pids['gateway']}/children")
+            for i, pid in enumerate(workers.read_text().split(), start=1):
+                bench.pids[f"gateway-{i}"] = int(pid)
         meter = CpuMeter({**bench.pids, "nginx": nginx.pid})
         gateway = s3_client(stack.endpoint, stack.access_key, stack.secret_key)
         origin = s3_client(origin_url, "testing", "testing")
@@ -440,12 +450,13 @@ def run(args: argparse.Namespace, tmp: Path) -> HitBench:
         nats_log = stack.data_dir / "logs" / "nats-server.log"
         steps = [
             ("hits", lambda: hits(bench, gateway, stack.endpoint, cache_url, meter)),
+            ("4k", lambda: hits(bench, gateway, stack.endpoint, cache_url, meter, HIT_LOADS[:1])),
             ("cold", lambda: cold(bench, gateway, origin, args.cold_mib * MiB, meter)),
             ("many readers", lambda: many_readers(bench, gateway, args.readers, args.readers_mib * MiB, nats_log)),
             ("peak RSS", lambda: peak_rss(bench)),
         ]
         for name, step in steps:
-            if args.only and name not in args.only:
+            if (args.only and name not in args.only) or (not args.only and name == "4k"):
                 continue
             try:
                 step()
@@ -465,8 +476,8 @@ def main() -> None:
     parser.add_argument("--readers-mib", type=int, default=1024, help="their object (1024)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
-        "--only", action="append", choices=["hits", "cold", "many readers", "peak RSS"],
-        help="run only this step (repeatable); default: all",
+        "--only", action="append", choices=["hits", "cold", "many readers", "peak RSS", "4k"],
+        help="run only this step (repeatable); default: all; 4k: the 4 KiB hit row alone",
     )
     parser.add_argument(
         "--hold", type=float, default=0.0,

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 __all__ = ["verify"]
 
+_SIGV2_PREFIX = sigv2.SCHEME.encode() + b" "
+_SIGV4_QUERY = b"X-Amz-Algorithm="
+
 
 def verify(
     method: str,
@@ -67,7 +70,9 @@ def _is_sigv2(query_string: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
     ``Signature`` query parameter and no ``X-Amz-Algorithm``."""
     for name, value in headers:
         if name == b"authorization" and value.strip():
-            return value.strip().startswith(sigv2.SCHEME.encode() + b" ")
+            return value.strip().startswith(_SIGV2_PREFIX)
+    if query_string.startswith(_SIGV4_QUERY) or b"&" + _SIGV4_QUERY in query_string:
+        return False  # a SigV4 presigned URL: decided without splitting the query
     if b"AWSAccessKeyId" not in query_string and b"Signature" not in query_string:
         return False
     names = {part.partition(b"=")[0] for part in query_string.split(b"&")}

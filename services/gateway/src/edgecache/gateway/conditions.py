@@ -18,7 +18,12 @@ from edgecache.common import errors, wire
 from edgecache.common.etags import etag_matches
 from edgecache.gateway.headers import RequestHeaders, parse_http_date
 
-__all__ = ["etag_matches", "not_modified", "write_condition"]
+__all__ = ["CONDITION_HEADERS", "etag_matches", "not_modified", "write_condition"]
+
+#: the request headers :func:`not_modified` reads (a GET without any of them is unconditional)
+CONDITION_HEADERS = frozenset(
+    {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
+)
 
 
 def not_modified(h: RequestHeaders, etag: str, last_modified: float) -> bool:

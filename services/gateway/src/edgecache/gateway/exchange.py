@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,9 @@ __all__ = ["MAX_HEADER_BYTES", "RANGE_HEADER_MAX", "Exchange", "LiveTrailers"]
 
 log = get_logger("edgecache.gateway")
 
+# request ids need to be unique, not secret: a generator seeded once per process spares two
+# getrandom() system calls per request
+_IDS = random.Random(os.urandom(32))  # noqa: S311
 RANGE_HEADER_MAX = 256  # characters of a Range header worth parsing
 MAX_HEADER_BYTES = 8 * 1024  # the request's header section, "name: value\r\n" each
 
@@ -78,9 +82,14 @@ class Exchange:
         op: the routed operation, once :meth:`route` ran.
         bytes_in: decoded body bytes read; bytes_out: body bytes sent.
         deferred: the handler streams its body; the stream calls :meth:`finish`.
+
+    ``bind=False`` (the memory-tier fast path, :mod:`.fastpath`) leaves the log context
+    alone: such a request logs nothing but its request line, which carries the same fields
+    itself, and binding four context variables was ~3.5 % of a worker serving 4 KiB hits.
     """
 
     __slots__ = (
+        "_bind",
         "_finished",
         "auth",
         "bytes_in",
@@ -99,7 +108,9 @@ class Exchange:
         "started",
     )
 
-    def __init__(self, request: Request[Any, Any, Any], gateway: GatewayState) -> None:
+    def __init__(
+        self, request: Request[Any, Any, Any], gateway: GatewayState, *, bind: bool = True
+    ) -> None:
         scope = request.scope
         self.request = request
         self.gateway = gateway
@@ -114,7 +125,7 @@ class Exchange:
         self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         self.headers = RequestHeaders.from_asgi(self.raw_headers)
         self.host_bucket = host_bucket(self.headers.get("host", ""), gateway.config.domain)
-        self.request_id = os.urandom(8).hex().upper()
+        self.request_id = f"{_IDS.getrandbits(64):016X}"
         self.started = time.perf_counter()
         self.op: Operation | None = None
         self.auth: Any = None
@@ -122,7 +133,9 @@ class Exchange:
         self.bytes_out = 0
         self.deferred = False
         self._finished = False
-        structlog.contextvars.bind_contextvars(request_id=self.request_id)
+        self._bind = bind
+        if bind:
+            structlog.contextvars.bind_contextvars(request_id=self.request_id)
 
     # -- the request ----------------------------------------------------------------------
     def authenticate(self) -> None:
@@ -178,7 +191,8 @@ class Exchange:
             host_bucket=self.host_bucket,
         )
         self.op = op
-        structlog.contextvars.bind_contextvars(operation=op.name, bucket=op.bucket, key=op.key)
+        if self._bind:
+            structlog.contextvars.bind_contextvars(operation=op.name, bucket=op.bucket, key=op.key)
         return op
 
     def range_header(self) -> str | None:
@@ -236,9 +250,17 @@ class Exchange:
         """Headers every response carries: request ids and ``Server``."""
         return {
             "x-amz-request-id": self.request_id,
-            "x-amz-id-2": base64.b64encode(os.urandom(24)).decode("ascii"),
+            "x-amz-id-2": base64.b64encode(_IDS.randbytes(24)).decode("ascii"),
             "server": "edgecache",
         }
+
+    def response_lines(self) -> bytes:
+        """:meth:`response_headers` as header lines (``name: value\r\n`` each, latin-1), for
+        an answer written whole (:mod:`.wholeresponse`)."""
+        return b"x-amz-request-id: %s\r\nx-amz-id-2: %s\r\nserver: edgecache\r\n" % (
+            self.request_id.encode("ascii"),
+            base64.b64encode(_IDS.randbytes(24)),
+        )
 
     def finish(
         self, status: int, *, error: errors.S3Error | None = None, cut: bool = False
@@ -259,6 +281,21 @@ class Exchange:
         metrics = self.gateway.metrics
         if metrics is not None:
             metrics.observe(op.name if op else "", status, seconds, self.bytes_in, self.bytes_out)
+        if op is not None and error is None and not cut and status < 500:
+            # the common line, without building its fields twice (every hit writes one)
+            log.info(
+                "request",
+                request_id=self.request_id,
+                method=self.method,
+                operation=op.name,
+                bucket=op.bucket,
+                key=op.key,
+                status=status,
+                bytes_in=self.bytes_in,
+                bytes_out=self.bytes_out,
+                duration_ms=round(seconds * 1000, 3),
+            )
+            return
         fields: dict[str, Any] = {
             "request_id": self.request_id,
             "method": self.method,

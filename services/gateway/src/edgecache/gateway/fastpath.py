@@ -9,6 +9,10 @@ here with the very same code the handlers use (:class:`~edgecache.gateway.exchan
 the same request line. Everything else — a miss, another operation, any error to render
 (a bad signature, 304 is not an error but 412 and 416 are) — goes to Litestar unchanged,
 which then does the whole request itself.
+
+Where the HTTP server offers it (the gateway's own protocol, :mod:`.wholeresponse`), the
+answer is written in one socket write with header lines built once per cached version;
+elsewhere (another ASGI server, a test transport) it goes as the two ASGI messages.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from edgecache.common import errors
 from edgecache.gateway import memory
 from edgecache.gateway.exchange import Exchange
+from edgecache.gateway.wholeresponse import WHOLE_RESPONSE
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -65,7 +70,9 @@ def with_fast_hits(app: Litestar) -> ASGIApp:
 async def _answer_hit(scope: Scope, send: Send, gateway: GatewayState) -> bool:
     """Answer ``scope`` from the memory tier if it is a plain hit; ``False`` otherwise
     (nothing was sent)."""
-    x = Exchange(_BodylessRequest(scope), gateway)  # type: ignore[arg-type]
+    x = Exchange(_BodylessRequest(scope), gateway, bind=False)  # type: ignore[arg-type]
+    extensions = scope.get("extensions")
+    whole = extensions.get(WHOLE_RESPONSE) if extensions else None
     try:
         op = x.route()
         head = _ACTIONS.get(op.name)
@@ -78,8 +85,13 @@ async def _answer_hit(scope: Scope, send: Send, gateway: GatewayState) -> bool:
         cached = await memory.held(x, op)
         if cached is None:
             return False
+        if whole is not None:
+            status, lines, body = memory.render_whole(x, op, cached, head=head)
+            await whole(status, lines, body)
+            x.finish(status)
+            return True
         status, headers, body = memory.render(x, op, cached, head=head)
-    except errors.S3Error:
+    except (errors.S3Error, ValueError):
         return False  # the framework renders the error
     await send(
         {

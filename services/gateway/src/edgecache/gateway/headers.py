@@ -30,6 +30,7 @@ __all__ = [
     "MAX_OBJECT_BYTES",
     "MAX_PART_BYTES",
     "STORED_HEADERS",
+    "RESPONSE_OVERRIDES",
     "RequestHeaders",
     "content_range",
     "header_value",
@@ -73,6 +74,9 @@ _OVERRIDES = {
     "response-content-disposition": "content-disposition",
     "response-content-encoding": "content-encoding",
 }
+
+# the query parameters above, as a set (a GET without any of them answers the stored headers)
+RESPONSE_OVERRIDES = frozenset(_OVERRIDES)
 
 
 class RequestHeaders(dict[str, str]):

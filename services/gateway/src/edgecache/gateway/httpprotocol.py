@@ -26,6 +26,12 @@ long as it liked. Here:
   the client read it (RFC 9112 §9.6; nginx's ``lingering_close``).
 
 Build the class with :func:`protocol_class` and pass it as uvicorn's ``http``.
+
+The three deadlines of a connection (its head, its body's idle time, and uvicorn's
+keep-alive idle time between requests) are numbers checked by one periodic sweep per
+event loop (:mod:`.deadlines`), not a timer armed and cancelled per request. Each request
+also offers the app a one-write answer (:mod:`.wholeresponse`, in
+``scope["extensions"]``).
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edgecache.common import errors
 from edgecache.common.logging import get_logger
-from edgecache.gateway import xml
+from edgecache.gateway import deadlines, xml
+from edgecache.gateway.wholeresponse import WHOLE_RESPONSE, WholeResponse
 
 __all__ = [
     "BODY_IDLE_TIMEOUT_S",
@@ -87,15 +94,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     header_timeout_s: float = HEADER_TIMEOUT_S
     body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S
+    sweep_interval_s: float = deadlines.interval_for(HEADER_TIMEOUT_S, BODY_IDLE_TIMEOUT_S)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
+        # deadlines in loop.time() seconds, None when not running (see check_deadlines)
+        self._head_deadline: float | None = None
+        self._body_deadline: float | None = None
+        self._idle_deadline: float | None = None
         self._head_bytes = 0
         self._head_error: errors.S3Error | None = None
         self._lingering = False
         self._raw = transport
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
+        interval = min(self.sweep_interval_s, deadlines.interval_for(self.timeout_keep_alive))
+        self._sweeper = deadlines.sweeper(self.loop, interval)
+        self._sweeper.add(self, interval)
         self._arm()  # a new connection owes its first request head in time too
 
     def data_received(self, data: bytes) -> None:
@@ -110,14 +123,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         return super().eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        self._watch_body(False)
+        self._sweeper.discard(self)
+        self._head_deadline = self._body_deadline = self._idle_deadline = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
-        if self._head_timer is None:
+        if self._head_deadline is None:
             self._arm()
 
     def on_url(self, url: bytes) -> None:
@@ -125,21 +138,56 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._count(0)
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        self._head_deadline = None
         super().on_headers_complete()
-        self._watch_body(True)
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # not an upgrade
+            self.scope["extensions"] = {WHOLE_RESPONSE: WholeResponse(cycle)}
+        self._body_deadline = self.loop.time() + self.body_idle_timeout_s
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
-        self._watch_body(True)
+        self._body_deadline = self.loop.time() + self.body_idle_timeout_s
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._watch_body(False)
+        self._body_deadline = None
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with its keep-alive timer a deadline of the sweep (uvicorn 0.54:
+        count the request, resume reading, start a pipelined request or wait for one)."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_deadline = self.loop.time() + self.timeout_keep_alive
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_deadline = None
+        super()._unset_keepalive_if_required()
+
+    def check_deadlines(self, now: float) -> None:
+        """Act on the deadlines passed at ``now`` (called by the sweep, :mod:`.deadlines`)."""
+        if self._head_deadline is not None and now >= self._head_deadline:
+            self._head_deadline = None
+            self._head_timed_out()
+        if self._body_deadline is not None and now >= self._body_deadline:
+            self._body_deadline = None
+            self._body_idle()
+        if self._idle_deadline is not None and now >= self._idle_deadline:
+            self._idle_deadline = None
+            self.timeout_keep_alive_handler()
 
     def send_400_response(self, msg: str) -> None:
         """An S3 XML error (RequestHeaderSectionTooLarge, else InvalidRequest) for what
@@ -170,23 +218,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             raise _HeadTooLarge
 
     def _arm(self) -> None:
-        self._disarm()
-        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+        self._head_deadline = self.loop.time() + self.header_timeout_s
 
     def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_deadline = None
 
     def _watch_body(self, on: bool) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
-        if on:
-            self._body_timer = self.loop.call_later(self.body_idle_timeout_s, self._body_idle)
+        self._body_deadline = self.loop.time() + self.body_idle_timeout_s if on else None
 
     def _body_idle(self) -> None:
-        self._body_timer = None
         cycle = self.cycle
         if self.transport.is_closing() or cycle is None or not cycle.more_body:
             return
@@ -204,7 +244,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._write_error(errors.RequestTimeout())
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
         if self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
@@ -239,5 +278,6 @@ def protocol_class(
     attributes: dict[str, Any] = {
         "header_timeout_s": header_timeout_s,
         "body_idle_timeout_s": body_idle_timeout_s,
+        "sweep_interval_s": deadlines.interval_for(header_timeout_s, body_idle_timeout_s),
     }
     return type("GatewayHttpProtocol", (GatewayHttpProtocol,), attributes)

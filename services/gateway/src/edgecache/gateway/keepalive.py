@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from edgecache.gateway.wholeresponse import WHOLE_RESPONSE
+
 __all__ = ["DRAIN_LIMIT_BYTES", "must_close", "with_keepalive"]
 
 Scope = MutableMapping[str, Any]
@@ -76,6 +78,9 @@ def with_keepalive(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)  # most GETs and HEADs: nothing to watch
             return
         state = {"called": False, "read": 0, "done": False}
+        extensions = scope.get("extensions")
+        if extensions and WHOLE_RESPONSE in extensions:  # every answer must pass checked_send
+            scope["extensions"] = {k: v for k, v in extensions.items() if k != WHOLE_RESPONSE}
 
         async def tracked_receive() -> MutableMapping[str, Any]:
             state["called"] = True
@@ -104,7 +109,7 @@ def with_keepalive(app: ASGIApp) -> ASGIApp:
 
 
 def _may_have_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(
-        (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding"
-        for name, value in headers
-    )
+    for name, value in headers:  # a plain loop: this runs for every request
+        if (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding":
+            return True
+    return False

@@ -17,8 +17,9 @@ from litestar import Response
 
 from edgecache.common.ranges import parse_range
 from edgecache.gateway import conditions
-from edgecache.gateway.headers import http_date, object_headers
+from edgecache.gateway.headers import RESPONSE_OVERRIDES, http_date, object_headers
 from edgecache.gateway.responses import empty
+from edgecache.gateway.wholeresponse import header_lines
 
 if TYPE_CHECKING:
     from edgecache.common import wire
@@ -26,7 +27,17 @@ if TYPE_CHECKING:
     from edgecache.gateway.memtier import CachedObject, Fill
     from edgecache.gateway.operations import Operation
 
-__all__ = ["Answer", "Collector", "answer", "held", "not_modified", "render", "start_fill"]
+__all__ = [
+    "Answer",
+    "Collector",
+    "WholeAnswer",
+    "answer",
+    "held",
+    "not_modified",
+    "render",
+    "render_whole",
+    "start_fill",
+]
 
 
 async def held(x: Exchange, op: Operation) -> CachedObject | None:
@@ -80,6 +91,45 @@ def render(x: Exchange, op: Operation, cached: CachedObject, *, head: bool) -> A
     if x.gateway.memtier is not None:
         x.gateway.memtier.stats.sent_bytes += len(body)
     return Answer(status, out, body)
+
+
+class WholeAnswer(NamedTuple):
+    """:class:`Answer` with its headers as header lines (``name: value\r\n``, latin-1), for
+    :class:`~edgecache.gateway.wholeresponse.WholeResponse`."""
+
+    status: int
+    lines: bytes
+    body: bytes
+
+
+def render_whole(x: Exchange, op: Operation, cached: CachedObject, *, head: bool) -> WholeAnswer:
+    """:func:`render` as header lines. The answer to a request without ``Range``,
+    preconditions or ``response-*`` overrides (every plain hit) reuses the object's header
+    lines, built once per cached version (``cached.heads``); any other is rendered.
+
+    Raises:
+        PreconditionFailed, InvalidRange: as :func:`render`.
+        ValueError: a header value holds a control character (nothing is sent then).
+    """
+    if (
+        x.range_header() is None
+        and conditions.CONDITION_HEADERS.isdisjoint(x.headers)
+        and RESPONSE_OVERRIDES.isdisjoint(op.query)
+    ):
+        checksum_mode = x.checksum_mode()
+        lines = cached.heads.get(checksum_mode)
+        if lines is None:
+            headers = object_headers(cached.info, query={}, checksum_mode=checksum_mode)
+            lines = cached.heads[checksum_mode] = header_lines(headers)
+        if head:
+            return WholeAnswer(200, x.response_lines() + lines, b"")
+        body = cached.data
+        x.bytes_out += len(body)
+        if x.gateway.memtier is not None:
+            x.gateway.memtier.stats.sent_bytes += len(body)
+        return WholeAnswer(200, x.response_lines() + lines, body)
+    status, headers, body = render(x, op, cached, head=head)
+    return WholeAnswer(status, header_lines(headers), body)
 
 
 def answer(x: Exchange, op: Operation, cached: CachedObject, *, head: bool) -> Response[Any]:

@@ -23,7 +23,7 @@ synchronous and runs on the event loop: no locks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgecache.common.s3fifo import S3FifoPolicy
@@ -36,10 +36,16 @@ __all__ = ["CachedObject", "Fill", "MemoryTier", "MemoryTierStats"]
 
 @dataclass(frozen=True, slots=True)
 class CachedObject:
-    """A whole object in the memory tier: what the node answered, and every byte."""
+    """A whole object in the memory tier: what the node answered, and every byte.
+
+    ``heads`` remembers the header lines of its unconditional, whole answer by
+    ``checksum_mode`` (:func:`edgecache.gateway.memory.render_whole`): built once per cached
+    version, since an object that changes is a new ``CachedObject``.
+    """
 
     info: wire.ObjectInfo
     data: bytes
+    heads: dict[bool, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
