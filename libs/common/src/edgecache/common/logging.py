@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import msgspec
@@ -37,7 +38,7 @@ def configure_logging(config: LogConfig, *, service: str) -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _IsoTimestamp(),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             renderer,
@@ -62,3 +63,25 @@ def _json_bytes(event: dict[str, Any], **_: Any) -> bytes:
 def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger:
     """A bound structlog logger."""
     return structlog.get_logger(name)
+
+
+class _IsoTimestamp:
+    """structlog processor: ``timestamp`` in UTC ISO 8601 with microseconds
+    (``2026-11-30T19:45:54.426494Z``), as ``TimeStamper(fmt="iso", utc=True)`` writes it,
+    with the date and time of day formatted once per second: structlog's builds a
+    ``datetime`` and formats it for every line, about half of the cost of a request's log
+    line in a profile of 4 KiB cache hits (docs/benchmarks.md)."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return event_dict
