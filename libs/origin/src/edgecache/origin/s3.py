@@ -33,7 +33,7 @@ from edgecache.origin._util import (
     system_headers,
     upload_parts,
 )
-from edgecache.origin.base import Origin, OriginBucket, OriginObject
+from edgecache.origin.base import Origin, OriginBucket, OriginObject, RangeRead
 
 __all__ = ["S3Origin"]
 
@@ -153,6 +153,43 @@ def _s3_errors(bucket: str, key: str = "") -> Iterator[None]:
         ) from exc
 
 
+def _describe(key: str, r: dict[str, Any], size: int) -> OriginObject:
+    """The object a ``HeadObject`` or ``GetObject`` response ``r`` describes (``size``: the
+    whole object's bytes)."""
+    headers = {}
+    for name, field in _HEADER_PARAMS.items():
+        value = r.get(field)
+        if name == "expires":
+            value = r.get("ExpiresString") or (
+                email.utils.format_datetime(value, usegmt=True)
+                if isinstance(value, datetime)
+                else value
+            )
+        if value:
+            headers[name] = str(value)
+    return OriginObject(
+        key=key,
+        size=size,
+        etag=strip_etag(r.get("ETag")),
+        last_modified=r["LastModified"].timestamp(),
+        content_type=r.get("ContentType") or "binary/octet-stream",
+        metadata=_to_user_metadata(r.get("Metadata", {})),
+        headers=headers,
+    )
+
+
+async def _pieces(body: Any, count: int, bucket: str, key: str) -> AsyncIterator[bytes]:
+    """The first ``count`` bytes of a ``GetObject`` body, in pieces of at most 1 MiB."""
+    with _s3_errors(bucket, key):
+        async for piece in body.iter_chunks(READ_BYTES):
+            if len(piece) >= count:
+                if piece := piece[:count]:
+                    yield piece
+                return
+            count -= len(piece)
+            yield piece
+
+
 class S3Origin(Origin):
     """An S3 bucket per edgecache bucket, through one aiobotocore client opened in
     :meth:`start`.
@@ -241,45 +278,60 @@ class S3Origin(Origin):
             with _s3_errors(bucket, key):
                 r = await self._s3.head_object(Bucket=bucket, Key=key)
         except errors.NoSuchKey:
-            if not await self.bucket_exists(bucket):  # HEAD's 404 does not say which
-                raise errors.NoSuchBucket(resource=bucket) from None
+            await self._require_bucket(bucket)
             raise
-        headers = {}
-        for name, field in _HEADER_PARAMS.items():
-            value = r.get(field)
-            if name == "expires":
-                value = r.get("ExpiresString") or (
-                    email.utils.format_datetime(value, usegmt=True)
-                    if isinstance(value, datetime)
-                    else value
-                )
-            if value:
-                headers[name] = str(value)
-        return OriginObject(
-            key=key,
-            size=r["ContentLength"],
-            etag=strip_etag(r.get("ETag")),
-            last_modified=r["LastModified"].timestamp(),
-            content_type=r.get("ContentType") or "binary/octet-stream",
-            metadata=_to_user_metadata(r.get("Metadata", {})),
-            headers=headers,
-        )
+        return _describe(key, r, r["ContentLength"])
 
-    async def get_range(
+    async def _require_bucket(self, bucket: str) -> None:
+        """Raise ``NoSuchBucket`` if ``bucket`` is missing (a bare 404 does not say which)."""
+        if not await self.bucket_exists(bucket):
+            raise errors.NoSuchBucket(resource=bucket) from None
+
+    async def open_range(
         self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
-    ) -> AsyncIterator[bytes]:
-        """``GetObject`` with ``Range: bytes=first-last`` (and ``If-Match``), streamed in
-        pieces of at most 1 MiB as they arrive; see :meth:`Origin.get_range`."""
+    ) -> RangeRead:
+        """``GetObject`` with ``Range: bytes=first-last`` (and ``If-Match``): the object's
+        size from ``Content-Range``, its ETag, time, type, system headers and metadata from
+        the same response; the body streamed in pieces of at most 1 MiB. See
+        :meth:`Origin.open_range`."""
         check_key(bucket, key)
         check_range(bucket, key, first, last)
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={first}-{last}"}
         if if_match is not None:
             kwargs["IfMatch"] = f'"{if_match}"'
-        with _s3_errors(bucket, key):
-            response = await self._s3.get_object(**kwargs)
-            async with response["Body"] as stream:
-                async for piece in stream.iter_chunks(READ_BYTES):
-                    yield piece
+        try:
+            with _s3_errors(bucket, key):
+                r = await self._s3.get_object(**kwargs)
+        except errors.NoSuchKey:
+            await self._require_bucket(bucket)
+            raise
+        body = r["Body"]
+        total = r.get("ContentRange", "").rpartition("/")[2]
+        if total.isdigit():
+            size, served = int(total), r["ContentLength"]
+        else:  # 200: the server ignored the range (an empty object, or no range support)
+            size = served = r["ContentLength"]
+            if first >= size:
+                body.close()
+                raise errors.InvalidRange(f"bytes={first}-{last} of {size}", resource=f"{bucket}/{key}")
+            first, served = 0, min(last + 1, size)  # the whole object from byte 0, cut at last
+        obj = _describe(key, r, size)
+        return RangeRead(obj, first, first + served - 1, _pieces(body, served, bucket, key), body.aclose)
+
+    async def get_range(
+        self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """``GetObject`` with ``Range: bytes=first-last`` (and ``If-Match``), streamed in
+        pieces of at most 1 MiB as they arrive (:meth:`open_range`); see
+        :meth:`Origin.get_range`."""
+        read = await self.open_range(bucket, key, first, last, if_match=if_match)
+        try:
+            if read.first != first:  # a server that ignored the range: skip to first
+                raise errors.InvalidRange(f"bytes={first}-{last}: the origin ignored the range", resource=f"{bucket}/{key}")
+            async for piece in read:
+                yield piece
+        finally:
+            await read.aclose()
 
     async def put_object(
         self,

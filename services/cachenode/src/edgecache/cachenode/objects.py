@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from edgecache.cachenode import chunks, readthrough, shortcircuit
+from edgecache.cachenode import adoption, chunks, readthrough, shortcircuit
 from edgecache.cachenode.chunkstore import ChunkMissing
 from edgecache.cachenode.node import Answered, CacheNode, now
 from edgecache.cachenode.replication import Replicator
@@ -243,7 +243,8 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
     """
     tx = node.download_sender(msg)
     try:
-        manifest = await readthrough.lookup(node, request.bucket, request.key)
+        reading = adoption.wanted_span(request.range, request.part_number)
+        manifest = await readthrough.lookup(node, request.bucket, request.key, reading=reading)
         span = requested_span(manifest, request.range, request.part_number)
         first, last = span if span else (0, manifest.size - 1)
         info = info_of(manifest, first=span[0] if span else None, last=span[1] if span else None)
