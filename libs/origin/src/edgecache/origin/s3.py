@@ -206,7 +206,8 @@ class S3Origin(Origin):
         self._client: Any = None
 
     async def start(self) -> None:
-        """Open the client: standard retries (3 attempts), timeouts from ``timeout_s``."""
+        """Open the client: standard retries (3 attempts), timeouts from ``timeout_s``; its
+        HTTP session is built now (see :meth:`_warm`)."""
         cfg = self.config
         client_config = AioConfig(
             retries={"mode": "standard", "max_attempts": 3},
@@ -223,6 +224,19 @@ class S3Origin(Origin):
                 config=client_config,
             )
         )
+        await self._warm()
+
+    async def _warm(self) -> None:
+        """Build the client's aiohttp session (its TLS context loads the CA bundle: 60-110 ms
+        here) before the first request needs it, so the first cold GET after a start does
+        not wait for it. Contacts nobody. aiobotocore builds it lazily and has no public
+        call for it: if its internals change, this does nothing and the first request
+        builds it, as before."""
+        http_session = getattr(getattr(self._client, "_endpoint", None), "http_session", None)
+        get_session = getattr(http_session, "_get_session", None)
+        if get_session is not None:
+            with contextlib.suppress(Exception):
+                await get_session(None)  # None: no proxy; one with a proxy is built when used
 
     async def close(self) -> None:
         await self._stack.aclose()
