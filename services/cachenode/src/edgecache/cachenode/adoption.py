@@ -70,7 +70,9 @@ def wanted_span(range_header: str | None, part_number: int | None) -> tuple[int,
     return int(first), int(last)
 
 
-def manifest_from_origin(node: CacheNode, bucket: str, obj: OriginObject, version: str) -> wire.Manifest:
+def manifest_from_origin(
+    node: CacheNode, bucket: str, obj: OriginObject, version: str
+) -> wire.Manifest:
     """A clean manifest of the origin's object ``obj`` as version ``version``: unfilled
     chunks of ``node.chunk_bytes`` (the last one shorter)."""
     size, step = obj.size, node.chunk_bytes
@@ -128,7 +130,12 @@ class Adoptions:
         self._manifests[(bucket, key)] = future
         return future
 
-    def record(self, catalog: Catalog, future: asyncio.Future[wire.Manifest | None], manifest: wire.Manifest | None) -> None:
+    def record(
+        self,
+        catalog: Catalog,
+        future: asyncio.Future[wire.Manifest | None],
+        manifest: wire.Manifest | None,
+    ) -> None:
         """The adoption registered as ``future`` found ``manifest`` (``None``: none; an
         error is set on ``future`` by the caller): create it in the catalog in the
         background, and forget the adoption once the create is answered."""
@@ -160,9 +167,13 @@ class Adoptions:
             if not await catalog.create(manifest):
                 # another node adopted it, or a write or delete came first: this version
                 # serves only the reads already on it
-                log.info("adopt.lost", bucket=manifest.bucket, key=manifest.key, version=manifest.version)
+                log.info(
+                    "adopt.lost", bucket=manifest.bucket, key=manifest.key, version=manifest.version
+                )
         except Exception as exc:  # the reads on it go on: the origin is the truth
-            log.warning("adopt.unrecorded", bucket=manifest.bucket, key=manifest.key, error=repr(exc))
+            log.warning(
+                "adopt.unrecorded", bucket=manifest.bucket, key=manifest.key, error=repr(exc)
+            )
 
     async def close(self) -> None:
         """Wait for the creates in flight (5 s at most)."""
@@ -200,7 +211,9 @@ async def adopt_reading(
     return manifest
 
 
-async def _open(node: CacheNode, bucket: str, key: str, first: int, last: int | None) -> wire.Manifest | None:
+async def _open(
+    node: CacheNode, bucket: str, key: str, first: int, last: int | None
+) -> wire.Manifest | None:
     step = node.chunk_bytes
     index = first // step
     start = index * step
@@ -213,7 +226,8 @@ async def _open(node: CacheNode, bucket: str, key: str, first: int, last: int | 
         return None
     try:
         manifest = manifest_from_origin(node, bucket, opened.object, new_id())
-        if opened.first != start or (opened.last + 1 - start) % step and opened.last + 1 != manifest.size:
+        whole_chunks = (opened.last + 1 - start) % step == 0 or opened.last + 1 == manifest.size
+        if opened.first != start or not whole_chunks:
             await opened.aclose()  # the origin ignored the range
             return None
         node.filler.start_opened(manifest, range(index, opened.last // step + 1), opened)
