@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode
 
 import aiohttp
+import msgspec
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -56,7 +57,7 @@ from edgecache.origin._util import (
     system_headers,
     upload_parts,
 )
-from edgecache.origin.base import Origin, OriginBucket, OriginHoldsNewer, OriginObject, holds_newer
+from edgecache.origin.base import Origin, OriginBucket, OriginHoldsNewer, OriginObject, RangeRead, holds_newer
 
 __all__ = ["AzureOrigin", "decode_metadata_name", "encode_metadata_name"]
 
@@ -323,11 +324,12 @@ class AzureOrigin(Origin):
         with _azure_errors(bucket, key):
             return _describe(await blob.get_blob_properties())
 
-    async def get_range(
+    async def open_range(
         self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
-    ) -> AsyncIterator[bytes]:
-        """``download_blob(offset, length)`` (conditional on ``if_match``), streamed in 4 MiB
-        requests; see :meth:`Origin.get_range`."""
+    ) -> RangeRead:
+        """``download_blob(offset, length)`` (conditional on ``if_match``): the blob's size
+        from ``Content-Range``, its ETag, time, content settings and metadata from the same
+        response; the body streamed in 4 MiB requests. See :meth:`Origin.open_range`."""
         check_range(bucket, key, first, last)
         blob = self._blob(bucket, key)
         kwargs: dict[str, Any] = {}
@@ -337,13 +339,31 @@ class AzureOrigin(Origin):
             download = await blob.download_blob(
                 offset=first, length=last - first + 1, decompress=False, **kwargs
             )  # the stored bytes, whatever their Content-Encoding
-            total = (download.properties.content_range or "").rpartition("/")[2]
-            if total.isdigit() and first >= int(total):  # an empty blob answers 0 bytes
-                raise errors.InvalidRange(
-                    f"bytes={first}-{last} of {total}", resource=f"{bucket}/{key}"
-                )
+        props = download.properties
+        total = (props.content_range or "").rpartition("/")[2]
+        size = int(total) if total.isdigit() else props.size
+        if first >= size:  # an empty blob answers 0 bytes
+            raise errors.InvalidRange(f"bytes={first}-{last} of {size}", resource=f"{bucket}/{key}")
+        obj = msgspec.structs.replace(_describe(props), key=key, size=size)
+        return RangeRead(obj, first, min(last, size - 1), self._pieces(download, bucket, key))
+
+    @staticmethod
+    async def _pieces(download: Any, bucket: str, key: str) -> AsyncIterator[bytes]:
+        with _azure_errors(bucket, key):
             async for piece in download.chunks():
                 yield piece
+
+    async def get_range(
+        self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """``download_blob(offset, length)`` (conditional on ``if_match``), streamed in 4 MiB
+        requests (:meth:`open_range`); see :meth:`Origin.get_range`."""
+        read = await self.open_range(bucket, key, first, last, if_match=if_match)
+        try:
+            async for piece in read:
+                yield piece
+        finally:
+            await read.aclose()
 
     async def put_object(
         self,

@@ -10,13 +10,14 @@ raw backend exception.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 
 from edgecache.common import errors
 
-__all__ = ["Origin", "OriginBucket", "OriginHoldsNewer", "OriginObject", "common_prefix", "holds_newer"]
+__all__ = ["Origin", "OriginBucket", "OriginHoldsNewer", "OriginObject", "RangeRead", "common_prefix", "holds_newer"]
 
 
 class OriginObject(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,6 +57,47 @@ def holds_newer(found: OriginObject | None, hlc: int, site: str) -> bool:
 class OriginBucket(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     created: float  # s since epoch
+
+
+class RangeRead:
+    """An open ranged GET: the object's attributes (what a HEAD gives) and the body of the
+    range, as one origin request answers them.
+
+    Iterate it for the body (pieces of any size, in order, adding up to ``last - first + 1``
+    bytes); always :meth:`aclose` it, read or not, to release the request.
+
+    Attributes:
+        object: the whole object's description: ``size`` is the object's, not the range's.
+        first, last: the inclusive byte range the body holds (``last`` clamped to
+            ``object.size - 1``).
+    """
+
+    def __init__(
+        self,
+        obj: OriginObject,
+        first: int,
+        last: int,
+        pieces: AsyncIterator[bytes],
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.object = obj
+        self.first = first
+        self.last = last
+        self._pieces = pieces
+        self._close = close
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._pieces
+
+    async def aclose(self) -> None:
+        """Release the request (idempotent)."""
+        close, self._close = self._close, None
+        try:
+            with contextlib.suppress(Exception):
+                await self._pieces.aclose()  # type: ignore[attr-defined]
+        finally:
+            if close is not None:
+                await close()
 
 
 class Origin(abc.ABC):
@@ -115,6 +157,26 @@ class Origin(abc.ABC):
             NoSuchBucket, NoSuchKey, PreconditionFailed, InvalidRange, ServiceUnavailable
             (also mid-stream, when the origin goes away).
         """
+
+    async def open_range(
+        self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
+    ) -> RangeRead:
+        """Open a ranged GET of bytes ``first..last`` (inclusive) of ``bucket/key``: the
+        object's attributes come with the range's body, from one request (no HEAD first),
+        where the backend allows it. ``last`` past the end is clamped to the end.
+
+        This default is a HEAD, then :meth:`get_range` ``If-Match`` the ETag it gave
+        (consistent, one round trip more); the backends override it.
+
+        Raises:
+            NoSuchBucket, NoSuchKey, PreconditionFailed, ServiceUnavailable; InvalidRange:
+            ``first`` is at or past the end (an empty object has no byte to range over).
+        """
+        obj = await self.head_object(bucket, key)
+        if first >= obj.size:
+            raise errors.InvalidRange(f"bytes={first}-{last} of {obj.size}", resource=f"{bucket}/{key}")
+        last = min(last, obj.size - 1)
+        return RangeRead(obj, first, last, aiter(self.get_range(bucket, key, first, last, if_match=if_match or obj.etag)))
 
     @abc.abstractmethod
     async def put_object(

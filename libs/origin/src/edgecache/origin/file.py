@@ -56,7 +56,7 @@ from edgecache.origin._util import (
     read_parts,
     system_headers,
 )
-from edgecache.origin.base import Origin, OriginBucket, OriginHoldsNewer, OriginObject, holds_newer
+from edgecache.origin.base import Origin, OriginBucket, OriginHoldsNewer, OriginObject, RangeRead, holds_newer
 
 __all__ = ["FileOrigin"]
 
@@ -399,13 +399,12 @@ class FileOrigin(Origin):
         os.close(fd)
         return obj
 
-    async def get_range(
+    async def open_range(
         self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
-    ) -> AsyncIterator[bytes]:
-        """Stream bytes ``first..last`` of the file, in pieces of at most 1 MiB.
-
-        Reads one open descriptor, so a concurrent replacement never mixes versions.
-        ``last`` past the end is clamped to the end (as S3 does).
+    ) -> RangeRead:
+        """The object's description and bytes ``first..last`` of its file, read in pieces of
+        at most 1 MiB from one open descriptor, so a concurrent replacement never mixes
+        versions. ``last`` past the end is clamped to the end (as S3 does).
 
         Raises:
             NoSuchBucket, NoSuchKey, PreconditionFailed (``if_match`` differs, or the file
@@ -416,25 +415,47 @@ class FileOrigin(Origin):
         check_range(bucket, key, first, last)
         with _os_errors(resource):
             fd, obj = await asyncio.to_thread(self._lookup, bucket, key)
+        closed = False
+
+        async def close() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                os.close(fd)
+
         try:
             if if_match is not None and if_match != obj.etag:
                 raise errors.PreconditionFailed(f"ETag is {obj.etag}", resource=resource)
             if first >= obj.size:
                 raise errors.InvalidRange(f"bytes={first}-{last} of {obj.size}", resource=resource)
-            offset, end = first, min(last, obj.size - 1) + 1
-            while offset < end:
-                with _os_errors(resource):
-                    piece = await asyncio.to_thread(
-                        os.pread, fd, min(IO_BYTES, end - offset), offset
-                    )
-                if not piece:
-                    raise errors.PreconditionFailed(
-                        "object truncated while read", resource=resource
-                    )
-                offset += len(piece)
+        except BaseException:
+            await close()
+            raise
+        last = min(last, obj.size - 1)
+        return RangeRead(obj, first, last, self._pieces(fd, first, last, resource), close)
+
+    @staticmethod
+    async def _pieces(fd: int, first: int, last: int, resource: str) -> AsyncIterator[bytes]:
+        offset, end = first, last + 1
+        while offset < end:
+            with _os_errors(resource):
+                piece = await asyncio.to_thread(os.pread, fd, min(IO_BYTES, end - offset), offset)
+            if not piece:
+                raise errors.PreconditionFailed("object truncated while read", resource=resource)
+            offset += len(piece)
+            yield piece
+
+    async def get_range(
+        self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream bytes ``first..last`` of the file (:meth:`open_range`); see
+        :meth:`Origin.get_range`."""
+        read = await self.open_range(bucket, key, first, last, if_match=if_match)
+        try:
+            async for piece in read:
                 yield piece
         finally:
-            os.close(fd)
+            await read.aclose()
 
     # -- writing -----------------------------------------------------------------------------
     def _write_file(self, path: str, data: bytes) -> None:

@@ -34,7 +34,7 @@ from edgecache.origin._util import (
     system_headers,
     upload_parts,
 )
-from edgecache.origin.base import Origin, OriginBucket, OriginHoldsNewer, OriginObject, holds_newer
+from edgecache.origin.base import Origin, OriginBucket, OriginHoldsNewer, OriginObject, RangeRead, holds_newer
 
 __all__ = ["S3Origin"]
 
@@ -164,6 +164,47 @@ def _s3_errors(bucket: str, key: str = "") -> Iterator[None]:
         ) from exc
 
 
+def _describe(key: str, r: dict[str, Any], size: int, *, get: bool = False) -> OriginObject:
+    """The object a ``HeadObject`` or (``get``) ``GetObject`` response ``r`` describes
+    (``size``: the whole object's bytes). Tags: a GET says how many (``x-amz-tagging-count``,
+    absent for none), so an untagged object needs no ``GetObjectTagging``; a HEAD does not
+    (``None``: ask :meth:`S3Origin.get_tags`)."""
+    headers = {}
+    for name, field in _HEADER_PARAMS.items():
+        value = r.get(field)
+        if name == "expires":
+            value = r.get("ExpiresString") or (
+                email.utils.format_datetime(value, usegmt=True)
+                if isinstance(value, datetime)
+                else value
+            )
+        if value:
+            headers[name] = str(value)
+    return OriginObject(
+        key=key,
+        size=size,
+        etag=strip_etag(r.get("ETag")),
+        last_modified=r["LastModified"].timestamp(),
+        content_type=r.get("ContentType") or "binary/octet-stream",
+        metadata=_to_user_metadata(r.get("Metadata", {})),
+        headers=headers,
+        tags={} if get and not r.get("TagCount") else None,
+        **_stamp_of(r.get("Metadata", {})),
+    )
+
+
+async def _pieces(body: Any, count: int, bucket: str, key: str) -> AsyncIterator[bytes]:
+    """The first ``count`` bytes of a ``GetObject`` body, in pieces of at most 1 MiB."""
+    with _s3_errors(bucket, key):
+        async for piece in body.iter_chunks(READ_BYTES):
+            if len(piece) >= count:
+                if piece := piece[:count]:
+                    yield piece
+                return
+            count -= len(piece)
+            yield piece
+
+
 class S3Origin(Origin):
     """An S3 bucket per edgecache bucket, through one aiobotocore client opened in
     :meth:`start`.
@@ -180,7 +221,8 @@ class S3Origin(Origin):
         self._client: Any = None
 
     async def start(self) -> None:
-        """Open the client: standard retries (3 attempts), timeouts from ``timeout_s``."""
+        """Open the client: standard retries (3 attempts), timeouts from ``timeout_s``; its
+        HTTP session is built now (see :meth:`_warm`)."""
         cfg = self.config
         client_config = AioConfig(
             retries={"mode": "standard", "max_attempts": 3},
@@ -197,6 +239,19 @@ class S3Origin(Origin):
                 config=client_config,
             )
         )
+        await self._warm()
+
+    async def _warm(self) -> None:
+        """Build the client's aiohttp session (its TLS context loads the CA bundle: 60-110 ms
+        here) before the first request needs it, so the first cold GET after a start does
+        not wait for it. Contacts nobody. aiobotocore builds it lazily and has no public
+        call for it: if its internals change, this does nothing and the first request
+        builds it, as before."""
+        http_session = getattr(getattr(self._client, "_endpoint", None), "http_session", None)
+        get_session = getattr(http_session, "_get_session", None)
+        if get_session is not None:
+            with contextlib.suppress(Exception):
+                await get_session(None)  # None: no proxy; one with a proxy is built when used
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -252,46 +307,60 @@ class S3Origin(Origin):
             with _s3_errors(bucket, key):
                 r = await self._s3.head_object(Bucket=bucket, Key=key)
         except errors.NoSuchKey:
-            if not await self.bucket_exists(bucket):  # HEAD's 404 does not say which
-                raise errors.NoSuchBucket(resource=bucket) from None
+            await self._require_bucket(bucket)
             raise
-        headers = {}
-        for name, field in _HEADER_PARAMS.items():
-            value = r.get(field)
-            if name == "expires":
-                value = r.get("ExpiresString") or (
-                    email.utils.format_datetime(value, usegmt=True)
-                    if isinstance(value, datetime)
-                    else value
-                )
-            if value:
-                headers[name] = str(value)
-        return OriginObject(
-            key=key,
-            size=r["ContentLength"],
-            etag=strip_etag(r.get("ETag")),
-            last_modified=r["LastModified"].timestamp(),
-            content_type=r.get("ContentType") or "binary/octet-stream",
-            metadata=_to_user_metadata(r.get("Metadata", {})),
-            headers=headers,
-            **_stamp_of(r.get("Metadata", {})),
-        )
+        return _describe(key, r, r["ContentLength"])
 
-    async def get_range(
+    async def _require_bucket(self, bucket: str) -> None:
+        """Raise ``NoSuchBucket`` if ``bucket`` is missing (a bare 404 does not say which)."""
+        if not await self.bucket_exists(bucket):
+            raise errors.NoSuchBucket(resource=bucket) from None
+
+    async def open_range(
         self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
-    ) -> AsyncIterator[bytes]:
-        """``GetObject`` with ``Range: bytes=first-last`` (and ``If-Match``), streamed in
-        pieces of at most 1 MiB as they arrive; see :meth:`Origin.get_range`."""
+    ) -> RangeRead:
+        """``GetObject`` with ``Range: bytes=first-last`` (and ``If-Match``): the object's
+        size from ``Content-Range``, its ETag, time, type, system headers and metadata from
+        the same response; the body streamed in pieces of at most 1 MiB. See
+        :meth:`Origin.open_range`."""
         check_key(bucket, key)
         check_range(bucket, key, first, last)
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={first}-{last}"}
         if if_match is not None:
             kwargs["IfMatch"] = f'"{if_match}"'
-        with _s3_errors(bucket, key):
-            response = await self._s3.get_object(**kwargs)
-            async with response["Body"] as stream:
-                async for piece in stream.iter_chunks(READ_BYTES):
-                    yield piece
+        try:
+            with _s3_errors(bucket, key):
+                r = await self._s3.get_object(**kwargs)
+        except errors.NoSuchKey:
+            await self._require_bucket(bucket)
+            raise
+        body = r["Body"]
+        total = r.get("ContentRange", "").rpartition("/")[2]
+        if total.isdigit():
+            size, served = int(total), r["ContentLength"]
+        else:  # 200: the server ignored the range (an empty object, or no range support)
+            size = served = r["ContentLength"]
+            if first >= size:
+                body.close()
+                raise errors.InvalidRange(f"bytes={first}-{last} of {size}", resource=f"{bucket}/{key}")
+            first, served = 0, min(last + 1, size)  # the whole object from byte 0, cut at last
+        obj = _describe(key, r, size, get=True)
+        return RangeRead(obj, first, first + served - 1, _pieces(body, served, bucket, key), body.aclose)
+
+    async def get_range(
+        self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """``GetObject`` with ``Range: bytes=first-last`` (and ``If-Match``), streamed in
+        pieces of at most 1 MiB as they arrive (:meth:`open_range`); see
+        :meth:`Origin.get_range`."""
+        read = await self.open_range(bucket, key, first, last, if_match=if_match)
+        try:
+            if read.first != first:  # a server that ignored the range: skip to first
+                raise errors.InvalidRange(f"bytes={first}-{last}: the origin ignored the range", resource=f"{bucket}/{key}")
+            async for piece in read:
+                yield piece
+        finally:
+            await read.aclose()
 
     async def put_object(
         self,

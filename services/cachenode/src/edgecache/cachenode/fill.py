@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from edgecache.cachenode.counters import Counters
     from edgecache.common.catalog import Catalog
     from edgecache.origin import Origin
+    from edgecache.origin.base import RangeRead
 
 __all__ = ["FOLLOW_READ_BYTES", "ChunkFill", "Filler"]
 
@@ -184,12 +185,21 @@ class Filler:
                 break
             run.append(j)
             size += nxt.size
+        return self._launch(manifest, run, None)
+
+    def start_opened(self, manifest: wire.Manifest, run: range, opened: RangeRead) -> ChunkFill:
+        """The fill of the consecutive chunks ``run`` (idle) from a ranged GET already open
+        (``opened`` holds exactly their bytes: a cold miss asks for them before it knows
+        the manifest); returns the first chunk's. The fill owns ``opened`` and closes it."""
+        return self._launch(manifest, list(run), opened)
+
+    def _launch(self, manifest: wire.Manifest, run: list[int], opened: RangeRead | None) -> ChunkFill:
         fills = [ChunkFill(manifest.chunks[j].id, manifest.chunks[j].size) for j in run]
         for f in fills:  # where the commit will put it (file frames name it)
             f.paths = [str(self._store.file_path(f.chunk_id, dirty=False))]
         for f in fills:
             self.active[f.chunk_id] = f
-        task = asyncio.ensure_future(self._run(manifest, run[0], fills))
+        task = asyncio.ensure_future(self._run(manifest, run[0], fills, opened))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fills[0]
@@ -200,23 +210,22 @@ class Filler:
             if self._idle(manifest.chunks[i]):
                 self.start(manifest, i, until=until)
 
-    async def _run(self, manifest: wire.Manifest, index: int, fills: list[ChunkFill]) -> None:
+    async def _run(
+        self, manifest: wire.Manifest, index: int, fills: list[ChunkFill], opened: RangeRead | None = None
+    ) -> None:
         first = sum(c.size for c in manifest.chunks[:index])
         last = first + sum(f.size for f in fills) - 1
         started = time.perf_counter()
         current = 0  # the fill being written
         writer = None
         try:
-            async with self._slots:
+            async with self._slots if opened is None else contextlib.nullcontext():  # an open GET holds no slot
                 self._counters.fills += 1  # one ranged GET of the origin
                 writer = self._store.writer(fills[0].chunk_id, dirty=False)
-                async for piece in self._origin.get_range(
-                    manifest.bucket,
-                    manifest.key,
-                    first,
-                    last,
-                    if_match=manifest.origin_etag or None,
-                ):
+                pieces = opened if opened is not None else self._origin.get_range(
+                    manifest.bucket, manifest.key, first, last, if_match=manifest.origin_etag or None
+                )
+                async for piece in pieces:
                     view = memoryview(piece)
                     while view:
                         if writer is None:
@@ -281,6 +290,9 @@ class Filler:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            if opened is not None:
+                with contextlib.suppress(Exception):
+                    await opened.aclose()
             for fill in fills:
                 if self.active.get(fill.chunk_id) is fill:
                     del self.active[fill.chunk_id]

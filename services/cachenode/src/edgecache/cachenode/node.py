@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from edgecache.cachenode.adoption import Adoptions
 from edgecache.cachenode.counters import Counters
 from edgecache.cachenode.fill import Filler
 from edgecache.cachenode.membership import LiveNodes
@@ -69,6 +70,7 @@ class CacheNode:
     node_id: str
     catalog: Catalog = field(init=False)
     filler: Filler = field(init=False)
+    adoptions: Adoptions = field(init=False)
     live: LiveNodes = field(init=False)
     credit: CreditBudget = field(init=False)
     routes: RouteCache = field(init=False)  # owner site of keys held at another site (federation)
@@ -90,6 +92,7 @@ class CacheNode:
             slots=4 * self.config.cachenode.fill_concurrency,
             run_bytes=self.config.cachenode.fill_run_bytes,
         )
+        self.adoptions = Adoptions()
         self.live = LiveNodes(self.state.nodes, self.node_id, refresh_s=self.config.cachenode.heartbeat_s)
         self.credit = CreditBudget(self.nc, max_bytes=self.config.nats.download_credit_bytes)
         self.upload_credit = CreditBudget(self.nc, max_bytes=self.config.nats.upload_credit_bytes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from edgecache.cachenode import chunks, readthrough, shortcircuit, sites
+from edgecache.cachenode import adoption, chunks, readthrough, shortcircuit, sites
 from edgecache.cachenode.chunkstore import ChunkMissing
 from edgecache.cachenode.node import Answered, CacheNode, now
 from edgecache.cachenode.replication import Replicator
@@ -246,7 +246,8 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
     tx = node.download_sender(msg)
     try:
         site = sites.cached_owner(node, request.bucket, request.key)
-        manifest = None if site else await readthrough.lookup(node, request.bucket, request.key)
+        reading = adoption.wanted_span(request.range, request.part_number)
+        manifest = None if site else await readthrough.lookup(node, request.bucket, request.key, reading=reading)
         if manifest is not None:
             site = sites.owner_of(node, manifest)
         if site:  # another site holds this version (federation): read it there

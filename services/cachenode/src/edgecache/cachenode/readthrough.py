@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from edgecache.cachenode.adoption import adopt_reading, manifest_from_origin, with_tags
 from edgecache.cachenode.chunkstore import ChunkCorrupt, ChunkMissing
 from edgecache.common import errors, peers, placement, stream, wire
 from edgecache.common.catalog import fill_chunks
@@ -33,7 +34,6 @@ from edgecache.common.logging import get_logger
 if TYPE_CHECKING:
     from edgecache.cachenode.fill import ChunkFill
     from edgecache.cachenode.node import CacheNode
-    from edgecache.origin import OriginObject
 
 __all__ = ["chunk_spans", "lookup", "read", "read_chunk_span"]
 
@@ -41,49 +41,19 @@ log = get_logger(__name__)
 
 
 # -- lookup -------------------------------------------------------------------------------
-def _from_origin(node: CacheNode, bucket: str, obj: OriginObject, version: str) -> wire.Manifest:
-    size = obj.size
-    chunks = fill_chunks(version, size, node.chunk_bytes)
-    return wire.Manifest(
-        bucket=bucket,
-        key=obj.key,
-        version=version,
-        size=size,
-        etag=obj.etag,
-        last_modified=obj.last_modified,
-        content_type=obj.content_type,
-        metadata=obj.metadata,
-        headers=obj.headers,
-        tags=obj.tags or {},
-        chunks=chunks,
-        state="clean",
-        origin_etag=obj.etag,
-        validated_at=time.time(),
-        hlc=obj.hlc,  # federation: the version's place in the (hlc, site) order, if stamped
-        site=obj.site,
-    )
-
-
 async def _adopt(node: CacheNode, bucket: str, key: str) -> wire.Manifest:
     """Record the origin's current version of ``bucket/key``, if it has no manifest yet.
 
     Raises:
         NoSuchBucket / NoSuchKey / ServiceUnavailable: from the origin.
     """
-    obj = await _described(node, bucket, await node.origin.head_object(bucket, key))
-    manifest = _from_origin(node, bucket, obj, new_id())
+    obj = await with_tags(node, bucket, await node.origin.head_object(bucket, key))
+    manifest = manifest_from_origin(node, bucket, obj, new_id())
     if not await node.catalog.create(manifest):
         found = await node.catalog.get(bucket, key)  # another node recorded it first
         if found is not None and not found.manifest.deleted:
             return found.manifest
     return manifest
-
-
-async def _described(node: CacheNode, bucket: str, obj: OriginObject) -> OriginObject:
-    """``obj`` with its tags, asked of the origin if its HEAD did not bring them (S3)."""
-    if obj.tags is not None:
-        return obj
-    return msgspec.structs.replace(obj, tags=await node.origin.get_tags(bucket, obj.key))
 
 
 async def _revalidate(node: CacheNode, manifest: wire.Manifest, revision: int) -> wire.Manifest:
@@ -104,7 +74,7 @@ async def _revalidate(node: CacheNode, manifest: wire.Manifest, revision: int) -
         await node.catalog.replace(fresh, revision, same_version=True)
         return fresh
     log.info("revalidate.changed", bucket=manifest.bucket, key=manifest.key)
-    changed = _from_origin(node, manifest.bucket, await _described(node, manifest.bucket, obj), new_id())
+    changed = manifest_from_origin(node, manifest.bucket, await with_tags(node, manifest.bucket, obj), new_id())
     if not await node.catalog.replace(changed, revision):
         found = await node.catalog.get(manifest.bucket, manifest.key)
         if found is not None and not found.manifest.deleted:
@@ -113,8 +83,15 @@ async def _revalidate(node: CacheNode, manifest: wire.Manifest, revision: int) -
     return changed
 
 
-async def lookup(node: CacheNode, bucket: str, key: str) -> wire.Manifest:
+async def lookup(
+    node: CacheNode, bucket: str, key: str, *, reading: tuple[int, int | None] | None = None
+) -> wire.Manifest:
     """The current version of ``bucket/key``, from KV or else the origin.
+
+    ``reading``: the caller reads the object's bytes ``(first, last)`` (inclusive; ``last``
+    ``None``: to the end); an object with no manifest is then adopted HEAD-less, its first
+    chunks already filling (:mod:`.adoption`). Without it, an adoption in flight on this
+    node is waited for.
 
     Raises:
         NoSuchBucket: the bucket does not exist.
@@ -122,6 +99,8 @@ async def lookup(node: CacheNode, bucket: str, key: str) -> wire.Manifest:
         ServiceUnavailable: the object is not cached and the origin is unreachable.
     """
     found = await node.catalog.get(bucket, key)
+    if found is None and reading is None and await node.adoptions.settle(bucket, key):
+        found = await node.catalog.get(bucket, key)
     if found is not None:
         manifest, revision = found
         if manifest.deleted:
@@ -137,6 +116,8 @@ async def lookup(node: CacheNode, bucket: str, key: str) -> wire.Manifest:
                 raise
         return manifest
     try:
+        if reading is not None and (adopted := await adopt_reading(node, bucket, key, *reading)):
+            return adopted
         return await _adopt(node, bucket, key)
     except (errors.NoSuchKey, errors.NoSuchBucket) as exc:
         # the origin may lack a bucket created here and not yet written back

@@ -276,6 +276,7 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
     )
     structlog.contextvars.bind_contextvars(node=node.node_id)
     stack.push_async_callback(node.filler.close)
+    stack.push_async_callback(node.adoptions.close)  # unwound first: creates in flight finish
     await node.live.refresh()
     recovered = await node.catalog.recover(node.node_id)
     tasks = _Tasks(MAX_INFLIGHT)

@@ -1,0 +1,247 @@
+"""Adoption: recording the origin's current version of an object that has no manifest yet.
+
+**HEAD-less on a cold GET.** The node that owns the key (or the only live one) does not ask
+the origin for a HEAD and then wait for an fsynced KV create before the first ranged GET:
+it opens the ranged GET of the chunk that holds the first byte wanted at once
+(:meth:`~edgecache.origin.Origin.open_range`, whose response carries what a HEAD gives:
+size from ``Content-Range``, ETag, time, type, headers, metadata), builds the manifest
+from it, hands the open body to the fill (:meth:`.Filler.start_opened`) and records the
+manifest in the catalog (a create-if-absent) **while** the first bytes stream to the
+reader.
+
+Why the reader need not wait for the create: a clean manifest adopted from the origin
+promises a reader nothing the origin does not — the origin is the truth, and every byte
+of this version is fetched ``If-Match`` its ETag. Read-after-write still holds because
+the reader looked the key up in the catalog *before* the GET: a write acknowledged
+before the read began was seen there. A write that commits after that lookup is
+concurrent with the read, and S3 lets such a read return the older version; the create
+then loses (create-if-absent) and the write's manifest stays current. A concurrent
+adoption by another node also makes the create lose: this version then serves only the
+reads already on it, and its chunks, named by no manifest, are clean and evicted in time.
+
+Requests on this node for the same key while an adoption is in flight share it; a lookup
+that does not read (HEAD, a conditional write's check) waits until its create settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from edgecache.common import errors, placement, wire
+from edgecache.common.catalog import fill_chunks
+from edgecache.common.ids import new_id
+from edgecache.common.logging import get_logger
+
+if TYPE_CHECKING:
+    from edgecache.cachenode.node import CacheNode
+    from edgecache.common.catalog import Catalog
+    from edgecache.origin import OriginObject
+
+__all__ = ["Adoptions", "adopt_reading", "manifest_from_origin", "wanted_span", "with_tags"]
+
+log = get_logger(__name__)
+
+_FROM = re.compile(r"^\s*bytes\s*=\s*(\d+)\s*-\s*(\d*)\s*$")
+_SUFFIX = re.compile(r"^\s*bytes\s*=\s*-")
+
+
+def wanted_span(range_header: str | None, part_number: int | None) -> tuple[int, int | None] | None:
+    """The bytes ``(first, last)`` (inclusive; ``last`` ``None``: to the end) a GET with
+    ``Range: range_header`` / ``partNumber`` reads, as far as they can be known without
+    the object's size: ``(0, None)`` for the whole object or part 1, ``(N, M)`` for
+    ``bytes=N-M``; ``None`` for a suffix range (``bytes=-N``) or another part (their start
+    needs the size or the part table)."""
+    if part_number is not None:
+        return (0, None) if part_number == 1 else None
+    if not range_header:
+        return 0, None
+    match = _FROM.match(range_header)
+    if match is None:
+        # a suffix range needs the size; anything else S3 ignores: the whole object
+        return None if _SUFFIX.match(range_header) else (0, None)
+    first, last = match.groups()
+    if not last:
+        return int(first), None
+    if int(last) < int(first):
+        return 0, None  # invalid: ignored, as S3 does
+    return int(first), int(last)
+
+
+def manifest_from_origin(
+    node: CacheNode, bucket: str, obj: OriginObject, version: str
+) -> wire.Manifest:
+    """A clean manifest of the origin's object ``obj`` as version ``version``: unfilled
+    chunks of ``node.chunk_bytes`` (the last one shorter), its tags (``{}`` if ``obj`` did
+    not bring them: see :func:`with_tags`) and, at a federated site, its ``(hlc, site)``."""
+    return wire.Manifest(
+        bucket=bucket,
+        key=obj.key,
+        version=version,
+        size=obj.size,
+        etag=obj.etag,
+        last_modified=obj.last_modified,
+        content_type=obj.content_type,
+        metadata=obj.metadata,
+        headers=obj.headers,
+        tags=obj.tags or {},
+        chunks=fill_chunks(version, obj.size, node.chunk_bytes),
+        state="clean",
+        origin_etag=obj.etag,
+        validated_at=time.time(),
+        hlc=obj.hlc,  # federation: the version's place in the (hlc, site) order, if stamped
+        site=obj.site,
+    )
+
+
+async def with_tags(node: CacheNode, bucket: str, obj: OriginObject) -> OriginObject:
+    """``obj`` with its tags, asked of the origin if its answer did not bring them (an S3
+    HEAD, or a GET of a tagged object)."""
+    if obj.tags is not None:
+        return obj
+    return msgspec.structs.replace(obj, tags=await node.origin.get_tags(bucket, obj.key))
+
+
+class Adoptions:
+    """This node's HEAD-less adoptions in flight, by ``(bucket, key)``: the manifest (a
+    future until the first ranged GET answered; ``None`` if the caller must adopt with a
+    HEAD instead) and the task recording it in the catalog."""
+
+    def __init__(self) -> None:
+        self._manifests: dict[tuple[str, str], asyncio.Future[wire.Manifest | None]] = {}
+        self._creates: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    def pending(self, bucket: str, key: str) -> asyncio.Future[wire.Manifest | None] | None:
+        """The adoption of ``bucket/key`` in flight here, if any."""
+        return self._manifests.get((bucket, key))
+
+    async def settle(self, bucket: str, key: str) -> bool:
+        """Wait until an adoption of ``bucket/key`` in flight here has its manifest's create
+        answered (whatever it was); ``True`` if there was one."""
+        manifest = self._manifests.get((bucket, key))
+        if manifest is None:
+            return False
+        with contextlib.suppress(Exception):
+            await asyncio.shield(manifest)
+        create = self._creates.get((bucket, key))
+        if create is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(create)
+        return True
+
+    def begin(self, bucket: str, key: str) -> asyncio.Future[wire.Manifest | None]:
+        """Register an adoption of ``bucket/key`` (none may be in flight)."""
+        future: asyncio.Future[wire.Manifest | None] = asyncio.get_running_loop().create_future()
+        self._manifests[(bucket, key)] = future
+        return future
+
+    def record(
+        self,
+        catalog: Catalog,
+        future: asyncio.Future[wire.Manifest | None],
+        manifest: wire.Manifest | None,
+    ) -> None:
+        """The adoption registered as ``future`` found ``manifest`` (``None``: none; an
+        error is set on ``future`` by the caller): create it in the catalog in the
+        background, and forget the adoption once the create is answered."""
+        slot = (manifest.bucket, manifest.key) if manifest is not None else None
+        future.set_result(manifest)
+        if manifest is None or slot is None:
+            self._forget(future)
+            return
+        task = asyncio.ensure_future(self._create(catalog, manifest))
+        self._creates[slot] = task
+        task.add_done_callback(lambda _: self._forget(future))
+
+    def fail(self, future: asyncio.Future[wire.Manifest | None], error: BaseException) -> None:
+        """The adoption registered as ``future`` failed with ``error`` (its sharers raise it)."""
+        if not future.done():
+            future.set_exception(error)
+            future.exception()  # retrieved: no "never retrieved" warning when no one shares it
+        self._forget(future)
+
+    def _forget(self, future: asyncio.Future[wire.Manifest | None]) -> None:
+        for slot, found in list(self._manifests.items()):
+            if found is future:
+                del self._manifests[slot]
+                self._creates.pop(slot, None)
+
+    @staticmethod
+    async def _create(catalog: Catalog, manifest: wire.Manifest) -> None:
+        try:
+            if not await catalog.create(manifest):
+                # another node adopted it, or a write or delete came first: this version
+                # serves only the reads already on it
+                log.info(
+                    "adopt.lost", bucket=manifest.bucket, key=manifest.key, version=manifest.version
+                )
+        except Exception as exc:  # the reads on it go on: the origin is the truth
+            log.warning(
+                "adopt.unrecorded", bucket=manifest.bucket, key=manifest.key, error=repr(exc)
+            )
+
+    async def close(self) -> None:
+        """Wait for the creates in flight (5 s at most)."""
+        tasks = list(self._creates.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+
+async def adopt_reading(
+    node: CacheNode, bucket: str, key: str, first: int, last: int | None = None
+) -> wire.Manifest | None:
+    """Adopt ``bucket/key`` from the origin HEAD-less for a read of bytes ``first..last``
+    (inclusive; ``None``: to the end): one ranged GET of a fill run — from the chunk
+    holding ``first``, at most ``cachenode.fill_run_bytes``, never past the chunk holding
+    ``last`` — opens at once and starts filling those chunks (see the module docstring). ``None`` when the caller should adopt with a HEAD instead:
+    another live node owns the key (it fills the chunks, once for the cluster), or the
+    chunk starts at or past the end (an empty object; a range the object cannot satisfy).
+
+    Raises:
+        NoSuchBucket, NoSuchKey, ServiceUnavailable, AccessDenied: from the origin.
+    """
+    pending = node.adoptions.pending(bucket, key)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    owner = placement.owner(bucket, key, node.live.ids())
+    if owner and owner != node.node_id:
+        return None
+    future = node.adoptions.begin(bucket, key)
+    try:
+        manifest = await _open(node, bucket, key, first, last)
+    except BaseException as exc:
+        node.adoptions.fail(future, exc)
+        raise
+    node.adoptions.record(node.catalog, future, manifest)
+    return manifest
+
+
+async def _open(
+    node: CacheNode, bucket: str, key: str, first: int, last: int | None
+) -> wire.Manifest | None:
+    step = node.chunk_bytes
+    index = first // step
+    start = index * step
+    end = start + max(step, node.config.cachenode.fill_run_bytes // step * step) - 1
+    if last is not None:
+        end = min(end, (last // step + 1) * step - 1)
+    try:
+        opened = await node.origin.open_range(bucket, key, start, end)
+    except errors.InvalidRange:
+        return None
+    try:
+        manifest = manifest_from_origin(node, bucket, await with_tags(node, bucket, opened.object), new_id())
+        whole_chunks = (opened.last + 1 - start) % step == 0 or opened.last + 1 == manifest.size
+        if opened.first != start or not whole_chunks:
+            await opened.aclose()  # the origin ignored the range
+            return None
+        node.filler.start_opened(manifest, range(index, opened.last // step + 1), opened)
+    except BaseException:
+        await opened.aclose()
+        raise
+    return manifest

@@ -1,0 +1,78 @@
+"""``Origin.open_range``: one ranged GET gives what a HEAD gives and the range's bytes, alike
+for the three origins (file, moto S3, Azurite)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from edgecache.common import errors
+from edgecache.origin import Origin
+from edgecache.origin.base import RangeRead
+
+K = 100_000  # a "chunk" of the tests
+DATA = os.urandom(3 * K + 5)
+HEADERS = {"cache-control": "max-age=60", "content-language": "en"}
+METADATA = {"color": "blue", "edgecache-etag": "a user's own"}
+
+
+async def _one(data: bytes):  # noqa: ANN202 - an async generator
+    yield data
+
+
+async def _put(origin: Origin, bucket: str, key: str, data: bytes) -> str:
+    return await origin.put_object(
+        bucket,
+        key,
+        _one(data),
+        size=len(data),
+        content_type="application/x-test",
+        metadata=METADATA,
+        headers=HEADERS,
+    )
+
+
+async def _body(read: RangeRead) -> bytes:
+    try:
+        return b"".join([p async for p in read])
+    finally:
+        await read.aclose()
+
+
+async def test_a_ranged_get_describes_the_whole_object(origin: Origin, origin_bucket: str) -> None:
+    await _put(origin, origin_bucket, "obj", DATA)
+    head = await origin.head_object(origin_bucket, "obj")
+    for first, last in [(0, K - 1), (K, 2 * K - 1), (3 * K, 4 * K - 1)]:
+        read = await origin.open_range(origin_bucket, "obj", first, last)
+        assert read.object == head  # size of the object, ETag, type, headers, metadata, time
+        assert (read.first, read.last) == (first, min(last, len(DATA) - 1))  # clamped, as S3
+        assert await _body(read) == DATA[first : last + 1]
+    read = await origin.open_range(origin_bucket, "obj", 0, 9, if_match=head.etag)
+    assert await _body(read) == DATA[:10]
+
+
+async def test_errors_come_before_any_byte(origin: Origin, origin_bucket: str) -> None:
+    with pytest.raises(errors.NoSuchBucket):
+        await origin.open_range(origin_bucket, "k", 0, 9)
+    await _put(origin, origin_bucket, "empty", b"")
+    with pytest.raises(errors.NoSuchKey):
+        await origin.open_range(origin_bucket, "k", 0, 9)
+    with pytest.raises(errors.InvalidRange):  # an empty object has no byte to range over
+        await origin.open_range(origin_bucket, "empty", 0, 9)
+    etag = await _put(origin, origin_bucket, "obj", b"0123456789")
+    with pytest.raises(errors.InvalidRange):
+        await origin.open_range(origin_bucket, "obj", 10, 19)
+    await _put(origin, origin_bucket, "obj", b"changed")
+    with pytest.raises(errors.PreconditionFailed):
+        await origin.open_range(origin_bucket, "obj", 0, 9, if_match=etag)
+
+
+async def test_an_unread_range_is_released(origin: Origin, origin_bucket: str) -> None:
+    """Closing without reading releases the request: the origin then serves the next ones."""
+    await _put(origin, origin_bucket, "obj", DATA)
+    for _ in range(12):  # more than a connection pool would hold, were they leaked
+        read = await origin.open_range(origin_bucket, "obj", 0, len(DATA) - 1)
+        await read.aclose()
+        await read.aclose()  # idempotent
+    assert await _body(await origin.open_range(origin_bucket, "obj", 1, 2)) == DATA[1:3]
