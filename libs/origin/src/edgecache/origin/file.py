@@ -56,7 +56,14 @@ from edgecache.origin._util import (
     read_parts,
     system_headers,
 )
-from edgecache.origin.base import Origin, OriginBucket, OriginHoldsNewer, OriginObject, RangeRead, holds_newer
+from edgecache.origin.base import (
+    Origin,
+    OriginBucket,
+    OriginHoldsNewer,
+    OriginObject,
+    RangeRead,
+    holds_newer,
+)
 
 __all__ = ["FileOrigin"]
 

@@ -34,7 +34,14 @@ from edgecache.origin._util import (
     system_headers,
     upload_parts,
 )
-from edgecache.origin.base import Origin, OriginBucket, OriginHoldsNewer, OriginObject, RangeRead, holds_newer
+from edgecache.origin.base import (
+    Origin,
+    OriginBucket,
+    OriginHoldsNewer,
+    OriginObject,
+    RangeRead,
+    holds_newer,
+)
 
 __all__ = ["S3Origin"]
 

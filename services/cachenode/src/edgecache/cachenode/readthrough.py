@@ -26,7 +26,6 @@ import msgspec
 from edgecache.cachenode.adoption import adopt_reading, manifest_from_origin, with_tags
 from edgecache.cachenode.chunkstore import ChunkCorrupt, ChunkMissing
 from edgecache.common import errors, peers, placement, stream, wire
-from edgecache.common.catalog import fill_chunks
 from edgecache.common.heartbeats import Liveness
 from edgecache.common.ids import new_id
 from edgecache.common.logging import get_logger
