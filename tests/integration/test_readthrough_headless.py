@@ -145,3 +145,22 @@ async def test_an_empty_object_and_a_range_past_the_end(node_on) -> None:
         await _get(client, bucket, "small", "bytes=10-20")
     info, body = await _get(client, bucket, "small", "bytes=4-")
     assert (info.size, body) == (10, b"456789")
+
+
+async def test_a_cold_read_brings_the_origins_tags_along(node_on) -> None:
+    """The adopted manifest holds the origin's tags (an expired manifest comes back with
+    them), whether the GET said how many there are (S3) or carried them (file, Azure)."""
+    node, client, heads = node_on
+    bucket = unique_bucket("hltag")
+    data = os.urandom(CHUNK + 5)
+
+    async def one():  # noqa: ANN202
+        yield data
+
+    await node.origin.create_bucket(bucket)
+    for key, tags in [("tagged", {"team": "edge", "tier": "hot"}), ("plain", {})]:
+        await node.origin.put_object(bucket, key, one(), size=len(data), tags=tags or None)
+        _, got = await _get(client, bucket, key, "")
+        assert got == data
+        assert (await _manifest(node, bucket, key)).tags == tags
+    assert heads == []
