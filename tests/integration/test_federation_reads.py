@@ -292,7 +292,6 @@ async def test_a_read_across_a_broken_hub_link_is_503_and_nothing_else_stops(
             hub.jetstream(),
             subjects.FEDERATION_STREAM,
             {"a", "b"},
-            stalled_after_s=1.0,
             restarted=restarted["hub"],
         )
         for site in (a, b):
@@ -300,14 +299,13 @@ async def test_a_read_across_a_broken_hub_link_is_503_and_nothing_else_stops(
                 site.nc.jetstream(),
                 subjects.FEDERATION_STREAM,
                 {subjects.HUB_DOMAIN},
-                stalled_after_s=1.0,
                 restarted=restarted[site.name],
             )
         await asyncio.sleep(0.1)
         return False
 
     try:
-        took = await until(arrived, timeout_s=20.0, what="the change made during the cut at b")
+        took = await until(arrived, timeout_s=40.0, what="the change made during the cut at b")
         print(f"\nthe change made during the cut reached b {took:.2f} s after the link")
     finally:
         await hub.close()
