@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures.nats",
     "tests.fixtures.origins",
     "tests.fixtures.stack",
+    "tests.fixtures.federation",
 ]
 
 # Property tests: few examples per run, for the suite's time budget (HYPOTHESIS_PROFILE=thorough

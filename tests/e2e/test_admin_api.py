@@ -119,6 +119,7 @@ ENDPOINTS = [
     ("GET", "/api/uploads", None),
     ("GET", "/api/jobs", None),
     ("GET", "/api/federator", None),
+    ("GET", "/api/sites", None),
     ("GET", "/schema/openapi.json", None),
     ("POST", "/api/purge", {"bucket": BUCKET, "prefix": "nothing-here/"}),
     ("POST", "/api/warm", {"bucket": BUCKET, "prefix": "nothing-here/"}),

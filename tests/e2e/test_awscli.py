@@ -3,7 +3,9 @@ cp of 100 MiB up and down, ls, sync of a small tree, rm — bytes checked in the
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import os
 import secrets
 import subprocess
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from edgecache.common import errors
 from tests.fixtures.stack import Stack, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -118,3 +121,56 @@ def test_cp_and_mv_between_keys_and_buckets(stack: Stack, aws) -> None:
             assert s3.get_object(Bucket=b, Key=key)["Body"].read() == data, key
             path = stack.origin_dir / b / key
             wait_for(lambda p=path, d=data: p.exists() and p.read_bytes() == d, what=f"{path} in the origin")
+
+
+def _origin_tags(stack: Stack, bucket: str, key: str) -> dict[str, str] | None:
+    """The tags the file origin's sidecar holds for ``bucket/key`` (``None``: no object)."""
+    from edgecache.origin.file import FileOrigin
+
+    async def read() -> dict[str, str] | None:
+        origin = FileOrigin(stack.origin_dir)
+        try:
+            return await origin.get_tags(bucket, key)
+        except errors.NoSuchKey:
+            return None
+
+    return asyncio.run(read())
+
+
+def test_object_tagging_with_s3api(stack: Stack, aws) -> None:
+    """`aws s3api put-object-tagging` and `get-object-tagging` (a CLI run costs seconds of
+    start-up: the rest goes through boto3), and the tags written back to the origin (the
+    file origin's sidecar)."""
+    bucket = f"cli-{secrets.token_hex(5)}"
+    s3 = stack.boto3()
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="tagged file", Body=b"x", Tagging="from=put")
+    aws("s3api", "put-object-tagging", "--bucket", bucket, "--key", "tagged file",
+        "--tagging", "TagSet=[{Key=team,Value=edge cache},{Key=tier,Value=gold}]")  # fmt: skip
+    got = json.loads(aws("s3api", "get-object-tagging", "--bucket", bucket, "--key", "tagged file"))
+    assert got["TagSet"] == [{"Key": "team", "Value": "edge cache"}, {"Key": "tier", "Value": "gold"}]
+    assert s3.get_object(Bucket=bucket, Key="tagged file")["TagCount"] == 2
+    wait_for(lambda: _origin_tags(stack, bucket, "tagged file") == {"team": "edge cache", "tier": "gold"},
+             what="the tags in the origin")  # fmt: skip
+    s3.delete_object_tagging(Bucket=bucket, Key="tagged file")
+    wait_for(lambda: _origin_tags(stack, bucket, "tagged file") == {}, what="the tags removed in the origin")
+
+
+def test_presign_then_curl(stack: Stack, aws) -> None:
+    """`aws s3 presign` (the CLI v1 signs the link with SigV2: AWSAccessKeyId, Signature,
+    Expires), then curl fetches it; a tampered link is refused."""
+    bucket = f"cli-{secrets.token_hex(5)}"
+    s3 = stack.boto3()
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="shared/link ü.txt", Body=b"shared body")
+    url = aws("s3", "presign", f"s3://{bucket}/shared/link ü.txt", "--expires-in", "60").strip()
+    assert "AWSAccessKeyId=" in url and "Signature=" in url and "Expires=" in url, url
+
+    def curl(link: str) -> tuple[int, bytes]:
+        done = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", link], capture_output=True, timeout=60)
+        body, _, status = done.stdout.rpartition(b"\n")
+        return int(status), body
+
+    assert curl(url) == (200, b"shared body")
+    status, body = curl(url.replace("Expires=", "Expires=1"))
+    assert status == 403 and b"<Code>" in body

@@ -66,7 +66,7 @@ def _check(endpoint: str, bucket: str) -> None:
         {"ACL": "public-read"},
         {"ServerSideEncryption": "AES256"},
         {"StorageClass": "GLACIER"},
-        {"Tagging": "team=a"},
+        {"ObjectLockMode": "GOVERNANCE"},
         {"GrantRead": 'uri="http://acs.amazonaws.com/groups/global/AllUsers"'},
     ]
     for extra in refused:

@@ -176,7 +176,7 @@ async def test_unexpected_exception_is_500_without_traceback(
 
 
 async def test_not_implemented_after_auth(http: AsyncTestClient) -> None:
-    for method, path in [("GET", "/b?versioning"), ("PUT", "/b/k?tagging"), ("PUT", "/b?acl")]:
+    for method, path in [("GET", "/b?versioning"), ("PUT", "/b/k?retention"), ("PUT", "/b?acl")]:
         response = await send(http, method, path)
         assert (response.status_code, error_code(response)) == (501, "NotImplemented"), path
     response = await send(http, "PUT", "/b/k?tagging", **{"x-amz-copy-source": "/b/other"})

@@ -22,6 +22,7 @@ from edgecache.gateway.unsupported import refuse_unsupported
         {"x-amz-bucket-object-lock-enabled": "false"},
         {"x-amz-meta-acl": "public-read", "x-amz-content-sha256": "UNSIGNED-PAYLOAD"},
         {"x-amz-checksum-crc32": "DUoRhQ==", "x-amz-server-side": "not a header we know"},
+        {"x-amz-tagging": "a=b", "x-amz-tagging-directive": "REPLACE"},  # object tagging is served
     ],
 )
 def test_accepted(headers: dict[str, str]) -> None:
@@ -41,7 +42,6 @@ def test_accepted(headers: dict[str, str]) -> None:
         ("x-amz-server-side-encryption-customer-algorithm", "AES256"),
         ("x-amz-storage-class", "GLACIER"),
         ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
-        ("x-amz-tagging", "a=b"),
         ("x-amz-object-lock-mode", "GOVERNANCE"),
         ("x-amz-bucket-object-lock-enabled", "true"),
         ("x-amz-website-redirect-location", "/other"),

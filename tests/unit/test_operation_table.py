@@ -41,6 +41,9 @@ HTTP = {
     "ListMultipartUploads": ("GET", b"/b", b"uploads"),
     "ListObjectVersions": ("GET", b"/b", b"versions"),
     "GetObjectAttributes": ("GET", b"/b/k", b"attributes"),
+    "PutObjectTagging": ("PUT", b"/b/k", b"tagging"),
+    "GetObjectTagging": ("GET", b"/b/k", b"tagging"),
+    "DeleteObjectTagging": ("DELETE", b"/b/k", b"tagging"),
     "NotImplemented": ("GET", b"/b", b"versioning"),
     "MethodNotAllowed": ("PATCH", b"/b", b""),
 }

@@ -32,20 +32,37 @@ manifest), and :meth:`Catalog.dirty` reads the marks under a prefix, not every m
 to ``WRITEBACK`` (:meth:`Catalog.commit`). A crash between the two leaves a dirty manifest
 without an intent; :meth:`Catalog.recover` re-publishes those when a cache node starts
 (``WRITEBACK`` de-duplicates by intent id, the version).
+
+**Federation** (``site`` set; docs/architecture.md, Federation). Every new version or
+tombstone written here is stamped with this site's name and a hybrid logical clock
+timestamp (:mod:`~edgecache.common.hlc`) greater than the version it replaces, and
+:meth:`Catalog._change` appends a :class:`~edgecache.common.wire.SiteChange` to the site's
+change log (``edgecache.fed.changes.<site>``, stream ``CHANGES``) with a JetStream
+acknowledgement before it returns: for each new version or tombstone (``dirty``), when one
+of this site's versions reaches the origin (``clean``, from :meth:`mark_clean` and
+:meth:`remove_tombstone`) and when a bucket is deleted (``key`` ``None``). A change the log
+does not take fails with ``ServiceUnavailable`` (503) instead of being acknowledged
+unlogged. :meth:`apply_remote` applies another site's change: the larger ``(hlc, site)``
+wins; a winning remote version becomes a *remote record* (no chunks here; read at its site
+while dirty, refilled from the origin once clean).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
+import msgspec
+from nats.errors import Error as NatsError
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from edgecache.common import errors, kvkeys, subjects, wire
 from edgecache.common.etags import etag_matches
+from edgecache.common.hlc import HybridClock
 from edgecache.common.ids import new_id
 from edgecache.common.jetstream import GET_BATCH, current_entries, current_values
 
@@ -54,12 +71,14 @@ if TYPE_CHECKING:
 
     from edgecache.common.jetstream import State
 
-__all__ = ["Catalog", "Entry"]
+__all__ = ["Applied", "Catalog", "Entry", "fill_chunks", "tagged_intent"]
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed compare-and-set
 ERASED_TTL_S = 60  # a removed key's purge marker expires after this (s)
 _KV_PREFIX = f"$KV.{subjects.KV_OBJECTS}."  # KV objects' subjects (one per key)
 _INDEX_BUILT = "x.dirty-index.v1"  # KV objects: present once the dirty index covers every manifest
+_APPLY_ROUNDS = 5  # re-reads of a manifest that changed while a remote change was applied
+_PUT_ROUNDS = 30  # federated: tries of a write of one key that other writes of it keep beating
 
 
 class Entry(NamedTuple):
@@ -78,10 +97,23 @@ class Catalog:
         state: the JetStream state (KV ``objects``; the ``WRITEBACK`` stream for intents).
         clean_ttl_s: a clean manifest expires this long after it was last written (s;
             ``0``: never); dirty manifests and tombstones never expire.
+        site: this site's name (``federation.site``); ``""``: not federated — no stamps,
+            no change log.
+        clock: the hybrid logical clock stamping versions (default: a new one).
     """
 
-    def __init__(self, nc: NATS, state: State, *, clean_ttl_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        state: State,
+        *,
+        clean_ttl_s: float = 0.0,
+        site: str = "",
+        clock: HybridClock | None = None,
+    ) -> None:
         self._nc = nc
+        self.site = site
+        self.clock = clock or HybridClock()
         self._js = state.js
         self._kv = state.objects
         self._clean_ttl_s = clean_ttl_s
@@ -128,7 +160,7 @@ class Catalog:
     async def _dirty_manifests(self, names: list[tuple[str, str]]) -> list[wire.Manifest]:
         """The manifests of ``names`` that are dirty (a mark may outlive its version)."""
         found = await asyncio.gather(*(self.get(b, k) for b, k in names))
-        return [e.manifest for e in found if e is not None and e.manifest.state == "dirty"]
+        return [e.manifest for e in found if e is not None and _pending(e.manifest)]
 
     # -- changing -----------------------------------------------------------------------------
     async def commit(self, manifest: wire.Manifest, intent: wire.Intent) -> None:
@@ -168,14 +200,37 @@ class Catalog:
                     resource=f"{manifest.bucket}/{manifest.key}",
                 )
         revision = 0 if current is None else current.revision
-        if not await self._change(manifest.bucket, manifest.key, manifest, revision=revision):
+        if not await self._change(
+            manifest.bucket, manifest.key, manifest, revision=revision, log="new", current=current
+        ):
             raise errors.ConditionalRequestConflict(resource=f"{manifest.bucket}/{manifest.key}")
         await self.publish_intent(intent)
 
     async def put(self, manifest: wire.Manifest) -> None:
         """Write ``manifest`` whatever was there before (the last write wins). A dirty
-        manifest needs its intent too: :meth:`commit` writes both."""
-        await self._change(manifest.bucket, manifest.key, manifest, revision=None)
+        manifest needs its intent too: :meth:`commit` writes both.
+
+        Federated, the write is a compare-and-set on the entry its stamp was taken after
+        (retried with a new stamp if another write came first), so the order of a key's
+        versions in KV is their ``(hlc, site)`` order, as every other site will see it.
+
+        Raises:
+            ServiceUnavailable: federated, the entry kept changing under the write.
+        """
+        if not self.site:
+            await self._change(manifest.bucket, manifest.key, manifest, revision=None, log="new")
+            return
+        for attempt in range(_PUT_ROUNDS):
+            current = await self.get(manifest.bucket, manifest.key)
+            revision = 0 if current is None else current.revision
+            if await self._change(
+                manifest.bucket, manifest.key, manifest, revision=revision, log="new", current=current
+            ):
+                return
+            await asyncio.sleep(random.uniform(0, 0.001 * (attempt + 1)))  # writers of one key: spread out
+        raise errors.ServiceUnavailable(
+            f"manifest of {manifest.bucket}/{manifest.key} kept changing under the write", retry_after_s=1
+        )
 
     async def create(self, manifest: wire.Manifest) -> bool:
         """Record ``manifest`` if ``bucket/key`` has no entry; ``False`` if it has one (a
@@ -201,7 +256,7 @@ class Catalog:
         on; nothing was written nor announced."""
         event = _clean_event(clean, deleted=False)
         changed = await self._change(
-            clean.bucket, clean.key, clean, revision=revision, events=[event], invalidates=False
+            clean.bucket, clean.key, clean, revision=revision, events=[event], invalidates=False, log="clean"
         )
         if changed:
             await self._unmark(clean)
@@ -213,10 +268,32 @@ class Catalog:
         entry moved on (a newer version); nothing was removed nor announced."""
         event = _clean_event(tombstone, deleted=True)
         changed = await self._change(  # readers saw the delete when the tombstone was written
-            tombstone.bucket, tombstone.key, None, revision=revision, events=[event], invalidates=False
+            tombstone.bucket, tombstone.key, None, revision=revision, events=[event], invalidates=False,
+            log="clean", logged=tombstone,
         )
         if changed:
             await self._unmark(tombstone)
+        return changed
+
+    async def retag(self, tagged: wire.Manifest, revision: int) -> bool:
+        """Make ``tagged`` (the current manifest with new ``tags``) current if the entry is
+        still at ``revision``: readers see the change (invalidated). If its version is
+        already in the origin (``clean``), ``tagged`` must say ``tags_state="dirty"``: an
+        :class:`~wire.ObjectTagged` intent is appended after the write (a dirty version
+        takes its tags with its bytes). ``False``: the entry moved on; nothing changed."""
+        if not await self._change(tagged.bucket, tagged.key, tagged, revision=revision):
+            return False
+        if tagged.state == "clean" and tagged.tags_state == "dirty":
+            await self.publish_intent(tagged_intent(tagged))
+        return True
+
+    async def mark_tags_clean(self, clean: wire.Manifest, revision: int) -> bool:
+        """The tags of ``clean`` (``tags_state="clean"``, maybe a new ``origin_etag``) are in
+        the origin: write it over the entry if still at ``revision`` (nothing a reader sees
+        changed: no invalidation) and drop the dirty mark. ``False``: the entry moved on."""
+        changed = await self._change(clean.bucket, clean.key, clean, revision=revision, invalidates=False)
+        if changed and not _pending(clean):
+            await self._unmark(clean)
         return changed
 
     async def _unmark(self, manifest: wire.Manifest) -> None:
@@ -249,23 +326,37 @@ class Catalog:
         revision: int | None,
         events: Sequence[wire.ObjectClean] = (),
         invalidates: bool = True,
+        log: Literal["new", "clean"] | None = None,
+        logged: wire.Manifest | None = None,
+        current: Entry | None = None,
     ) -> bool:
         """The one place KV ``objects`` changes: write ``manifest`` (``None``: delete the
-        entry) for ``bucket/key``, then publish its :class:`~wire.Invalidation` (unless
-        ``invalidates`` is false) and ``events``, before returning.
+        entry) for ``bucket/key``, then append its :class:`~wire.SiteChange` to the site's
+        change log (federated, ``log`` set), publish its :class:`~wire.Invalidation`
+        (unless ``invalidates`` is false) and ``events``, before returning.
 
         ``revision``: ``None`` writes whatever is there; ``0`` writes only if there is no
         entry; ``n`` changes the entry only if it is at revision ``n`` (a delete needs it).
+        ``log``: ``"new"``: ``manifest`` is a new version (or tombstone) of this site: it
+        is stamped (``hlc``, ``site``) past ``current`` (the entry it replaces, as read at
+        ``revision``) and logged dirty; ``"clean"``: this site's version ``manifest`` (or
+        ``logged``, when the entry is removed) reached the origin.
 
         Returns:
             ``False`` when the compare-and-set lost: nothing changed, nothing published.
+
+        Raises:
+            ServiceUnavailable: the change is made but the change log did not take it (no
+                ``CHANGES`` stream, JetStream unavailable): not to be acknowledged.
         """
+        if self.site and log == "new" and manifest is not None:
+            manifest = self._stamp(manifest, current)
         kv_key = kvkeys.object_key(bucket, key)
-        if manifest is not None and manifest.state == "dirty":
+        if manifest is not None and _pending(manifest):
             # indexed before it is written: every dirty manifest has its mark (a mark whose
             # write then loses is harmless: readers check the manifest itself)
             await self._kv.put(kvkeys.dirty_key(bucket, key), manifest.version.encode())
-        ttl = self._clean_ttl_s if manifest is not None and manifest.state == "clean" else 0.0
+        ttl = self._clean_ttl_s if manifest is not None and not _pending(manifest) else 0.0
         try:
             if manifest is None:
                 if not revision:
@@ -281,6 +372,9 @@ class Catalog:
             if exc.err_code not in _WRONG_LAST_SEQUENCE:
                 raise
             return False
+        logged = manifest if logged is None else logged
+        if self.site and log is not None and logged is not None and logged.site == self.site:
+            await self._append_change(_site_change(logged, clean=log == "clean"))
         if invalidates:
             version = "" if manifest is None or manifest.deleted else manifest.version
             await self._invalidate(bucket, key, version)
@@ -315,9 +409,104 @@ class Catalog:
         }
         await self._js.publish(_KV_PREFIX + kv_key, b"", headers=headers, msg_ttl=ERASED_TTL_S)
 
-    async def invalidate_bucket(self, bucket: str) -> None:
-        """Every object of ``bucket`` changed (the bucket was deleted): tell memory tiers."""
+    async def invalidate_bucket(self, bucket: str, *, logged: bool = True) -> None:
+        """Every object of ``bucket`` changed (the bucket was deleted here): log it for the
+        other sites (federated, unless ``logged`` is false: a remote deletion being
+        applied), then tell memory tiers.
+
+        Raises:
+            ServiceUnavailable: the change log did not take it (see :meth:`_change`).
+        """
+        if self.site and logged:
+            await self._append_change(
+                wire.SiteChange(
+                    id=new_id(), at_ns=time.time_ns(), site=self.site, bucket=bucket, key=None,
+                    hlc=self.clock.now(), deleted=True,
+                )
+            )
         await self._invalidate(bucket, None, "")
+
+    # -- federation ---------------------------------------------------------------------------
+    def _stamp(self, manifest: wire.Manifest, current: Entry | None) -> wire.Manifest:
+        """``manifest`` stamped as this site's, with an ``hlc`` past ``current``, the version
+        it replaces (whichever site wrote that one): a write made after another was seen
+        wins."""
+        if current is not None:
+            self.clock.observe(current.manifest.hlc)
+        return msgspec.structs.replace(manifest, hlc=self.clock.now(), site=self.site)
+
+    async def _append_change(self, change: wire.SiteChange) -> None:
+        """Append ``change`` to this site's change log and wait for the stream's
+        acknowledgement (``Nats-Msg-Id``: its id, so a re-publish is de-duplicated).
+
+        Raises:
+            ServiceUnavailable: no ``CHANGES`` stream takes the subject, or JetStream did
+                not acknowledge.
+        """
+        try:
+            await self._js.publish(
+                subjects.site_changes(self.site), wire.encode(change), headers={"Nats-Msg-Id": change.id}
+            )
+        except NatsError as exc:
+            raise errors.ServiceUnavailable(
+                f"the change log of site {self.site} did not take the change: {exc!r}", retry_after_s=1
+            ) from exc
+
+    async def apply_remote(self, change: wire.SiteChange, *, chunk_bytes: int) -> Applied:
+        """Apply another site's change of one key (idempotent; the federator delivers each
+        at least once). The larger ``(hlc, site)`` wins: a winning remote version (or
+        delete) replaces the entry with a remote record of it (see :func:`remote_record`;
+        invalidating memory tiers); a losing one is ignored (our winner's own change
+        reaches the other site); a ``clean`` change of the remote version recorded here
+        turns the record clean and fillable from the origin. A bucket deletion
+        (``key`` ``None``) only invalidates the bucket's memory tiers: its objects' own
+        deletes come as changes of their own.
+
+        Args:
+            change: the remote change (``change.site`` is not this site's).
+            chunk_bytes: the chunk size of the fillable record of a clean version (bytes).
+
+        Returns:
+            What was done, and the manifest the change replaced (its chunks and write-back
+            intent are the caller's to release: a superseded version).
+
+        Raises:
+            ServiceUnavailable: the entry kept changing under the apply (try again).
+        """
+        self.clock.observe(change.hlc)
+        if change.site == self.site:
+            return Applied("ignored", None)
+        if change.key is None:
+            await self.invalidate_bucket(change.bucket, logged=False)
+            return Applied("bucket", None)
+        record = remote_record(change, chunk_bytes=chunk_bytes)
+        for _ in range(_APPLY_ROUNDS):
+            current = await self.get(change.bucket, change.key)
+            outcome: Literal["applied", "cleaned"] = "applied"
+            if current is not None:
+                held = current.manifest
+                if (held.hlc, held.site) > (change.hlc, change.site):
+                    return Applied("ignored", None)
+                if (held.hlc, held.site) == (change.hlc, change.site):
+                    if not (held.state == "dirty" and change.state == "clean"):
+                        return Applied("ignored", None)  # a redelivery, or an older state
+                    outcome = "cleaned"
+            revision = 0 if current is None else current.revision
+            if await self._change(change.bucket, change.key, record, revision=revision):
+                if record.state == "clean":
+                    await self._unmark(record)
+                replaced = None if current is None or outcome == "cleaned" else current.manifest
+                return Applied(outcome, replaced)
+        raise errors.ServiceUnavailable(
+            f"manifest of {change.bucket}/{change.key} kept changing under a remote change", retry_after_s=1
+        )
+
+    def owner_of(self, manifest: wire.Manifest) -> str | None:
+        """The site to read ``manifest``'s bytes at: another site whose dirty version it
+        records (no chunks here); ``None``: read it here (ours, or in the origin)."""
+        if manifest.site and manifest.site != self.site and manifest.state == "dirty" and not manifest.deleted:
+            return manifest.site
+        return None
 
     async def _invalidate(self, bucket: str, key: str | None, version: str) -> None:
         async with self._seq_lock:
@@ -344,7 +533,7 @@ class Catalog:
         """Append ``intent`` to its partition of ``WRITEBACK`` (that of ``bucket/key``;
         ``key`` ``""`` for bucket intents), de-duplicated by its id. Waits for the stream's
         acknowledgement: the intent is durable when this returns."""
-        key = intent.key if isinstance(intent, wire.ObjectWritten | wire.ObjectDeleted) else ""
+        key = intent.key if isinstance(intent, wire.ObjectWritten | wire.ObjectDeleted | wire.ObjectTagged) else ""
         await self._js.publish(
             subjects.writeback_subject_for(intent.bucket, key),
             wire.encode(intent),
@@ -359,6 +548,12 @@ class Catalog:
         count = 0
         async for m in self.dirty():
             if m.nodes and holder not in m.nodes:
+                continue
+            if m.site and m.site != self.site:
+                continue  # another site's version: its own site writes it back
+            if m.state == "clean":  # only its tags are not in the origin yet
+                await self.publish_intent(tagged_intent(m))
+                count += 1
                 continue
             intent_type = wire.ObjectDeleted if m.deleted else wire.ObjectWritten
             await self.publish_intent(
@@ -381,6 +576,83 @@ class Catalog:
                 await self._kv.put(kvkeys.dirty_key(m.bucket, m.key), m.version.encode())
         with contextlib.suppress(KeyWrongLastSequenceError):
             await self._kv.create(_INDEX_BUILT, b"1")
+
+
+class Applied(NamedTuple):
+    """What :meth:`Catalog.apply_remote` did: ``applied`` (the remote version or delete is
+    current here now), ``cleaned`` (the remote version recorded here reached the origin),
+    ``ignored`` (a loser, a redelivery, or our own change), ``bucket`` (a bucket deletion);
+    ``replaced``: the manifest the remote change superseded, if any."""
+
+    outcome: Literal["applied", "cleaned", "ignored", "bucket"]
+    replaced: wire.Manifest | None
+
+
+def fill_chunks(version: str, size: int, chunk_bytes: int) -> list[wire.ChunkRef]:
+    """The chunks of a clean version filled from the origin: ``<version>.<index>``, each
+    ``chunk_bytes`` long but the last (none for an empty object)."""
+    return [
+        wire.ChunkRef(id=f"{version}.{i}", size=min(chunk_bytes, size - offset))
+        for i, offset in enumerate(range(0, size, chunk_bytes))
+    ]
+
+
+def remote_record(change: wire.SiteChange, *, chunk_bytes: int) -> wire.Manifest:
+    """The manifest that records ``change``'s version (or delete) at another site: its
+    metadata, ``hlc``, ``site`` and ``state``; no nodes; no chunks while it is dirty (its
+    bytes are at ``change.site``), fill chunks (:func:`fill_chunks`) once it is clean."""
+    assert change.key is not None
+    base = change.manifest or wire.Manifest(
+        bucket=change.bucket, key=change.key, version=change.version, size=change.size, etag=change.etag,
+        last_modified=change.at_ns / 1e9,
+    )
+    size = 0 if change.deleted else change.size
+    clean = change.state == "clean"
+    return msgspec.structs.replace(
+        base,
+        bucket=change.bucket,
+        key=change.key,
+        version=change.version,
+        size=size,
+        etag="" if change.deleted else change.etag,
+        state=change.state,
+        deleted=change.deleted,
+        hlc=change.hlc,
+        site=change.site,
+        nodes=[],
+        chunks=fill_chunks(change.version, size, chunk_bytes) if clean else [],
+        validated_at=time.time() if clean else 0.0,
+    )
+
+
+def _site_change(m: wire.Manifest, *, clean: bool) -> wire.SiteChange:
+    """The change-log entry of this site's version ``m`` (``clean``: it reached the origin)."""
+    return wire.SiteChange(
+        id=new_id(),
+        at_ns=time.time_ns(),
+        site=m.site,
+        bucket=m.bucket,
+        key=m.key,
+        version=m.version,
+        hlc=m.hlc,
+        state="clean" if clean else m.state,
+        deleted=m.deleted,
+        size=m.size,
+        etag=m.etag,
+        manifest=None if m.deleted else msgspec.structs.replace(m, chunks=[], nodes=[]),
+    )
+
+
+def _pending(m: wire.Manifest) -> bool:
+    """Whether ``m`` holds something the origin lacks: its version, or its tags (such a
+    manifest is dirty-marked and never expires)."""
+    return m.state == "dirty" or m.tags_state == "dirty"
+
+
+def tagged_intent(m: wire.Manifest) -> wire.ObjectTagged:
+    """A new write-back intent taking the tags of ``m`` to the origin (a new id: each tag
+    change is its own intent; applying a stale one again is harmless)."""
+    return wire.ObjectTagged(id=new_id(), at_ns=time.time_ns(), bucket=m.bucket, key=m.key, version=m.version)
 
 
 def _clean_event(m: wire.Manifest, *, deleted: bool) -> wire.ObjectClean:

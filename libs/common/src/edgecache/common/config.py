@@ -154,6 +154,12 @@ class WritebackConfig(msgspec.Struct, **_OPTS):
 class FederatorConfig(msgspec.Struct, **_OPTS):
     node_ttl_s: float = 10.0  # a node without a heartbeat for this long leaves KV ``nodes``
     metrics_port: int = 0  # /metrics and /health/* (docs/operations.md); 0: none
+    # federation (docs/operations.md, "Two sites and a hub")
+    role: Literal["site", "hub"] = "site"  # hub: the hub's federator (edgecache hub)
+    site_heartbeat_s: float = 1.0  # a site federator's heartbeat to the hub
+    site_ttl_s: float = 10.0  # a site without a heartbeat for this long leaves KV ``sites``
+    apply_in_flight: int = 64  # other sites' changes being applied at once (FED_APPLY)
+    apply_timeout_s: float = 5.0  # one FED_APPLY request; then retried with backoff
 
 
 class FederationConfig(msgspec.Struct, **_OPTS):
@@ -162,6 +168,7 @@ class FederationConfig(msgspec.Struct, **_OPTS):
 
     site: str = ""  # this site's name: [a-z0-9-], also its JetStream domain
     hub_url: str = ""  # the hub's leaf node URL (nats-leaf://host:7422); empty: no hub
+    route_ttl_s: float = 5.0  # a cache node trusts its cached owner site of a key this long
 
 
 class OriginConfig(msgspec.Struct, **_OPTS):

@@ -59,6 +59,7 @@ __all__ = [
     "SlowDown",
     "XAmzContentSHA256Mismatch",
     "from_code",
+    "InvalidTag",
 ]
 
 
@@ -333,6 +334,13 @@ class InvalidChunkSizeError(S3Error):
 class RequestHeaderSectionTooLarge(S3Error):
     code, status = "RequestHeaderSectionTooLarge", 400
     default_message = "Your request header section exceeds the maximum allowed size."
+
+
+class InvalidTag(S3Error):
+    """A tag set S3 refuses: over 10 tags, a repeated key, a key or value too long or with
+    a character outside the allowed set (object tagging)."""
+
+    code, status, default_message = "InvalidTag", 400, "The TagKey you have provided is invalid"
 
 
 def _leaves(cls: type[S3Error]) -> list[type[S3Error]]:

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    ExternalStream,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
+    StreamSource,
 )
 from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, NotFoundError
 
@@ -29,7 +35,25 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
-__all__ = ["GET_BATCH", "State", "current_entries", "current_keys", "current_values", "ensure_state"]
+__all__ = [
+    "CHANGES_MAX_AGE_S",
+    "GET_BATCH",
+    "SOURCE_STALLED_AFTER_S",
+    "State",
+    "add_site_source",
+    "changes_stream",
+    "current_entries",
+    "current_keys",
+    "current_values",
+    "ensure_hub_stream",
+    "ensure_site_streams",
+    "ensure_state",
+    "hub_federation_stream",
+    "restart_stalled_sources",
+    "site_federation_stream",
+    "source_activity",
+    "sourced_sites",
+]
 
 
 class State:
@@ -192,3 +216,195 @@ async def current_values(kv: KeyValue, key_filter: str) -> AsyncIterator[bytes]:
     :func:`current_entries`)."""
     async for _key, value, _revision in current_entries(kv, key_filter):
         yield value
+
+
+# --- federation: the change log and its replication (docs/operations.md, "Two sites and a
+# hub"). One place for the three stream definitions; each is created idempotently.
+
+CHANGES_MAX_AGE_S = 30 * 86400.0
+"""How long a site's ``CHANGES`` and the ``FEDERATION`` streams keep a change: a site cut
+off from the hub for longer misses the older ones (it must then be started afresh)."""
+
+_CHANGES_DUPLICATE_WINDOW_S = 120.0  # Nats-Msg-Id (the event id) de-duplicates a re-append
+
+
+def changes_stream(site: str, *, replicas: int = 1) -> StreamConfig:
+    """``CHANGES`` at ``site`` (its own domain): ``wire.SiteChange`` appended by its catalog on
+    ``edgecache.fed.changes.<site>``; limits retention, :data:`CHANGES_MAX_AGE_S`."""
+    return StreamConfig(
+        name=subjects.CHANGES_STREAM,
+        subjects=[subjects.site_changes(site)],
+        retention=RetentionPolicy.LIMITS,
+        max_age=CHANGES_MAX_AGE_S,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=_CHANGES_DUPLICATE_WINDOW_S,
+    )
+
+
+def _site_source(site: str) -> StreamSource:
+    return StreamSource(
+        name=subjects.CHANGES_STREAM, external=ExternalStream(api=subjects.domain_api(site))
+    )
+
+
+def hub_federation_stream(sites: list[str], *, replicas: int = 1) -> StreamConfig:
+    """``FEDERATION`` at the hub (domain ``hub``): sources each of ``sites``' ``CHANGES``
+    across its leaf connection (``external.api`` ``$JS.<site>.API``), in the order given.
+    It has no subjects of its own: nothing is published to it."""
+    return StreamConfig(
+        name=subjects.FEDERATION_STREAM,
+        subjects=[],
+        sources=[_site_source(site) for site in sites],
+        retention=RetentionPolicy.LIMITS,
+        max_age=CHANGES_MAX_AGE_S,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+    )
+
+
+def site_federation_stream(*, replicas: int = 1) -> StreamConfig:
+    """``FEDERATION`` at a site: sources the hub's (``external.api`` ``$JS.hub.API``), so it
+    holds every site's changes (its own included) in the hub's order.
+
+    A source rather than a mirror: after a broken link, the server's request for a new
+    source or mirror consumer waits 30 s for an answer that cannot come, then backs off; a
+    mirror cannot be changed, but a source can be restarted at once
+    (:func:`restart_stalled_sources`) and resumes after the last message it copied."""
+    return StreamConfig(
+        name=subjects.FEDERATION_STREAM,
+        subjects=[],
+        sources=[
+            StreamSource(
+                name=subjects.FEDERATION_STREAM,
+                external=ExternalStream(api=subjects.domain_api(subjects.HUB_DOMAIN)),
+            )
+        ],
+        retention=RetentionPolicy.LIMITS,
+        max_age=CHANGES_MAX_AGE_S,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+    )
+
+
+async def _add_or_keep(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
+    """Create the stream, or return the existing one's info (left as it is)."""
+    try:
+        return await js.add_stream(config)
+    except BadRequestError:  # exists with another config
+        return await js.stream_info(config.name)  # type: ignore[arg-type]
+
+
+async def ensure_site_streams(js: JetStreamContext, site: str, *, replicas: int = 1) -> None:
+    """Create (or keep) ``site``'s ``CHANGES`` and its ``FEDERATION`` mirror of the hub's.
+    The mirror is made even while the hub is unreachable: it catches up when the link is up.
+
+    Raises:
+        nats.errors.TimeoutError, JetStream API errors: the site's JetStream did not answer.
+    """
+    await _add_or_keep(js, changes_stream(site, replicas=replicas))
+    await _add_or_keep(js, site_federation_stream(replicas=replicas))
+
+
+async def ensure_hub_stream(js: JetStreamContext, *, replicas: int = 1) -> list[str]:
+    """Create (or keep) the hub's ``FEDERATION``; the sites it sources now.
+
+    Raises:
+        nats.errors.TimeoutError, JetStream API errors: the hub's JetStream did not answer.
+    """
+    info = await _add_or_keep(js, hub_federation_stream([], replicas=replicas))
+    return sourced_sites(info)
+
+
+def sourced_sites(info: StreamInfo) -> list[str]:
+    """The sites whose ``CHANGES`` the hub's ``FEDERATION`` (``info``) sources."""
+    domains = (_domain_of(s.external.api or "") for s in info.config.sources or [] if s.external)
+    return [d for d in domains if d]
+
+
+async def add_site_source(js: JetStreamContext, site: str, *, replicas: int = 1) -> bool:
+    """Make the hub's ``FEDERATION`` source ``site``'s ``CHANGES``; whether it was added
+    (``False``: it already was). Called by the hub federator when a site joins; the stream
+    then copies everything ``CHANGES`` holds, from its first message.
+
+    Raises:
+        nats.errors.TimeoutError, JetStream API errors: the hub's JetStream did not answer.
+    """
+    sites = await ensure_hub_stream(js, replicas=replicas)
+    if site in sites:
+        return False
+    await js.update_stream(hub_federation_stream([*sites, site], replicas=replicas))
+    return True
+
+
+SOURCE_STALLED_AFTER_S = 3.0
+"""A stream source that heard nothing from its consumer for this long is stalled (a healthy
+one gets the consumer's heartbeat every second)."""
+
+
+async def source_activity(js: JetStreamContext, stream: str) -> dict[str, tuple[float, int]]:
+    """Each source of ``stream``, by the domain it comes from (``external.api``
+    ``$JS.<domain>.API``): ``(seconds since its consumer was last heard, -1 if it has none
+    now; messages it lags behind)``. Read from the raw ``STREAM.INFO`` reply: nats-py drops
+    the sources' ``external``, and every source here has the same stream name.
+
+    Raises:
+        nats.errors.TimeoutError, JetStream API errors: the stream cannot be read.
+    """
+    subject = f"{js._prefix}.STREAM.INFO.{stream}"  # noqa: SLF001
+    reply = json.loads((await js._nc.request(subject, b"", timeout=js._timeout)).data)  # noqa: SLF001
+    if "error" in reply:
+        raise APIError.from_error(reply["error"])
+    out = {}
+    for source in reply.get("sources") or []:
+        api = (source.get("external") or {}).get("api", "")
+        active_ns = int(source.get("active", -1))
+        out[_domain_of(api)] = (active_ns / 1e9 if active_ns >= 0 else -1.0, int(source.get("lag", 0)))
+    return out
+
+
+def _domain_of(api: str) -> str:
+    prefix, suffix = "$JS.", ".API"
+    return api[len(prefix) : -len(suffix)] if api.startswith(prefix) and api.endswith(suffix) else ""
+
+
+async def restart_stalled_sources(
+    js: JetStreamContext,
+    stream: str,
+    domains: set[str],
+    *,
+    stalled_after_s: float = SOURCE_STALLED_AFTER_S,
+    restarted: dict[str, float] | None = None,
+) -> list[str]:
+    """Restart the sources of ``stream`` from ``domains`` that are stalled (no consumer, or
+    none heard for ``stalled_after_s``): remove them from the stream's config and add them
+    back, which makes the server ask for a new consumer now, starting after the last
+    message each copied. Call it when the link to ``domains`` is known to be up (an answer
+    came across it); the domains restarted.
+
+    ``restarted`` (domain → ``time.monotonic()`` of its last restart, updated here) keeps a
+    source from being restarted again within ``stalled_after_s``, while its new consumer is
+    being set up.
+
+    Raises:
+        nats.errors.TimeoutError, JetStream API errors: the stream cannot be read or updated.
+    """
+    now = time.monotonic()
+    recent = restarted if restarted is not None else {}
+    activity = await source_activity(js, stream)
+    stalled = [
+        d
+        for d in sorted(domains)
+        if d in activity
+        and not 0 <= activity[d][0] < stalled_after_s
+        and now - recent.get(d, -math.inf) >= stalled_after_s
+    ]
+    if not stalled:
+        return []
+    config = (await js.stream_info(stream)).config
+    sources = list(config.sources or [])
+    kept = [s for s in sources if not (s.external and _domain_of(s.external.api or "") in stalled)]
+    await js.update_stream(replace(config, sources=kept))
+    await js.update_stream(replace(config, sources=sources))
+    recent.update(dict.fromkeys(stalled, now))
+    return stalled

@@ -13,6 +13,7 @@ Internal subjects live under ``edgecache.``.
 from __future__ import annotations
 
 import hashlib
+import re
 
 from edgecache.common import wire
 
@@ -25,9 +26,17 @@ __all__ = [
     "EVENTS_CHUNKS_RELEASED",
     "EVENTS_INVALIDATE",
     "EVENTS_OBJECT_CLEAN",
+    "CHANGES_STREAM",
+    "FEDERATION_CONSUMER",
+    "FEDERATION_STREAM",
     "FED_APPLY",
     "FED_HEARTBEAT",
     "FED_PREFIX",
+    "FED_STATUS",
+    "HUB_DOMAIN",
+    "KV_SITES",
+    "domain_api",
+    "is_site_name",
     "HEARTBEAT_WILDCARD",
     "KV_BUCKETS",
     "KV_NODES",
@@ -89,6 +98,31 @@ def site_s3(site: str, operation: str) -> str:
     """``edgecache.fed.site.<site>.s3.<operation>``: ``s3.<operation>`` asked of ``site`` by
     another site (a read of a version only ``site`` holds), served by its cache nodes."""
     return f"{FED_PREFIX}.site.{site}.{s3(operation)}"
+
+
+# federation, the sites' transport (docs/operations.md, "Two sites and a hub")
+HUB_DOMAIN = "hub"  # the hub's JetStream domain; a site's domain is its name
+CHANGES_STREAM = "CHANGES"  # a site's own change log (edgecache.fed.changes.<site>)
+FEDERATION_STREAM = "FEDERATION"  # hub: sources every site's CHANGES; site: mirrors the hub's
+FEDERATION_CONSUMER = "apply"  # a site federator's durable consumer of its FEDERATION mirror
+KV_SITES = "sites"  # hub: one entry per live site (wire.SiteHeartbeat), with a TTL
+# FED_HEARTBEAT is a request: the hub federator sources a site's CHANGES from its first one
+FED_STATUS = "edgecache.fed.status"  # → hub federator: wire.SiteStatus (edgecache status)
+
+
+_SITE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+def is_site_name(name: str) -> bool:
+    """Whether ``name`` can name a site: ``[a-z0-9][a-z0-9-]*``, at most 32 characters, not
+    :data:`HUB_DOMAIN` (it is a JetStream domain and a subject token)."""
+    return bool(_SITE_NAME.fullmatch(name)) and name != HUB_DOMAIN
+
+
+def domain_api(domain: str) -> str:
+    """``$JS.<domain>.API``: the JetStream API of another domain, across leaf nodes (a
+    stream source's or mirror's ``external.api``)."""
+    return f"$JS.{domain}.API"
 
 
 def s3(operation: str) -> str:

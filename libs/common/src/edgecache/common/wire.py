@@ -40,6 +40,11 @@ __all__ = [
     "Credit",
     "DeleteBucket",
     "DeleteObject",
+    "DeleteObjectTagging",
+    "GetObjectTagging",
+    "ObjectTagged",
+    "PutObjectTagging",
+    "Tagging",
     "End",
     "FileSpan",
     "Error",
@@ -146,6 +151,7 @@ class PutObject(msgspec.Struct, **_OPTS, tag="putobject.v1"):
     content_md5: str | None = None
     checksums: dict[str, str] = {}
     condition: WriteCondition | None = None  # If-Match / If-None-Match (conditional write)
+    tags: dict[str, str] = {}  # x-amz-tagging, validated (see GetObjectTagging)
 
 
 class GetObject(msgspec.Struct, **_OPTS, tag="getobject.v1"):
@@ -221,6 +227,7 @@ class CreateMultipartUpload(msgspec.Struct, **_OPTS, tag="multipart.init.v1"):
     headers: dict[str, str] = {}
     checksum_algorithm: str = ""  # lower case (``crc32``…), "" for none
     checksum_type: str = ""  # "COMPOSITE" or "FULL_OBJECT" with an algorithm, else ""
+    tags: dict[str, str] = {}  # x-amz-tagging: the object's tags once completed
 
 
 class UploadPart(msgspec.Struct, **_OPTS, tag="multipart.upload.v1"):
@@ -337,6 +344,8 @@ class CopyObject(msgspec.Struct, **_OPTS, tag="copyobject.v1"):
     metadata: dict[str, str] = {}
     headers: dict[str, str] = {}
     condition: WriteCondition | None = None
+    # x-amz-tagging-directive REPLACE: these tags (x-amz-tagging); None (COPY): the source's
+    tags: dict[str, str] | None = None
 
 
 class UploadPartCopy(msgspec.Struct, **_OPTS, tag="multipart.copy.v1"):
@@ -370,6 +379,39 @@ class ListMultipartUploads(msgspec.Struct, **_OPTS, tag="multipart.listuploads.v
     max_uploads: int = 1000
 
 
+class PutObjectTagging(msgspec.Struct, **_OPTS, tag="objecttagging.put.v1"):
+    """``s3.objecttagging.put`` → :class:`Ok`: the tags of ``bucket/key`` become ``tags``
+    (already validated: at most 10, keys 1-128 and values 0-256 characters). A change of
+    the object that readers see (invalidated) and a write-back intent of its own.
+    Errors: NoSuchBucket, NoSuchKey."""
+
+    operation: ClassVar[str] = "objecttagging.put"
+
+    bucket: str
+    key: str
+    tags: dict[str, str] = {}
+
+
+class GetObjectTagging(msgspec.Struct, **_OPTS, tag="objecttagging.get.v1"):
+    """``s3.objecttagging.get`` → :class:`Tagging` (empty for an untagged object).
+    Errors: NoSuchBucket, NoSuchKey."""
+
+    operation: ClassVar[str] = "objecttagging.get"
+
+    bucket: str
+    key: str
+
+
+class DeleteObjectTagging(msgspec.Struct, **_OPTS, tag="objecttagging.delete.v1"):
+    """``s3.objecttagging.delete`` → :class:`Ok`: as PutObjectTagging with no tags.
+    Errors: NoSuchBucket, NoSuchKey."""
+
+    operation: ClassVar[str] = "objecttagging.delete"
+
+    bucket: str
+    key: str
+
+
 Request = (
     CreateBucket
     | DeleteBucket
@@ -388,6 +430,9 @@ Request = (
     | CopyObject
     | UploadPartCopy
     | ListMultipartUploads
+    | PutObjectTagging
+    | GetObjectTagging
+    | DeleteObjectTagging
 )
 
 #: Every request type, in the order of the ``Request`` union.
@@ -434,6 +479,7 @@ class ObjectInfo(msgspec.Struct, **_OPTS, tag="object.v1"):
     parts_count: int | None = None
     range_first: int | None = None
     range_last: int | None = None
+    tag_count: int = 0  # how many tags the object has (x-amz-tagging-count)
 
 
 class ObjectSummary(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -491,6 +537,12 @@ class ListMultipartUploadsResult(msgspec.Struct, **_OPTS, tag="listuploads.resul
     is_truncated: bool = False
     next_key_marker: str = ""
     next_upload_id_marker: str = ""
+
+
+class Tagging(msgspec.Struct, **_OPTS, tag="tagging.v1"):
+    """The tags of an object (GetObjectTagging), in the order they were set."""
+
+    tags: dict[str, str] = {}
 
 
 # == Stream control (docs/protocol.md) ========================================================
@@ -596,6 +648,7 @@ Reply = (
     | End
     | ReadPlan
     | ListMultipartUploadsResult
+    | Tagging
 )
 
 
@@ -662,6 +715,16 @@ class Manifest(msgspec.Struct, **_OPTS, tag="manifest.v1"):
     origin_etag: str = ""
     validated_at: float = 0.0  # s since epoch, last time the origin confirmed this version
     part_sizes: list[int] = []  # bytes of each part of a multipart version, in order (partNumber reads)
+    # federation (docs/architecture.md, Federation): the version's hybrid logical clock (ns)
+    # and the site that wrote it; the larger (hlc, site) wins. 0/"": not federated. A
+    # manifest whose ``site`` is another site's is a *remote record*: no chunks here while
+    # it is dirty (read it at ``site``), refilled from the origin once clean.
+    hlc: int = 0
+    site: str = ""
+    tags: dict[str, str] = {}  # the object's tags (S3 object tagging), in the order set
+    # ``dirty``: ``tags`` changed after this version reached the origin and an ObjectTagged
+    # intent is taking them there (the manifest is then kept: no TTL, dirty-marked)
+    tags_state: Literal["dirty", "clean"] = "clean"
 
 
 class BucketRecord(msgspec.Struct, **_OPTS, tag="bucketrecord.v1"):
@@ -685,6 +748,7 @@ class UploadRecord(msgspec.Struct, **_OPTS, tag="uploadrecord.v1"):
     headers: dict[str, str] = {}
     checksum_algorithm: str = ""  # as CreateMultipartUpload.checksum_algorithm
     checksum_type: str = ""  # as CreateMultipartUpload.checksum_type
+    tags: dict[str, str] = {}  # as CreateMultipartUpload.tags
 
 
 class PartRecord(msgspec.Struct, **_OPTS, tag="partrecord.v1"):
@@ -740,7 +804,16 @@ class BucketDeleted(Event, tag="bucket.deleted.v1"):
     bucket: str
 
 
-Intent = ObjectWritten | ObjectDeleted | BucketCreated | BucketDeleted
+class ObjectTagged(Event, tag="object.tagged.v1"):
+    """cachenode → writeback: the tags of ``version`` (already in the origin) changed; put
+    the manifest's current tags on the origin's object. ``id`` is new for each change."""
+
+    bucket: str
+    key: str
+    version: str
+
+
+Intent = ObjectWritten | ObjectDeleted | BucketCreated | BucketDeleted | ObjectTagged
 
 
 class ObjectClean(Event, tag="object.clean.v1"):
@@ -793,6 +866,10 @@ class SiteChange(Event, tag="site.change.v1"):
     deleted: bool = False
     size: int = 0
     etag: str = ""
+    # the version's manifest as the writing site holds it, without ``chunks`` and ``nodes``
+    # (its metadata, for HEAD, listings and the refill from the origin); ``None`` for a
+    # delete or a bucket deletion
+    manifest: Manifest | None = None
 
 
 class ChunksReleased(Event, tag="chunks.released.v1"):
@@ -919,3 +996,31 @@ class ChunksPurged(Event, tag="chunks.purged.v1"):
     is kept)."""
 
     chunk_ids: list[str]
+
+
+# == Federation: sites and the hub (docs/operations.md, "Two sites and a hub") ==============
+__all__ += ["SiteHeartbeat", "SiteStatus"]  # noqa: PLE0605 - appended with their block
+
+
+class SiteHeartbeat(Event, tag="site.heartbeat.v1"):
+    """A site's federator → the hub federator (``edgecache.fed.heartbeat``, a request answered
+    with :class:`Ok`), every ``federator.site_heartbeat_s``; kept in the hub's KV ``sites``
+    with a TTL. The first one makes the hub source the site's ``CHANGES``.
+
+    ``backlog``: other sites' changes in this site's ``FEDERATION`` not yet applied here
+    (its apply consumer's pending and unacknowledged messages); ``lag``: messages its
+    ``FEDERATION`` lags behind the hub's (-1: unknown)."""
+
+    site: str
+    nodes: list[Heartbeat] = []
+    backlog: int = 0
+    lag: int = 0
+    applied: int = 0  # other sites' changes applied since the federator started
+    failed_applies: int = 0  # FED_APPLY requests that got no answer or an error, retried
+
+
+class SiteStatus(msgspec.Struct, **_OPTS, tag="site.status.v1"):
+    """The hub federator's answer to ``edgecache.fed.status``: the last heartbeat of every
+    site in KV ``sites`` (live sites only), by name."""
+
+    sites: list[SiteHeartbeat]

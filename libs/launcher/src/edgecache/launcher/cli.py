@@ -21,13 +21,23 @@ import click
 import msgspec
 
 from edgecache.common.config import NatsConfig
-from edgecache.launcher import adminclient, configfile, status, up
+from edgecache.launcher import adminclient, configfile, hub, status, up
 from edgecache.launcher.datadir import lock_data_dir
 from edgecache.launcher.render import render_status
+from edgecache.launcher.sitekey import load_or_create_site_key
 
 __all__ = ["SERVICES", "main"]
 
 SERVICES: tuple[str, ...] = ("gateway", "cachenode", "writeback", "federator")
+
+
+_stop_timeout = click.option(
+    "--stop-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds each child gets to stop after SIGTERM before SIGKILL.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -157,12 +167,17 @@ for _name in SERVICES:
     show_default=True,
     help="Seconds to wait for the gateway to answer HTTP before giving up.",
 )
+@_stop_timeout
 @click.option(
-    "--stop-timeout",
-    type=float,
-    default=10.0,
-    show_default=True,
-    help="Seconds each child gets to stop after SIGTERM before SIGKILL.",
+    "--site",
+    envvar="EDGECACHE_FEDERATION__SITE",
+    help="Run as the federated site NAME (its JetStream domain), joined to --hub-url"
+    " (docs/operations.md, \"Two sites and a hub\").  [env: EDGECACHE_FEDERATION__SITE]",
+)
+@click.option(
+    "--hub-url",
+    envvar="EDGECACHE_FEDERATION__HUB_URL",
+    help="The hub's leaf node URL, nats-leaf://HOST:7422.  [env: EDGECACHE_FEDERATION__HUB_URL]",
 )
 def up_command(
     data_dir: str | None,
@@ -182,6 +197,8 @@ def up_command(
     tls_self_signed: bool,
     ready_timeout: float,
     stop_timeout: float,
+    site: str | None = None,
+    hub_url: str | None = None,
 ) -> None:
     """Run the whole stack on this machine: nats-server, federator, writeback, one cache
     node and the gateway, each a child process, restarted if it dies. --nats-cluster 3
@@ -213,6 +230,7 @@ def up_command(
         "nats": {"url": nats_url},
         "origin": {"kind": origin, "endpoint_url": origin_endpoint_url, "path": origin_path},
         "admin": {"port": admin_port},
+        "federation": {"site": site, "hub_url": hub_url},
     }
     config = configfile.resolve(config_file, overrides)
     root = Path(config.data_dir)
@@ -331,3 +349,64 @@ main.add_command(
         "so the next GETs are hits. Exits 1 if any object failed.",
     )
 )
+
+
+@main.command("hub")
+@click.option(
+    "--data-dir",
+    envvar="EDGECACHE_HUB_DATA_DIR",
+    type=click.Path(file_okay=False),
+    default="./.edgecache-hub",
+    show_default=True,
+    help="The hub's identities, admitted sites, NATS store and logs.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (clients and leaf nodes).")
+@click.option("--port", type=click.IntRange(0, 65535), default=7222, show_default=True, help="NATS client port.")
+@click.option(
+    "--leaf-port",
+    type=click.IntRange(0, 65535),
+    default=7422,
+    show_default=True,
+    help="Leaf node port: the sites' --hub-url is nats-leaf://HOST:PORT.",
+)
+@click.option(
+    "--site",
+    "sites",
+    multiple=True,
+    metavar="NAME=KEY",
+    help="Admit site NAME with its nkey public key KEY (printed by `edgecache up --site NAME`,"
+    " and in <site data-dir>/federation/site.pub); kept in <data-dir>/federation/sites.json."
+    " Repeatable.",
+)
+@_stop_timeout
+def hub_command(data_dir: str, host: str, port: int, leaf_port: int, sites: tuple[str, ...], stop_timeout: float) -> None:
+    """Run the hub of a federation of sites: a nats-server with JetStream domain `hub` and a
+    leaf node listener that admits each site by its nkey, and the hub federator (site
+    membership, the FEDERATION stream that sources every site's change log). Sites join
+    with `edgecache up --site NAME --hub-url nats-leaf://HOST:LEAF_PORT`
+    (docs/operations.md, "Two sites and a hub")."""
+    root = Path(data_dir).resolve()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    added = hub.parse_site_keys(sites)
+    with lock_data_dir(root):
+        the_plan = hub.plan_hub(root, port=port, leaf_port=leaf_port, host=host, sites=added)
+        code = hub.run_hub(the_plan, root, stop_timeout_s=stop_timeout)
+    raise SystemExit(code)
+
+
+@main.command("site-key")
+@click.option(
+    "--data-dir",
+    envvar="EDGECACHE_DATA_DIR",
+    type=click.Path(file_okay=False),
+    default="./.edgecache",
+    show_default=True,
+    help="The site's data dir (the one its `edgecache up --site` uses).",
+)
+def site_key_command(data_dir: str) -> None:
+    """Print this site's nkey public key (made in <data-dir>/federation/site.nk on first use),
+    for the hub's `edgecache hub --site NAME=KEY`."""
+    root = Path(data_dir)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key, _created = load_or_create_site_key(root)
+    click.echo(key.public)

@@ -45,8 +45,11 @@ __all__ = [
     "SERVICE_IDENTITIES",
     "Permissions",
     "authorization_block",
+    "federation_grants",
+    "identities_for",
     "inbox_prefix",
     "password_variable",
+    "render_authorization",
 ]
 
 PLATFORM = "platform"  # other platform services that call s3.*
@@ -237,27 +240,39 @@ def _strings(values: tuple[str, ...], indent: str) -> str:
     return "[\n" + "".join(f"{indent}  {json.dumps(v)}\n" for v in values) + f"{indent}]"
 
 
-def authorization_block(passwords: Mapping[str, str] | None = None) -> str:
+def authorization_block(passwords: Mapping[str, str] | None = None, *, site: str = "") -> str:
     """The ``authorization {}`` block of a nats-server config: one user per identity of
     :data:`IDENTITIES` with its permissions; no anonymous connections.
 
     Args:
         passwords: each identity's password, written quoted; ``None`` writes environment
             references instead (``$EDGECACHE_NATS_<IDENTITY>_PASSWORD``, for compose).
+        site: a federated site's name: each identity gets its federation grants too
+            (:func:`identities_for`); ``""``: a lone site.
 
     Raises:
         KeyError: ``passwords`` lacks an identity.
     """
-    lines = ["authorization {", "  users = ["]
-    for name, perms in IDENTITIES.items():
+    users = []
+    for name, perms in identities_for(site).items():
         secret = (
             json.dumps(passwords[name]) if passwords is not None else f"${password_variable(name)}"
         )
+        users.append((f"user: {json.dumps(name)}, password: {secret}", perms))
+    return render_authorization(users)
+
+
+def render_authorization(users: list[tuple[str, Permissions | None]]) -> str:
+    """An ``authorization {}`` block of ``users``: each is its credential fields as the
+    config writes them (``user: "x", password: "y"`` or ``nkey: "U…"``) and its permissions
+    (``None``: unrestricted)."""
+    lines = ["authorization {", "  users = ["]
+    for credential, perms in users:
         if perms is None:
-            lines.append(f"    {{user: {json.dumps(name)}, password: {secret}}}")
+            lines.append(f"    {{{credential}}}")
             continue
         lines += [
-            f"    {{user: {json.dumps(name)}, password: {secret}, permissions: {{",
+            f"    {{{credential}, permissions: {{",
             f"      publish: {{allow: {_strings(perms.publish, '      ')}}}",
             f"      subscribe: {{allow: {_strings(perms.subscribe, '      ')}}}",
         ]
@@ -266,3 +281,73 @@ def authorization_block(passwords: Mapping[str, str] | None = None) -> str:
         lines.append("    }}")
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"
+
+
+
+# -- federation: what each identity of a federated site may do beyond a lone site's
+# (docs/security.md, "Sites and the hub"). Only these subjects cross the site's leaf node
+# connection to the hub (edgecache.launcher.hubauth.leaf_permissions).
+
+_FED_STREAMS = (subjects.CHANGES_STREAM, subjects.FEDERATION_STREAM)
+_FED_CONSUMER = f"{subjects.FEDERATION_STREAM}.{subjects.FEDERATION_CONSUMER}"
+
+
+def federation_grants(site: str) -> dict[str, Permissions]:
+    """What each service identity of ``site`` may do beyond a lone site's.
+
+    - cache node: answer ``edgecache.fed.apply`` (queue group ``cachenode``) and other
+      sites' reads of this site's versions (``edgecache.fed.site.<site>.s3.>``); append to
+      this site's change log (``edgecache.fed.changes.<site>``, a JetStream publish whose
+      acknowledgement comes to its inbox); ask other sites (``edgecache.fed.site.*.s3.>``);
+      hear this site's invalidations (its route cache of owner sites).
+    - writeback: append to this site's change log (a version turned clean, a tombstone
+      removed).
+    - federator: create the site's streams and its ``apply`` consumer, read and ack it,
+      restart its stalled source (a stream update), ask ``edgecache.fed.apply``, send
+      heartbeats to the hub and ask it for the sites' status.
+    """
+    return {
+        "cachenode": Permissions(
+            publish=(subjects.site_changes(site), f"{subjects.FED_PREFIX}.site.*.s3.>"),
+            # the route cache drops a key's owner site when the key changes at this site
+            subscribe=(subjects.FED_APPLY, f"{subjects.FED_PREFIX}.site.{site}.s3.>", subjects.EVENTS_INVALIDATE),
+        ),
+        # its catalog logs "clean" (and tombstone removal) to the site's change log
+        "writeback": Permissions(publish=(subjects.site_changes(site),), subscribe=()),
+        "federator": Permissions(
+            publish=(
+                *(f"{_API}.STREAM.{op}.{s}" for s in _FED_STREAMS for op in ("CREATE", "INFO")),
+                f"{_API}.STREAM.UPDATE.{subjects.FEDERATION_STREAM}",
+                f"{_API}.CONSUMER.CREATE.{_FED_CONSUMER}",
+                f"{_API}.CONSUMER.CREATE.{_FED_CONSUMER}.>",
+                f"{_API}.CONSUMER.DURABLE.CREATE.{_FED_CONSUMER}",
+                f"{_API}.CONSUMER.INFO.{_FED_CONSUMER}",
+                f"{_API}.CONSUMER.MSG.NEXT.{_FED_CONSUMER}",
+                f"$JS.ACK.{subjects.FEDERATION_STREAM}.>",
+                subjects.FED_APPLY,
+                subjects.FED_HEARTBEAT,
+                subjects.FED_STATUS,
+            ),
+            subscribe=(),
+        ),
+    }
+
+
+def identities_for(site: str) -> dict[str, Permissions | None]:
+    """:data:`IDENTITIES`, each widened by its :func:`federation_grants` when ``site`` is a
+    federated site's name (``""``: :data:`IDENTITIES` as they are)."""
+    if not site:
+        return IDENTITIES
+    grants = federation_grants(site)
+    out: dict[str, Permissions | None] = {}
+    for name, perms in IDENTITIES.items():
+        extra = grants.get(name)
+        if perms is None or extra is None:
+            out[name] = perms
+            continue
+        out[name] = Permissions(
+            publish=(*perms.publish, *extra.publish),
+            subscribe=(*perms.subscribe, *extra.subscribe),
+            allow_responses=perms.allow_responses,
+        )
+    return out

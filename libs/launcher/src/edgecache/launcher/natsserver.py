@@ -17,11 +17,12 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgecache.launcher.datadir import write_private
 
-__all__ = ["CLUSTER_NAME", "NatsServer", "find_binary", "free_port"]
+__all__ = ["CLUSTER_NAME", "LeafRemote", "NatsServer", "find_binary", "free_port"]
 
 CLUSTER_NAME = "edgecache"  # the ``cluster {}`` name every server of a site's cluster shares
 
@@ -49,6 +50,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True, slots=True)
+class LeafRemote:
+    """A leaf node connection this server makes to a hub (docs/operations.md, "Two sites
+    and a hub").
+
+    ``url``: the hub's leaf node listener (``nats-leaf://host:7422``); ``seed``: this site's
+    nkey seed (``SU…``), with which it authenticates to the hub (written into the config
+    file, mode 0600)."""
+
+    url: str
+    seed: str
+
+
 class NatsServer:
     """One ``nats-server`` process with JetStream file storage.
 
@@ -71,6 +85,12 @@ class NatsServer:
         cluster_port: the ``cluster {}`` listen port for routes from the other servers;
             0: a standalone server (see :mod:`edgecache.launcher.natscluster`).
         routes: the other servers' route URLs (``nats-route://host:port``).
+        jetstream_domain: the JetStream ``domain`` (a federated site's name, or ``hub``);
+            ``None``: none (a lone site).
+        leaf_port: the ``leafnodes {}`` listen port for sites' leaf connections (the hub);
+            0: none.
+        leaf_remote: the hub this server joins as a leaf node (a site); ``None``: none.
+        monitor_port: the HTTP monitoring port (``/varz``, ``/leafz``); 0: none.
     """
 
     def __init__(
@@ -86,6 +106,10 @@ class NatsServer:
         server_name: str | None = None,
         cluster_port: int = 0,
         routes: tuple[str, ...] = (),
+        jetstream_domain: str | None = None,
+        leaf_port: int = 0,
+        leaf_remote: LeafRemote | None = None,
+        monitor_port: int = 0,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -97,6 +121,10 @@ class NatsServer:
         self.server_name = server_name
         self.cluster_port = cluster_port
         self.routes = routes
+        self.jetstream_domain = jetstream_domain
+        self.leaf_port = leaf_port
+        self.leaf_remote = leaf_remote
+        self.monitor_port = monitor_port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -114,6 +142,8 @@ class NatsServer:
         jetstream = [f'  store_dir: "{self.store_dir / "jetstream"}"']
         if self.sync_interval is not None:
             jetstream.append(f"  sync_interval: {self.sync_interval}")
+        if self.jetstream_domain is not None:
+            jetstream.append(f"  domain: {json.dumps(self.jetstream_domain)}")
         lines.append("jetstream {\n" + "\n".join(jetstream) + "\n}")
         if self.server_name is not None:
             lines.append(f"server_name: {json.dumps(self.server_name)}")
@@ -125,8 +155,26 @@ class NatsServer:
                 f"  routes: {json.dumps(list(self.routes))}\n"
                 "}"
             )
+        lines += self._federation_lines()
         write_private(conf, "\n".join(lines) + "\n" + (self.authorization or ""))
         return conf
+
+    def _federation_lines(self) -> list[str]:
+        """The ``leafnodes {}`` block (a hub's listener or a site's remote) and the
+        monitoring port."""
+        lines = []
+        if self.monitor_port:
+            lines.append(f'http: "{self.host}:{self.monitor_port}"')
+        leaf = []
+        if self.leaf_port:
+            leaf.append(f'  listen: "{self.host}:{self.leaf_port}"')
+        if self.leaf_remote is not None:
+            remote = {"url": self.leaf_remote.url, "nkey": self.leaf_remote.seed}
+            leaf.append(f"  remotes: [{json.dumps(remote)}]")
+            leaf.append('  reconnect_interval: "1s"')
+        if leaf:
+            lines.append("leafnodes {\n" + "\n".join(leaf) + "\n}")
+        return lines
 
     def start(self, *, timeout_s: float = 10.0, log_file: Path | None = None) -> None:
         """Start the server and wait until it accepts connections.

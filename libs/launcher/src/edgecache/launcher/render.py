@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from edgecache.common import wire
 from edgecache.common.config import Config
 from edgecache.launcher.datadir import NATS_CREDENTIALS_FILE
 from edgecache.launcher.endpoints import ServiceEndpoints, service_endpoints
@@ -16,6 +18,7 @@ __all__ = [
     "human_duration",
     "render_banner",
     "render_endpoints",
+    "render_sites",
     "render_status",
 ]
 
@@ -168,9 +171,35 @@ def render_status(status: ClusterStatus) -> str:
         f"  failing: {f.bucket}/{f.key} after {f.attempts} attempt(s): {f.error}"
         for f in wb.failing
     ]
+    lines += render_sites(status.sites)
     lines += render_endpoints(status.services)
     lines += [f"admin API: {' '.join(s.admin)}" for s in status.services if s.admin]
     return "\n".join(lines)
+
+
+def render_sites(sites: list[wire.SiteHeartbeat]) -> list[str]:
+    """The federated sites (from the hub): one line per site, one per node under it."""
+    if not sites:
+        return []
+    now_ns = time.time_ns()
+    lines = [f"sites (from the hub): {len(sites)}"]
+    for site in sites:
+        lag = "?" if site.lag < 0 else str(site.lag)
+        backlog = "?" if site.backlog < 0 else str(site.backlog)
+        lines.append(
+            f"  {site.site}: {len(site.nodes)} cache node(s), cross-site backlog {backlog} "
+            f"change(s), lag {lag}, applied {site.applied}, failed applies "
+            f"{site.failed_applies}, seen {max(0.0, (now_ns - site.at_ns) / 1e9):.0f}s ago"
+        )
+        for beat in site.nodes:
+            st = beat.stats
+            lines.append(
+                f"    {beat.node_id} {beat.host}: {human_bytes(st.used_bytes)}/"
+                f"{human_bytes(st.capacity_bytes)}, dirty {human_bytes(st.dirty_bytes)}, "
+                f"hits {st.hits}, misses {st.misses}, in {human_bytes(st.bytes_in)}, "
+                f"out {human_bytes(st.bytes_out)}"
+            )
+    return lines
 
 
 def render_endpoints(services: list[ServiceEndpoints]) -> list[str]:

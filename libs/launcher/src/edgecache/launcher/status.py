@@ -54,6 +54,9 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     writeback: Backlog
     # each service's metrics and health URLs, from the config (see endpoints_for)
     services: list[ServiceEndpoints] = []
+    # every federated site's last heartbeat, from the hub federator (empty: a lone site, or
+    # the hub is unreachable)
+    sites: list[wire.SiteHeartbeat] = []
 
 
 async def read_status(target: str | NatsConfig, *, timeout_s: float = 5.0) -> ClusterStatus:
@@ -64,6 +67,8 @@ async def read_status(target: str | NatsConfig, *, timeout_s: float = 5.0) -> Cl
         click.ClickException: NATS is unreachable, or it holds no edgecache state.
     """
     from nats.js.errors import NotFoundError  # heavy: see edgecache.launcher.connection
+
+    from edgecache.common.sitestatus import ask_sites  # nats-py too
 
     url = target if isinstance(target, str) else target.url
     nc = await connect(target, timeout_s)
@@ -99,10 +104,11 @@ async def read_status(target: str | NatsConfig, *, timeout_s: float = 5.0) -> Cl
             )
         await watcher.stop()
         backlog = await read_backlog(js)
+        sites = (await ask_sites(nc, timeout_s=min(timeout_s, 2.0))).sites
     finally:
         await nc.close()
     return ClusterStatus(
-        nats_url=url, nodes=sorted(nodes, key=lambda n: n.node_id), writeback=backlog
+        nats_url=url, nodes=sorted(nodes, key=lambda n: n.node_id), writeback=backlog, sites=sites
     )
 
 

@@ -29,6 +29,7 @@ from edgecache.launcher.credentials import (
 )
 from edgecache.launcher.datadir import CONFIG_FILE, LOGS_DIR, NATS_DIR, SERVICES_DIR
 from edgecache.launcher.endpoints import pick_metrics_ports
+from edgecache.launcher.leafnodes import site_nats_options
 from edgecache.launcher.natsauth import ADMIN, IDENTITIES, SERVICE_IDENTITIES, authorization_block
 from edgecache.launcher.natscluster import NatsCluster
 from edgecache.launcher.natsserver import NatsServer, find_binary, free_port
@@ -90,6 +91,8 @@ class Plan:
     #: every private nats-server with its child's name (one, or a cluster's; ``nats`` is
     #: the first)
     nats_children: tuple[tuple[str, NatsServer], ...] = ()
+    #: a federated site's nkey public key (for the hub's config), "" otherwise
+    site_public_key: str = ""
 
 
 def child_env() -> dict[str, str]:
@@ -169,12 +172,17 @@ def plan(
     identity_of = {name: config.nats for name in UP_ORDER}
     admin = config.nats
     nats_children: list[tuple[str, NatsServer]] = []
+    site_key = None
     if not external_nats:
         identities = load_or_create_nats_identities(root, IDENTITIES)
+        passwords = {n: i.password for n, i in identities.items()}
         options = {
-            "authorization": authorization_block({n: i.password for n, i in identities.items()}),
+            "authorization": authorization_block(passwords, site=config.federation.site),
             "sync_interval": SYNC_INTERVAL,
         }
+        if config.federation.site:  # a federated site: its domain and the leaf remote
+            site_options, site_key = site_nats_options(config, root, nats_cluster=nats_cluster)
+            options.update(site_options)
         if nats_cluster > 1:
             ports = (
                 (nats_port, *(free_port() for _ in range(nats_cluster - 1))) if nats_port else ()
@@ -238,6 +246,7 @@ def plan(
         tls_endpoint,
         ca_file,
         tuple(nats_children),
+        site_key.public if site_key is not None else "",
     )
 
 
@@ -350,6 +359,13 @@ def run(
                         ca_file=the_plan.ca_file,
                     )
                 )
+                if the_plan.site_public_key:
+                    say(
+                        f"site {the_plan.config.federation.site!r} joins the hub at "
+                        f"{the_plan.config.federation.hub_url} with nkey "
+                        f"{the_plan.site_public_key} (the hub needs: edgecache hub --site "
+                        f"{the_plan.config.federation.site}={the_plan.site_public_key})"
+                    )
                 sys.stdout.flush()
             elif not ready and time.monotonic() > deadline:
                 gateway_log = logs / "gateway.log"

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgecache.origin.base import Origin, OriginBucket, OriginObject
+from edgecache.origin.base import Origin, OriginBucket, OriginHoldsNewer, OriginObject
 
 if TYPE_CHECKING:
     from edgecache.common.config import Config
 
-__all__ = ["Origin", "OriginBucket", "OriginObject", "open_origin"]
+__all__ = ["Origin", "OriginBucket", "OriginHoldsNewer", "OriginObject", "open_origin"]
 
 
 def open_origin(config: Config) -> Origin:

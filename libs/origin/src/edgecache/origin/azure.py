@@ -7,7 +7,11 @@ segment cannot be addressed over Azure's REST URLs and raises ``InvalidArgument`
 
 Metadata: content type and the system headers go to the blob's content settings, except
 ``Expires`` (no such setting) which is stored as metadata ``ec_expires``; edgecache's ETag
-is metadata ``ec_etag``. Azure metadata names must be C# identifiers and are
+is metadata ``ec_etag``; the object's tags are metadata ``ec_tagging``, in the URL query
+form of ``x-amz-tagging`` (``k1=v1&k2=v2``, percent-encoded UTF-8): Azure's own blob index
+tags allow fewer characters than S3 tags (no ``@``, ASCII only), so they cannot hold every
+S3 tag set. Changing them rewrites the metadata, which changes the blob's ETag (returned to
+the caller as the new origin ETag). Azure metadata names must be C# identifiers and are
 case-insensitive, so a user metadata key ``k`` is stored as ``u_`` + ``k`` with every
 character outside ``a-z0-9`` written as ``_xx`` per UTF-8 byte (lower-case hex):
 ``x-amz-meta-Foo_bar`` -> ``u__46oo_5fbar``. The ``u_``/``ec_`` prefixes keep user and
@@ -25,6 +29,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, urlencode
 
 import aiohttp
 from azure.core import MatchConditions
@@ -51,7 +56,7 @@ from edgecache.origin._util import (
     system_headers,
     upload_parts,
 )
-from edgecache.origin.base import Origin, OriginBucket, OriginObject
+from edgecache.origin.base import Origin, OriginBucket, OriginHoldsNewer, OriginObject, holds_newer
 
 __all__ = ["AzureOrigin", "decode_metadata_name", "encode_metadata_name"]
 
@@ -62,6 +67,9 @@ GET_BYTES = 4 * MiB  # download request size: get_range pieces are at most this
 CONN_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 ETAG_META = "ec_etag"
 EXPIRES_META = "ec_expires"
+HLC_META = "ec_hlc"  # federation: the version's stamp (Origin.put_object)
+SITE_META = "ec_site"
+TAGS_META = "ec_tagging"  # the object's tags, URL query form
 USER_PREFIX = "u_"
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -158,6 +166,8 @@ def _azure_errors(bucket: str, key: str = "") -> Iterator[None]:
             ) from exc
         if code == "ContainerAlreadyExists":
             raise errors.BucketAlreadyOwnedByYou(resource=bucket) from exc
+        if code == "BlobAlreadyExists":  # a write conditional on no blob (If-None-Match: *)
+            raise errors.PreconditionFailed(f"origin: {code}", resource=resource) from exc
         raise errors.InternalError(f"origin: {code}: {exc.reason}", resource=resource) from exc
     except HttpResponseError as exc:
         status, code = exc.status_code or 0, _error_code(exc)
@@ -193,10 +203,18 @@ def _describe(props: BlobProperties) -> OriginObject:
         if value := getattr(settings, attr, None):
             headers[name] = value
     metadata = {}
+    stamp: dict[str, Any] = {}
+    tags: dict[str, str] = {}
     for stored, value in (props.metadata or {}).items():
         low = stored.lower()
         if low == EXPIRES_META:
             headers["expires"] = value
+        elif low == HLC_META and value.isdigit():
+            stamp["hlc"] = int(value)
+        elif low == SITE_META:
+            stamp["site"] = value
+        elif low == TAGS_META:
+            tags = dict(parse_qsl(value, keep_blank_values=True))
         elif low.startswith("ec_"):
             continue
         else:
@@ -209,6 +227,8 @@ def _describe(props: BlobProperties) -> OriginObject:
         content_type=settings.content_type or "binary/octet-stream",
         metadata=metadata,
         headers=headers,
+        **stamp,
+        tags=tags,
     )
 
 
@@ -336,11 +356,16 @@ class AzureOrigin(Origin):
         metadata: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         etag: str = "",
+        hlc: int = 0,
+        site: str = "",
+        tags: dict[str, str] | None = None,
     ) -> str:
         """One ``Put Blob`` up to ``multipart_threshold_bytes``, else staged blocks of
         ``part_bytes`` (a few in parallel) and one ``Put Block List``. Blocks of a failed
         upload stay uncommitted (Azure drops them after a week). Creates the container when
-        missing; see :meth:`Origin.put_object`."""
+        missing; see :meth:`Origin.put_object`. A stamped write reads the blob's properties
+        first and makes the ``Put Blob`` (or ``Put Block List``) conditional on them
+        (``match_condition`` ``IfNotModified`` with its ETag, or ``IfMissing``)."""
         blob = self._blob(bucket, key)
         sys_headers = system_headers(headers)
         settings = ContentSettings(
@@ -352,13 +377,63 @@ class AzureOrigin(Origin):
             stored[ETAG_META] = etag
         if "expires" in sys_headers:
             stored[EXPIRES_META] = sys_headers["expires"]
+        if tags:
+            stored[TAGS_META] = urlencode(tags, quote_via=quote)
+        condition: dict[str, Any] = {}
+        if hlc:
+            stored.update({HLC_META: str(hlc), SITE_META: site})
+            condition = await self._condition_for(bucket, key, hlc, site)
+        try:
+            return await self._put(blob, bucket, key, body, size, settings, stored, condition)
+        except errors.PreconditionFailed as exc:
+            if not condition:
+                raise
+            raise errors.ServiceUnavailable(
+                "origin: the blob changed between the comparison and the write",
+                resource=f"{bucket}/{key}", retry_after_s=1,
+            ) from exc
+
+    async def _condition_for(self, bucket: str, key: str, hlc: int, site: str) -> dict[str, Any]:
+        """The condition of a stamped write (``etag`` and ``match_condition`` of the blob in
+        place, or ``IfMissing``), after checking its stamp.
+
+        Raises:
+            OriginHoldsNewer: the blob in place has a larger ``(hlc, site)``.
+        """
+        try:
+            with _azure_errors(bucket, key):
+                props = await self._blob(bucket, key).get_blob_properties()
+        except (errors.NoSuchKey, errors.NoSuchBucket):
+            return {"match_condition": MatchConditions.IfMissing}
+        found = _describe(props)
+        if holds_newer(found, hlc, site):
+            raise OriginHoldsNewer(
+                f"the origin holds a newer version (hlc {found.hlc}, site {found.site!r})",
+                resource=f"{bucket}/{key}",
+            )
+        return {"etag": props.etag, "match_condition": MatchConditions.IfNotModified}
+
+    async def _put(
+        self,
+        blob: Any,
+        bucket: str,
+        key: str,
+        body: AsyncIterator[bytes],
+        size: int,
+        settings: ContentSettings,
+        stored: dict[str, str],
+        condition: dict[str, Any],
+    ) -> str:
+        """The upload of :meth:`put_object` (``condition``: keyword arguments of a
+        conditional write, or none)."""
         if size <= self.config.multipart_threshold_bytes:
             data = await read_all(body, size=size)
             result = await self._with_container(
                 bucket,
                 key,
                 lambda: blob.upload_blob(
-                    data, length=size, overwrite=True, content_settings=settings, metadata=stored
+                    data, length=size, overwrite=True, content_settings=settings, metadata=stored,
+                    **condition,
                 ),
             )
             return strip_etag(result["etag"])
@@ -378,7 +453,7 @@ class AzureOrigin(Origin):
         blocks = await upload_parts(body, size=size, part_size=part_size, upload=stage)
         with _azure_errors(bucket, key):
             result = await blob.commit_block_list(
-                blocks, content_settings=settings, metadata=stored
+                blocks, content_settings=settings, metadata=stored, **condition
             )
         return strip_etag(result["etag"])
 
@@ -392,7 +467,31 @@ class AzureOrigin(Origin):
         with _azure_errors(bucket, key):
             return await call()
 
-    async def delete_object(self, bucket: str, key: str) -> None:
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> str | None:
+        """Rewrite the blob's metadata with ``ec_tagging`` set to ``tags`` (removed for
+        none), conditional on the ETag just read; see :meth:`Origin.put_tags`.
+
+        Returns:
+            The blob's new ETag (a metadata change changes it).
+
+        Raises:
+            PreconditionFailed: the blob changed between the read and the write (retry).
+        """
+        blob = self._blob(bucket, key)
+        with _azure_errors(bucket, key):
+            props = await blob.get_blob_properties()
+            stored = {k: v for k, v in (props.metadata or {}).items() if k.lower() != TAGS_META}
+            if tags:
+                stored[TAGS_META] = urlencode(tags, quote_via=quote)
+            result = await blob.set_blob_metadata(
+                stored, etag=props.etag, match_condition=MatchConditions.IfNotModified
+            )
+        return strip_etag(result["etag"])
+
+    async def delete_object(self, bucket: str, key: str, *, hlc: int = 0, site: str = "") -> None:
+        """See :meth:`Origin.delete_object` (a stamped delete reads the properties first)."""
+        if hlc:
+            await self._condition_for(bucket, key, hlc, site)  # raises OriginHoldsNewer
         blob = self._blob(bucket, key)
         try:
             with _azure_errors(bucket, key):

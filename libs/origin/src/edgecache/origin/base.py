@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-__all__ = ["Origin", "OriginBucket", "OriginObject", "common_prefix"]
+from edgecache.common import errors
+
+__all__ = ["Origin", "OriginBucket", "OriginHoldsNewer", "OriginObject", "common_prefix", "holds_newer"]
 
 
 class OriginObject(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,6 +34,23 @@ class OriginObject(msgspec.Struct, frozen=True, kw_only=True):
     content_type: str = "binary/octet-stream"
     metadata: dict[str, str] = {}
     headers: dict[str, str] = {}
+    # federation: the stamp the object was written with (``put_object``'s ``hlc``/``site``),
+    # kept beside it (S3/Azure metadata, the file origin's sidecar), never in ``metadata``
+    hlc: int = 0
+    site: str = ""
+    # the object's tags (S3 object tagging); None: not read with the rest (ask get_tags)
+    tags: dict[str, str] | None = None
+
+
+class OriginHoldsNewer(errors.PreconditionFailed):
+    """The origin holds a version with a larger ``(hlc, site)`` than the one being written
+    or deleted: nothing was changed (federation: a loser never overwrites the winner)."""
+
+
+def holds_newer(found: OriginObject | None, hlc: int, site: str) -> bool:
+    """Whether ``found`` (the origin's object, ``None``: none) is newer than ``(hlc, site)``:
+    only a stamped write (``hlc`` > 0) is compared; an unstamped object is older than any."""
+    return hlc > 0 and found is not None and (found.hlc, found.site) > (hlc, site)
 
 
 class OriginBucket(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,24 +128,66 @@ class Origin(abc.ABC):
         metadata: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         etag: str = "",
+        hlc: int = 0,
+        site: str = "",
+        tags: dict[str, str] | None = None,
     ) -> str:
         """Write ``size`` bytes from ``body`` as ``bucket/key``, replacing any object there.
 
         Atomic for readers: the old object or the whole new one, never a partial one. Large
         objects go up in parts (S3 multipart upload, Azure staged blocks). ``etag`` is
         edgecache's ETag for the bytes (MD5 hex, or ``hex-N``), stored where the backend
-        allows. Creates the bucket if it does not exist.
+        allows. ``tags`` (``{key: value}``, S3's rules already checked) become the object's
+        tags (see :meth:`put_tags`). Creates the bucket if it does not exist.
+
+        ``hlc``/``site`` (federation; ``hlc`` 0: not stamped) are stored with the object and
+        read back in :class:`OriginObject`; a stamped write never replaces an object with a
+        larger ``(hlc, site)``: compared under the file origin's lock, and for S3 and Azure
+        compared with a HEAD and then written conditionally on the ETag seen (``If-Match``,
+        or ``If-None-Match: *`` where there was none), so a write in between is not lost.
 
         Returns:
             The origin's ETag of the new object (hex, no quotes).
 
         Raises:
-            ServiceUnavailable: the origin could not be reached; nothing was written.
+            OriginHoldsNewer: the origin holds a newer version; nothing was written.
+            ServiceUnavailable: the origin could not be reached, or (stamped) the object
+                changed between the comparison and the write; nothing was written.
         """
 
+    async def get_tags(self, bucket: str, key: str) -> dict[str, str]:
+        """The tags of ``bucket/key`` (``{}``: none). This default reads them from
+        :meth:`head_object`, for origins that describe them there.
+
+        Raises:
+            NoSuchBucket, NoSuchKey, ServiceUnavailable.
+        """
+        return (await self.head_object(bucket, key)).tags or {}
+
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> str | None:
+        """Replace the tags of the existing object ``bucket/key`` with ``tags`` (``{}``:
+        remove them); the object's bytes and other metadata stay as they are.
+
+        Returns:
+            The object's new origin ETag if changing its tags changed it, else ``None``.
+
+        Raises:
+            NoSuchBucket, NoSuchKey, ServiceUnavailable.
+        """
+        raise errors.NotImplementedError_(f"{self.name}: object tags are not supported")
+
     @abc.abstractmethod
-    async def delete_object(self, bucket: str, key: str) -> None:
-        """Delete ``bucket/key``; succeeds if it does not exist (idempotent)."""
+    async def delete_object(self, bucket: str, key: str, *, hlc: int = 0, site: str = "") -> None:
+        """Delete ``bucket/key``; succeeds if it does not exist (idempotent).
+
+        With ``hlc`` (a federated delete's stamp): an object with a larger ``(hlc, site)``
+        is kept (compared under the file origin's lock; for S3 and Azure by a HEAD just
+        before the delete: a write landing in between can be deleted — docs/architecture.md,
+        Federation).
+
+        Raises:
+            OriginHoldsNewer: the origin holds a newer version; nothing was deleted.
+        """
 
     @abc.abstractmethod
     def iter_objects(

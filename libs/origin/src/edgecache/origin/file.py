@@ -56,7 +56,7 @@ from edgecache.origin._util import (
     read_parts,
     system_headers,
 )
-from edgecache.origin.base import Origin, OriginBucket, OriginObject
+from edgecache.origin.base import Origin, OriginBucket, OriginHoldsNewer, OriginObject, holds_newer
 
 __all__ = ["FileOrigin"]
 
@@ -80,6 +80,9 @@ class _Meta(msgspec.Struct, frozen=True, kw_only=True):
     content_type: str = DEFAULT_CONTENT_TYPE
     metadata: dict[str, str] = {}
     headers: dict[str, str] = {}
+    hlc: int = 0  # federation: the version's stamp (Origin.put_object)
+    site: str = ""
+    tags: dict[str, str] = {}  # the object's tags (S3 object tagging), in the order set
 
 
 class _BucketRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -344,6 +347,7 @@ class FileOrigin(Origin):
                 etag=f"{st.st_size:x}-{st.st_mtime_ns:x}",
                 last_modified=st.st_mtime_ns / 1e9,
                 content_type=mimetypes.guess_type(key)[0] or DEFAULT_CONTENT_TYPE,
+                tags={},
             )
         return OriginObject(
             key=key,
@@ -353,6 +357,9 @@ class FileOrigin(Origin):
             content_type=meta.content_type,
             metadata=dict(meta.metadata),
             headers=dict(meta.headers),
+            hlc=meta.hlc,
+            site=meta.site,
+            tags=dict(meta.tags),
         )
 
     def _try_lookup(
@@ -471,13 +478,18 @@ class FileOrigin(Origin):
         metadata: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         etag: str = "",
+        hlc: int = 0,
+        site: str = "",
+        tags: dict[str, str] | None = None,
     ) -> str:
-        """Write the file, then its metadata; see :meth:`Origin.put_object`.
+        """Write the file, then its metadata (tags included); see :meth:`Origin.put_object`
+        (a stamped write compares the stamp in place under the bucket's lock, where it renames).
 
         Returns:
             ``etag`` as given, else the MD5 hex of the bytes (computed while writing).
 
         Raises:
+            OriginHoldsNewer: a newer version is in place; nothing was written.
             IncompleteBody: ``body`` did not hold ``size`` bytes; nothing was written.
             InvalidBucketName, KeyTooLongError, InvalidArgument: bad names.
             ServiceUnavailable: the disk is full or failing.
@@ -504,6 +516,9 @@ class FileOrigin(Origin):
                     content_type=content_type or DEFAULT_CONTENT_TYPE,
                     metadata=dict(metadata or {}),
                     headers=system_headers(headers),
+                    hlc=hlc,
+                    site=site,
+                    tags=dict(tags or {}),
                 )
                 await asyncio.to_thread(self._commit, bucket, key, tmp, meta)
         except BaseException:
@@ -515,6 +530,7 @@ class FileOrigin(Origin):
         """Rename the written file into place, then write its metadata; under the lock."""
         _bucket_dir, parts, path = self._object_path(bucket, key)
         with self._lock(bucket):
+            self._refuse_if_newer(bucket, key, meta.hlc, meta.site)
             bucket_dir = self._ensure_bucket(bucket)
             parent = self._make_parents(bucket_dir, parts[:-1])
             try:
@@ -548,16 +564,57 @@ class FileOrigin(Origin):
             fsync_dir(parent)
         return path
 
-    # -- deleting ----------------------------------------------------------------------------
-    async def delete_object(self, bucket: str, key: str) -> None:
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> str | None:
+        """Rewrite the object's metadata file with ``tags`` (the data file is untouched, so
+        its ETag stays); see :meth:`Origin.put_tags`. An object without trusted metadata (a
+        foreign file) gets a metadata file describing it as it is served."""
         with _os_errors(f"{bucket}/{key}"):
-            await asyncio.to_thread(self._delete_object, bucket, key)
+            await asyncio.to_thread(self._put_tags, bucket, key, dict(tags))
+        return None
 
-    def _delete_object(self, bucket: str, key: str) -> None:
+    def _put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        bucket_dir, parts, path = self._object_path(bucket, key)
+        if not os.path.isdir(bucket_dir):
+            raise errors.NoSuchBucket(resource=bucket)
+        with self._lock(bucket):
+            found = self._open_data(path)
+            if found is None:
+                raise errors.NoSuchKey(resource=f"{bucket}/{key}")
+            fd, st = found
+            os.close(fd)
+            meta = self._matching_meta(bucket, key, parts, st)
+            if meta is None:
+                obj = self._describe(key, st, None)
+                meta = _Meta(key=key, size=st.st_size, mtime_ns=st.st_mtime_ns, etag=obj.etag, content_type=obj.content_type)
+            self._write_file(self._meta_path(bucket, parts), msgspec.json.encode(msgspec.structs.replace(meta, tags=tags)))
+
+    # -- deleting ----------------------------------------------------------------------------
+    async def delete_object(self, bucket: str, key: str, *, hlc: int = 0, site: str = "") -> None:
+        """See :meth:`Origin.delete_object`; a stamped delete compares under the lock."""
+        with _os_errors(f"{bucket}/{key}"):
+            await asyncio.to_thread(self._delete_object, bucket, key, hlc, site)
+
+    def _refuse_if_newer(self, bucket: str, key: str, hlc: int, site: str) -> None:
+        """Raise :class:`OriginHoldsNewer` if the object in place has a larger stamp than
+        ``(hlc, site)``; called under the bucket's lock (nothing changes it meanwhile)."""
+        if not hlc:
+            return
+        found = self._try_lookup(bucket, key, *self._object_path(bucket, key)[1:])
+        if found is None:
+            return
+        os.close(found[0])
+        if holds_newer(found[1], hlc, site):
+            raise OriginHoldsNewer(
+                f"the origin holds a newer version (hlc {found[1].hlc}, site {found[1].site!r})",
+                resource=f"{bucket}/{key}",
+            )
+
+    def _delete_object(self, bucket: str, key: str, hlc: int = 0, site: str = "") -> None:
         bucket_dir, parts, path = self._object_path(bucket, key)
         if not os.path.isdir(bucket_dir):
             return
         with self._lock(bucket):
+            self._refuse_if_newer(bucket, key, hlc, site)
             parent = os.path.dirname(path)
             if not os.path.isdir(parent):
                 return  # a folder of the key is missing, or is a file: no such key

@@ -16,6 +16,7 @@ import email.utils
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import botocore.exceptions as bexc
@@ -33,7 +34,7 @@ from edgecache.origin._util import (
     system_headers,
     upload_parts,
 )
-from edgecache.origin.base import Origin, OriginBucket, OriginObject
+from edgecache.origin.base import Origin, OriginBucket, OriginHoldsNewer, OriginObject, holds_newer
 
 __all__ = ["S3Origin"]
 
@@ -42,6 +43,8 @@ MIN_PART_BYTES = 5 * MiB  # S3's smallest part but the last
 MAX_PARTS = 10_000
 READ_BYTES = 1 * MiB  # get_range piece size (at most)
 ETAG_META = "edgecache-etag"
+HLC_META = "edgecache-hlc"  # federation: the version's stamp (Origin.put_object)
+SITE_META = "edgecache-site"
 RESERVED_META = "edgecache-"
 ESCAPED_META = "edgecache-u-"
 
@@ -100,6 +103,14 @@ def _to_s3_metadata(metadata: dict[str, str] | None, etag: str) -> dict[str, str
     if etag:
         out[ETAG_META] = etag
     return out
+
+
+def _stamp_of(stored: dict[str, str]) -> dict[str, Any]:
+    """``hlc``/``site`` of an object from its stored metadata (none: ``{}``)."""
+    value = stored.get(HLC_META, "")
+    if not value.isdigit():
+        return {}
+    return {"hlc": int(value), "site": stored.get(SITE_META, "")}
 
 
 def _retry_after(response: dict[str, Any]) -> int:
@@ -263,6 +274,7 @@ class S3Origin(Origin):
             content_type=r.get("ContentType") or "binary/octet-stream",
             metadata=_to_user_metadata(r.get("Metadata", {})),
             headers=headers,
+            **_stamp_of(r.get("Metadata", {})),
         )
 
     async def get_range(
@@ -292,10 +304,15 @@ class S3Origin(Origin):
         metadata: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         etag: str = "",
+        hlc: int = 0,
+        site: str = "",
+        tags: dict[str, str] | None = None,
     ) -> str:
         """One ``PutObject`` up to ``multipart_threshold_bytes``, else a multipart upload of
         ``part_bytes`` parts, a few in parallel, aborted on any failure. Creates the bucket
-        when S3 says it is missing; see :meth:`Origin.put_object`."""
+        when S3 says it is missing; see :meth:`Origin.put_object`. A stamped write HEADs
+        the object first and makes the ``PutObject`` (or ``CompleteMultipartUpload``)
+        conditional on what it saw: ``If-Match: <its ETag>``, or ``If-None-Match: *``."""
         check_key(bucket, key)
         params: dict[str, Any] = {
             "Bucket": bucket,
@@ -311,13 +328,45 @@ class S3Origin(Origin):
                     continue  # S3 takes only an HTTP date here
             else:
                 params[_HEADER_PARAMS[name]] = value
-        if size <= self.config.multipart_threshold_bytes:
-            data = await read_all(body, size=size)
-            response = await self._with_bucket(
-                bucket, key, lambda: self._s3.put_object(Body=data, **params)
+        if tags:  # x-amz-tagging, on PutObject and CreateMultipartUpload alike
+            params["Tagging"] = urlencode(tags, quote_via=quote)
+        condition: dict[str, str] = {}
+        if hlc:
+            params["Metadata"].update({HLC_META: str(hlc), SITE_META: site})
+            condition = await self._condition_for(bucket, key, hlc, site)
+        try:
+            if size <= self.config.multipart_threshold_bytes:
+                data = await read_all(body, size=size)
+                response = await self._with_bucket(
+                    bucket, key, lambda: self._s3.put_object(Body=data, **params, **condition)
+                )
+                return strip_etag(response.get("ETag"))
+            return await self._put_multipart(bucket, key, body, size, params, condition)
+        except errors.PreconditionFailed as exc:
+            if not condition:
+                raise
+            raise errors.ServiceUnavailable(
+                "origin: the object changed between the comparison and the write",
+                resource=f"{bucket}/{key}", retry_after_s=1,
+            ) from exc
+
+    async def _condition_for(self, bucket: str, key: str, hlc: int, site: str) -> dict[str, str]:
+        """The condition of a stamped write: ``IfMatch`` the object in place (or
+        ``IfNoneMatch: *``), after checking its stamp.
+
+        Raises:
+            OriginHoldsNewer: the object in place has a larger ``(hlc, site)``.
+        """
+        try:
+            found = await self.head_object(bucket, key)
+        except (errors.NoSuchKey, errors.NoSuchBucket):
+            return {"IfNoneMatch": "*"}
+        if holds_newer(found, hlc, site):
+            raise OriginHoldsNewer(
+                f"the origin holds a newer version (hlc {found.hlc}, site {found.site!r})",
+                resource=f"{bucket}/{key}",
             )
-            return strip_etag(response.get("ETag"))
-        return await self._put_multipart(bucket, key, body, size, params)
+        return {"IfMatch": f'"{found.etag}"'}
 
     async def _with_bucket(self, bucket: str, key: str, call: Any) -> Any:
         """``await call()``; if the bucket is missing, create it and call once more."""
@@ -330,7 +379,13 @@ class S3Origin(Origin):
             return await call()
 
     async def _put_multipart(
-        self, bucket: str, key: str, body: AsyncIterator[bytes], size: int, params: dict[str, Any]
+        self,
+        bucket: str,
+        key: str,
+        body: AsyncIterator[bytes],
+        size: int,
+        params: dict[str, Any],
+        condition: dict[str, str] | None = None,
     ) -> str:
         checksum = self._s3.meta.config.request_checksum_calculation == "when_supported"
         if checksum:  # the parts carry CRC32s; the upload must say so up front
@@ -363,7 +418,8 @@ class S3Origin(Origin):
             parts = await upload_parts(body, size=size, part_size=part_size, upload=upload)
             with _s3_errors(bucket, key):
                 done = await self._s3.complete_multipart_upload(
-                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts},
+                    **(condition or {}),
                 )
         except BaseException:
             with contextlib.suppress(Exception):
@@ -371,8 +427,30 @@ class S3Origin(Origin):
             raise
         return strip_etag(done.get("ETag"))
 
-    async def delete_object(self, bucket: str, key: str) -> None:
+    async def get_tags(self, bucket: str, key: str) -> dict[str, str]:
+        """``GetObjectTagging``; see :meth:`Origin.get_tags`."""
         check_key(bucket, key)
+        with _s3_errors(bucket, key):
+            r = await self._s3.get_object_tagging(Bucket=bucket, Key=key)
+        return {t["Key"]: t["Value"] for t in r.get("TagSet", [])}
+
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> str | None:
+        """``PutObjectTagging`` (``DeleteObjectTagging`` for no tags): S3 keeps the object's
+        ETag; see :meth:`Origin.put_tags`."""
+        check_key(bucket, key)
+        with _s3_errors(bucket, key):
+            if tags:
+                tag_set = [{"Key": k, "Value": v} for k, v in tags.items()]
+                await self._s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": tag_set})
+            else:
+                await self._s3.delete_object_tagging(Bucket=bucket, Key=key)
+        return None
+
+    async def delete_object(self, bucket: str, key: str, *, hlc: int = 0, site: str = "") -> None:
+        """See :meth:`Origin.delete_object` (a stamped delete HEADs first)."""
+        check_key(bucket, key)
+        if hlc:
+            await self._condition_for(bucket, key, hlc, site)  # raises OriginHoldsNewer
         try:
             with _s3_errors(bucket, key):
                 await self._s3.delete_object(Bucket=bucket, Key=key)

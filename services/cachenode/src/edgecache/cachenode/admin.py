@@ -52,7 +52,7 @@ async def purge(node: CacheNode, request: wire.PurgeObject) -> wire.PurgeResult:
         if found is None or found.manifest.deleted:
             return wire.PurgeResult(bucket=bucket, key=key, outcome="absent")
         manifest, revision = found
-        if manifest.state == "dirty":
+        if manifest.state == "dirty" or manifest.tags_state == "dirty":  # tags: on their way too
             return wire.PurgeResult(bucket=bucket, key=key, outcome="dirty", size=manifest.size)
         if await node.catalog.delete(bucket, key, revision):  # publishes the invalidation
             ids = [c.id for c in manifest.chunks]

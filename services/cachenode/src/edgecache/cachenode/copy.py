@@ -145,6 +145,7 @@ async def copy_object(node: CacheNode, request: wire.CopyObject) -> wire.ObjectI
         checksums=checksums,
         chunks=refs,
         nodes=objects.holders_of(node, refs),
+        tags=source.tags if request.tags is None else request.tags,  # x-amz-tagging-directive
     )
     try:
         await objects.commit_version(node, manifest, request.condition)

@@ -110,6 +110,7 @@ async def create_multipart_upload(
         headers=request.headers,
         checksum_algorithm=request.checksum_algorithm,
         checksum_type=request.checksum_type,
+        tags=request.tags,
     )
     await node.state.uploads.put(kvkeys.upload_key(upload_id), wire.encode(record))
     return wire.MultipartUpload(bucket=request.bucket, key=request.key, upload_id=upload_id)
@@ -270,6 +271,7 @@ async def complete_multipart_upload(
         chunks=chunks,
         nodes=sorted({n for c in chunks for n in c.nodes}),
         part_sizes=[p.size for p in chosen],
+        tags=record.tags,
     )
     await objects.commit_version(node, manifest, request.condition)
     await _forget(node, request.upload_id, stored, keep={c.id for c in chunks})

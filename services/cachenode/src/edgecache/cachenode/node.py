@@ -17,6 +17,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from edgecache.cachenode.counters import Counters
 from edgecache.cachenode.fill import Filler
 from edgecache.cachenode.membership import LiveNodes
+from edgecache.cachenode.routes import RouteCache
 from edgecache.common import errors, stream, subjects, wire
 from edgecache.common.catalog import Catalog, Entry
 from edgecache.common.credit import CreditBudget
@@ -70,6 +71,7 @@ class CacheNode:
     filler: Filler = field(init=False)
     live: LiveNodes = field(init=False)
     credit: CreditBudget = field(init=False)
+    routes: RouteCache = field(init=False)  # owner site of keys held at another site (federation)
     started: float = field(default_factory=now)
     counters: Counters = field(default_factory=Counters)
     lease_subject: str = ""  # where short-circuit readers release leases (an inbox of ours)
@@ -77,7 +79,8 @@ class CacheNode:
 
     def __post_init__(self) -> None:
         self.catalog = Catalog(
-            self.nc, self.state, clean_ttl_s=self.config.cachenode.manifest_ttl_s
+            self.nc, self.state, clean_ttl_s=self.config.cachenode.manifest_ttl_s,
+            site=self.config.federation.site,
         )
         self.filler = Filler(
             self.store,
@@ -91,6 +94,7 @@ class CacheNode:
         self.credit = CreditBudget(self.nc, max_bytes=self.config.nats.download_credit_bytes)
         self.upload_credit = CreditBudget(self.nc, max_bytes=self.config.nats.upload_credit_bytes)
         self.replica_credit = CreditBudget(self.nc, max_bytes=self.config.nats.upload_credit_bytes)
+        self.routes = RouteCache(self.config.federation.route_ttl_s)
 
     @property
     def chunk_bytes(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from edgecache.cachenode import chunks, readthrough, shortcircuit
+from edgecache.cachenode import chunks, readthrough, shortcircuit, sites
 from edgecache.cachenode.chunkstore import ChunkMissing
 from edgecache.cachenode.node import Answered, CacheNode, now
 from edgecache.cachenode.replication import Replicator
@@ -48,6 +48,7 @@ def info_of(m: wire.Manifest, *, first: int | None = None, last: int | None = No
         parts_count=m.parts_count,
         range_first=first,
         range_last=last,
+        tag_count=len(m.tags),
     )
 
 
@@ -140,6 +141,7 @@ async def put_object(node: CacheNode, msg: Msg, request: wire.PutObject) -> None
             checksums=checksums,
             chunks=refs,
             nodes=holders_of(node, refs),
+            tags=request.tags,
         )
         await commit_version(node, manifest, request.condition)
         await rx.finish(info_of(manifest))
@@ -243,7 +245,14 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
     """
     tx = node.download_sender(msg)
     try:
-        manifest = await readthrough.lookup(node, request.bucket, request.key)
+        site = sites.cached_owner(node, request.bucket, request.key)
+        manifest = None if site else await readthrough.lookup(node, request.bucket, request.key)
+        if manifest is not None:
+            site = sites.owner_of(node, manifest)
+        if site:  # another site holds this version (federation): read it there
+            await sites.relay_get(node, tx, request, site)
+            return
+        assert manifest is not None
         span = requested_span(manifest, request.range, request.part_number)
         first, last = span if span else (0, manifest.size - 1)
         info = info_of(manifest, first=span[0] if span else None, last=span[1] if span else None)
@@ -272,8 +281,14 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
 
 
 async def head_object(node: CacheNode, request: wire.HeadObject) -> wire.ObjectInfo:
-    """The object's metadata (and the range a GET with ``request.range`` would send)."""
+    """The object's metadata (and the range a GET with ``request.range`` would send); of
+    a version another site holds, that site's answer (:mod:`.sites`)."""
+    site = sites.cached_owner(node, request.bucket, request.key)
+    if site:
+        return await sites.relay_head(node, request, site)
     manifest = await readthrough.lookup(node, request.bucket, request.key)
+    if site := sites.owner_of(node, manifest):
+        return await sites.relay_head(node, request, site)
     span = requested_span(manifest, request.range, request.part_number)
     return info_of(manifest, first=span[0] if span else None, last=span[1] if span else None)
 

@@ -25,6 +25,7 @@ import msgspec
 
 from edgecache.cachenode.chunkstore import ChunkCorrupt, ChunkMissing
 from edgecache.common import errors, peers, placement, stream, wire
+from edgecache.common.catalog import fill_chunks
 from edgecache.common.heartbeats import Liveness
 from edgecache.common.ids import new_id
 from edgecache.common.logging import get_logger
@@ -41,11 +42,8 @@ log = get_logger(__name__)
 
 # -- lookup -------------------------------------------------------------------------------
 def _from_origin(node: CacheNode, bucket: str, obj: OriginObject, version: str) -> wire.Manifest:
-    size, step = obj.size, node.chunk_bytes
-    chunks = [
-        wire.ChunkRef(id=f"{version}.{i}", size=min(step, size - offset))
-        for i, offset in enumerate(range(0, size, step))
-    ]
+    size = obj.size
+    chunks = fill_chunks(version, size, node.chunk_bytes)
     return wire.Manifest(
         bucket=bucket,
         key=obj.key,
@@ -56,10 +54,13 @@ def _from_origin(node: CacheNode, bucket: str, obj: OriginObject, version: str) 
         content_type=obj.content_type,
         metadata=obj.metadata,
         headers=obj.headers,
+        tags=obj.tags or {},
         chunks=chunks,
         state="clean",
         origin_etag=obj.etag,
         validated_at=time.time(),
+        hlc=obj.hlc,  # federation: the version's place in the (hlc, site) order, if stamped
+        site=obj.site,
     )
 
 
@@ -69,13 +70,20 @@ async def _adopt(node: CacheNode, bucket: str, key: str) -> wire.Manifest:
     Raises:
         NoSuchBucket / NoSuchKey / ServiceUnavailable: from the origin.
     """
-    obj = await node.origin.head_object(bucket, key)
+    obj = await _described(node, bucket, await node.origin.head_object(bucket, key))
     manifest = _from_origin(node, bucket, obj, new_id())
     if not await node.catalog.create(manifest):
         found = await node.catalog.get(bucket, key)  # another node recorded it first
         if found is not None and not found.manifest.deleted:
             return found.manifest
     return manifest
+
+
+async def _described(node: CacheNode, bucket: str, obj: OriginObject) -> OriginObject:
+    """``obj`` with its tags, asked of the origin if its HEAD did not bring them (S3)."""
+    if obj.tags is not None:
+        return obj
+    return msgspec.structs.replace(obj, tags=await node.origin.get_tags(bucket, obj.key))
 
 
 async def _revalidate(node: CacheNode, manifest: wire.Manifest, revision: int) -> wire.Manifest:
@@ -96,7 +104,7 @@ async def _revalidate(node: CacheNode, manifest: wire.Manifest, revision: int) -
         await node.catalog.replace(fresh, revision, same_version=True)
         return fresh
     log.info("revalidate.changed", bucket=manifest.bucket, key=manifest.key)
-    changed = _from_origin(node, manifest.bucket, obj, new_id())
+    changed = _from_origin(node, manifest.bucket, await _described(node, manifest.bucket, obj), new_id())
     if not await node.catalog.replace(changed, revision):
         found = await node.catalog.get(manifest.bucket, manifest.key)
         if found is not None and not found.manifest.deleted:
@@ -120,7 +128,8 @@ async def lookup(node: CacheNode, bucket: str, key: str) -> wire.Manifest:
             await node.require_bucket(bucket)
             raise errors.NoSuchKey(resource=f"{bucket}/{key}")
         stale = time.time() - manifest.validated_at > node.config.cachenode.revalidate_after_s
-        if manifest.state == "clean" and stale:
+        # tags on their way to the origin (tags_state dirty): the origin's copy is older
+        if manifest.state == "clean" and manifest.tags_state == "clean" and stale:
             try:
                 return await _revalidate(node, manifest, revision)
             except errors.NoSuchKey as exc:
@@ -305,7 +314,13 @@ async def read(
 
     Raises:
         ChunkMissing, ServiceUnavailable, PreconditionFailed: see :func:`read_chunk_span`.
+        ServiceUnavailable: the version is another site's, not yet in the origin (a remote
+            record has no chunks here: a GET relays to that site instead, :mod:`.sites`).
     """
+    if (site := node.catalog.owner_of(manifest)) is not None:
+        raise errors.ServiceUnavailable(
+            f"{manifest.bucket}/{manifest.key} is held at site {site}", retry_after_s=1
+        )
     spans = chunk_spans(manifest.chunks, first, last)
     last_index = spans[-1][0] if spans else -1
     for index, cfirst, clast in spans:

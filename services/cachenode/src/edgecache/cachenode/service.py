@@ -31,6 +31,8 @@ from edgecache.cachenode import (
     objects,
     replication,
     shortcircuit,
+    sites,
+    tagging,
 )
 from edgecache.cachenode.chunkstore import ChunkStore
 from edgecache.cachenode.metrics import node_monitor
@@ -59,8 +61,12 @@ def default_node_id(config: Config) -> str:
     return f"{host or 'node'}-{digest}"
 
 
-async def dispatch(node: CacheNode, msg: Msg) -> None:
-    """Decode one ``s3.*`` request, run it, answer it; errors become ``wire.Error``."""
+async def dispatch(
+    node: CacheNode, msg: Msg, *, screen: Callable[[wire.Request], wire.Request] | None = None
+) -> None:
+    """Decode one ``s3.*`` request, run it, answer it; errors become ``wire.Error``.
+    ``screen``: checks (and may rewrite) the decoded request before it runs, raising an
+    ``S3Error`` to refuse it (requests from another site: :func:`.sites.site_request`)."""
     started = time.perf_counter()
     node.counters.requests += 1
     outcome = "ok"
@@ -68,6 +74,8 @@ async def dispatch(node: CacheNode, msg: Msg) -> None:
     try:
         request = wire.REQUEST_DECODER.decode(msg.data)
         structlog.contextvars.bind_contextvars(op=type(request).__name__)
+        if screen is not None:
+            request = screen(request)
         reply = await _run(node, msg, request)
         if reply is not None:
             await node.nc.publish(msg.reply, wire.encode(reply))
@@ -129,6 +137,9 @@ HANDLERS: dict[type[wire.Request], Handler] = {
     wire.CopyObject: _replying(copy.copy_object),
     wire.UploadPartCopy: _replying(copy.upload_part_copy),
     wire.ListMultipartUploads: _replying(multipart.list_multipart_uploads),
+    wire.PutObjectTagging: _replying(tagging.put_object_tagging),
+    wire.GetObjectTagging: _replying(tagging.get_object_tagging),
+    wire.DeleteObjectTagging: _replying(tagging.delete_object_tagging),
 }
 
 
@@ -280,6 +291,12 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
     for subject in admin.HANDLERS:  # the admin API's requests (purge, warm, uploads)
         subs.append(await nc.subscribe(subject, queue=subjects.CACHENODE_QUEUE, cb=tasks.callback(lambda m: admin.dispatch(node, m))))
     subs.append(await nc.subscribe(subjects.EVENTS_CHUNKS_PURGED, cb=tasks.callback(lambda m: admin.on_chunks_purged(node, m))))
+    if site := config.federation.site:  # federation (docs/architecture.md, Federation)
+        subs.append(await nc.subscribe(subjects.FED_APPLY, queue=subjects.CACHENODE_QUEUE, cb=tasks.callback(lambda m: sites.apply_change(node, m))))
+        for op in sites.SITE_OPERATIONS:  # reads of this site's versions by other sites
+            subs.append(await nc.subscribe(subjects.site_s3(site, op), queue=subjects.CACHENODE_QUEUE, cb=tasks.callback(_beating(node, lambda m: dispatch(node, m, screen=sites.site_request)))))
+        # not through ``tasks``: a key's cached route is dropped before a later request runs
+        subs.append(await nc.subscribe(subjects.EVENTS_INVALIDATE, cb=functools.partial(sites.on_invalidate, node)))
     node.lease_subject = nc.new_inbox()  # under our inbox prefix: every requester may publish there
     subs.append(await nc.subscribe(node.lease_subject, cb=functools.partial(shortcircuit.on_release, node)))
 

@@ -19,6 +19,8 @@ Routes (JSON; sizes in bytes, times in seconds):
 - ``POST /api/purge``, ``POST /api/warm`` (body :class:`~.jobs.JobRequest`) → 202 and the
   :class:`~.jobs.Job`; ``GET /api/jobs``, ``GET /api/jobs/{job_id}``: their progress.
 - ``GET /api/federator``: the federator itself.
+- ``GET /api/sites``: every federated site's last heartbeat, from the hub
+  (:class:`~edgecache.common.wire.SiteStatus`; no sites for a lone site or with the hub down).
 - ``GET /status``: the status page (HTML polling ``/api/cluster``).
 """
 
@@ -46,6 +48,7 @@ from litestar.response import Redirect
 from edgecache.common import errors, wire  # wire: handler annotations, resolved at runtime
 from edgecache.common.backlog import Backlog, read_backlog
 from edgecache.common.logging import get_logger
+from edgecache.common.sitestatus import ask_sites
 from edgecache.federator import views
 from edgecache.federator.jobs import Job, JobRequest, Jobs
 
@@ -74,6 +77,7 @@ class AdminState:
     jobs: Jobs
     js: Any  # the federator's JetStreamContext (the backlog is read from it)
     started: float
+    nc: Any = None  # the federator's NATS connection (the sites are asked of the hub)
 
 
 class BearerToken(AbstractAuthenticationMiddleware):
@@ -227,6 +231,15 @@ async def federator(state: State) -> views.FederatorView:
     )
 
 
+@get("/api/sites")
+async def sites(state: State) -> wire.SiteStatus:
+    """Every federated site, its nodes and their stats, and its cross-site backlog."""
+    admin = _admin(state)
+    if admin.nc is None or not admin.config.federation.site:
+        return wire.SiteStatus(sites=[])
+    return await ask_sites(admin.nc)
+
+
 ROUTES = [
     live,
     index,
@@ -244,6 +257,7 @@ ROUTES = [
     jobs,
     job,
     federator,
+    sites,
 ]
 
 

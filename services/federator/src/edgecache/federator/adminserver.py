@@ -38,7 +38,7 @@ async def serve_admin(
     """
     nodes = CacheNodes(nc, timeout_s=config.admin.request_timeout_s)
     jobs = Jobs(nodes)
-    app = create_app(AdminState(config, membership, nodes, jobs, nc.jetstream(), time.time()))
+    app = create_app(AdminState(config, membership, nodes, jobs, nc.jetstream(), time.time(), nc=nc))
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -33,7 +33,9 @@ from edgecache.common.logging import get_logger
 from edgecache.common.metrics import Sample, Snapshot
 from edgecache.common.monitor import Monitor
 from edgecache.common.runtime import connect_nats
+from edgecache.federator.hub import serve_hub
 from edgecache.federator.membership import Change, ChangeKind, Membership
+from edgecache.federator.sitelink import site_samples, start_site
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -158,6 +160,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     Raises:
         nats.errors.NoServersError: NATS did not answer at start.
     """
+    if config.federator.role == "hub":
+        await serve_hub(config, stop)
+        return
     ttl_s = config.federator.node_ttl_s
     async with AsyncExitStack() as stack:
         nc = await connect_nats(config.nats, name="edgecache-federator")
@@ -170,11 +175,16 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
         federator = Federator(open_nodes, Membership(ttl_s))
         await federator.start()
-        await stack.enter_async_context(federator_monitor(config, nc, federator))
+        monitor = await stack.enter_async_context(federator_monitor(config, nc, federator))
         sub = await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=federator.on_heartbeat)
         stack.push_async_callback(sub.unsubscribe)
         sweeper = asyncio.create_task(federator.sweep_forever(max(0.05, min(1.0, ttl_s / 4))))
         stack.push_async_callback(_cancel, sweeper)
+        if config.federation.site:
+            site = await start_site(config, nc, federator.membership)
+            for task in site.tasks:
+                stack.push_async_callback(_cancel, task)
+            monitor.registry.register(Snapshot("federator", lambda: site_samples(site.link)))
         if config.admin.port and config.admin.token:
             # imported only when on: Litestar and uvicorn take seconds to import
             from edgecache.federator.adminserver import serve_admin

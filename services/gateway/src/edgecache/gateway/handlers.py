@@ -25,7 +25,7 @@ from edgecache.common import errors, names, wire
 from edgecache.common.checksums import FULL_OBJECT, multipart_checksum
 from edgecache.common.errors import IllegalLocationConstraintException
 from edgecache.common.tokens import decode_token, encode_token
-from edgecache.gateway import conditions, copysource, memory, postobject, shortcircuit, xml
+from edgecache.gateway import conditions, copysource, memory, postobject, shortcircuit, tagging, xml
 from edgecache.gateway.exchange import LiveTrailers
 from edgecache.gateway.headers import (
     MAX_PART_BYTES,
@@ -403,6 +403,7 @@ async def put_object(x: Exchange) -> Response[Any]:
         content_md5=content_md5,
         checksums=checksums,
         condition=condition,
+        tags=tagging.header_tags(x.headers),
     )
     info = _expect(await _upload(x, request), wire.ObjectInfo)
     headers = {"etag": f'"{info.etag}"', **_checksum_headers(info.checksums)}
@@ -630,6 +631,7 @@ async def create_multipart_upload(x: Exchange) -> Response[Any]:
             headers=stored,
             checksum_algorithm=algorithm,
             checksum_type=checksum_type,
+            tags=tagging.header_tags(x.headers),
         )
     )
     body = xml.initiate_multipart_result(_expect(reply, wire.MultipartUpload))
@@ -729,6 +731,7 @@ async def copy_object(x: Exchange) -> Response[Any]:
         )
     condition = conditions.write_condition(x.headers)
     content_type, metadata, stored = object_attributes(x.headers)
+    tags = tagging.copy_tags(x.headers)
     source = await copysource.checked_source(x.gateway.client, x.headers, bucket, key)
     reply = await x.gateway.client.request(
         wire.CopyObject(
@@ -740,6 +743,7 @@ async def copy_object(x: Exchange) -> Response[Any]:
             metadata=metadata,
             headers=stored,
             condition=condition,
+            tags=tags,
         ),
         timeout_s=max(COPY_TIMEOUT_S, x.gateway.client.timeout_s),
     )
@@ -864,6 +868,41 @@ async def get_object_attributes(x: Exchange) -> Response[Any]:
         xml.get_object_attributes_result(info, asked),
         headers={"last-modified": http_date(info.last_modified)},
     )
+
+
+# == object tagging ==============================================================================
+@serves(wire.PutObjectTagging)
+async def put_object_tagging(x: Exchange) -> Response[Any]:
+    """PutObjectTagging (``PUT /b/k?tagging``, ``<Tagging>`` body of at most 64 KiB) → 200;
+    the tags replace the object's (:mod:`.tagging` has S3's rules).
+
+    Raises:
+        MalformedXML, InvalidTag, NoSuchBucket, NoSuchKey.
+    """
+    op = _op(x)
+    _check_key(op)
+    tags = tagging.validate(xml.parse_tagging(await x.read_body(MAX_SMALL_XML_BYTES)))
+    await x.gateway.client.request(wire.PutObjectTagging(bucket=op.bucket, key=op.key, tags=tags))
+    return empty(x)
+
+
+@serves(wire.GetObjectTagging)
+async def get_object_tagging(x: Exchange) -> Response[Any]:
+    """GetObjectTagging (``GET /b/k?tagging``) → ``<Tagging><TagSet>``, empty for an
+    untagged object. Raises: NoSuchBucket, NoSuchKey."""
+    op = _op(x)
+    _check_key(op)
+    reply = await x.gateway.client.request(wire.GetObjectTagging(bucket=op.bucket, key=op.key))
+    return xml_response(x, xml.tagging_result(_expect(reply, wire.Tagging).tags))
+
+
+@serves(wire.DeleteObjectTagging)
+async def delete_object_tagging(x: Exchange) -> Response[Any]:
+    """DeleteObjectTagging (``DELETE /b/k?tagging``) → 204. Raises: NoSuchBucket, NoSuchKey."""
+    op = _op(x)
+    _check_key(op)
+    await x.gateway.client.request(wire.DeleteObjectTagging(bucket=op.bucket, key=op.key))
+    return empty(x, status=204)
 
 
 # == what we do not serve ========================================================================

@@ -295,6 +295,8 @@ def object_headers(
             for algorithm, value in info.checksums.items():
                 out[_CHECKSUM + algorithm] = value
             out["x-amz-checksum-type"] = checksum_type_of(next(iter(info.checksums.values())))
+    if info.tag_count:
+        out["x-amz-tagging-count"] = str(info.tag_count)
     for param, header in _OVERRIDES.items():
         value = query.get(param)
         if value is not None:

@@ -260,6 +260,8 @@ def route(
             return op("GetObjectAcl")
         if subs == {"attributes"}:
             return op("GetObjectAttributes")
+        if subs == {"tagging"}:
+            return op("GetObjectTagging")
     elif method == "HEAD":
         if not subs or subs == {"partNumber"}:
             return op("HeadObject")
@@ -274,6 +276,8 @@ def route(
             return op("PutObject")
         if subs == {"partNumber", "uploadId"}:
             return op("UploadPart")
+        if subs == {"tagging"}:
+            return op("PutObjectTagging")
     elif method == "POST":
         if subs == {"uploads"}:
             return op("CreateMultipartUpload")
@@ -284,6 +288,8 @@ def route(
             return op("DeleteObject")
         if subs == {"uploadId"}:
             return op("AbortMultipartUpload")
+        if subs == {"tagging"}:
+            return op("DeleteObjectTagging")
     else:
         return op("MethodNotAllowed")
     return op("NotImplemented", _unsupported(subs) or method)

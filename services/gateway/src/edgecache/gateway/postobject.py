@@ -32,7 +32,7 @@ from urllib.parse import quote, urlencode
 from multipart import MultipartSegment, ParserError, PushMultipartParser, parse_options_header
 
 from edgecache.common import errors, names, wire
-from edgecache.gateway import sigv2, sigv4, xml
+from edgecache.gateway import sigv2, sigv4, tagging, xml
 from edgecache.gateway.headers import (
     MAX_PART_BYTES,
     STORED_HEADERS,
@@ -115,6 +115,7 @@ async def serve(x: Exchange) -> Response[Any]:
     )
     content_type, metadata, stored = object_attributes(attributes)
     content_md5, checksums = upload_digests(attributes)
+    tagging_xml = form.fields.get("tagging", "")  # a <Tagging> document, as PutObjectTagging's
     request = wire.PutObject(
         bucket=op.bucket,
         key=key,
@@ -124,6 +125,7 @@ async def serve(x: Exchange) -> Response[Any]:
         headers=stored,
         content_md5=content_md5,
         checksums=checksums,
+        tags=tagging.validate(xml.parse_tagging(tagging_xml.encode())) if tagging_xml else {},
     )
     reply = await x.gateway.client.put_object(request, _file(events, low, high), trailers={})
     if not isinstance(reply, wire.ObjectInfo):

@@ -28,7 +28,6 @@ REFUSED: dict[str, str | None] = {
     "x-amz-server-side-encryption": None,  # SSE-S3 / SSE-KMS
     "x-amz-server-side-encryption-": None,  # -aws-kms-key-id, -context, -customer-*, …
     "x-amz-storage-class": "STANDARD",
-    "x-amz-tagging": None,  # object tagging is not served yet
     "x-amz-object-lock-": None,  # -mode, -retain-until-date, -legal-hold
     "x-amz-bucket-object-lock-enabled": "false",
     "x-amz-website-redirect-location": None,

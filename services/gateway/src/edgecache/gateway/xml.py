@@ -568,3 +568,44 @@ def get_object_attributes_result(info: wire.ObjectInfo, attributes: Iterable[str
     if "ObjectSize" in wanted:
         _add(root, "ObjectSize", info.size)
     return _bytes(root)
+
+
+# == object tagging ==============================================================================
+__all__ += ["parse_tagging", "tagging_result"]  # noqa: PLE0605 - appended with their section
+
+
+def parse_tagging(body: bytes) -> list[tuple[str, str]]:
+    """A PutObjectTagging ``<Tagging><TagSet><Tag><Key/><Value/></Tag>…</TagSet></Tagging>``
+    body → its ``(key, value)`` pairs in order, texts as sent (not stripped); checked
+    against S3's tag rules by :func:`edgecache.gateway.tagging.validate`.
+
+    Raises:
+        MalformedXML: bad XML, another root, no ``TagSet``, or a ``Tag`` without exactly one
+            ``Key`` and one ``Value``.
+    """
+    root = _parse(body, "Tagging")
+    tag_sets = [element for name, element in _children(root) if name == "TagSet"]
+    if len(tag_sets) != 1:
+        raise errors.MalformedXML()
+    pairs: list[tuple[str, str]] = []
+    for name, element in _children(tag_sets[0]):
+        if name != "Tag":
+            raise errors.MalformedXML()
+        fields = _children(element)
+        keys = [child.text or "" for field, child in fields if field == "Key"]
+        values = [child.text or "" for field, child in fields if field == "Value"]
+        if len(keys) != 1 or len(values) != 1 or len(fields) != 2:
+            raise errors.MalformedXML()
+        pairs.append((keys[0], values[0]))
+    return pairs
+
+
+def tagging_result(tags: dict[str, str]) -> bytes:
+    """GetObjectTagging's ``<Tagging><TagSet>`` (empty for an untagged object)."""
+    root = _root("Tagging")
+    tag_set = _add(root, "TagSet")
+    for key, value in tags.items():
+        tag = _add(tag_set, "Tag")
+        _add(tag, "Key", key)
+        _add(tag, "Value", value)
+    return _bytes(root)

@@ -102,6 +102,8 @@ class WritebackService:
             the next holder of a chunk when one goes silent).
         manifest_ttl_s: a version marked clean expires from KV ``objects`` after this
             (s; ``0``: never): ``cachenode.manifest_ttl_s``.
+        site: this site's name (``federation.site``; ``""``: not federated): the versions
+            of other sites are never written here, and this site's log their ``clean``.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class WritebackService:
         credit: CreditBudget | None = None,
         liveness: Liveness = DEFAULT_LIVENESS,
         manifest_ttl_s: float = 0.0,
+        site: str = "",
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -131,7 +134,7 @@ class WritebackService:
         self._grace = shutdown_grace_s
         self._applier = IntentApplier(
             nc,
-            Catalog(nc, state, clean_ttl_s=manifest_ttl_s),
+            Catalog(nc, state, clean_ttl_s=manifest_ttl_s, site=site),
             state.buckets,
             origin,
             credit=credit if credit is not None else CreditBudget(nc),
@@ -384,7 +387,7 @@ def _header_text(text: str) -> str:
 
 def _describe(intent: wire.Intent) -> dict[str, Any]:
     fields: dict[str, Any] = {"intent": intent.id, "bucket": intent.bucket}
-    if isinstance(intent, wire.ObjectWritten | wire.ObjectDeleted):
+    if isinstance(intent, wire.ObjectWritten | wire.ObjectDeleted | wire.ObjectTagged):
         fields.update(key=intent.key, version=intent.version)
     return fields
 
@@ -443,6 +446,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             credit=CreditBudget(nc, max_bytes=config.nats.download_credit_bytes),
             liveness=Liveness.of(config.nats),
             manifest_ttl_s=config.cachenode.manifest_ttl_s,
+            site=config.federation.site,
         )
         await stack.enter_async_context(writeback_monitor(config, nc, service.stats))
         await service.run(stop)

@@ -10,7 +10,20 @@ absent, or another version                skip: superseded (a later intent follo
 this version, ``clean``                   re-announce ``ObjectClean`` (a redelivery)
 this version, dirty, put                  stream chunks → ``origin.put_object``; CAS clean
 this version, dirty tombstone             ``origin.delete_object``; CAS-delete the entry
+another site's version (federation)       skip: superseded (that site writes it back)
 ========================================  ===============================================
+
+**Federation.** A version stamped ``(hlc, site)`` is written with its stamp, and the origin
+refuses to replace (or delete) an object with a larger stamp
+(:class:`~edgecache.origin.OriginHoldsNewer`; see ``Origin.put_object``): that write is
+skipped as superseded — the newer version's change is on its way to this site and will
+replace the manifest. So a loser's write-back never overwrites the winner in the origin.
+
+An ``ObjectTagged`` intent (the tags of a version already in the origin changed) puts the
+manifest's current tags on the origin's object (``origin.put_tags``) and marks them clean
+(CAS); it is skipped when the version is superseded, still dirty (its put takes the tags
+along) or its tags are clean already. A put whose manifest's tags changed while its bytes
+were uploading puts the new tags before marking the version clean.
 
 then ``ObjectClean`` on ``edgecache.events.object.clean`` (the catalog publishes it with
 the change). A ``BucketCreated`` creates the bucket in the origin while its record in KV
@@ -39,6 +52,7 @@ from edgecache.common.credit import CreditBudget
 from edgecache.common.heartbeats import DEFAULT as DEFAULT_LIVENESS
 from edgecache.common.heartbeats import Liveness
 from edgecache.common.logging import get_logger
+from edgecache.origin import OriginHoldsNewer
 from edgecache.writeback.chunks import ObjectBody
 
 if TYPE_CHECKING:
@@ -55,7 +69,7 @@ log = get_logger(__name__)
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed CAS
 _MAX_ROUNDS = 3  # re-reads of a manifest that changed under us before giving up this attempt
 
-Op = Literal["put", "delete", "create_bucket", "delete_bucket"]
+Op = Literal["put", "delete", "create_bucket", "delete_bucket", "tag"]
 Result = Literal["written", "deleted", "created", "already_clean", "superseded"]
 
 
@@ -91,6 +105,8 @@ def op_of(intent: wire.Intent) -> Op:
             return "create_bucket"
         case wire.BucketDeleted():
             return "delete_bucket"
+        case wire.ObjectTagged():
+            return "tag"
     raise TypeError(f"not an intent: {type(intent).__name__}")
 
 
@@ -156,20 +172,25 @@ class IntentApplier:
                 return await self._create_bucket(intent)
             case wire.BucketDeleted():
                 return await self._delete_bucket(intent)
+            case wire.ObjectTagged():
+                return await self._tag(intent)
         raise TypeError(f"not an intent: {type(intent).__name__}")
 
     # -- manifests ---------------------------------------------------------------------------
-    async def _current(self, intent: wire.ObjectWritten | wire.ObjectDeleted) -> Entry | None:
+    async def _current(self, intent: wire.ObjectWritten | wire.ObjectDeleted | wire.ObjectTagged) -> Entry | None:
         """The manifest if it is still this intent's version, else ``None``."""
         found = await self._catalog.get(intent.bucket, intent.key)
         if found is None or found.manifest.version != intent.version:
             return None
+        if found.manifest.site not in ("", self._catalog.site):
+            return None  # another site's version (a remote record): that site writes it back
         return found
 
     # -- put ---------------------------------------------------------------------------------
     async def _put(self, intent: wire.ObjectWritten) -> Outcome:
         written = 0
         etag: str | None = None  # the origin's ETag once this version is uploaded
+        tags: dict[str, str] = {}  # the tags the origin's object has
         for _ in range(_MAX_ROUNDS):
             found = await self._current(intent)
             if found is None or found[0].deleted:
@@ -183,7 +204,14 @@ class IntentApplier:
                     etag = await self._upload(intent, m)
                 except Superseded:
                     continue  # look again: superseded, or finished by another replica
+                except OriginHoldsNewer as exc:
+                    log.warning("writeback.origin_newer", bucket=m.bucket, key=m.key, version=m.version, reason=str(exc))
+                    return Outcome("put", "superseded", written)
                 written += m.size
+                tags = m.tags
+            elif m.tags != tags:  # retagged while the bytes went up
+                etag = await self._origin.put_tags(m.bucket, m.key, dict(m.tags)) or etag
+                tags = m.tags
             clean = _cleaned(m, etag)
             if await self._catalog.mark_clean(clean, revision):  # announces ObjectClean
                 return Outcome("put", "written", written)
@@ -222,14 +250,38 @@ class IntentApplier:
                     metadata=dict(m.metadata),
                     headers=dict(m.headers),
                     etag=m.etag,
+                    **_stamp(m),
+                    tags=dict(m.tags),
                 )
-        except Superseded:
+        except (Superseded, OriginHoldsNewer):
             raise
         except BaseException as exc:
             # an origin that wraps the body's errors must not hide a fence
             if isinstance(exc.__cause__, Superseded) or isinstance(exc.__context__, Superseded):
                 raise Superseded(str(exc)) from exc
             raise
+
+    # -- tags --------------------------------------------------------------------------------
+    async def _tag(self, intent: wire.ObjectTagged) -> Outcome:
+        """Put the manifest's current tags on the origin's object, then mark them clean (a
+        compare-and-set; a change meanwhile is put in the next round)."""
+        for _ in range(_MAX_ROUNDS):
+            found = await self._current(intent)
+            if found is None or found[0].deleted or found[0].state == "dirty":
+                return Outcome("tag", "superseded")  # gone, newer, or its put carries them
+            m, revision = found
+            if m.tags_state == "clean":
+                return Outcome("tag", "already_clean")
+            origin_etag = await self._origin.put_tags(m.bucket, m.key, dict(m.tags))
+            clean = msgspec.structs.replace(
+                m, tags_state="clean", origin_etag=origin_etag or m.origin_etag, validated_at=time.time()
+            )
+            if await self._catalog.mark_tags_clean(clean, revision):
+                return Outcome("tag", "written")
+        raise errors.ServiceUnavailable(
+            f"manifest of {intent.bucket}/{intent.key} kept changing under the tagging",
+            retry_after_s=1,
+        )
 
     # -- delete ------------------------------------------------------------------------------
     async def _delete(self, intent: wire.ObjectDeleted) -> Outcome:
@@ -240,9 +292,13 @@ class IntentApplier:
             await self._catalog.announce_clean(_tombstone(intent), deleted=True)
             return Outcome("delete", "already_clean")
         m, revision = found
-        if m.version != intent.version or not m.deleted:
+        if m.version != intent.version or not m.deleted or m.site not in ("", self._catalog.site):
             return Outcome("delete", "superseded")
-        await self._origin.delete_object(m.bucket, m.key)
+        try:
+            await self._origin.delete_object(m.bucket, m.key, **_stamp(m))
+        except OriginHoldsNewer as exc:
+            log.warning("writeback.origin_newer", bucket=m.bucket, key=m.key, version=m.version, reason=str(exc))
+            return Outcome("delete", "superseded")
         if not await self._catalog.remove_tombstone(m, revision):  # announces ObjectClean
             # a newer version was written meanwhile; its own intent follows
             return Outcome("delete", "superseded")
@@ -295,9 +351,15 @@ class IntentApplier:
         return wire.decode(entry.value, wire.BucketRecord), entry.revision
 
 
+def _stamp(m: wire.Manifest) -> dict[str, int | str]:
+    """The origin's ``hlc``/``site`` arguments for ``m`` (none for an unstamped version: a
+    lone site writes as it always did)."""
+    return {"hlc": m.hlc, "site": m.site} if m.hlc else {}
+
+
 def _cleaned(m: wire.Manifest, origin_etag: str) -> wire.Manifest:
     return msgspec.structs.replace(
-        m, state="clean", origin_etag=origin_etag, validated_at=time.time()
+        m, state="clean", tags_state="clean", origin_etag=origin_etag, validated_at=time.time()
     )
 
 
