@@ -4,6 +4,7 @@
 #
 #   make up   ARGS="--port 9100"        extra flags for `edgecache up`
 #   make test ARGS="-k federator -x"    extra flags for pytest
+#   make test TEST_WORKERS=0            in one process (default: two xdist workers)
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -12,6 +13,8 @@ SHELL := bash
 
 PYTHON ?= python3
 ARGS ?=
+# pytest-xdist workers of `make test` (0: one process)
+TEST_WORKERS ?= 2
 AZURITE_VERSION := 3.35.0
 TOOLS := .tools
 
@@ -40,7 +43,7 @@ up: deps  ## run the whole stack in the foreground (ARGS: flags for edgecache up
 	$(UV) run --no-sync edgecache up $(ARGS)
 
 test: deps  ## run the whole test suite (ARGS: flags for pytest)
-	$(UV) run --no-sync pytest $(ARGS)
+	$(UV) run --no-sync pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 lint: $(VENV_STAMP)  ## ruff
 	$(UV) run --no-sync ruff check .

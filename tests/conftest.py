@@ -18,3 +18,14 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
+
+
+# `make test` runs the suite in two pytest-xdist workers (`--dist loadgroup`). Each test file
+# stays on one worker, so a module's fixtures start once; every test that uses the session's
+# `edgecache up` stack (tests/fixtures/stack.py) shares one worker, so that stack starts once.
+def pytest_collection_modifyitems(items):  # noqa: ANN001, ANN201 - a pytest hook
+    import pytest
+
+    for item in items:
+        group = "stack" if "stack" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
