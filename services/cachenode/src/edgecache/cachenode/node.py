@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from edgecache.cachenode.adoption import Adoptions
+from edgecache.cachenode.adoptions import Adoptions
 from edgecache.cachenode.counters import Counters
 from edgecache.cachenode.fill import Filler
 from edgecache.cachenode.membership import LiveNodes
