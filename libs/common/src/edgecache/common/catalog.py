@@ -426,6 +426,21 @@ class Catalog:
             )
         await self._invalidate(bucket, None, "")
 
+    async def log_bucket_created(self, bucket: str) -> None:
+        """Log a bucket created here for the other sites (federated; nothing otherwise), so
+        that they know it before its creation reaches the origin.
+
+        Raises:
+            ServiceUnavailable: the change log did not take it (see :meth:`_change`).
+        """
+        if self.site:
+            await self._append_change(
+                wire.SiteChange(
+                    id=new_id(), at_ns=time.time_ns(), site=self.site, bucket=bucket, key=None,
+                    hlc=self.clock.now(),
+                )
+            )
+
     # -- federation ---------------------------------------------------------------------------
     def _stamp(self, manifest: wire.Manifest, current: Entry | None) -> wire.Manifest:
         """``manifest`` stamped as this site's, with an ``hlc`` past ``current``, the version
@@ -459,8 +474,9 @@ class Catalog:
         invalidating memory tiers); a losing one is ignored (our winner's own change
         reaches the other site); a ``clean`` change of the remote version recorded here
         turns the record clean and fillable from the origin. A bucket deletion
-        (``key`` ``None``) only invalidates the bucket's memory tiers: its objects' own
-        deletes come as changes of their own.
+        (``key`` ``None``, ``deleted``) only invalidates the bucket's memory tiers: its
+        objects' own deletes come as changes of their own; a bucket creation (``key``
+        ``None``) is the caller's to record (KV ``buckets`` is the cache node's).
 
         Args:
             change: the remote change (``change.site`` is not this site's).
@@ -477,7 +493,8 @@ class Catalog:
         if change.site == self.site:
             return Applied("ignored", None)
         if change.key is None:
-            await self.invalidate_bucket(change.bucket, logged=False)
+            if change.deleted:
+                await self.invalidate_bucket(change.bucket, logged=False)
             return Applied("bucket", None)
         record = remote_record(change, chunk_bytes=chunk_bytes)
         for _ in range(_APPLY_ROUNDS):

@@ -17,7 +17,7 @@ from edgecache.common import errors, wire
 from edgecache.common.ids import new_id
 from edgecache.common.names import validate_bucket_name
 
-__all__ = ["create_bucket", "delete_bucket", "head_bucket", "list_buckets"]
+__all__ = ["create_bucket", "delete_bucket", "head_bucket", "list_buckets", "record_remote_bucket"]
 
 
 async def create_bucket(node: CacheNode, request: wire.CreateBucket) -> wire.Ok:
@@ -41,7 +41,20 @@ async def create_bucket(node: CacheNode, request: wire.CreateBucket) -> wire.Ok:
             raise errors.BucketAlreadyOwnedByYou(resource=request.bucket) from race
     intent = wire.BucketCreated(id=new_id(), at_ns=time.time_ns(), bucket=request.bucket)
     await node.catalog.publish_intent(intent)
+    await node.catalog.log_bucket_created(request.bucket)  # federated: the other sites know it
     return wire.Ok()
+
+
+async def record_remote_bucket(node: CacheNode, bucket: str) -> None:
+    """Another site created ``bucket`` (federation): record it here too if this site has no
+    record of it, with no intent (the creating site writes it back), so that the site's
+    clients see one namespace before the creation reaches the origin. A live record or a
+    tombstone (a deletion on its way to the origin) here is left as it is."""
+    record = wire.encode(wire.BucketRecord(name=bucket, created=now()))
+    try:
+        await node.state.buckets.create(bucket, record)
+    except KeyWrongLastSequenceError:
+        return
 
 
 async def head_bucket(node: CacheNode, request: wire.HeadBucket) -> wire.BucketInfo:

@@ -28,6 +28,7 @@ import msgspec
 from nats.errors import NoRespondersError as NatsNoResponders
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from edgecache.cachenode import buckets
 from edgecache.common import errors, stream, subjects, wire
 from edgecache.common.heartbeats import Liveness
 from edgecache.common.logging import get_logger
@@ -82,6 +83,8 @@ async def apply_change(node: CacheNode, msg: Msg) -> None:
     when the manifest kept changing or JetStream failed: deliver it again)."""
     try:
         change = wire.decode(msg.data, wire.SiteChange)
+        if change.key is None and not change.deleted and change.site != node.catalog.site:
+            await buckets.record_remote_bucket(node, change.bucket)
         applied = await node.catalog.apply_remote(change, chunk_bytes=node.chunk_bytes)
         replaced = applied.replaced
         if replaced is not None and replaced.state == "dirty" and replaced.chunks:
