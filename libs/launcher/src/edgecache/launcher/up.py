@@ -127,8 +127,10 @@ def plan(
 
     The private nats-server admits only the identities of
     :data:`~edgecache.launcher.natsauth.IDENTITIES` (passwords in
-    ``nats-credentials.toml``) and fsyncs JetStream writes before acknowledging them. Each
-    service's file names its own identity. With an external NATS every service, and ``up``,
+    ``nats-credentials.toml``) and each cache node's own nkey
+    (:mod:`~edgecache.launcher.nodekeys`: node *i*'s file names its seed,
+    ``nats.nkey_seed_file``, and no password), and fsyncs JetStream writes before
+    acknowledging them. Each service's file names its own identity. With an external NATS every service, and ``up``,
     connect as the config's ``nats.user`` (if any).
 
     HTTPS: with ``tls_self_signed`` the gateway's certificate is made (or kept) under
