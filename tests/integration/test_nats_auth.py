@@ -2,20 +2,24 @@
 service with least-privilege permissions (edgecache.launcher.natsauth), and the services
 still work together under them.
 
-One nats-server for the module, with the users and permissions of ``up`` and
-``sync_interval: always``; the JetStream state is created by ``admin`` first, as ``up`` does.
+One nats-server for the module, with the users and permissions of ``up`` (two cache nodes
+with their own nkeys, ``node-a`` and ``node-b``) and ``sync_interval: always``; the
+JetStream state is created by ``admin`` first, as ``up`` does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import click
+import httpx
 import msgspec
 import nats
 import pytest
@@ -28,17 +32,38 @@ from edgecache.common.config import Config, NatsConfig, load_config
 from edgecache.common.jetstream import ensure_state
 from edgecache.common.runtime import connect_nats
 from edgecache.launcher.natsauth import IDENTITIES, authorization_block, inbox_prefix
-from edgecache.launcher.natsserver import NatsServer
+from edgecache.launcher.natsserver import NatsServer, free_port
+from edgecache.launcher.nodekeys import load_or_create_node_keys, node_key_file
+from edgecache.launcher.sitekey import SiteKey, load_or_create_user_key
 from edgecache.launcher.status import read_status
 
 MiB = 1024 * 1024
 PASSWORDS = {name: secrets.token_hex(16) for name in IDENTITIES}
+NODES = ("node-a", "node-b")  # cache nodes with their own nkeys
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("node-keys")
+
+
+@pytest.fixture(scope="module")
+def node_keys(keys_dir: Path) -> dict[str, SiteKey]:
+    return load_or_create_node_keys(keys_dir, NODES)
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, node_keys: dict[str, SiteKey]
+) -> Iterator[NatsServer]:
     root = tmp_path_factory.mktemp("locked-nats")
-    srv = NatsServer(root, authorization=authorization_block(PASSWORDS), sync_interval="always")
+    nkeys = {"cachenode": [k.public for k in node_keys.values()]}
+    srv = NatsServer(
+        root,
+        authorization=authorization_block(PASSWORDS, nkeys=nkeys),
+        sync_interval="always",
+        monitor_port=free_port(),
+    )
     srv.start(log_file=root / "nats-server.log")
     yield srv
     srv.stop()
@@ -50,6 +75,15 @@ def identity(server: NatsServer, name: str) -> NatsConfig:
     )
 
 
+def node_identity(server: NatsServer, keys_dir: Path, node: str) -> NatsConfig:
+    """Cache node ``node`` as ``edgecache up`` configures it: its own nkey, no password."""
+    return NatsConfig(
+        url=server.url,
+        nkey_seed_file=str(node_key_file(keys_dir, node)),
+        inbox_prefix=inbox_prefix("cachenode"),
+    )
+
+
 class Conn:
     """A connection as one identity that records the server's complaints."""
 
@@ -57,15 +91,16 @@ class Conn:
         self.errors: list[str] = []
         self.nc: NATS | None = None
 
-    async def open(self, server: NatsServer, name: str) -> Conn:
+    async def open(self, server: NatsServer, name: str, ident: NatsConfig | None = None) -> Conn:
         async def remember(exc: Exception) -> None:
             self.errors.append(str(exc).lower())
 
-        ident = identity(server, name)
+        ident = ident or identity(server, name)
         self.nc = await nats.connect(
             server.url,
-            user=ident.user,
-            password=ident.password,
+            user=ident.user or None,
+            password=ident.password or None,
+            nkeys_seed=ident.nkey_seed_file or None,
             inbox_prefix=ident.inbox_prefix,
             error_cb=remember,
             allow_reconnect=False,
@@ -89,8 +124,8 @@ class Conn:
 async def as_identity(server: NatsServer) -> AsyncIterator:
     conns: list[Conn] = []
 
-    async def open_as(name: str) -> Conn:
-        conn = await Conn().open(server, name)
+    async def open_as(name: str, ident: NatsConfig | None = None) -> Conn:
+        conn = await Conn().open(server, name, ident)
         conns.append(conn)
         return conn
 
@@ -202,6 +237,60 @@ async def test_each_identity_is_refused_outside_its_permissions(as_identity, nam
     assert len(await conn.violations()) == len(refused)
 
 
+async def test_a_node_nkey_has_the_cachenode_permissions_only(
+    server: NatsServer, keys_dir: Path, as_identity
+) -> None:
+    conn = await as_identity("cachenode", node_identity(server, keys_dir, "node-a"))
+    assert conn.nc is not None
+    denied = DENIED_PUBLISH["cachenode"]
+    for subject in denied:
+        await conn.nc.publish(subject, b"{}")
+    said = "\n".join(await conn.violations(len(denied)))
+    for subject in denied:
+        assert f'publish to "{subject.lower()}"' in said, subject
+
+
+async def test_a_seed_the_server_does_not_list_is_refused(
+    server: NatsServer, tmp_path: Path
+) -> None:
+    load_or_create_user_key(tmp_path / "stranger.nk")  # a well-formed key, just not listed
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(
+            server.url,
+            nkeys_seed=str(tmp_path / "stranger.nk"),
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+        )
+
+
+async def _raw_connect(server: NatsServer, public: str, signer: SiteKey) -> bytes:
+    """What the server answers a CONNECT that claims nkey ``public`` and signs the server's
+    nonce with ``signer``'s seed (then a PING): ``PONG`` if admitted, else ``-ERR``."""
+    import nkeys
+
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        info = json.loads((await reader.readline()).removeprefix(b"INFO "))
+        pair = nkeys.from_seed(bytearray(signer.seed.encode()))
+        sig = base64.urlsafe_b64encode(pair.sign(info["nonce"].encode())).rstrip(b"=")
+        connect = {"verbose": False, "pedantic": False, "nkey": public, "sig": sig.decode()}
+        writer.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+
+
+async def test_one_node_key_cannot_log_in_as_another(
+    server: NatsServer, node_keys: dict[str, SiteKey]
+) -> None:
+    a, b = node_keys["node-a"], node_keys["node-b"]
+    assert a.public != b.public and a.seed != b.seed
+    assert (await _raw_connect(server, b.public, b)).startswith(b"PONG")
+    # node A's seed cannot sign for node B's public key
+    assert b"Authorization Violation" in await _raw_connect(server, b.public, a)
+
+
 async def test_the_platform_identity_cannot_read_kv(as_identity) -> None:
     conn = await as_identity("platform")
     js = conn.nc.jetstream(timeout=0.5)
@@ -240,11 +329,12 @@ async def _get(client: EdgecacheClient, bucket: str, key: str) -> bytes:
 
 
 async def test_the_services_work_together_under_their_identities(
-    server: NatsServer, as_identity, tmp_path: Path
+    server: NatsServer, as_identity, tmp_path: Path, keys_dir: Path, node_keys: dict
 ) -> None:
-    """Federator, writeback and two cache nodes, each as its own identity, serve a platform
-    client: chunks are replicated to the peer and read back from it, and the write-back
-    reaches the origin, without a single permission violation."""
+    """Federator, writeback and two cache nodes, each as its own identity (each node its
+    own nkey, as ``edgecache up`` runs them), serve a platform client: chunks are replicated
+    to the peer and read back from it, and the write-back reaches the origin, without a
+    single permission violation."""
     from edgecache.cachenode.service import serve as cachenode
     from edgecache.federator.service import serve as federator
     from edgecache.writeback.service import serve as writeback
@@ -254,17 +344,18 @@ async def test_the_services_work_together_under_their_identities(
     services = [
         federator(service_config(server, "federator", tmp_path / "fed"), stop),
         writeback(service_config(server, "writeback", tmp_path / "wb"), stop),
-        cachenode(
-            service_config(
-                server, "cachenode", tmp_path / "a", cachenode={**node, "node_id": "node-a"}
-            ),
-            stop,
-        ),
-        cachenode(
-            service_config(
-                server, "cachenode", tmp_path / "b", cachenode={**node, "node_id": "node-b"}
-            ),
-            stop,
+        *(
+            cachenode(
+                service_config(
+                    server,
+                    "cachenode",
+                    tmp_path / n,
+                    cachenode={**node, "node_id": n},
+                    nats=msgspec.to_builtins(node_identity(server, keys_dir, n)),
+                ),
+                stop,
+            )
+            for n in NODES
         ),
     ]
     log = Path(server.store_dir) / "nats-server.log"
@@ -281,6 +372,12 @@ async def test_the_services_work_together_under_their_identities(
                     break
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)  # one membership refresh (heartbeat_s) on each node
+        # two identities in the server: each node is logged in as its own nkey
+        monitor = f"http://{server.host}:{server.monitor_port}/connz?auth=1&limit=1000"
+        async with httpx.AsyncClient() as http:
+            conns = (await http.get(monitor)).json()["connections"]
+        by_name = {c.get("authorized_user") for c in conns if c.get("name") == "edgecache-cachenode"}
+        assert by_name == {k.public for k in node_keys.values()}
         await client.request(wire.CreateBucket(bucket="locked"))
         data = os.urandom(3 * MiB + 5)
         info = await client.put_object(wire.PutObject(bucket="locked", key="k"), _one(data))

@@ -17,7 +17,7 @@ from edgecache.common.config import load_config
 from edgecache.launcher import configfile, hub, natsauth
 from edgecache.launcher import up as up_mod
 from edgecache.launcher.natsserver import find_binary, free_port
-from edgecache.launcher.sitekey import load_or_create_site_key
+from edgecache.launcher.sitekey import load_or_create_site_key, public_key
 
 
 def _valid(conf: Path) -> None:
@@ -46,6 +46,13 @@ def test_up_site_plans_a_leaf_node_with_its_own_domain(tmp_path: Path) -> None:
     for service in ("cachenode", "federator", "gateway"):
         written = tomllib.loads((tmp_path / "services" / f"{service}.toml").read_text())
         assert written["federation"]["site"] == "paris"
+    # the cache node logs in with its own nkey, whose user has the site's grants too
+    node_nats = tomllib.loads((tmp_path / "services" / "cachenode.toml").read_text())["nats"]
+    assert not node_nats.get("password")
+    public = public_key(Path(node_nats["nkey_seed_file"]).read_text().strip())
+    node_user = text[text.index(f'nkey: "{public}"') :]
+    node_user = node_user[: node_user.index("\n    }}")]
+    assert '"edgecache.fed.site.paris.s3.>"' in node_user and '"_INBOX.cachenode.>"' in node_user
 
 
 def test_up_site_needs_a_hub_url_and_a_name_that_can_be_a_domain(tmp_path: Path) -> None:

@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from edgecache.common.config import Config, load_config
-from edgecache.launcher import configfile, credentials, datadir, natsauth, status
+from edgecache.launcher import configfile, credentials, datadir, natsauth, nodekeys, status
 from edgecache.launcher import up as up_mod
 from edgecache.launcher.natsserver import find_binary, free_port
+from edgecache.launcher.sitekey import public_key
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
@@ -68,19 +69,29 @@ def test_up_gives_each_service_its_own_identity(tmp_path: Path) -> None:
         assert path == tmp_path / datadir.SERVICES_DIR / f"{spec.name}.toml"
         assert _mode(path) == 0o600
         nats = load_config(path, env={}).nats
+        assert nats.url == shared.nats.url == plan.nats.url
+        if spec.name == "cachenode":  # its own nkey, listed by the server, and no password
+            seed = nodekeys.node_key_file(tmp_path, spec.name)
+            assert (nats.user, nats.password, nats.nkey_seed_file) == ("", "", str(seed))
+            assert _mode(seed) == 0o600
+            assert f'nkey: "{public_key(seed.read_text().strip())}"' in text
+            assert nats.inbox_prefix == "_INBOX.cachenode"
+            continue
         mine = identities[natsauth.SERVICE_IDENTITIES[spec.name]]
-        assert (nats.user, nats.password, nats.inbox_prefix) == (
+        assert (nats.user, nats.password, nats.inbox_prefix, nats.nkey_seed_file) == (
             spec.name,
             mine.password,
             f"_INBOX.{spec.name}",
+            "",
         )
-        assert nats.url == shared.nats.url == plan.nats.url
     assert plan.admin.user == "admin"
 
     # a second start keeps the passwords (a platform service configured once keeps working)
     again = up_mod.plan(_config(tmp_path), tmp_path, external_nats=False, nats_port=0)
     assert credentials.load_or_create_nats_identities(tmp_path, natsauth.IDENTITIES) == identities
     assert again.admin.password == plan.admin.password
+    node_seed = nodekeys.node_key_file(tmp_path, "cachenode").read_text().strip()
+    assert f'nkey: "{public_key(node_seed)}"' in text  # and the cache node keeps its key
 
 
 def test_up_with_an_external_nats_uses_the_configured_identity(tmp_path: Path) -> None:

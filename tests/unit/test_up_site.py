@@ -11,6 +11,7 @@ from edgecache.common.config import Config, NatsConfig, load_config
 from edgecache.launcher import configfile, datadir
 from edgecache.launcher import up as up_mod
 from edgecache.launcher.natsserver import find_binary, free_port
+from edgecache.launcher.sitekey import public_key
 
 
 def _config(root: Path) -> Config:
@@ -60,9 +61,19 @@ def test_up_plans_a_three_server_cluster_and_three_cache_nodes(tmp_path: Path) -
     )  # a one-node data dir keeps its chunks
     ports = [n.cachenode.metrics_port for n in nodes]
     assert ports == [ports[0], ports[0] + 1, ports[0] + 2]
-    assert {(n.nats.user, n.nats.replicas, n.nats.url) for n in nodes} == {
-        ("cachenode", 3, plan.config.nats.url)
+    assert {(n.nats.user, n.nats.password, n.nats.replicas, n.nats.url) for n in nodes} == {
+        ("", "", 3, plan.config.nats.url)
     }
+    # each node logs in with its own nkey (seed mode 0600), which every server lists
+    seeds = [Path(n.nats.nkey_seed_file) for n in nodes]
+    assert len(set(seeds)) == 3
+    publics = [public_key(seed.read_text().strip()) for seed in seeds]
+    assert len(set(publics)) == 3
+    for seed in seeds:
+        assert seed.stat().st_mode & 0o777 == 0o600
+    for server in servers:
+        text = (server.store_dir / "nats-server.conf").read_text()
+        assert all(f'nkey: "{public}"' in text for public in publics)
 
 
 def test_up_keeps_one_server_and_one_node_by_default(tmp_path: Path) -> None:

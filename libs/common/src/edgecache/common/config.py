@@ -47,6 +47,9 @@ class NatsConfig(msgspec.Struct, **_OPTS):
     # this service's NATS identity (docs/security.md); empty: connect without credentials
     user: str = ""
     password: str = ""
+    # a file holding this service's nkey seed ("SU…", docs/security.md); when set the
+    # service authenticates with it (nats-py nkeys_seed=) instead of user/password
+    nkey_seed_file: str = ""
     # reply subjects are <inbox_prefix>.<id>: a locked-down NATS lets each identity
     # subscribe only under its own prefix (`edgecache up` uses _INBOX.<identity>)
     inbox_prefix: str = "_INBOX"

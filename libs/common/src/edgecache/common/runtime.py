@@ -39,7 +39,8 @@ class ConnectionWatcher(Protocol):
 async def connect_nats(
     config: NatsConfig, *, name: str, watchers: Sequence[ConnectionWatcher] = ()
 ) -> NATS:
-    """Connect to NATS at ``config.url`` as ``config.user`` (none when empty), with reply
+    """Connect to NATS at ``config.url`` as the nkey whose seed is in
+    ``config.nkey_seed_file`` if set, else as ``config.user`` (none when empty), with reply
     subjects under ``config.inbox_prefix``, reconnecting forever on loss. ``watchers`` hear
     of every disconnect, reconnect and asynchronous error (a slow consumer, for one) after
     it is logged.
@@ -50,6 +51,7 @@ async def connect_nats(
     Raises:
         nats.errors.NoServersError: no server answered within ``connect_timeout_s``.
         nats.errors.Error: the server refused the credentials (``Authorization Violation``).
+        OSError: ``config.nkey_seed_file`` cannot be read.
     """
 
     async def on_error(exc: Exception) -> None:
@@ -70,8 +72,9 @@ async def connect_nats(
     return await nats.connect(
         servers=config.servers(),
         name=name,
-        user=config.user or None,
-        password=config.password or None,
+        user=None if config.nkey_seed_file else config.user or None,
+        password=None if config.nkey_seed_file else config.password or None,
+        nkeys_seed=config.nkey_seed_file or None,
         inbox_prefix=config.inbox_prefix,
         connect_timeout=config.connect_timeout_s,
         max_reconnect_attempts=-1,

@@ -33,7 +33,7 @@ cache node's inbox and upload frames to ``edgecache.stream.<node>.<id>``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from edgecache.common import subjects, wire
@@ -240,7 +240,12 @@ def _strings(values: tuple[str, ...], indent: str) -> str:
     return "[\n" + "".join(f"{indent}  {json.dumps(v)}\n" for v in values) + f"{indent}]"
 
 
-def authorization_block(passwords: Mapping[str, str] | None = None, *, site: str = "") -> str:
+def authorization_block(
+    passwords: Mapping[str, str] | None = None,
+    *,
+    site: str = "",
+    nkeys: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     """The ``authorization {}`` block of a nats-server config: one user per identity of
     :data:`IDENTITIES` with its permissions; no anonymous connections.
 
@@ -249,9 +254,11 @@ def authorization_block(passwords: Mapping[str, str] | None = None, *, site: str
             references instead (``$EDGECACHE_NATS_<IDENTITY>_PASSWORD``, for compose).
         site: a federated site's name: each identity gets its federation grants too
             (:func:`identities_for`); ``""``: a lone site.
+        nkeys: identity name -> public user nkeys (``U…``): one more user per key, with
+            that identity's permissions (each cache node of ``edgecache up`` has its own).
 
     Raises:
-        KeyError: ``passwords`` lacks an identity.
+        KeyError: ``passwords`` lacks an identity, or ``nkeys`` names an unknown one.
     """
     users = []
     for name, perms in identities_for(site).items():
@@ -259,6 +266,9 @@ def authorization_block(passwords: Mapping[str, str] | None = None, *, site: str
             json.dumps(passwords[name]) if passwords is not None else f"${password_variable(name)}"
         )
         users.append((f"user: {json.dumps(name)}, password: {secret}", perms))
+    for name, publics in (nkeys or {}).items():
+        perms = identities_for(site)[name]
+        users += [(f"nkey: {json.dumps(public)}", perms) for public in publics]
     return render_authorization(users)
 
 

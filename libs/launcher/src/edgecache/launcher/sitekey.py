@@ -17,13 +17,20 @@ from edgecache.launcher.datadir import write_private
 # nkeys (PyNaCl) is imported inside the functions, as nats-py is in connection.py: every
 # `edgecache` command would otherwise pay its import (about 40 ms), only --site uses it.
 
-__all__ = ["FEDERATION_DIR", "SiteKey", "load_or_create_site_key", "public_key"]
+__all__ = [
+    "FEDERATION_DIR",
+    "SiteKey",
+    "load_or_create_site_key",
+    "load_or_create_user_key",
+    "public_key",
+]
 
 FEDERATION_DIR = "federation"
 
 
 class SiteKey:
-    """A site's nkey: ``seed`` (``SU…``, secret) and ``public`` (``U…``)."""
+    """A user nkey (a site's, a cache node's): ``seed`` (``SU…``, secret) and ``public``
+    (``U…``)."""
 
     __slots__ = ("public", "seed")
 
@@ -50,9 +57,10 @@ def public_key(seed: str) -> str:
     return public
 
 
-def load_or_create_site_key(data_dir: Path) -> tuple[SiteKey, bool]:
-    """This site's nkey from ``<data_dir>/federation/site.nk``, generated (32 bytes from
-    ``os.urandom``) and saved with mode 0600 on first use, with its public key beside it.
+def load_or_create_user_key(seed_file: Path) -> tuple[SiteKey, bool]:
+    """The user nkey whose seed is in ``seed_file``, generated (32 bytes from ``os.urandom``)
+    and saved with mode 0600 on first use (its folder made if missing), with its public key
+    beside it in ``<seed_file stem>.pub``.
 
     Returns:
         ``(key, created)``.
@@ -60,15 +68,25 @@ def load_or_create_site_key(data_dir: Path) -> tuple[SiteKey, bool]:
     Raises:
         click.ClickException: the file exists but holds no user nkey seed.
     """
-    folder = data_dir / FEDERATION_DIR
-    path = folder / "site.nk"
-    created = not path.exists()
+    created = not seed_file.exists()
     if created:
         import nkeys
 
-        folder.mkdir(parents=True, exist_ok=True)
+        seed_file.parent.mkdir(parents=True, exist_ok=True)
         seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
-        write_private(path, seed + "\n")
-    key = SiteKey(path.read_text().strip())
-    (folder / "site.pub").write_text(key.public + "\n")
+        write_private(seed_file, seed + "\n")
+    key = SiteKey(seed_file.read_text().strip())
+    seed_file.with_suffix(".pub").write_text(key.public + "\n")
     return key, created
+
+
+def load_or_create_site_key(data_dir: Path) -> tuple[SiteKey, bool]:
+    """This site's nkey from ``<data_dir>/federation/site.nk`` (:func:`load_or_create_user_key`).
+
+    Returns:
+        ``(key, created)``.
+
+    Raises:
+        click.ClickException: the file exists but holds no user nkey seed.
+    """
+    return load_or_create_user_key(data_dir / FEDERATION_DIR / "site.nk")

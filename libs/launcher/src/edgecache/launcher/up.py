@@ -33,8 +33,10 @@ from edgecache.launcher.leafnodes import site_nats_options
 from edgecache.launcher.natsauth import ADMIN, IDENTITIES, SERVICE_IDENTITIES, authorization_block
 from edgecache.launcher.natscluster import NatsCluster
 from edgecache.launcher.natsserver import NatsServer, find_binary, free_port
+from edgecache.launcher.nodekeys import load_or_create_node_keys, node_key_file
 from edgecache.launcher.ports import http_answers, port_in_use, wait_tcp
 from edgecache.launcher.render import render_banner
+from edgecache.launcher.sitekey import SiteKey
 from edgecache.launcher.supervisor import ChildSpec, FatalExit, Supervisor, tail
 from edgecache.launcher.tlscert import default_names, ensure_self_signed
 
@@ -125,8 +127,10 @@ def plan(
 
     The private nats-server admits only the identities of
     :data:`~edgecache.launcher.natsauth.IDENTITIES` (passwords in
-    ``nats-credentials.toml``) and fsyncs JetStream writes before acknowledging them. Each
-    service's file names its own identity. With an external NATS every service, and ``up``,
+    ``nats-credentials.toml``) and each cache node's own nkey
+    (:mod:`~edgecache.launcher.nodekeys`: node *i*'s file names its seed,
+    ``nats.nkey_seed_file``, and no password), and fsyncs JetStream writes before
+    acknowledging them. Each service's file names its own identity. With an external NATS every service, and ``up``,
     connect as the config's ``nats.user`` (if any).
 
     HTTPS: with ``tls_self_signed`` the gateway's certificate is made (or kept) under
@@ -173,11 +177,17 @@ def plan(
     admin = config.nats
     nats_children: list[tuple[str, NatsServer]] = []
     site_key = None
+    node_keys: dict[str, SiteKey] = {}  # cache node child name -> its own nkey
     if not external_nats:
         identities = load_or_create_nats_identities(root, IDENTITIES)
         passwords = {n: i.password for n, i in identities.items()}
+        node_keys = load_or_create_node_keys(root, cachenode_names(cachenodes))
         options = {
-            "authorization": authorization_block(passwords, site=config.federation.site),
+            "authorization": authorization_block(
+                passwords,
+                site=config.federation.site,
+                nkeys={SERVICE_IDENTITIES["cachenode"]: [k.public for k in node_keys.values()]},
+            ),
             "sync_interval": SYNC_INTERVAL,
         }
         if config.federation.site:  # a federated site: its domain and the leaf remote
@@ -221,6 +231,12 @@ def plan(
             own = msgspec.structs.replace(own, admin=admin_config)
         processes = cachenode_configs(own, cachenodes) if name == "cachenode" else [(name, own)]
         for child, child_config in processes:
+            if child in node_keys:  # the node logs in with its own nkey, not the password
+                seed_file = str(node_key_file(root, child).resolve())
+                nats = msgspec.structs.replace(
+                    child_config.nats, user="", password="", nkey_seed_file=seed_file
+                )
+                child_config = msgspec.structs.replace(child_config, nats=nats)
             service_path = root / SERVICES_DIR / f"{child}.toml"
             write_config(child_config, service_path)
             argv = [sys.executable, "-m", f"edgecache.{name}", "--config", str(service_path)]
@@ -250,6 +266,11 @@ def plan(
     )
 
 
+def cachenode_names(count: int) -> list[str]:
+    """The child names of ``count`` cache node processes: ``cachenode``, ``cachenode-2``, …"""
+    return ["cachenode", *(f"cachenode-{i}" for i in range(2, count + 1))]
+
+
 def cachenode_configs(config: Config, count: int) -> list[tuple[str, Config]]:
     """The child name and config of each of ``count`` cache node processes on this host.
 
@@ -261,14 +282,14 @@ def cachenode_configs(config: Config, count: int) -> list[tuple[str, Config]]:
     """
     nodes = [("cachenode", config)]
     base = config.cachenode
-    for i in range(2, count + 1):
+    for i, child in enumerate(cachenode_names(count)[1:], start=2):
         section = msgspec.structs.replace(
             base,
             data_dir=str(Path(config.data_dir) / f"cachenode-{i}"),
             node_id=f"{base.node_id}-{i}" if base.node_id else "",
             metrics_port=base.metrics_port + i - 1 if base.metrics_port else 0,
         )
-        nodes.append((f"cachenode-{i}", msgspec.structs.replace(config, cachenode=section)))
+        nodes.append((child, msgspec.structs.replace(config, cachenode=section)))
     return nodes
 
 
