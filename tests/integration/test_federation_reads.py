@@ -352,7 +352,7 @@ async def test_a_read_across_a_broken_hub_link_is_503_and_nothing_else_stops(
 # stops handing them to the node. Otherwise it arrives 0.25-2.2 s after the link returns.
 # Kept running (not skipped) so that the suite shows when it passes; docs/operations.md
 # ("Two sites and a hub") says so.
-@pytest.mark.xfail(strict=False, reason="known issue: a source may stay stuck after a hub restart under load")
+@pytest.mark.xfail(strict=False, reason="known issue: after a hub restart the apply consumer may stop applying changes that arrived")
 async def test_a_change_made_during_the_cut_reaches_b_when_the_link_returns(
     federation: Federation, sites: dict[str, Site], bucket: str
 ) -> None:
