@@ -351,6 +351,43 @@ async def test_applier_sends_other_sites_changes_to_a_node(
             await task
 
 
+async def test_applier_keeps_consuming_after_fetches_outlast_a_stalled_event_loop(
+    federation: Federation, conns: dict[str, NATS]
+) -> None:
+    """An event loop stalled for longer than a fetch's wait (a loaded host) makes nats-py's
+    ``fetch`` raise a bare ``asyncio.TimeoutError``; the applier's loop once ended there and
+    the site never applied another change. Now it idles through them and applies what comes."""
+    await _streams(federation, conns)
+    wait_s = 0.05
+    applier = ChangeApplier(conns["b"], "b", max_in_flight=4, timeout_s=0.5, fetch_wait_s=wait_s)
+    node = StandInNode()
+    sub = await conns["b"].subscribe(subjects.FED_APPLY, queue=subjects.CACHENODE_QUEUE, cb=node.answer)
+    task = asyncio.create_task(applier.run())
+    stalls = 0
+
+    async def stall_the_loop() -> None:  # blocks the loop past each fetch's deadline
+        nonlocal stalls
+        while True:
+            await asyncio.sleep(0)
+            time.sleep(wait_s * 1.2)  # noqa: ASYNC251 - the stall is the point
+            stalls += 1
+
+    staller = asyncio.create_task(stall_the_loop())
+    try:
+        await _until(lambda: stalls >= 20)
+        staller.cancel()
+        assert not task.done(), f"the applier's loop ended: {task.exception()!r}"
+        change = await _append(conns["a"], "a", "k-after-stalls")
+        await _until(lambda: change in node.changes)
+        assert not task.done()
+    finally:
+        staller.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await sub.unsubscribe()
+
+
 # --- membership: site heartbeats → the hub federator (KV sites, TTL) → status
 
 

@@ -3,6 +3,11 @@
 A service's ``__main__`` calls :func:`run_service` with its ``serve(config, stop)``
 coroutine; SIGINT/SIGTERM set ``stop``; ``serve`` unwinds its resources (an
 ``AsyncExitStack``) and drains its NATS connection before it returns.
+
+A service's background loops (a consumer, a sweep, heartbeats) run for its whole life;
+``serve`` waits with :func:`until_stopped`, so that a loop that ends early ends the
+service with an error instead of leaving it up with a part of it dead (the supervisor,
+``edgecache up`` or compose, starts it again).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol
 
 import nats
@@ -21,7 +26,7 @@ from nats.aio.client import Client as NATS
 from edgecache.common.config import Config, ConfigError, NatsConfig, load_config
 from edgecache.common.logging import configure_logging, get_logger
 
-__all__ = ["ConnectionWatcher", "connect_nats", "run_service"]
+__all__ = ["ConnectionWatcher", "LoopEnded", "connect_nats", "run_service", "until_stopped"]
 
 log = get_logger(__name__)
 
@@ -84,6 +89,32 @@ async def connect_nats(
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
+
+
+class LoopEnded(RuntimeError):
+    """A loop meant to run until the service stops ended before (its exception, if it
+    raised one, is the ``__cause__``)."""
+
+
+async def until_stopped(stop: asyncio.Event, loops: Collection[asyncio.Future[None]]) -> None:
+    """Wait until ``stop`` is set.
+
+    Raises:
+        LoopEnded: one of ``loops`` ended first (raised, returned, or was cancelled), named
+            by its task name; the other loops are left running for the caller to cancel.
+    """
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({stopped, *loops}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if stop.is_set():
+        return
+    ended = next(loop for loop in loops if loop.done())
+    name = ended.get_name() if isinstance(ended, asyncio.Task) else repr(ended)
+    cause = None if ended.cancelled() else ended.exception()
+    log.error("service.loop_ended", loop=name, error=repr(cause))
+    raise LoopEnded(f"{name} ended before the service stopped: {cause!r}") from cause
 
 
 def run_service(

@@ -40,7 +40,7 @@ from edgecache.cachenode.node import Answered, CacheNode
 from edgecache.common import errors, heartbeats, stream, subjects, wire
 from edgecache.common.jetstream import ensure_state
 from edgecache.common.logging import get_logger
-from edgecache.common.runtime import connect_nats
+from edgecache.common.runtime import connect_nats, until_stopped
 from edgecache.origin import open_origin
 
 if TYPE_CHECKING:
@@ -313,16 +313,25 @@ async def start_node(config: Config, stack: AsyncExitStack) -> CacheNode:
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
-    """Run a cache node until ``stop`` is set."""
+    """Run a cache node until ``stop`` is set.
+
+    Raises:
+        edgecache.common.runtime.LoopEnded: a background loop ended before ``stop``.
+    """
     async with AsyncExitStack() as stack:
         node = await start_node(config, stack)
         await stack.enter_async_context(node_monitor(node))
         background = [
-            asyncio.ensure_future(_heartbeats(node, stop)),
-            asyncio.ensure_future(_evictions(node, stop)),
-            asyncio.ensure_future(_upload_sweeps(node, stop)),
-            asyncio.ensure_future(node.live.run(stop)),
+            asyncio.create_task(_heartbeats(node, stop), name="heartbeats"),
+            asyncio.create_task(_evictions(node, stop), name="evictions"),
+            asyncio.create_task(_upload_sweeps(node, stop), name="upload-sweeps"),
+            asyncio.create_task(node.live.run(stop), name="live-objects"),
         ]
-        await stop.wait()
-        log.info("cachenode.stopping")
-        await asyncio.gather(*background, return_exceptions=True)
+        try:
+            await until_stopped(stop, background)
+        finally:
+            log.info("cachenode.stopping")
+            if not stop.is_set():  # a loop ended early: the rest stop with the service
+                for task in background:
+                    task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)

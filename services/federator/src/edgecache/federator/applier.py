@@ -11,6 +11,14 @@ stream order. A change no node answers (none up, a timeout) or that a node refus
 error is asked again after an exponential backoff (:class:`~edgecache.common.backoff.Backoff`),
 keeping its place, while the consumer is told it is in progress so that it is not
 redelivered meanwhile.
+
+The consume loop never ends by itself: an idle fetch, a fetch that fails while the site's
+server restarts, or anything unexpected is logged and the loop goes on. (nats-py's
+``fetch`` of more than one message raises a *bare* :class:`TimeoutError`, not
+:class:`nats.errors.TimeoutError`, when its first, no-wait pull answers after its deadline
+passed — an event loop stalled for longer than the fetch's wait, which a loaded host does;
+the loop once caught only nats-py's own class, ended there, and the site stopped applying
+changes for good.)
 """
 
 from __future__ import annotations
@@ -39,7 +47,6 @@ log = get_logger(__name__)
 
 APPLY_ACK_WAIT_S = 30.0  # an unacked change is redelivered after this (a federator died)
 _RETRY = Backoff(base_s=0.05, max_s=2.0)
-_FETCH_WAIT_S = 1.0
 
 
 def apply_consumer(max_in_flight: int) -> ConsumerConfig:
@@ -68,16 +75,24 @@ class ChangeApplier:
         site: this site's name (its own changes are skipped).
         max_in_flight: changes being applied at once.
         timeout_s: one ``edgecache.fed.apply`` request.
+        fetch_wait_s: how long one pull waits for changes (s).
     """
 
     def __init__(
-        self, nc: NATS, site: str, *, max_in_flight: int = 64, timeout_s: float = 5.0
+        self,
+        nc: NATS,
+        site: str,
+        *,
+        max_in_flight: int = 64,
+        timeout_s: float = 5.0,
+        fetch_wait_s: float = 1.0,
     ) -> None:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream()
         self.site = site
         self.max_in_flight = max(1, max_in_flight)
         self.timeout_s = timeout_s
+        self.fetch_wait_s = fetch_wait_s
         self._slots = asyncio.Semaphore(self.max_in_flight)
         self._lanes: dict[tuple[str, str | None], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -85,6 +100,7 @@ class ChangeApplier:
         self.skipped = 0  # this site's own changes
         self.failures = 0  # requests that got no answer or an error (each retried)
         self.invalid = 0  # messages that are not a SiteChange (acked and dropped)
+        self.fetch_errors = 0  # fetches that failed (not an idle wait); each retried
 
     async def backlog(self) -> int:
         """Changes not yet applied here: the consumer's pending and unacknowledged
@@ -110,14 +126,7 @@ class ChangeApplier:
                 while free < self.max_in_flight and not self._slots.locked():
                     await self._slots.acquire()
                     free += 1
-                try:
-                    msgs = await psub.fetch(free, timeout=_FETCH_WAIT_S)
-                except nats.errors.TimeoutError:
-                    msgs = []
-                except nats.errors.Error as exc:  # the site's server restarting
-                    log.warning("apply.fetch_failed", error=repr(exc))
-                    msgs = []
-                    await asyncio.sleep(_FETCH_WAIT_S)
+                msgs = await self._fetch(psub, free)
                 for _ in range(free - len(msgs)):
                     self._slots.release()
                 for msg in msgs:
@@ -127,6 +136,21 @@ class ChangeApplier:
                 task.cancel()
             with contextlib.suppress(nats.errors.Error):
                 await psub.unsubscribe()  # an open pull subscription makes drain() hang
+
+    async def _fetch(self, psub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
+        """Up to ``batch`` messages; none after an idle wait or a failure (logged)."""
+        try:
+            return await psub.fetch(batch, timeout=self.fetch_wait_s)
+        except TimeoutError:  # nats-py's own subclass, or a bare one (module docstring)
+            return []
+        except Exception as exc:  # noqa: BLE001 - the site's server restarting, or a surprise
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from exc  # nats-py's error for a cancelled wait
+            self.fetch_errors += 1
+            log.warning("apply.fetch_failed", error=repr(exc))
+            await asyncio.sleep(self.fetch_wait_s)
+            return []
 
     def _start(self, msg: Msg) -> None:
         """Take one message (holding one slot until it is done)."""

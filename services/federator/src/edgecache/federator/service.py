@@ -32,7 +32,7 @@ from edgecache.common.jetstream import ensure_state
 from edgecache.common.logging import get_logger
 from edgecache.common.metrics import Sample, Snapshot
 from edgecache.common.monitor import Monitor
-from edgecache.common.runtime import connect_nats
+from edgecache.common.runtime import connect_nats, until_stopped
 from edgecache.federator.hub import serve_hub
 from edgecache.federator.membership import Change, ChangeKind, Membership
 from edgecache.federator.sitelink import site_samples, start_site
@@ -159,6 +159,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
     Raises:
         nats.errors.NoServersError: NATS did not answer at start.
+        edgecache.common.runtime.LoopEnded: a loop (the node sweep, the site's applier
+            or its link) ended before ``stop``.
     """
     if config.federator.role == "hub":
         await serve_hub(config, stop)
@@ -178,12 +180,16 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         monitor = await stack.enter_async_context(federator_monitor(config, nc, federator))
         sub = await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=federator.on_heartbeat)
         stack.push_async_callback(sub.unsubscribe)
-        sweeper = asyncio.create_task(federator.sweep_forever(max(0.05, min(1.0, ttl_s / 4))))
+        sweeper = asyncio.create_task(
+            federator.sweep_forever(max(0.05, min(1.0, ttl_s / 4))), name="node-sweep"
+        )
         stack.push_async_callback(_cancel, sweeper)
+        loops = [sweeper]
         if config.federation.site:
             site = await start_site(config, nc, federator.membership)
             for task in site.tasks:
                 stack.push_async_callback(_cancel, task)
+            loops += site.tasks
             monitor.registry.register(Snapshot("federator", lambda: site_samples(site.link)))
         if config.admin.port and config.admin.token:
             # imported only when on: Litestar and uvicorn take seconds to import
@@ -193,6 +199,6 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         elif config.admin.port:
             log.warning("admin.off", reason="admin.token is empty: the admin API never runs open")
         log.info("federator.started", nats=config.nats.url, node_ttl_s=ttl_s)
-        await stop.wait()
+        await until_stopped(stop, loops)
         log.info("federator.stopping", members=len(federator.membership))
 

@@ -221,5 +221,10 @@ async def start_site(config: Config, nc: NATS, membership: Membership) -> Site:
     await link.start()
     log.info("site.started", site=config.federation.site)
     return Site(
-        applier, link, [asyncio.create_task(applier.run()), asyncio.create_task(link.run())]
+        applier,
+        link,
+        [
+            asyncio.create_task(applier.run(), name="federation-apply"),
+            asyncio.create_task(link.run(), name="site-link"),
+        ],
     )

@@ -46,7 +46,7 @@ from edgecache.common.heartbeats import DEFAULT as DEFAULT_LIVENESS
 from edgecache.common.heartbeats import Liveness
 from edgecache.common.jetstream import ensure_state
 from edgecache.common.logging import get_logger
-from edgecache.common.runtime import connect_nats
+from edgecache.common.runtime import connect_nats, until_stopped
 from edgecache.origin import open_origin
 from edgecache.writeback.backoff import retry_delay_s
 from edgecache.writeback.metrics import writeback_monitor
@@ -152,8 +152,9 @@ class WritebackService:
         """Serve until ``stop`` is set, then wind down (see ``shutdown_grace_s``).
 
         Raises:
-            Nothing: failures of single intents are retried, pull errors are logged and the
-            pull is tried again.
+            edgecache.common.runtime.LoopEnded: a partition's loop ended before ``stop``
+                (its connection closed for good, or a bug); failures of single intents
+                are retried, pull errors are logged and the pull is tried again.
         """
         self._stopping = stop
         loops = [
@@ -161,7 +162,7 @@ class WritebackService:
         ]
         log.info("writeback.started", partitions=len(loops))
         try:
-            await stop.wait()
+            await until_stopped(stop, loops)
             # loops notice the stop after their current fetch, or their current intent
             await asyncio.wait(loops, timeout=self._grace + self._fetch_timeout + 1.0)
         finally:
