@@ -82,10 +82,10 @@ async def test_s3_requests_never_cross_to_another_site(conns: dict[str, NATS]) -
     sub = await conns["b"].subscribe("s3.>", queue=subjects.CACHENODE_QUEUE, cb=node)
     # the same subscription under edgecache.fed.> does cross: once it answers from a, b's
     # interest has reached a, so a no-responders below is the permissions' doing
-    probe = await conns["b"].subscribe(f"{subjects.FED_PREFIX}.probe", cb=node)
+    probe = await conns["b"].subscribe(f"{subjects.FED_PREFIX}.site.b.s3.probe", cb=node)
     try:
         assert (
-            await _until_answered(conns["a"], f"{subjects.FED_PREFIX}.probe")
+            await _until_answered(conns["a"], f"{subjects.FED_PREFIX}.site.b.s3.probe")
         ).data == b"b answered"
         for operation in ("getobject", "putobject", "listbuckets"):
             with pytest.raises(NoRespondersError):
@@ -93,7 +93,7 @@ async def test_s3_requests_never_cross_to_another_site(conns: dict[str, NATS]) -
         assert (
             await conns["b"].request(subjects.s3("getobject"), b"{}", timeout=1)
         ).data == b"b answered"
-        assert seen == [f"{subjects.FED_PREFIX}.probe", subjects.s3("getobject")]
+        assert seen == [f"{subjects.FED_PREFIX}.site.b.s3.probe", subjects.s3("getobject")]
     finally:
         await sub.unsubscribe()
         await probe.unsubscribe()
@@ -125,37 +125,51 @@ async def test_fed_subjects_cross_both_ways(conns: dict[str, NATS]) -> None:
             await sub.unsubscribe()
 
 
+_MARKER = f"{subjects.FED_PREFIX}.site.b.s3.marker"  # crosses a → b, as reads of b's versions do
+
+
 async def test_other_internal_subjects_stay_at_their_site(conns: dict[str, NATS]) -> None:
-    """Heartbeats, invalidations and the site's own JetStream API do not cross."""
+    """Heartbeats, invalidations, the apply requests, the change log's subjects and any other
+    ``edgecache.fed.`` subject do not cross; nor a heartbeat on another site's subject."""
     got: list[str] = []
 
     async def record(msg: Msg) -> None:
         got.append(msg.subject)
 
     sub = await conns["b"].subscribe("edgecache.>", cb=record)
-    marker = await conns["b"].subscribe(f"{subjects.FED_PREFIX}.marker", cb=record)
+    marker = await conns["b"].subscribe(_MARKER, cb=record)
+    stay = [
+        subjects.EVENTS_INVALIDATE,
+        "edgecache.heartbeat.n1",
+        subjects.FED_APPLY,
+        subjects.site_changes("a"),
+        subjects.site_heartbeat("b"),  # a cannot send b's heartbeat
+        f"{subjects.FED_PREFIX}.other",
+    ]
     try:
-        await _until_answered_publish(conns["a"], conns["b"], got)
-        await conns["a"].publish(subjects.EVENTS_INVALIDATE, b"x")
-        await conns["a"].publish("edgecache.heartbeat.n1", b"x")
-        await conns["a"].publish(f"{subjects.FED_PREFIX}.marker", b"last")
+        await _until_answered_publish(conns["a"], got)
+        for subject in stay:
+            await conns["a"].publish(subject, b"x")
+        await conns["a"].publish(_MARKER, b"last")
         await conns["a"].flush()
         deadline = asyncio.get_running_loop().time() + 5
-        while f"{subjects.FED_PREFIX}.marker" not in got[1:]:
+        while got.count(_MARKER) < 2 * 2:  # two subscriptions, the first marker and the last
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.01)
-        assert subjects.EVENTS_INVALIDATE not in got and "edgecache.heartbeat.n1" not in got
+        assert [s for s in got if s != _MARKER] == []
     finally:
         await sub.unsubscribe()
         await marker.unsubscribe()
 
 
-async def _until_answered_publish(a: NATS, b: NATS, got: list[str]) -> None:
-    """Publish the marker at ``a`` until ``b``'s subscription receives it once."""
+async def _until_answered_publish(a: NATS, got: list[str]) -> None:
+    """Publish the marker at ``a`` until ``b``'s subscriptions received it, then forget it."""
     deadline = asyncio.get_running_loop().time() + 5
-    while not got:
-        assert asyncio.get_running_loop().time() < deadline, "edgecache.fed.marker never crossed"
-        await a.publish(f"{subjects.FED_PREFIX}.marker", b"first")
+    while got.count(_MARKER) < 2:
+        assert asyncio.get_running_loop().time() < deadline, f"{_MARKER} never crossed"
+        got.clear()
+        await a.publish(_MARKER, b"first")
+        await a.flush()
         await asyncio.sleep(0.05)
 
 
@@ -497,12 +511,22 @@ async def test_sites_heartbeat_to_the_hub_and_status_lists_them(
 
         deadline = time.monotonic() + 10
         # both federators heard from the hub (KV sites may still hold an earlier test's entries)
-        while set(sites := await listed()) != {"a", "b"} or not all(
-            t.link.heartbeats for t in tasks.values()
+        # and a's apply consumer exists (its backlog is -1 until the applier made it)
+        while (
+            set(sites := await listed()) != {"a", "b"}
+            or not all(t.link.heartbeats for t in tasks.values())
+            or sites["a"].backlog < 0
         ):
             assert time.monotonic() < deadline, f"sites listed: {sorted(sites)}"
             await asyncio.sleep(0.05)
         assert [n.node_id for n in sites["b"].nodes] == ["b-node-1"]
+        # a heartbeat naming another site than its subject's is refused (a cannot even
+        # send on b's subject: test_other_internal_subjects_stay_at_their_site)
+        forged = msgspec.structs.replace(sites["b"], id=ids.new_id(), nodes=[])
+        reply = await conns["a"].request(subjects.site_heartbeat("a"), wire.encode(forged), timeout=5)
+        refused = wire.REPLY_DECODER.decode(reply.data)
+        assert isinstance(refused, wire.Error) and refused.code == "InvalidRequest", refused
+        assert [n.node_id for n in (await listed())["b"].nodes] == ["b-node-1"]
         assert sites["b"].nodes[0].stats.hits == 7
         assert sites["a"].backlog >= 0 and sites["a"].lag >= 0
         text = render_sites(list(sites.values()))

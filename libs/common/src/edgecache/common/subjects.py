@@ -30,7 +30,7 @@ __all__ = [
     "FEDERATION_CONSUMER",
     "FEDERATION_STREAM",
     "FED_APPLY",
-    "FED_HEARTBEAT",
+    "FED_HEARTBEAT_WILDCARD",
     "FED_PREFIX",
     "FED_STATUS",
     "HUB_DOMAIN",
@@ -53,6 +53,7 @@ __all__ = [
     "s3",
     "s3_request",
     "site_changes",
+    "site_heartbeat",
     "site_s3",
     "stream_inbox",
     "writeback_consumer",
@@ -86,7 +87,14 @@ HEARTBEAT_WILDCARD = "edgecache.heartbeat.*"
 # a site's leaf node connection to the hub
 FED_PREFIX = "edgecache.fed"
 FED_APPLY = "edgecache.fed.apply"  # federator → a cache node (queue group): apply a wire.SiteChange
-FED_HEARTBEAT = "edgecache.fed.heartbeat"  # site federator → hub: the site's stats
+FED_HEARTBEAT_WILDCARD = "edgecache.fed.heartbeat.*"  # the hub federator hears every site's
+
+
+def site_heartbeat(site: str) -> str:
+    """``edgecache.fed.heartbeat.<site>``: ``site``'s federator → the hub federator, the
+    site's stats. Only ``site``'s leaf connection may carry it (the hub's leaf permissions),
+    so a heartbeat's subject says which site sent it."""
+    return f"{FED_PREFIX}.heartbeat.{site}"
 
 
 def site_changes(site: str) -> str:
@@ -106,7 +114,7 @@ CHANGES_STREAM = "CHANGES"  # a site's own change log (edgecache.fed.changes.<si
 FEDERATION_STREAM = "FEDERATION"  # hub: sources every site's CHANGES; site: mirrors the hub's
 FEDERATION_CONSUMER = "apply"  # a site federator's durable consumer of its FEDERATION mirror
 KV_SITES = "sites"  # hub: one entry per live site (wire.SiteHeartbeat), with a TTL
-# FED_HEARTBEAT is a request: the hub federator sources a site's CHANGES from its first one
+# a site's heartbeat is a request: the hub federator sources a site's CHANGES from its first one
 FED_STATUS = "edgecache.fed.status"  # → hub federator: wire.SiteStatus (edgecache status)
 
 

@@ -6,8 +6,10 @@ its nkey; its permissions are what crosses the link, in both directions (the sam
 publish and subscribe, so the direction conventions of leaf node permissions do not
 matter): only
 
-- ``edgecache.fed.>`` (changes' delivery is JetStream's, below; heartbeats, joins, status,
-  and the requests of one site to another, ``edgecache.fed.site.<site>.s3.>``);
+- the site's own heartbeat (``edgecache.fed.heartbeat.<site>``: no site can send another's),
+  status requests (``edgecache.fed.status``) and the reads of one site from another
+  (``edgecache.fed.site.*.s3.>``); changes travel by JetStream sourcing (below), and
+  ``edgecache.fed.apply`` and the change log subjects stay at their site;
 - reply inboxes (``_INBOX.>``);
 - the JetStream API of the hub's domain and of the site's own (``$JS.hub.API.>``,
   ``$JS.<site>.API.>``): the site's ``FEDERATION`` mirror reads the hub's stream, the hub's
@@ -34,7 +36,9 @@ __all__ = ["HUB_IDENTITIES", "hub_authorization_block", "leaf_permissions"]
 def leaf_permissions(site: str) -> Permissions:
     """What crosses ``site``'s leaf node connection to the hub (both directions)."""
     allowed = (
-        f"{subjects.FED_PREFIX}.>",
+        subjects.site_heartbeat(site),
+        subjects.FED_STATUS,
+        f"{subjects.FED_PREFIX}.site.*.s3.>",
         "_INBOX.>",
         f"{subjects.domain_api(subjects.HUB_DOMAIN)}.>",
         f"{subjects.domain_api(site)}.>",
@@ -67,7 +71,7 @@ HUB_IDENTITIES: dict[str, Permissions | None] = {
             "_INBOX.>",  # replies to the sites' heartbeats and to status requests
         ),
         subscribe=(
-            subjects.FED_HEARTBEAT,
+            subjects.FED_HEARTBEAT_WILDCARD,
             subjects.FED_STATUS,
             f"{inbox_prefix('federator')}.>",
         ),

@@ -335,7 +335,7 @@ def federation_grants(site: str) -> dict[str, Permissions]:
                 f"{_API}.CONSUMER.MSG.NEXT.{_FED_CONSUMER}",
                 f"$JS.ACK.{subjects.FEDERATION_STREAM}.>",
                 subjects.FED_APPLY,
-                subjects.FED_HEARTBEAT,
+                subjects.site_heartbeat(site),
                 subjects.FED_STATUS,
             ),
             subscribe=(),

@@ -89,7 +89,8 @@ class Hub:
         self.sourced = set(await ensure_hub_stream(self._js, replicas=self.replicas))
 
     async def on_heartbeat(self, msg: Msg) -> None:
-        """Subscription callback for ``edgecache.fed.heartbeat``."""
+        """Subscription callback for ``edgecache.fed.heartbeat.*``: a heartbeat is taken
+        only on its own site's subject (only that site's leaf connection may carry it)."""
         try:
             beat = wire.decode(msg.data, wire.SiteHeartbeat)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -97,11 +98,12 @@ class Hub:
             log.warning("site.heartbeat_invalid", error=str(exc))
             await self._answer(msg, wire.Error(code="InvalidRequest", message=str(exc)))
             return
-        if not subjects.is_site_name(beat.site):
+        if not subjects.is_site_name(beat.site) or msg.subject != subjects.site_heartbeat(beat.site):
             self.rejected += 1
-            log.warning("site.heartbeat_invalid", site=beat.site, error="not a site name")
+            error = "not a site name" if not subjects.is_site_name(beat.site) else f"sent on {msg.subject}"
+            log.warning("site.heartbeat_invalid", site=beat.site, error=error)
             await self._answer(
-                msg, wire.Error(code="InvalidRequest", message=f"not a site name: {beat.site!r}")
+                msg, wire.Error(code="InvalidRequest", message=f"a heartbeat of {beat.site!r}: {error}")
             )
             return
         try:
@@ -174,7 +176,7 @@ async def serve_hub(config: Config, stop: asyncio.Event) -> None:
         )
         await hub.start()
         for subject, cb in (
-            (subjects.FED_HEARTBEAT, hub.on_heartbeat),
+            (subjects.FED_HEARTBEAT_WILDCARD, hub.on_heartbeat),
             (subjects.FED_STATUS, hub.on_status),
         ):
             sub = await nc.subscribe(subject, cb=cb)

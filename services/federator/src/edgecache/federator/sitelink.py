@@ -112,7 +112,7 @@ class SiteLink:
         self.last = beat
         try:
             reply = await self._nc.request(
-                subjects.FED_HEARTBEAT, wire.encode(beat), timeout=max(self.heartbeat_s, 1.0)
+                subjects.site_heartbeat(self.site), wire.encode(beat), timeout=max(self.heartbeat_s, 1.0)
             )
             answer = wire.REPLY_DECODER.decode(reply.data)
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
