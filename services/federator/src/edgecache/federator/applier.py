@@ -129,7 +129,9 @@ class ChangeApplier:
                 msgs = await self._fetch(psub, free)
                 for _ in range(free - len(msgs)):
                     self._slots.release()
-                for msg in msgs:
+                for i, msg in enumerate(msgs):
+                    if i >= free:  # nats-py hands on late deliveries of an earlier pull too
+                        await self._slots.acquire()
                     self._start(msg)
         finally:
             for task in list(self._tasks):
