@@ -125,6 +125,28 @@ async def test_fed_subjects_cross_both_ways(conns: dict[str, NATS]) -> None:
             await sub.unsubscribe()
 
 
+async def test_a_site_cannot_answer_reads_meant_for_another(conns: dict[str, NATS]) -> None:
+    """A subscription at a to b's read subject never hears a read of b's versions (a's
+    interest does not cross: its leaf may receive only ``edgecache.fed.site.a.s3.>``);
+    the same subscription at a for its own subject does."""
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"a answered")
+
+    subject_b = subjects.site_s3("b", "getobject")
+    thief = await conns["a"].subscribe(subject_b, queue=subjects.CACHENODE_QUEUE, cb=answer)
+    own = await conns["a"].subscribe(subjects.site_s3("a", "getobject"), queue=subjects.CACHENODE_QUEUE, cb=answer)
+    try:
+        # a's own subject crosses from b: interest has had time to reach the hub and b
+        assert (await _until_answered(conns["b"], subjects.site_s3("a", "getobject"))).data == b"a answered"
+        for asker in ("b", "hub"):
+            with pytest.raises(NoRespondersError):
+                await conns[asker].request(subject_b, b"{}", timeout=1)
+    finally:
+        await thief.unsubscribe()
+        await own.unsubscribe()
+
+
 _MARKER = f"{subjects.FED_PREFIX}.site.b.s3.marker"  # crosses a → b, as reads of b's versions do
 
 

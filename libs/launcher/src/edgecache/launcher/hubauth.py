@@ -2,14 +2,15 @@
 the hub federator and the operator.
 
 A site's leaf connection is a user of the hub's ``authorization {}`` block, identified by
-its nkey; its permissions are what crosses the link, in both directions (the same list for
-publish and subscribe, so the direction conventions of leaf node permissions do not
-matter): only
+its nkey; its permissions are what crosses the link (``publish``: from the site to the
+hub; ``subscribe``: from the hub to the site): only
 
-- the site's own heartbeat (``edgecache.fed.heartbeat.<site>``: no site can send another's),
-  status requests (``edgecache.fed.status``) and the reads of one site from another
-  (``edgecache.fed.site.*.s3.>``); changes travel by JetStream sourcing (below), and
-  ``edgecache.fed.apply`` and the change log subjects stay at their site;
+- out: the site's own heartbeat (``edgecache.fed.heartbeat.<site>``: no site can send
+  another's), status requests (``edgecache.fed.status``) and its reads of other sites'
+  versions (``edgecache.fed.site.*.s3.>``); in: only the reads of its own versions
+  (``edgecache.fed.site.<site>.s3.>``: no site can answer another's). Changes travel by
+  JetStream sourcing (below); ``edgecache.fed.apply`` and the change log subjects stay
+  at their site;
 - reply inboxes (``_INBOX.>``);
 - the JetStream API of the hub's domain and of the site's own (``$JS.hub.API.>``,
   ``$JS.<site>.API.>``): the site's ``FEDERATION`` mirror reads the hub's stream, the hub's
@@ -34,11 +35,11 @@ __all__ = ["HUB_IDENTITIES", "hub_authorization_block", "leaf_permissions"]
 
 
 def leaf_permissions(site: str) -> Permissions:
-    """What crosses ``site``'s leaf node connection to the hub (both directions)."""
-    allowed = (
-        subjects.site_heartbeat(site),
-        subjects.FED_STATUS,
-        f"{subjects.FED_PREFIX}.site.*.s3.>",
+    """What crosses ``site``'s leaf node connection to the hub: ``publish``, what the site
+    may send to the hub; ``subscribe``, what the hub sends to the site (nats-server's leaf
+    node convention: a leaf user's publish permissions are exported to the hub, its
+    subscribe permissions imported into the leaf)."""
+    both = (
         "_INBOX.>",
         f"{subjects.domain_api(subjects.HUB_DOMAIN)}.>",
         f"{subjects.domain_api(site)}.>",
@@ -47,7 +48,16 @@ def leaf_permissions(site: str) -> Permissions:
         "$JS.FC.>",
         "$JSC.>",
     )
-    return Permissions(publish=allowed, subscribe=allowed)
+    return Permissions(
+        publish=(
+            subjects.site_heartbeat(site),
+            subjects.FED_STATUS,
+            f"{subjects.FED_PREFIX}.site.*.s3.>",  # its reads of other sites' versions
+            *both,
+        ),
+        # only the reads of its own versions: a site cannot take another's
+        subscribe=(f"{subjects.FED_PREFIX}.site.{site}.s3.>", *both),
+    )
 
 
 _API = "$JS.API"
