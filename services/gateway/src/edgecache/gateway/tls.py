@@ -64,12 +64,18 @@ class TlsListener:
     async def start(self) -> None:
         """Load the certificate and serve.
 
+        Does nothing once :meth:`stop` was called (a worker stopped while it started).
+
         Raises:
             OSError: a PEM file cannot be read; ssl.SSLError: they do not form a key pair.
         """
+        if self._server.should_exit:  # stopped first: the socket is closed
+            return
         self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
         while not self._server.started:
             if self._task.done():
+                if self._server.should_exit:
+                    return
                 self._task.result()  # raises why it could not start
                 raise RuntimeError("the TLS listener stopped at once")
             await asyncio.sleep(0.01)
