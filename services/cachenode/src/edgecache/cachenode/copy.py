@@ -149,6 +149,8 @@ async def copy_object(node: CacheNode, request: wire.CopyObject) -> wire.ObjectI
     )
     try:
         await objects.commit_version(node, manifest, request.condition)
+    except objects.VersionKept:
+        raise  # the chunks are the current version's
     except Exception:
         await multipart.drop(node, [r.id for r in refs])
         raise

@@ -273,7 +273,13 @@ async def complete_multipart_upload(
         part_sizes=[p.size for p in chosen],
         tags=record.tags,
     )
-    await objects.commit_version(node, manifest, request.condition)
+    try:
+        await objects.commit_version(node, manifest, request.condition)
+    except objects.VersionKept:
+        # the version is current: the upload ends as if completed, or an abort of it would
+        # drop the chunks the version reads
+        await _forget(node, request.upload_id, stored, keep={c.id for c in chunks})
+        raise
     await _forget(node, request.upload_id, stored, keep={c.id for c in chunks})
     return objects.info_of(manifest)
 

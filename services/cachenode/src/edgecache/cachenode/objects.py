@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -10,8 +11,10 @@ from edgecache.cachenode.chunkstore import ChunkMissing
 from edgecache.cachenode.node import Answered, CacheNode, now
 from edgecache.cachenode.replication import Replicator
 from edgecache.common import errors, stream, wire
+from edgecache.common.backoff import Backoff
 from edgecache.common.checksums import Digests, verify_content_md5
 from edgecache.common.ids import new_id
+from edgecache.common.logging import get_logger
 from edgecache.common.names import validate_key
 from edgecache.common.ranges import parse_range
 
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from edgecache.common.catalog import Entry
 
 __all__ = [
+    "VersionKept",
     "commit_version",
     "delete_object",
     "get_object",
@@ -31,6 +35,22 @@ __all__ = [
     "requested_span",
     "verify_upload",
 ]
+
+
+log = get_logger(__name__)
+
+_INTENT_RETRY = Backoff(base_s=0.05, max_s=1.0).delays(5)  # about 2 s in all
+# refused before anything was written: the chunks belong to no version
+_REFUSED = (errors.PreconditionFailed, errors.NoSuchKey, errors.ConditionalRequestConflict)
+
+
+class VersionKept(errors.ServiceUnavailable):
+    """A new version's manifest became current, but a later step of its commit failed (its
+    write-back intent, its change-log record, a timed-out write that landed after all).
+    The version stays, with its chunks; its intent was appended again if JetStream took it,
+    else a cache node appends it when it starts (``Catalog.recover``). The client gets 503
+    (it may retry): whether the write took effect is the same question as after a timeout.
+    """
 
 
 def info_of(m: wire.Manifest, *, first: int | None = None, last: int | None = None) -> wire.ObjectInfo:
@@ -146,8 +166,9 @@ async def put_object(node: CacheNode, msg: Msg, request: wire.PutObject) -> None
         await commit_version(node, manifest, request.condition)
         await rx.finish(info_of(manifest))
     except Exception as exc:
-        await node.store.delete([r.id for r in refs])
-        await node.release([r.id for r in refs], local=False)
+        if not isinstance(exc, VersionKept):  # else the chunks are the current version's
+            await node.store.delete([r.id for r in refs])
+            await node.release([r.id for r in refs], local=False)
         await rx.fail(exc)
         raise Answered(exc) from exc
     finally:
@@ -160,25 +181,68 @@ async def commit_version(node: CacheNode, manifest: wire.Manifest, condition: wi
     current entry is read first — adopting the origin's copy if there is no entry, so that
     an object only in the origin counts — and the commit is a compare-and-set on it.
 
+    A commit that fails once the manifest may have been written is settled by reading the
+    key back: if ``manifest`` is current, its chunks must stay (:class:`VersionKept`);
+    only otherwise may the caller drop them. Dropping them under a current manifest left
+    a version that no GET could read and no write-back could finish.
+
     Raises:
         PreconditionFailed, NoSuchKey, ConditionalRequestConflict: see ``Catalog.commit_if``.
+        VersionKept: the version is current, but its commit did not complete.
     """
     intent = wire.ObjectWritten(
         id=manifest.version, at_ns=time.time_ns(), bucket=manifest.bucket, key=manifest.key, version=manifest.version
     )
-    if condition is None:
-        previous = await node.catalog.get(manifest.bucket, manifest.key)
-        await node.catalog.commit(manifest, intent)
-    else:
-        previous = await node.catalog.get(manifest.bucket, manifest.key)
-        if previous is None:
-            try:
-                await readthrough.lookup(node, manifest.bucket, manifest.key)
-            except errors.NoSuchKey:
-                pass
-            previous = await node.catalog.get(manifest.bucket, manifest.key)
-        await node.catalog.commit_if(manifest, intent, condition, previous)
+    previous = await node.catalog.get(manifest.bucket, manifest.key)
+    try:
+        if condition is None:
+            await node.catalog.commit(manifest, intent)
+        else:
+            if previous is None:
+                try:
+                    await readthrough.lookup(node, manifest.bucket, manifest.key)
+                except errors.NoSuchKey:
+                    pass
+                previous = await node.catalog.get(manifest.bucket, manifest.key)
+            await node.catalog.commit_if(manifest, intent, condition, previous)
+    except _REFUSED:
+        raise
+    except Exception as exc:
+        if not await _is_current(node, manifest):
+            raise
+        await release_previous(node, previous)
+        appended = await _append_intent(node, intent)
+        log.error("commit.incomplete", bucket=manifest.bucket, key=manifest.key, version=manifest.version, error=repr(exc), intent_appended=appended)
+        raise VersionKept(
+            "The new version was stored but its commit did not complete; it may be retried.",
+            resource=f"{manifest.bucket}/{manifest.key}",
+            retry_after_s=1,
+        ) from exc
     await release_previous(node, previous)
+
+
+async def _is_current(node: CacheNode, manifest: wire.Manifest) -> bool:
+    """Whether ``manifest``'s version is the key's current one; ``True`` when the catalog
+    cannot tell (keeping unreferenced chunks costs disk; dropping referenced ones, the
+    object)."""
+    try:
+        entry = await node.catalog.get(manifest.bucket, manifest.key)
+    except Exception:  # noqa: BLE001 - JetStream unavailable: assume the worst
+        return True
+    return entry is not None and entry.manifest.version == manifest.version
+
+
+async def _append_intent(node: CacheNode, intent: wire.Intent) -> bool:
+    """Append ``intent`` (de-duplicated by its id), retrying for about 2 s; whether it is in."""
+    for delay in (*_INTENT_RETRY, None):
+        try:
+            await node.catalog.publish_intent(intent)
+            return True
+        except Exception:  # noqa: BLE001 - JetStream unavailable
+            if delay is None:
+                return False
+            await asyncio.sleep(delay)
+    return False
 
 
 def holders_of(node: CacheNode, refs: list[wire.ChunkRef]) -> list[str]:
