@@ -15,6 +15,7 @@ from edgecache.cachenode.service import start_node
 from edgecache.common import errors, subjects, wire
 from edgecache.common.client import EdgecacheClient
 from edgecache.common.config import load_config
+from edgecache.common.jetstream import ensure_state
 from edgecache.launcher.natscluster import NatsCluster, wait_for_jetstream
 
 KiB = 1024
@@ -25,6 +26,31 @@ AFTER_KILL = 20  # acknowledged writes after it, through the two servers left
 
 async def _one(data: bytes):
     yield data
+
+
+async def test_state_made_on_one_replica_is_raised_to_the_clusters_replicas(
+    nats_cluster: NatsCluster,
+) -> None:
+    """A site's state created with one replica (a site that ran on one server) is raised to
+    three when a service opens it with ``replicas=3``; opening it with fewer never lowers
+    it. The streams are removed at the end: the next test starts on fresh state, not on
+    replicas still catching up."""
+    nc = await nats.connect(servers=nats_cluster.url.split(","))
+    try:
+        js = nc.jetstream()
+        await wait_for_jetstream(js)
+        names = [f"KV_{b}" for b in (subjects.KV_BUCKETS, subjects.KV_OBJECTS, subjects.KV_UPLOADS, subjects.KV_NODES)]
+        await ensure_state(js, replicas=1)
+        assert [(await js.stream_info(n)).config.num_replicas for n in names] == [1] * 4
+        await ensure_state(js, replicas=3)
+        names.append(subjects.WRITEBACK_STREAM)
+        assert [(await js.stream_info(n)).config.num_replicas for n in names] == [3] * 5
+        await ensure_state(js, replicas=1)  # a service with the default: all stay at three
+        assert [(await js.stream_info(n)).config.num_replicas for n in names] == [3] * 5
+        for name in names:
+            await js.delete_stream(name)
+    finally:
+        await nc.close()
 
 
 async def test_losing_one_server_under_write_load_loses_no_acknowledged_write(

@@ -30,6 +30,7 @@ from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, NotFound
 
 from edgecache.common import subjects
 from edgecache.common.config import WritebackConfig
+from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -54,6 +55,11 @@ __all__ = [
     "source_activity",
     "sourced_sites",
 ]
+
+log = get_logger(__name__)
+
+# what ensure_state sets on WRITEBACK (the server fills in the rest)
+_WRITEBACK_FIELDS = ("subjects", "retention", "storage", "num_replicas", "duplicate_window", "allow_msg_schedules")
 
 
 class State:
@@ -83,8 +89,15 @@ async def _kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
     try:
         return await js.create_key_value(config)
     except BadRequestError:
-        # exists with another config (e.g. another TTL): use it as it is
-        return await js.key_value(config.bucket)
+        # exists with another config (e.g. another TTL): use it as it is, but with at least
+        # the replicas asked for (a site moved from one server to a cluster); never fewer
+        kv = await js.key_value(config.bucket)
+        info = await js.stream_info(f"KV_{config.bucket}")
+        if (info.config.num_replicas or 1) < config.replicas:
+            info.config.num_replicas = config.replicas
+            await js.update_stream(info.config)
+            log.info("kv.replicas_raised", bucket=config.bucket, replicas=config.replicas)
+        return kv
 
 
 async def ensure_state(
@@ -126,8 +139,13 @@ async def ensure_state(
     )
     try:
         info = await js.add_stream(stream)
-    except BadRequestError:
-        info = await js.update_stream(stream)
+    except BadRequestError:  # exists with another config: take ours, but never fewer replicas
+        info = await js.stream_info(stream.name)
+        stream.num_replicas = max(info.config.num_replicas or 1, replicas)
+        if any(getattr(info.config, f) != getattr(stream, f) for f in _WRITEBACK_FIELDS):
+            # (not when only server-filled defaults differ: an update while the stream is
+            # being scaled up times out, and every service opens the state at its start)
+            info = await js.update_stream(stream)
     owner = ack_wait_s is not None
     if ack_wait_s is None:
         ack_wait_s = WritebackConfig().ack_wait_s
