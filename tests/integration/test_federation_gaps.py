@@ -1,0 +1,167 @@
+"""What federation carries beyond new versions (tests/fixtures/fedsites.py: sites ``a`` and
+``b`` with a cache node each, over one hub, sharing one file origin): tag changes, copies
+of a version held at the other site, bucket deletions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import pytest
+
+from edgecache.common import ids, wire
+from edgecache.common.catalog import tags_stamp
+from edgecache.origin import open_origin
+from tests.fixtures.fedsites import MiB, Site, current, holds, put, until, writeback
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def tags_at(site: Site, bucket: str, key: str) -> dict[str, str]:
+    reply = await site.client.request(wire.GetObjectTagging(bucket=bucket, key=key))
+    assert isinstance(reply, wire.Tagging)
+    return reply.tags
+
+
+def tagged(
+    site: Site, bucket: str, key: str, tags: dict[str, str]
+) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await tags_at(site, bucket, key) == tags
+
+    return check
+
+
+async def origin_tags(site: Site, bucket: str, key: str) -> dict[str, str]:
+    origin = open_origin(site.config)
+    await origin.start()
+    try:
+        return await origin.get_tags(bucket, key)
+    finally:
+        await origin.close()
+
+
+async def retag(site: Site, bucket: str, key: str, tags: dict[str, str]) -> None:
+    await site.client.request(wire.PutObjectTagging(bucket=bucket, key=key, tags=tags))
+
+
+# -- 1. object tags --------------------------------------------------------------------------
+async def test_a_tag_change_at_a_is_seen_at_b(sites: dict[str, Site], bucket: str) -> None:
+    """A PutObjectTagging at ``a`` of ``a``'s own dirty version reaches ``b``'s
+    GetObjectTagging and ``x-amz-tagging-count``; a DeleteObjectTagging too."""
+    a, b = sites["a"], sites["b"]
+    await put(a, bucket, "t", b"tag me")
+    version = (await current(a, bucket, "t")).version
+    await until(holds(b, bucket, "t", version), what="a's version at b")
+    await retag(a, bucket, "t", {"colour": "red", "size": "L"})
+    took = await until(tagged(b, bucket, "t", {"colour": "red", "size": "L"}), what="a's tags at b")
+    print(f"\na tag change at a was seen at b after {took * 1000:.1f} ms")
+    head = await b.client.request(wire.HeadObject(bucket=bucket, key="t"))
+    assert head.tag_count == 2  # relayed to a, the owner of the dirty version
+    record = await current(b, bucket, "t")
+    assert (record.version, record.site, record.tags_site) == (version, "a", "a")
+    await b.client.request(wire.DeleteObjectTagging(bucket=bucket, key="t"))
+    await until(tagged(a, bucket, "t", {}), what="b's tag deletion at a")
+
+
+async def test_a_tag_change_at_b_of_a_clean_version_reaches_the_origin_through_a(
+    sites: dict[str, Site], bucket: str
+) -> None:
+    """``b`` retags ``a``'s version after it reached the origin: ``b`` writes nothing to
+    the origin (no intent of its own); ``a``, the version's site, takes the tags there."""
+    a, b = sites["a"], sites["b"]
+    await put(a, bucket, "c", b"clean soon")
+    version = (await current(a, bucket, "c")).version
+    async with writeback(a):
+        await until(holds(b, bucket, "c", version, state="clean"), what="a's clean version at b")
+        await retag(b, bucket, "c", {"from": "b"})
+        assert (await current(b, bucket, "c")).tags_state == "clean"  # b does not write a's tags
+        await until(tagged(a, bucket, "c", {"from": "b"}), what="b's tags at a")
+
+        async def in_origin() -> bool:
+            return await origin_tags(a, bucket, "c") == {"from": "b"}
+
+        await until(in_origin, what="b's tags in the origin, written by a")
+        await until(
+            lambda: _tags_clean(a, bucket, "c"), what="a's manifest clean again after its tag write"
+        )
+
+
+async def _tags_clean(site: Site, bucket: str, key: str) -> bool:
+    m = await current(site, bucket, key)
+    return m is not None and m.tags_state == "clean"
+
+
+async def test_concurrent_tag_changes_end_with_the_winner_everywhere_and_in_the_origin(
+    sites: dict[str, Site], bucket: str
+) -> None:
+    a, b = sites["a"], sites["b"]
+    await put(a, bucket, "both", b"tagged twice")
+    version = (await current(a, bucket, "both")).version
+    async with writeback(a), writeback(b):
+        await until(holds(b, bucket, "both", version, state="clean"), what="a's clean version at b")
+        await asyncio.gather(
+            retag(a, bucket, "both", {"by": "a"}), retag(b, bucket, "both", {"by": "b"})
+        )
+        mine = {s.name: await current(s, bucket, "both") for s in (a, b)}
+        winner = max(mine.values(), key=tags_stamp)
+        for site in (a, b):
+            await until(
+                tagged(site, bucket, "both", winner.tags), what=f"the winning tags at {site.name}"
+            )
+
+        async def in_origin() -> bool:
+            return await origin_tags(a, bucket, "both") == winner.tags
+
+        await until(in_origin, what="the winning tags in the origin")
+        await until(lambda: _tags_clean(a, bucket, "both"), what="a's tags written back")
+    assert await origin_tags(a, bucket, "both") == winner.tags
+    assert await tags_at(b, bucket, "both") == winner.tags
+
+
+async def test_a_tag_change_of_an_overwritten_version_is_dropped(
+    sites: dict[str, Site], bucket: str
+) -> None:
+    """A tag change of a version that another site's newer version replaced is ignored
+    there, as S3 drops the tags of an overwritten version. (Made at ``a`` with the link up,
+    it would race ``b``'s overwrite; so ``a``'s change, as ``a`` logs it, is handed to
+    ``b``'s catalog after the overwrite.)"""
+    a, b = sites["a"], sites["b"]
+    await put(a, bucket, "o", b"first")
+    first = await current(a, bucket, "o")
+    await until(holds(b, bucket, "o", first.version), what="a's version at b")
+    await put(b, bucket, "o", b"second")  # b's newer version, untagged
+    second = (await current(b, bucket, "o")).version
+    stamp = a.node.catalog.clock.now()
+    stale = wire.SiteChange(
+        id=ids.new_id(),
+        at_ns=time.time_ns(),
+        site="a",
+        bucket=bucket,
+        key="o",
+        version=first.version,
+        hlc=stamp,
+        manifest=msgspec.structs.replace(
+            first, tags={"stale": "yes"}, tags_hlc=stamp, tags_site="a"
+        ),
+        kind="tags",
+    )
+    applied = await b.node.catalog.apply_remote(stale, chunk_bytes=MiB)
+    assert applied.outcome == "ignored"
+    assert await tags_at(b, bucket, "o") == {}
+    assert (await current(b, bucket, "o")).version == second
+    # the same change of the version current at b applies
+    await until(holds(a, bucket, "o", second), what="b's version at a")
+    fresh = msgspec.structs.replace(
+        stale,
+        id=ids.new_id(),
+        version=second,
+        manifest=msgspec.structs.replace(
+            await current(a, bucket, "o"), tags={"fresh": "yes"}, tags_hlc=stamp, tags_site="a"
+        ),
+    )
+    assert (await b.node.catalog.apply_remote(fresh, chunk_bytes=MiB)).outcome == "tagged"
+    assert await tags_at(b, bucket, "o") == {"fresh": "yes"}
