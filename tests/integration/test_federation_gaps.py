@@ -6,6 +6,8 @@ of a version held at the other site, bucket deletions.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -165,3 +167,43 @@ async def test_a_tag_change_of_an_overwritten_version_is_dropped(
     )
     assert (await b.node.catalog.apply_remote(fresh, chunk_bytes=MiB)).outcome == "tagged"
     assert await tags_at(b, bucket, "o") == {"fresh": "yes"}
+
+
+# -- 2. CopyObject of a version held at another site ----------------------------------------
+async def test_a_copy_at_b_of_a_version_held_at_a_reads_it_at_a(
+    sites: dict[str, Site], bucket: str
+) -> None:
+    """CopyObject and UploadPartCopy at ``b`` whose source is ``a``'s dirty version (a
+    remote record at ``b``, no chunks) read the source's bytes at ``a``, as a GET does."""
+    a, b = sites["a"], sites["b"]
+    data = secrets.token_bytes(2 * MiB + 321)  # three chunks
+    await put(a, bucket, "src", data)
+    version = (await current(a, bucket, "src")).version
+    await until(holds(b, bucket, "src", version), what="a's version at b")
+    assert (await current(b, bucket, "src")).chunks == []
+    out_before = a.node.counters.bytes_out
+    source = wire.CopySource(bucket=bucket, key="src")
+    info = await b.client.request(wire.CopyObject(bucket=bucket, key="copy", source=source))
+    assert info.etag == hashlib.md5(data).hexdigest()  # noqa: S324 - S3's ETag
+    assert a.node.counters.bytes_out - out_before == len(data)  # read at a
+    copied = await current(b, bucket, "copy")
+    assert (copied.site, copied.state) == ("b", "dirty") and copied.chunks  # b's own version
+    assert (await b.client.get_object_bytes(bucket, "copy"))[1] == data
+
+    upload = await b.client.request(wire.CreateMultipartUpload(bucket=bucket, key="parts"))
+    ranged = msgspec.structs.replace(source, first=MiB - 10, last=MiB + 9)  # across a chunk edge
+    part = await b.client.request(
+        wire.UploadPartCopy(
+            bucket=bucket, key="parts", upload_id=upload.upload_id, part_number=1, source=ranged
+        )
+    )
+    assert part.etag == hashlib.md5(data[MiB - 10 : MiB + 10]).hexdigest()  # noqa: S324
+    await b.client.request(
+        wire.CompleteMultipartUpload(
+            bucket=bucket,
+            key="parts",
+            upload_id=upload.upload_id,
+            parts=[wire.CompletedPart(part_number=1, etag=part.etag)],
+        )
+    )
+    assert (await b.client.get_object_bytes(bucket, "parts"))[1] == data[MiB - 10 : MiB + 10]

@@ -34,6 +34,8 @@ from edgecache.common.heartbeats import Liveness
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from nats.aio.msg import Msg
 
     from edgecache.cachenode.node import CacheNode
@@ -44,6 +46,7 @@ __all__ = [
     "cached_owner",
     "on_invalidate",
     "owner_of",
+    "read_at_owner",
     "relay_get",
     "relay_head",
     "site_request",
@@ -176,6 +179,52 @@ async def relay_get(
             await tx.send(piece)
             del piece
         await tx.end()
+    finally:
+        await body.aclose()  # type: ignore[attr-defined]
+
+
+async def read_at_owner(
+    node: CacheNode, manifest: wire.Manifest, first: int, last: int, site: str
+) -> AsyncIterator[bytes]:
+    """Bytes ``first..last`` (inclusive) of ``manifest``'s version, read at ``site``, the
+    site that holds it (a remote record: no chunks here), for a copy made here
+    (CopyObject, UploadPartCopy). The same request a relayed GET makes, read here instead
+    of relayed on.
+
+    Yields:
+        The owner's frames, in order (at most ``nats.max_payload`` bytes each).
+
+    Raises:
+        ServiceUnavailable: ``site`` did not answer, went silent, or holds another version
+            of the key by now (this site has not applied that change yet: try again).
+        S3Error: ``site``'s own answer (NoSuchKey when it deleted the key meanwhile, …).
+    """
+    ask = wire.GetObject(bucket=manifest.bucket, key=manifest.key, range=f"bytes={first}-{last}")
+    try:
+        reply, body = await stream.download(
+            node.nc,
+            subjects.site_s3(site, wire.GetObject.operation),
+            ask,
+            budget=node.credit,
+            window=node.config.cachenode.window_frames,
+            timeout_s=node.config.nats.request_timeout_s,
+            liveness=Liveness.of(node.config.nats),
+        )
+    except errors.S3Error:
+        node.routes.drop(manifest.bucket, manifest.key)
+        raise
+    try:
+        if not isinstance(reply, wire.ObjectInfo):
+            raise errors.InternalError(f"site {site} answered {type(reply).__name__} to a GetObject")
+        if reply.etag != manifest.etag or reply.size != manifest.size:
+            node.routes.drop(manifest.bucket, manifest.key)
+            raise errors.ServiceUnavailable(
+                f"{manifest.bucket}/{manifest.key} changed at site {site} while it was read here; try again",
+                retry_after_s=1,
+            )
+        async for piece in body:
+            yield piece
+            del piece
     finally:
         await body.aclose()  # type: ignore[attr-defined]
 
