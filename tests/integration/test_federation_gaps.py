@@ -10,11 +10,12 @@ import hashlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import msgspec
 import pytest
 
-from edgecache.common import ids, wire
+from edgecache.common import errors, ids, subjects, wire
 from edgecache.common.catalog import tags_stamp
 from edgecache.origin import open_origin
 from tests.fixtures.fedsites import MiB, Site, current, holds, put, until, writeback
@@ -207,3 +208,69 @@ async def test_a_copy_at_b_of_a_version_held_at_a_reads_it_at_a(
         )
     )
     assert (await b.client.get_object_bytes(bucket, "parts"))[1] == data[MiB - 10 : MiB + 10]
+
+
+# -- 4. bucket deletion -----------------------------------------------------------------------
+async def known(site: Site, bucket: str) -> bool:
+    try:
+        await site.client.request(wire.HeadBucket(bucket=bucket))
+    except errors.NoSuchBucket:
+        return False
+    return True
+
+
+async def test_a_bucket_deleted_at_a_is_gone_at_b_and_created_again_at_b_is_back_at_a(
+    sites: dict[str, Site], bucket: str
+) -> None:
+    a, b = sites["a"], sites["b"]
+    await a.client.request(wire.DeleteBucket(bucket=bucket))
+
+    async def gone_at_b() -> bool:
+        return not await known(b, bucket)
+
+    took = await until(gone_at_b, what="a's bucket deletion at b")
+    print(f"\na bucket deleted at a was gone at b after {took * 1000:.1f} ms")
+    listed = await b.client.request(wire.ListBuckets())
+    assert bucket not in {x.name for x in listed.buckets}
+    with pytest.raises(errors.NoSuchBucket):
+        await put(b, bucket, "k", b"no bucket")
+    # created again at b, after the deletion: the later stamp wins at a, whose own
+    # tombstone (its deletion has not reached the origin: no write-back runs) is replaced
+    await b.client.request(wire.CreateBucket(bucket=bucket))
+    await until(lambda: known(a, bucket), what="b's new bucket at a")
+    await put(a, bucket, "k", b"bucket is back")
+
+
+async def test_a_site_with_writes_of_its_own_in_a_bucket_keeps_it(
+    sites: dict[str, Site], bucket: str
+) -> None:
+    """``a``'s deletion reaches ``b`` after ``b`` wrote into the bucket (the deletion is
+    handed to ``b``'s node as ``a``'s federator would hand it: with the link up, ``a`` would
+    have known ``b``'s object and refused the deletion). ``b`` keeps the bucket, creates it
+    again after the deletion, and its write reaches the origin."""
+    a, b = sites["a"], sites["b"]
+    await put(b, bucket, "mine", b"written at b")
+    deletion = wire.SiteChange(
+        id=ids.new_id(),
+        at_ns=time.time_ns(),
+        site="a",
+        bucket=bucket,
+        key=None,
+        hlc=a.node.catalog.clock.now(),
+        deleted=True,
+    )
+    reply = wire.decode(
+        (await b.nc.request(subjects.FED_APPLY, wire.encode(deletion), timeout=5)).data, wire.Reply
+    )
+    assert isinstance(reply, wire.Ok), reply
+    assert await known(b, bucket)
+    record, _ = await b.node.bucket_record(bucket)
+    assert (record.deleted, record.site) == (False, "b") and record.hlc > deletion.hlc
+    async with writeback(b):
+        origin = Path(b.config.origin_path()) / bucket / "mine"
+
+        async def written_back() -> bool:
+            return origin.exists() and (await current(b, bucket, "mine")).state == "clean"
+
+        await until(written_back, what="b's write in the origin")
+    assert origin.read_bytes() == b"written at b"

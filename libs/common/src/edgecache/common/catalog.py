@@ -428,10 +428,11 @@ class Catalog:
         }
         await self._js.publish(_KV_PREFIX + kv_key, b"", headers=headers, msg_ttl=ERASED_TTL_S)
 
-    async def invalidate_bucket(self, bucket: str, *, logged: bool = True) -> None:
+    async def invalidate_bucket(self, bucket: str, *, logged: bool = True, hlc: int = 0) -> None:
         """Every object of ``bucket`` changed (the bucket was deleted here): log it for the
         other sites (federated, unless ``logged`` is false: a remote deletion being
-        applied), then tell memory tiers.
+        applied; stamped ``hlc``, from :meth:`bucket_stamp`, or now), then tell memory
+        tiers.
 
         Raises:
             ServiceUnavailable: the change log did not take it (see :meth:`_change`).
@@ -440,14 +441,21 @@ class Catalog:
             await self._append_change(
                 wire.SiteChange(
                     id=new_id(), at_ns=time.time_ns(), site=self.site, bucket=bucket, key=None,
-                    hlc=self.clock.now(), deleted=True,
+                    hlc=hlc or self.clock.now(), deleted=True,
                 )
             )
         await self._invalidate(bucket, None, "")
 
-    async def log_bucket_created(self, bucket: str) -> None:
+    def bucket_stamp(self) -> tuple[int, str]:
+        """A new ``(hlc, site)`` stamp for a bucket created or deleted here (``(0, "")``
+        when not federated): past every change this site has seen, so a creation after a
+        deletion (or the reverse) wins over it everywhere."""
+        return (self.clock.now(), self.site) if self.site else (0, "")
+
+    async def log_bucket_created(self, bucket: str, *, hlc: int = 0) -> None:
         """Log a bucket created here for the other sites (federated; nothing otherwise), so
-        that they know it before its creation reaches the origin.
+        that they know it before its creation reaches the origin; stamped ``hlc`` (from
+        :meth:`bucket_stamp`), or now.
 
         Raises:
             ServiceUnavailable: the change log did not take it (see :meth:`_change`).
@@ -456,7 +464,7 @@ class Catalog:
             await self._append_change(
                 wire.SiteChange(
                     id=new_id(), at_ns=time.time_ns(), site=self.site, bucket=bucket, key=None,
-                    hlc=self.clock.now(),
+                    hlc=hlc or self.clock.now(),
                 )
             )
 
@@ -494,9 +502,10 @@ class Catalog:
         invalidating memory tiers); a losing one is ignored (our winner's own change
         reaches the other site); a ``clean`` change of the remote version recorded here
         turns the record clean and fillable from the origin. A bucket deletion
-        (``key`` ``None``, ``deleted``) only invalidates the bucket's memory tiers: its
-        objects' own deletes come as changes of their own; a bucket creation (``key``
-        ``None``) is the caller's to record (KV ``buckets`` is the cache node's).
+        (``key`` ``None``, ``deleted``) only invalidates the bucket's memory tiers here: its
+        objects' own deletes come as changes of their own, and the bucket's record, like a
+        bucket creation's (``key`` ``None``), is the caller's to apply (KV ``buckets`` is the
+        cache node's: ``cachenode/buckets.py``).
 
         Args:
             change: the remote change (``change.site`` is not this site's).

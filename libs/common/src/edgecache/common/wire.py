@@ -738,6 +738,11 @@ class BucketRecord(msgspec.Struct, **_OPTS, tag="bucketrecord.v1"):
     name: str
     created: float
     deleted: bool = False
+    # federation: the (hlc, site) stamp of the creation or deletion this record holds,
+    # ordered as versions are (a later creation replaces an earlier deletion, and the
+    # reverse); 0/"": not federated, or adopted from the origin
+    hlc: int = 0
+    site: str = ""
 
 
 class UploadRecord(msgspec.Struct, **_OPTS, tag="uploadrecord.v1"):

@@ -86,8 +86,11 @@ async def apply_change(node: CacheNode, msg: Msg) -> None:
     when the manifest kept changing or JetStream failed: deliver it again)."""
     try:
         change = wire.decode(msg.data, wire.SiteChange)
-        if change.key is None and not change.deleted and change.site != node.catalog.site:
-            await buckets.record_remote_bucket(node, change.bucket)
+        if change.key is None and change.site != node.catalog.site:
+            if change.deleted:
+                await buckets.remove_remote_bucket(node, change)
+            else:
+                await buckets.record_remote_bucket(node, change.bucket, hlc=change.hlc, site=change.site)
         applied = await node.catalog.apply_remote(change, chunk_bytes=node.chunk_bytes)
         replaced = applied.replaced
         if replaced is not None and replaced.state == "dirty" and replaced.chunks:
