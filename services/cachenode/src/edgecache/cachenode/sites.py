@@ -50,6 +50,7 @@ __all__ = [
     "relay_get",
     "relay_head",
     "site_request",
+    "with_our_tags",
 ]
 
 log = get_logger(__name__)
@@ -140,16 +141,34 @@ def owner_of(node: CacheNode, manifest: wire.Manifest) -> str | None:
     if _FROM_SITE.get():
         return None
     site = node.catalog.owner_of(manifest)
-    if site is not None:
+    if site is not None and manifest.tags_site in ("", site):
+        # a record retagged at a site other than the owner is not cached: its reads need
+        # the record for their tag count (:func:`with_our_tags`)
         node.routes.put(manifest.bucket, manifest.key, site)
     return site
 
 
+def with_our_tags(info: wire.ObjectInfo, record: wire.Manifest | None) -> wire.ObjectInfo:
+    """The owner site's ``info`` of ``record``'s version, with the tag count of ``record``
+    (this site's record of it) if its tags were changed at a site other than the owner:
+    the owner may not have applied that change yet, and a tag change made here must be
+    read back here at once (``x-amz-tagging-count``)."""
+    if record is None or record.tags_site in ("", record.site):
+        return info
+    return msgspec.structs.replace(info, tag_count=len(record.tags))
+
+
 async def relay_get(
-    node: CacheNode, tx: stream.DownloadSender, request: wire.GetObject, site: str
+    node: CacheNode,
+    tx: stream.DownloadSender,
+    request: wire.GetObject,
+    site: str,
+    *,
+    record: wire.Manifest | None = None,
 ) -> None:
     """Ask ``site`` for ``request``'s bytes and relay its answer on ``tx`` (not yet started):
-    its ``ObjectInfo``, its frames as ``tx``'s credit allows, ``End``.
+    its ``ObjectInfo`` (with ``record``'s tag count: :func:`with_our_tags`), its frames as
+    ``tx``'s credit allows, ``End``.
 
     Raises:
         ServiceUnavailable: ``site`` did not answer (no responders: the hub link is down or
@@ -176,7 +195,7 @@ async def relay_get(
             raise errors.InternalError(
                 f"site {site} answered {type(reply).__name__} to a GetObject"
             )
-        await tx.start(reply)
+        await tx.start(with_our_tags(reply, record))
         async for piece in body:
             node.counters.bytes_out += len(piece)
             await tx.send(piece)
