@@ -750,20 +750,7 @@ def _site_change(m: wire.Manifest, *, clean: bool) -> wire.SiteChange:
 def _tags_change(m: wire.Manifest) -> wire.SiteChange:
     """The change-log entry of a tag change made here of ``m``'s version (whichever site
     wrote it): stamped with the tag stamp."""
-    return wire.SiteChange(
-        id=new_id(),
-        at_ns=time.time_ns(),
-        site=m.tags_site,
-        bucket=m.bucket,
-        key=m.key,
-        version=m.version,
-        hlc=m.tags_hlc,
-        state=m.state,
-        size=m.size,
-        etag=m.etag,
-        manifest=msgspec.structs.replace(m, chunks=[], nodes=[]),
-        kind="tags",
-    )
+    return msgspec.structs.replace(_site_change(m, clean=False), site=m.tags_site, hlc=m.tags_hlc, kind="tags")
 
 
 def tags_stamp(m: wire.Manifest) -> tuple[int, str]:

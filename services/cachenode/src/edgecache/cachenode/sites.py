@@ -158,6 +158,41 @@ def with_our_tags(info: wire.ObjectInfo, record: wire.Manifest | None) -> wire.O
     return msgspec.structs.replace(info, tag_count=len(record.tags))
 
 
+async def _ask_owner(
+    node: CacheNode,
+    request: wire.GetObject,
+    site: str,
+    *,
+    downstream: stream.DownloadSender | None = None,
+) -> tuple[wire.ObjectInfo, AsyncIterator[bytes]]:
+    """Ask ``site`` for ``request`` (as a byte stream); its ``ObjectInfo`` and its frames
+    (``aclose()`` them when done). ``downstream``: the sender the frames are relayed to.
+
+    Raises:
+        ServiceUnavailable: ``site`` did not answer (no responders: the hub link is down or
+            no node serves there) or went silent; the key's route is dropped.
+        S3Error: ``site``'s own answer (NoSuchKey, InvalidRange, …).
+    """
+    try:
+        reply, body = await stream.download(
+            node.nc,
+            subjects.site_s3(site, wire.GetObject.operation),
+            msgspec.structs.replace(request, local_host=None),
+            budget=node.credit,
+            window=node.config.cachenode.window_frames,
+            timeout_s=node.config.nats.request_timeout_s,
+            downstream=downstream,
+            liveness=Liveness.of(node.config.nats),
+        )
+    except errors.S3Error:
+        node.routes.drop(request.bucket, request.key)
+        raise
+    if not isinstance(reply, wire.ObjectInfo):
+        await body.aclose()  # type: ignore[attr-defined]
+        raise errors.InternalError(f"site {site} answered {type(reply).__name__} to a GetObject")
+    return reply, body
+
+
 async def relay_get(
     node: CacheNode,
     tx: stream.DownloadSender,
@@ -175,26 +210,8 @@ async def relay_get(
             no node serves there) or went silent.
         S3Error: ``site``'s own answer (NoSuchKey, InvalidRange, …).
     """
-    ask = msgspec.structs.replace(request, local_host=None)
+    reply, body = await _ask_owner(node, request, site, downstream=tx)
     try:
-        reply, body = await stream.download(
-            node.nc,
-            subjects.site_s3(site, wire.GetObject.operation),
-            ask,
-            budget=node.credit,
-            window=node.config.cachenode.window_frames,
-            timeout_s=node.config.nats.request_timeout_s,
-            downstream=tx,
-            liveness=Liveness.of(node.config.nats),
-        )
-    except errors.S3Error:
-        node.routes.drop(request.bucket, request.key)
-        raise
-    try:
-        if not isinstance(reply, wire.ObjectInfo):
-            raise errors.InternalError(
-                f"site {site} answered {type(reply).__name__} to a GetObject"
-            )
         await tx.start(with_our_tags(reply, record))
         async for piece in body:
             node.counters.bytes_out += len(piece)
@@ -210,8 +227,8 @@ async def read_at_owner(
 ) -> AsyncIterator[bytes]:
     """Bytes ``first..last`` (inclusive) of ``manifest``'s version, read at ``site``, the
     site that holds it (a remote record: no chunks here), for a copy made here
-    (CopyObject, UploadPartCopy). The same request a relayed GET makes, read here instead
-    of relayed on.
+    (CopyObject, UploadPartCopy): the request a relayed GET makes, read here instead of
+    relayed on.
 
     Yields:
         The owner's frames, in order (at most ``nats.max_payload`` bytes each).
@@ -222,22 +239,8 @@ async def read_at_owner(
         S3Error: ``site``'s own answer (NoSuchKey when it deleted the key meanwhile, …).
     """
     ask = wire.GetObject(bucket=manifest.bucket, key=manifest.key, range=f"bytes={first}-{last}")
+    reply, body = await _ask_owner(node, ask, site)
     try:
-        reply, body = await stream.download(
-            node.nc,
-            subjects.site_s3(site, wire.GetObject.operation),
-            ask,
-            budget=node.credit,
-            window=node.config.cachenode.window_frames,
-            timeout_s=node.config.nats.request_timeout_s,
-            liveness=Liveness.of(node.config.nats),
-        )
-    except errors.S3Error:
-        node.routes.drop(manifest.bucket, manifest.key)
-        raise
-    try:
-        if not isinstance(reply, wire.ObjectInfo):
-            raise errors.InternalError(f"site {site} answered {type(reply).__name__} to a GetObject")
         if reply.etag != manifest.etag or reply.size != manifest.size:
             node.routes.drop(manifest.bucket, manifest.key)
             raise errors.ServiceUnavailable(
