@@ -246,31 +246,42 @@ async def test_a_bucket_deleted_at_a_is_gone_at_b_and_created_again_at_b_is_back
     await put(a, bucket, "k", b"bucket is back")
 
 
-async def test_a_site_with_writes_of_its_own_in_a_bucket_keeps_it(
-    sites: dict[str, Site], bucket: str
-) -> None:
-    """``a``'s deletion reaches ``b`` after ``b`` wrote into the bucket (the deletion is
-    handed to ``b``'s node as ``a``'s federator would hand it: with the link up, ``a`` would
-    have known ``b``'s object and refused the deletion). ``b`` keeps the bucket, creates it
-    again after the deletion, and its write reaches the origin."""
-    a, b = sites["a"], sites["b"]
-    await put(b, bucket, "mine", b"written at b")
-    deletion = wire.SiteChange(
+async def apply_at(site: Site, change: wire.SiteChange) -> wire.Reply:
+    """Hand ``change`` to ``site``'s nodes as its federator would; their answer."""
+    answer = await site.nc.request(subjects.FED_APPLY, wire.encode(change), timeout=5)
+    return wire.decode(answer.data, wire.Reply)
+
+
+def bucket_deletion(bucket: str, hlc: int) -> wire.SiteChange:
+    """``a``'s deletion of ``bucket``, as ``a``'s catalog logs it, stamped ``hlc``."""
+    return wire.SiteChange(
         id=ids.new_id(),
         at_ns=time.time_ns(),
         site="a",
         bucket=bucket,
         key=None,
-        hlc=a.node.catalog.clock.now(),
+        hlc=hlc,
         deleted=True,
     )
-    reply = wire.decode(
-        (await b.nc.request(subjects.FED_APPLY, wire.encode(deletion), timeout=5)).data, wire.Reply
-    )
+
+
+async def test_a_site_with_writes_of_its_own_in_a_bucket_keeps_it(
+    sites: dict[str, Site], bucket: str
+) -> None:
+    """``a``'s deletion reaches ``b`` after ``b`` wrote into the bucket, unseen by ``a``
+    (stamped after the deletion: ``b``'s clock ahead). It is handed to ``b``'s node as
+    ``a``'s federator would hand it (with the link up, ``a`` would have known ``b``'s object
+    and refused the deletion). ``b`` keeps the bucket, creates it again after the
+    deletion, and its write reaches the origin."""
+    b = sites["b"]
+    await put(b, bucket, "mine", b"written at b")
+    mine = await current(b, bucket, "mine")
+    deletion = bucket_deletion(bucket, mine.hlc - 1)
+    reply = await apply_at(b, deletion)
     assert isinstance(reply, wire.Ok), reply
     assert await known(b, bucket)
     record, _ = await b.node.bucket_record(bucket)
-    assert (record.deleted, record.site) == (False, "b") and record.hlc > deletion.hlc
+    assert (record.deleted, record.site) == (False, "b") and record.hlc > mine.hlc
     async with writeback(b):
         origin = Path(b.config.origin_path()) / bucket / "mine"
 
@@ -279,3 +290,31 @@ async def test_a_site_with_writes_of_its_own_in_a_bucket_keeps_it(
 
         await until(written_back, what="b's write in the origin")
     assert origin.read_bytes() == b"written at b"
+
+
+async def test_a_deletion_that_overtakes_the_deletes_of_its_objects_waits_for_them(
+    sites: dict[str, Site], bucket: str
+) -> None:
+    """``a`` deleted ``b``'s object, then the bucket; at ``b`` the bucket's deletion comes
+    first (another lane of the applier): it is refused (asked again) while ``b`` still
+    holds its object, and applied once the object's delete is."""
+    a, b = sites["a"], sites["b"]
+    await put(b, bucket, "seen", b"deleted at a")
+    seen = await current(b, bucket, "seen")
+    tombstone = wire.SiteChange(
+        id=ids.new_id(),
+        at_ns=time.time_ns(),
+        site="a",
+        bucket=bucket,
+        key="seen",
+        version=ids.new_id(),
+        hlc=max(seen.hlc, a.node.catalog.clock.now()) + 1,
+        deleted=True,
+    )
+    deletion = bucket_deletion(bucket, tombstone.hlc + 1)
+    refused = await apply_at(b, deletion)
+    assert isinstance(refused, wire.Error) and refused.code == "ServiceUnavailable", refused
+    assert await known(b, bucket)
+    assert isinstance(await apply_at(b, tombstone), wire.Ok)
+    assert isinstance(await apply_at(b, deletion), wire.Ok)  # asked again: applied
+    assert not await known(b, bucket)

@@ -36,6 +36,12 @@ __all__ = [
 log = get_logger(__name__)
 
 _BUCKET_ROUNDS = 8  # compare-and-set attempts of a remote bucket change against local ones
+# A remote bucket deletion stamped after every write of ours in the bucket is held back
+# this long (s) from the time this process first sees it: the deleting site may have
+# deleted those writes first, and their deletes travel in other lanes of the applier.
+_DELETION_GRACE_S = 2.0
+_FIRST_SEEN_MAX = 4096  # deletions remembered for the grace (bounded memory)
+_first_seen: dict[str, float] = {}
 
 
 async def create_bucket(node: CacheNode, request: wire.CreateBucket) -> wire.Ok:
@@ -95,7 +101,11 @@ async def remove_remote_bucket(node: CacheNode, change: wire.SiteChange) -> None
     holds a live version of its own not yet in the origin (written here before the deletion
     reached us): that bucket is created again — a new creation, stamped after the deletion,
     logged for every site and written back to the origin by this site — so that no
-    acknowledged write is left without a bucket.
+    acknowledged write is left without a bucket. If every such version is stamped before
+    the deletion, the deleting site may have seen and deleted them (its deletes are applied
+    in other lanes, maybe after this one): the deletion is refused (``ServiceUnavailable``,
+    asked again by the federator) for :data:`_DELETION_GRACE_S` after it is first seen here,
+    and the rule applies to what is left then.
 
     Raises:
         ServiceUnavailable: the record kept changing, or the change log did not take the
@@ -108,7 +118,14 @@ async def remove_remote_bucket(node: CacheNode, change: wire.SiteChange) -> None
         if found is not None and (found[0].hlc, found[0].site) > stamp:
             return  # created (or deleted) again after this deletion
         try:
-            if await _holds_own_writes(node, bucket):
+            own = await _own_writes(node, bucket)
+            if own:
+                if all(hlc < change.hlc for hlc in own) and _in_grace(change.id):
+                    raise errors.ServiceUnavailable(
+                        f"bucket {bucket} deleted at site {change.site}: the deletes of this site's"
+                        " writes in it may still be on their way; asked again",
+                        retry_after_s=1,
+                    )
                 await _recreate(node, bucket, found)
                 return
             tombstone = wire.encode(
@@ -124,13 +141,24 @@ async def remove_remote_bucket(node: CacheNode, change: wire.SiteChange) -> None
     raise errors.ServiceUnavailable(f"bucket {bucket} kept changing under a remote deletion", retry_after_s=1)
 
 
-async def _holds_own_writes(node: CacheNode, bucket: str) -> bool:
-    """Whether this site holds a live version of its own in ``bucket`` that is not in the
-    origin yet (a dirty manifest stamped with this site's name)."""
-    async for m in node.catalog.dirty(bucket):
-        if not m.deleted and m.site == node.catalog.site and m.state == "dirty":
-            return True
-    return False
+async def _own_writes(node: CacheNode, bucket: str) -> list[int]:
+    """The ``hlc`` stamps of the live versions of this site's own in ``bucket`` that are not
+    in the origin yet (dirty manifests stamped with this site's name)."""
+    return [
+        m.hlc
+        async for m in node.catalog.dirty(bucket)
+        if not m.deleted and m.site == node.catalog.site and m.state == "dirty"
+    ]
+
+
+def _in_grace(change_id: str) -> bool:
+    """Whether the deletion ``change_id`` was first seen here less than
+    :data:`_DELETION_GRACE_S` ago (remembered per process, the oldest forgotten first)."""
+    now = time.monotonic()
+    first = _first_seen.setdefault(change_id, now)
+    while len(_first_seen) > _FIRST_SEEN_MAX:
+        del _first_seen[next(iter(_first_seen))]
+    return now - first < _DELETION_GRACE_S
 
 
 async def _recreate(node: CacheNode, bucket: str, found: tuple[wire.BucketRecord, int] | None) -> None:
