@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.fixtures.origins",
     "tests.fixtures.stack",
     "tests.fixtures.federation",
+    "tests.fixtures.fedsites",
 ]
 
 # Property tests: few examples per run, for the suite's time budget (HYPOTHESIS_PROFILE=thorough

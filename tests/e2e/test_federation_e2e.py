@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from edgecache.launcher.render import render_status
 from edgecache.launcher.status import nats_config_for, read_status
@@ -48,3 +50,51 @@ def test_each_site_serves_and_status_lists_both_sites(federated_stacks: Federate
     assert s3_a.get_object(Bucket="fed-e2e", Key="hello.txt")["Body"].read() == b"written at a"
     s3_b.create_bucket(Bucket="fed-e2e-b")
     assert "fed-e2e-b" in [x["Name"] for x in s3_b.list_buckets()["Buckets"]]
+
+
+def _eventually(check: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
+    """Poll ``check`` every 50 ms until it holds."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _answers(call: Callable[[], object]) -> bool:
+    try:
+        call()
+    except ClientError:
+        return False
+    return True
+
+
+def test_tags_copies_and_bucket_deletions_cross_sites(federated_stacks: FederatedStacks) -> None:
+    """With boto3 at each site's gateway: a tag change at a is read at b (GetObjectTagging,
+    the GET's tag count); b copies a's object; a bucket emptied and deleted at a is gone at b."""
+    s3_a, s3_b = federated_stacks.sites["a"].boto3(), federated_stacks.sites["b"].boto3()
+    s3_a.create_bucket(Bucket="fed-gaps")
+    s3_a.put_object(Bucket="fed-gaps", Key="t.txt", Body=b"tagged at a")
+    _eventually(lambda: _answers(lambda: s3_b.head_object(Bucket="fed-gaps", Key="t.txt")), "a's object at b")
+    s3_a.put_object_tagging(
+        Bucket="fed-gaps", Key="t.txt", Tagging={"TagSet": [{"Key": "team", "Value": "blue"}]}
+    )
+    _eventually(
+        lambda: s3_b.get_object_tagging(Bucket="fed-gaps", Key="t.txt")["TagSet"]
+        == [{"Key": "team", "Value": "blue"}],
+        "a's tags at b",
+    )
+    assert s3_b.get_object(Bucket="fed-gaps", Key="t.txt")["TagCount"] == 1
+
+    s3_b.copy_object(Bucket="fed-gaps", Key="copy.txt", CopySource={"Bucket": "fed-gaps", "Key": "t.txt"})
+    assert s3_b.get_object(Bucket="fed-gaps", Key="copy.txt")["Body"].read() == b"tagged at a"
+    assert s3_b.get_object_tagging(Bucket="fed-gaps", Key="copy.txt")["TagSet"] == [
+        {"Key": "team", "Value": "blue"}
+    ]  # x-amz-tagging-directive COPY: the source's tags
+
+    _eventually(lambda: _answers(lambda: s3_a.head_object(Bucket="fed-gaps", Key="copy.txt")), "b's copy at a")
+    s3_a.delete_objects(
+        Bucket="fed-gaps", Delete={"Objects": [{"Key": "t.txt"}, {"Key": "copy.txt"}]}
+    )
+    s3_a.delete_bucket(Bucket="fed-gaps")
+    _eventually(lambda: not _answers(lambda: s3_b.head_bucket(Bucket="fed-gaps")), "a's bucket deletion at b")
+    assert "fed-gaps" not in [x["Name"] for x in s3_b.list_buckets()["Buckets"]]

@@ -13,190 +13,28 @@ site's node (``FED_APPLY``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nats
 import pytest
-import pytest_asyncio
-from nats.aio.client import Client as NATS
 
-from edgecache.cachenode.node import CacheNode
-from edgecache.cachenode.service import start_node
-from edgecache.common import errors, subjects, wire
-from edgecache.common.client import EdgecacheClient
-from edgecache.common.config import load_config
-from edgecache.common.jetstream import add_site_source, ensure_site_streams, restart_stalled_sources
-from edgecache.federator.applier import ChangeApplier
-from edgecache.origin import open_origin
-from edgecache.writeback.service import WritebackService
+from edgecache.common import errors, wire
 from tests.fixtures.federation import Federation
+from tests.fixtures.fedsites import (
+    MiB,
+    Site,
+    current,
+    holds,
+    put,
+    restart_stalled,
+    until,
+    writeback,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-MiB = 1024 * 1024
-
-
-@dataclass
-class Site:
-    name: str
-    nc: NATS
-    node: CacheNode
-    client: EdgecacheClient
-    config: Any
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def sites(
-    federation: Federation, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[dict[str, Site]]:
-    root: Path = tmp_path_factory.mktemp("fedreads")
-    origin_dir = root / "origin"
-    hub = await nats.connect(federation.hub_url())
-    async with AsyncExitStack() as stack:
-        out: dict[str, Site] = {}
-        for name in federation.sites:
-            config = load_config(
-                env={},
-                overrides={
-                    "data_dir": str(root / name),
-                    "nats": {"url": federation.site_url(name), "request_timeout_s": 5.0},
-                    "federation": {"site": name},
-                    "cachenode": {"chunk_bytes": MiB, "node_id": f"node-{name}"},
-                    "origin": {"kind": "file", "path": str(origin_dir)},
-                },
-            )
-            nc = await nats.connect(federation.site_url(name))
-            stack.push_async_callback(nc.close)
-            await ensure_site_streams(nc.jetstream(), name)  # what the site federator does
-            await add_site_source(hub.jetstream(), name)  # what the hub federator does on a join
-            node = await start_node(config, stack)
-            out[name] = Site(name, nc, node, EdgecacheClient(nc, timeout_s=10.0), config)
-        tasks = [asyncio.ensure_future(ChangeApplier(s.nc, s.name).run()) for s in out.values()]
-        try:
-            yield out
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await hub.close()
-
-
-@contextlib.asynccontextmanager
-async def writeback(site: Site) -> AsyncIterator[WritebackService]:
-    """The site's writeback service, running while the block runs."""
-    origin = open_origin(site.config)
-    await origin.start()
-    service = WritebackService(
-        site.nc,
-        site.node.state,
-        origin,
-        site.config.writeback,
-        fetch_timeout_s=0.2,
-        shutdown_grace_s=1.0,
-        chunk_timeout_s=3.0,
-        site=site.name,
-    )
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(service.run(stop))
-    try:
-        yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await origin.close()
-
-
-async def until(
-    check: Callable[[], Awaitable[bool]], *, timeout_s: float = 10.0, what: str = "condition"
-) -> float:
-    """Poll ``check`` every 5 ms until it holds; the seconds it took."""
-    started = time.perf_counter()
-    while not await check():
-        if time.perf_counter() - started > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.005)
-    return time.perf_counter() - started
-
-
-async def put(site: Site, bucket: str, key: str, data: bytes) -> wire.ObjectInfo:
-    async def body() -> AsyncIterator[bytes]:
-        yield data
-
-    return await site.client.put_object(
-        wire.PutObject(bucket=bucket, key=key, size=len(data)), body()
-    )
-
-
-async def current(site: Site, bucket: str, key: str) -> wire.Manifest | None:
-    found = await site.node.catalog.get(bucket, key)
-    return None if found is None else found.manifest
-
-
-def holds(
-    site: Site, bucket: str, key: str, version: str, *, state: str | None = None
-) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        m = await current(site, bucket, key)
-        return m is not None and m.version == version and (state is None or m.state == state)
-
-    return check
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def bucket(federation: Federation, sites: dict[str, Site]) -> str:
-    name = f"fed-{secrets.token_hex(4)}"
-    await sites["a"].client.request(wire.CreateBucket(bucket=name))  # logged for b too
-
-    async def known_at_b() -> bool:
-        try:
-            await sites["b"].client.request(wire.HeadBucket(bucket=name))
-        except errors.NoSuchBucket:
-            return False
-        return True
-
-    # the first change crosses sources just set up: restart them if they stalled, as the
-    # site and hub federators (not running here) do when a heartbeat crosses the link
-    hub = await nats.connect(federation.hub_url())
-    restarted: dict[str, dict[str, float]] = {}
-    try:
-
-        async def known_at_b_linked() -> bool:
-            if await known_at_b():
-                return True
-            await restart_stalled(hub, sites, restarted)
-            await asyncio.sleep(0.05)
-            return False
-
-        await until(known_at_b_linked, timeout_s=40.0, what="the bucket at b")
-    finally:
-        await hub.close()
-    return name
-
-
-async def restart_stalled(
-    hub: NATS, sites: dict[str, Site], restarted: dict[str, dict[str, float]], **options: float
-) -> None:
-    """Restart the stalled sources of the hub's and each site's ``FEDERATION`` (``options``:
-    of ``restart_stalled_sources``; ``stalled_after_s=0``: every source)."""
-    await restart_stalled_sources(
-        hub.jetstream(), subjects.FEDERATION_STREAM, set(sites), restarted=restarted.setdefault("hub", {}), **options
-    )
-    for site in sites.values():
-        await restart_stalled_sources(
-            site.nc.jetstream(),
-            subjects.FEDERATION_STREAM,
-            {subjects.HUB_DOMAIN},
-            restarted=restarted.setdefault(site.name, {}),
-            **options,
-        )
 
 
 async def test_a_write_at_a_is_read_at_b_from_a_then_from_the_origin(

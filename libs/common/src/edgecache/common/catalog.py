@@ -40,7 +40,9 @@ timestamp (:mod:`~edgecache.common.hlc`) greater than the version it replaces, a
 change log (``edgecache.fed.changes.<site>``, stream ``CHANGES``) with a JetStream
 acknowledgement before it returns: for each new version or tombstone (``dirty``), when one
 of this site's versions reaches the origin (``clean``, from :meth:`mark_clean` and
-:meth:`remove_tombstone`) and when a bucket is deleted (``key`` ``None``). A change the log
+:meth:`remove_tombstone`), when the tags of a version change here (kind ``tags``, stamped
+``tags_hlc``/``tags_site``, from :meth:`retag`) and when a bucket is deleted (``key``
+``None``). A change the log
 does not take fails with ``ServiceUnavailable`` (503) instead of being acknowledged
 unlogged. :meth:`apply_remote` applies another site's change: the larger ``(hlc, site)``
 wins; a winning remote version becomes a *remote record* (no chunks here; read at its site
@@ -71,7 +73,7 @@ if TYPE_CHECKING:
 
     from edgecache.common.jetstream import State
 
-__all__ = ["Applied", "Catalog", "Entry", "fill_chunks", "tagged_intent"]
+__all__ = ["Applied", "Catalog", "Entry", "fill_chunks", "tagged_intent", "tags_stamp"]
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed compare-and-set
 ERASED_TTL_S = 60  # a removed key's purge marker expires after this (s)
@@ -278,10 +280,24 @@ class Catalog:
     async def retag(self, tagged: wire.Manifest, revision: int) -> bool:
         """Make ``tagged`` (the current manifest with new ``tags``) current if the entry is
         still at ``revision``: readers see the change (invalidated). If its version is
-        already in the origin (``clean``), ``tagged`` must say ``tags_state="dirty"``: an
+        already in the origin (``clean``) and this site writes its tags there
+        (:meth:`writes_tags_of`), ``tagged`` must say ``tags_state="dirty"``: an
         :class:`~wire.ObjectTagged` intent is appended after the write (a dirty version
-        takes its tags with its bytes). ``False``: the entry moved on; nothing changed."""
-        if not await self._change(tagged.bucket, tagged.key, tagged, revision=revision):
+        takes its tags with its bytes). ``False``: the entry moved on; nothing changed.
+
+        Federated, the tags are stamped (``tags_hlc``, ``tags_site``) past the record's
+        stamps and the change is logged for the other sites (``SiteChange`` of kind
+        ``tags``) before this returns.
+
+        Raises:
+            ServiceUnavailable: federated, the change log did not take it.
+        """
+        if self.site:
+            self.clock.observe(max(tagged.hlc, tagged.tags_hlc))
+            tagged = msgspec.structs.replace(tagged, tags_hlc=self.clock.now(), tags_site=self.site)
+        if not await self._change(
+            tagged.bucket, tagged.key, tagged, revision=revision, log="tags" if self.site else None
+        ):
             return False
         if tagged.state == "clean" and tagged.tags_state == "dirty":
             await self.publish_intent(tagged_intent(tagged))
@@ -326,7 +342,7 @@ class Catalog:
         revision: int | None,
         events: Sequence[wire.ObjectClean] = (),
         invalidates: bool = True,
-        log: Literal["new", "clean"] | None = None,
+        log: Literal["new", "clean", "tags"] | None = None,
         logged: wire.Manifest | None = None,
         current: Entry | None = None,
     ) -> bool:
@@ -340,7 +356,8 @@ class Catalog:
         ``log``: ``"new"``: ``manifest`` is a new version (or tombstone) of this site: it
         is stamped (``hlc``, ``site``) past ``current`` (the entry it replaces, as read at
         ``revision``) and logged dirty; ``"clean"``: this site's version ``manifest`` (or
-        ``logged``, when the entry is removed) reached the origin.
+        ``logged``, when the entry is removed) reached the origin; ``"tags"``: this site
+        changed the tags of ``manifest`` (already tag-stamped), whoever wrote the version.
 
         Returns:
             ``False`` when the compare-and-set lost: nothing changed, nothing published.
@@ -373,7 +390,9 @@ class Catalog:
                 raise
             return False
         logged = manifest if logged is None else logged
-        if self.site and log is not None and logged is not None and logged.site == self.site:
+        if self.site and log == "tags" and logged is not None and logged.tags_site == self.site:
+            await self._append_change(_tags_change(logged))
+        elif self.site and log is not None and logged is not None and logged.site == self.site:
             await self._append_change(_site_change(logged, clean=log == "clean"))
         if invalidates:
             version = "" if manifest is None or manifest.deleted else manifest.version
@@ -409,10 +428,11 @@ class Catalog:
         }
         await self._js.publish(_KV_PREFIX + kv_key, b"", headers=headers, msg_ttl=ERASED_TTL_S)
 
-    async def invalidate_bucket(self, bucket: str, *, logged: bool = True) -> None:
+    async def invalidate_bucket(self, bucket: str, *, logged: bool = True, hlc: int = 0) -> None:
         """Every object of ``bucket`` changed (the bucket was deleted here): log it for the
         other sites (federated, unless ``logged`` is false: a remote deletion being
-        applied), then tell memory tiers.
+        applied; stamped ``hlc``, from :meth:`bucket_stamp`, or now), then tell memory
+        tiers.
 
         Raises:
             ServiceUnavailable: the change log did not take it (see :meth:`_change`).
@@ -421,14 +441,21 @@ class Catalog:
             await self._append_change(
                 wire.SiteChange(
                     id=new_id(), at_ns=time.time_ns(), site=self.site, bucket=bucket, key=None,
-                    hlc=self.clock.now(), deleted=True,
+                    hlc=hlc or self.clock.now(), deleted=True,
                 )
             )
         await self._invalidate(bucket, None, "")
 
-    async def log_bucket_created(self, bucket: str) -> None:
+    def bucket_stamp(self) -> tuple[int, str]:
+        """A new ``(hlc, site)`` stamp for a bucket created or deleted here (``(0, "")``
+        when not federated): past every change this site has seen, so a creation after a
+        deletion (or the reverse) wins over it everywhere."""
+        return (self.clock.now(), self.site) if self.site else (0, "")
+
+    async def log_bucket_created(self, bucket: str, *, hlc: int = 0) -> None:
         """Log a bucket created here for the other sites (federated; nothing otherwise), so
-        that they know it before its creation reaches the origin.
+        that they know it before its creation reaches the origin; stamped ``hlc`` (from
+        :meth:`bucket_stamp`), or now.
 
         Raises:
             ServiceUnavailable: the change log did not take it (see :meth:`_change`).
@@ -437,7 +464,7 @@ class Catalog:
             await self._append_change(
                 wire.SiteChange(
                     id=new_id(), at_ns=time.time_ns(), site=self.site, bucket=bucket, key=None,
-                    hlc=self.clock.now(),
+                    hlc=hlc or self.clock.now(),
                 )
             )
 
@@ -447,8 +474,9 @@ class Catalog:
         it replaces (whichever site wrote that one): a write made after another was seen
         wins."""
         if current is not None:
-            self.clock.observe(current.manifest.hlc)
-        return msgspec.structs.replace(manifest, hlc=self.clock.now(), site=self.site)
+            self.clock.observe(max(current.manifest.hlc, current.manifest.tags_hlc))
+        # a new version's tags come with it: its own stamp orders them
+        return msgspec.structs.replace(manifest, hlc=self.clock.now(), site=self.site, tags_hlc=0, tags_site="")
 
     async def _append_change(self, change: wire.SiteChange) -> None:
         """Append ``change`` to this site's change log and wait for the stream's
@@ -474,9 +502,10 @@ class Catalog:
         invalidating memory tiers); a losing one is ignored (our winner's own change
         reaches the other site); a ``clean`` change of the remote version recorded here
         turns the record clean and fillable from the origin. A bucket deletion
-        (``key`` ``None``, ``deleted``) only invalidates the bucket's memory tiers: its
-        objects' own deletes come as changes of their own; a bucket creation (``key``
-        ``None``) is the caller's to record (KV ``buckets`` is the cache node's).
+        (``key`` ``None``, ``deleted``) only invalidates the bucket's memory tiers here: its
+        objects' own deletes come as changes of their own, and the bucket's record, like a
+        bucket creation's (``key`` ``None``), is the caller's to apply (KV ``buckets`` is the
+        cache node's: ``cachenode/buckets.py``).
 
         Args:
             change: the remote change (``change.site`` is not this site's).
@@ -496,6 +525,8 @@ class Catalog:
             if change.deleted:
                 await self.invalidate_bucket(change.bucket, logged=False)
             return Applied("bucket", None)
+        if change.kind == "tags":
+            return await self._apply_tags(change, chunk_bytes=chunk_bytes)
         record = remote_record(change, chunk_bytes=chunk_bytes)
         for _ in range(_APPLY_ROUNDS):
             current = await self.get(change.bucket, change.key)
@@ -509,14 +540,67 @@ class Catalog:
                         return Applied("ignored", None)  # a redelivery, or an older state
                     outcome = "cleaned"
             revision = 0 if current is None else current.revision
-            if await self._change(change.bucket, change.key, record, revision=revision):
-                if record.state == "clean":
-                    await self._unmark(record)
+            written = record
+            if outcome == "cleaned" and current is not None and tags_stamp(current.manifest) > tags_stamp(record):
+                written = _with_tags_of(record, current.manifest)  # a tag change newer than the clean one
+            if await self._change(change.bucket, change.key, written, revision=revision):
+                if not _pending(written):
+                    await self._unmark(written)
                 replaced = None if current is None or outcome == "cleaned" else current.manifest
                 return Applied(outcome, replaced)
         raise errors.ServiceUnavailable(
             f"manifest of {change.bucket}/{change.key} kept changing under a remote change", retry_after_s=1
         )
+
+    async def _apply_tags(self, change: wire.SiteChange, *, chunk_bytes: int) -> Applied:
+        """Apply another site's tag change of one version (see :meth:`apply_remote`).
+
+        The entry holds that version: the larger tag stamp wins (the change's
+        ``(hlc, site)`` against the entry's :func:`tags_stamp`); if this site writes the
+        version's tags to the origin (its own version, already clean) they are marked dirty
+        and an ``ObjectTagged`` intent is appended. The entry holds a newer version (or
+        delete): ignored, as S3 drops the tags of an overwritten version. The entry holds no
+        entry or an older version: the tagged version's record is written, as its own
+        change would have done (that change may still be on its way from its site).
+        """
+        theirs = change.manifest
+        if theirs is None or change.key is None:
+            return Applied("ignored", None)
+        stamp = (change.hlc, change.site)
+        for _ in range(_APPLY_ROUNDS):
+            current = await self.get(change.bucket, change.key)
+            held = None if current is None else current.manifest
+            if held is None or held.version != change.version:
+                if held is not None and (held.hlc, held.site) >= (theirs.hlc, theirs.site):
+                    return Applied("ignored", None)  # a newer version is current here
+                record = remote_record(_site_change(theirs, clean=theirs.state == "clean"), chunk_bytes=chunk_bytes)
+                written = _with_tags_of(record, theirs)
+                outcome: Literal["applied", "tagged"] = "applied"
+            else:
+                if tags_stamp(held) >= stamp:
+                    return Applied("ignored", None)  # a later tag change is here, or a redelivery
+                pending = held.state == "clean" and held.site == self.site  # ours to write back
+                written = msgspec.structs.replace(
+                    _with_tags_of(held, theirs), tags_state="dirty" if pending else held.tags_state
+                )
+                outcome = "tagged"
+            revision = 0 if current is None else current.revision
+            if await self._change(change.bucket, change.key, written, revision=revision):
+                if outcome == "tagged" and written.tags_state == "dirty" and written.state == "clean":
+                    await self.publish_intent(tagged_intent(written))
+                replaced = None if outcome == "tagged" else held
+                return Applied(outcome, replaced)
+        raise errors.ServiceUnavailable(
+            f"manifest of {change.bucket}/{change.key} kept changing under a remote tag change", retry_after_s=1
+        )
+
+    def writes_tags_of(self, manifest: wire.Manifest) -> bool:
+        """Whether this site takes a tag change of ``manifest``'s version to the origin:
+        always when not federated; federated, when the version is this site's or no site's
+        (read from the origin). Another site's version has its tags written by that site,
+        when the change reaches it: one writer per version, so the origin ends with the
+        winning tags."""
+        return not self.site or manifest.site in ("", self.site)
 
     def owner_of(self, manifest: wire.Manifest) -> str | None:
         """The site to read ``manifest``'s bytes at: another site whose dirty version it
@@ -598,10 +682,11 @@ class Catalog:
 class Applied(NamedTuple):
     """What :meth:`Catalog.apply_remote` did: ``applied`` (the remote version or delete is
     current here now), ``cleaned`` (the remote version recorded here reached the origin),
-    ``ignored`` (a loser, a redelivery, or our own change), ``bucket`` (a bucket deletion);
+    ``ignored`` (a loser, a redelivery, or our own change), ``bucket`` (a bucket deletion),
+    ``tagged`` (the remote tags of the version current here are current now);
     ``replaced``: the manifest the remote change superseded, if any."""
 
-    outcome: Literal["applied", "cleaned", "ignored", "bucket"]
+    outcome: Literal["applied", "cleaned", "ignored", "bucket", "tagged"]
     replaced: wire.Manifest | None
 
 
@@ -617,7 +702,8 @@ def fill_chunks(version: str, size: int, chunk_bytes: int) -> list[wire.ChunkRef
 def remote_record(change: wire.SiteChange, *, chunk_bytes: int) -> wire.Manifest:
     """The manifest that records ``change``'s version (or delete) at another site: its
     metadata, ``hlc``, ``site`` and ``state``; no nodes; no chunks while it is dirty (its
-    bytes are at ``change.site``), fill chunks (:func:`fill_chunks`) once it is clean."""
+    bytes are at ``change.site``), fill chunks (:func:`fill_chunks`) once it is clean. Its
+    tags are never pending here (``tags_state`` clean): the version's site writes them."""
     assert change.key is not None
     base = change.manifest or wire.Manifest(
         bucket=change.bucket, key=change.key, version=change.version, size=change.size, etag=change.etag,
@@ -637,6 +723,7 @@ def remote_record(change: wire.SiteChange, *, chunk_bytes: int) -> wire.Manifest
         hlc=change.hlc,
         site=change.site,
         nodes=[],
+        tags_state="clean",
         chunks=fill_chunks(change.version, size, chunk_bytes) if clean else [],
         validated_at=time.time() if clean else 0.0,
     )
@@ -658,6 +745,23 @@ def _site_change(m: wire.Manifest, *, clean: bool) -> wire.SiteChange:
         etag=m.etag,
         manifest=None if m.deleted else msgspec.structs.replace(m, chunks=[], nodes=[]),
     )
+
+
+def _tags_change(m: wire.Manifest) -> wire.SiteChange:
+    """The change-log entry of a tag change made here of ``m``'s version (whichever site
+    wrote it): stamped with the tag stamp."""
+    return msgspec.structs.replace(_site_change(m, clean=False), site=m.tags_site, hlc=m.tags_hlc, kind="tags")
+
+
+def tags_stamp(m: wire.Manifest) -> tuple[int, str]:
+    """The ``(hlc, site)`` stamp of ``m``'s tags: that of their last change, else the
+    version's own (a version's tags come with it)."""
+    return (m.tags_hlc, m.tags_site) if m.tags_hlc else (m.hlc, m.site)
+
+
+def _with_tags_of(m: wire.Manifest, source: wire.Manifest) -> wire.Manifest:
+    """``m`` with the tags (and their stamp) of ``source``."""
+    return msgspec.structs.replace(m, tags=dict(source.tags), tags_hlc=source.tags_hlc, tags_site=source.tags_site)
 
 
 def _pending(m: wire.Manifest) -> bool:

@@ -725,6 +725,10 @@ class Manifest(msgspec.Struct, **_OPTS, tag="manifest.v1"):
     # ``dirty``: ``tags`` changed after this version reached the origin and an ObjectTagged
     # intent is taking them there (the manifest is then kept: no TTL, dirty-marked)
     tags_state: Literal["dirty", "clean"] = "clean"
+    # federation: the stamp of the last tag change of this version, ordered like versions
+    # by (tags_hlc, tags_site); 0/"": the tags came with the version (its hlc, site)
+    tags_hlc: int = 0
+    tags_site: str = ""
 
 
 class BucketRecord(msgspec.Struct, **_OPTS, tag="bucketrecord.v1"):
@@ -734,6 +738,11 @@ class BucketRecord(msgspec.Struct, **_OPTS, tag="bucketrecord.v1"):
     name: str
     created: float
     deleted: bool = False
+    # federation: the (hlc, site) stamp of the creation or deletion this record holds,
+    # ordered as versions are (a later creation replaces an earlier deletion, and the
+    # reverse); 0/"": not federated, or adopted from the origin
+    hlc: int = 0
+    site: str = ""
 
 
 class UploadRecord(msgspec.Struct, **_OPTS, tag="uploadrecord.v1"):
@@ -855,6 +864,11 @@ class SiteChange(Event, tag="site.change.v1"):
     the larger ``(hlc, site)`` wins everywhere (docs/architecture.md, Federation).
     ``state`` ``dirty``: only ``site`` holds the bytes (read them there);
     ``clean``: the version is in the origin.
+
+    ``kind`` ``tags``: ``site`` changed the tags of ``version`` (whichever site wrote the
+    version: ``manifest.site``); ``(hlc, site)`` is then the tag stamp, which orders the tag
+    changes of one version the same way, and ``manifest`` is the version's record with its
+    new tags.
     """
 
     site: str
@@ -870,6 +884,10 @@ class SiteChange(Event, tag="site.change.v1"):
     # (its metadata, for HEAD, listings and the refill from the origin); ``None`` for a
     # delete or a bucket deletion
     manifest: Manifest | None = None
+    # ``version``: the version itself changed (new, clean, deleted); ``tags``: only the tags
+    # of ``version`` changed at ``site`` — ``hlc`` is then the tag stamp
+    # (``Manifest.tags_hlc``) and ``manifest`` holds the new tags
+    kind: Literal["version", "tags"] = "version"
 
 
 class ChunksReleased(Event, tag="chunks.released.v1"):

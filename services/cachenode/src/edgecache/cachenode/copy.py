@@ -2,7 +2,8 @@
 
 The bytes never pass through the gateway: the node reads the source through its normal read
 path (:func:`.readthrough.read`: its disk, a peer, the owner's fill from the origin for an
-evicted clean chunk) and writes them into **new chunks of its own** under the copy's
+evicted clean chunk; federated, a version another site holds and has not yet written back is
+read at that site, as a GET of it is relayed there: :func:`.sites.read_at_owner`) and writes them into **new chunks of its own** under the copy's
 version, replicated as any upload is (:func:`.chunks.write_chunks`). The copy is a new
 dirty version with its own write-back intent, committed through the catalog.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgecache.cachenode import chunks, multipart, objects, readthrough
+from edgecache.cachenode import chunks, multipart, objects, readthrough, sites
 from edgecache.cachenode.chunkstore import ChunkMissing
 from edgecache.cachenode.node import CacheNode, now
 from edgecache.cachenode.replication import Replicator
@@ -73,7 +74,9 @@ async def _copy_chunks(
 
     Raises:
         BadDigest: the bytes do not match the source's MD5 or checksums.
-        ServiceUnavailable: a chunk of the source is unavailable, or the disk is full.
+        ServiceUnavailable: a chunk of the source is unavailable, or the disk is full; or
+            the source is another site's version and that site did not answer (or holds
+            a newer one by now).
     """
     whole = first == 0 and last == manifest.size - 1
     kept = (
@@ -86,9 +89,14 @@ async def _copy_chunks(
     digests = Digests({*kept, *([compute] if compute else [])})
 
     async def body() -> AsyncIterator[bytes]:
-        if last >= first:
-            async for piece in readthrough.read(node, manifest, first, last):
+        if last < first:
+            return
+        if site := sites.owner_of(node, manifest):  # another site's version, not yet in the origin
+            async for piece in sites.read_at_owner(node, manifest, first, last, site):
                 yield piece
+            return
+        async for piece in readthrough.read(node, manifest, first, last):
+            yield piece
 
     try:
         refs = await chunks.write_chunks(

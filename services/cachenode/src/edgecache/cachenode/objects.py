@@ -315,7 +315,7 @@ async def get_object(node: CacheNode, msg: Msg, request: wire.GetObject) -> None
         if manifest is not None:
             site = sites.owner_of(node, manifest)
         if site:  # another site holds this version (federation): read it there
-            await sites.relay_get(node, tx, request, site)
+            await sites.relay_get(node, tx, request, site, record=manifest)
             return
         assert manifest is not None
         span = requested_span(manifest, request.range, request.part_number)
@@ -353,7 +353,7 @@ async def head_object(node: CacheNode, request: wire.HeadObject) -> wire.ObjectI
         return await sites.relay_head(node, request, site)
     manifest = await readthrough.lookup(node, request.bucket, request.key)
     if site := sites.owner_of(node, manifest):
-        return await sites.relay_head(node, request, site)
+        return sites.with_our_tags(await sites.relay_head(node, request, site), manifest)
     span = requested_span(manifest, request.range, request.part_number)
     return info_of(manifest, first=span[0] if span else None, last=span[1] if span else None)
 

@@ -34,6 +34,8 @@ from edgecache.common.heartbeats import Liveness
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from nats.aio.msg import Msg
 
     from edgecache.cachenode.node import CacheNode
@@ -44,9 +46,11 @@ __all__ = [
     "cached_owner",
     "on_invalidate",
     "owner_of",
+    "read_at_owner",
     "relay_get",
     "relay_head",
     "site_request",
+    "with_our_tags",
 ]
 
 log = get_logger(__name__)
@@ -83,8 +87,11 @@ async def apply_change(node: CacheNode, msg: Msg) -> None:
     when the manifest kept changing or JetStream failed: deliver it again)."""
     try:
         change = wire.decode(msg.data, wire.SiteChange)
-        if change.key is None and not change.deleted and change.site != node.catalog.site:
-            await buckets.record_remote_bucket(node, change.bucket)
+        if change.key is None and change.site != node.catalog.site:
+            if change.deleted:
+                await buckets.remove_remote_bucket(node, change)
+            else:
+                await buckets.record_remote_bucket(node, change.bucket, hlc=change.hlc, site=change.site)
         applied = await node.catalog.apply_remote(change, chunk_bytes=node.chunk_bytes)
         replaced = applied.replaced
         if replaced is not None and replaced.state == "dirty" and replaced.chunks:
@@ -134,48 +141,115 @@ def owner_of(node: CacheNode, manifest: wire.Manifest) -> str | None:
     if _FROM_SITE.get():
         return None
     site = node.catalog.owner_of(manifest)
-    if site is not None:
+    if site is not None and manifest.tags_site in ("", site):
+        # a record retagged at a site other than the owner is not cached: its reads need
+        # the record for their tag count (:func:`with_our_tags`)
         node.routes.put(manifest.bucket, manifest.key, site)
     return site
 
 
+def with_our_tags(info: wire.ObjectInfo, record: wire.Manifest | None) -> wire.ObjectInfo:
+    """The owner site's ``info`` of ``record``'s version, with the tag count of ``record``
+    (this site's record of it) if its tags were changed at a site other than the owner:
+    the owner may not have applied that change yet, and a tag change made here must be
+    read back here at once (``x-amz-tagging-count``)."""
+    if record is None or record.tags_site in ("", record.site):
+        return info
+    return msgspec.structs.replace(info, tag_count=len(record.tags))
+
+
+async def _ask_owner(
+    node: CacheNode,
+    request: wire.GetObject,
+    site: str,
+    *,
+    downstream: stream.DownloadSender | None = None,
+) -> tuple[wire.ObjectInfo, AsyncIterator[bytes]]:
+    """Ask ``site`` for ``request`` (as a byte stream); its ``ObjectInfo`` and its frames
+    (``aclose()`` them when done). ``downstream``: the sender the frames are relayed to.
+
+    Raises:
+        ServiceUnavailable: ``site`` did not answer (no responders: the hub link is down or
+            no node serves there) or went silent; the key's route is dropped.
+        S3Error: ``site``'s own answer (NoSuchKey, InvalidRange, …).
+    """
+    try:
+        reply, body = await stream.download(
+            node.nc,
+            subjects.site_s3(site, wire.GetObject.operation),
+            msgspec.structs.replace(request, local_host=None),
+            budget=node.credit,
+            window=node.config.cachenode.window_frames,
+            timeout_s=node.config.nats.request_timeout_s,
+            downstream=downstream,
+            liveness=Liveness.of(node.config.nats),
+        )
+    except errors.S3Error:
+        node.routes.drop(request.bucket, request.key)
+        raise
+    if not isinstance(reply, wire.ObjectInfo):
+        await body.aclose()  # type: ignore[attr-defined]
+        raise errors.InternalError(f"site {site} answered {type(reply).__name__} to a GetObject")
+    return reply, body
+
+
 async def relay_get(
-    node: CacheNode, tx: stream.DownloadSender, request: wire.GetObject, site: str
+    node: CacheNode,
+    tx: stream.DownloadSender,
+    request: wire.GetObject,
+    site: str,
+    *,
+    record: wire.Manifest | None = None,
 ) -> None:
     """Ask ``site`` for ``request``'s bytes and relay its answer on ``tx`` (not yet started):
-    its ``ObjectInfo``, its frames as ``tx``'s credit allows, ``End``.
+    its ``ObjectInfo`` (with ``record``'s tag count: :func:`with_our_tags`), its frames as
+    ``tx``'s credit allows, ``End``.
 
     Raises:
         ServiceUnavailable: ``site`` did not answer (no responders: the hub link is down or
             no node serves there) or went silent.
         S3Error: ``site``'s own answer (NoSuchKey, InvalidRange, …).
     """
-    ask = msgspec.structs.replace(request, local_host=None)
+    reply, body = await _ask_owner(node, request, site, downstream=tx)
     try:
-        reply, body = await stream.download(
-            node.nc,
-            subjects.site_s3(site, wire.GetObject.operation),
-            ask,
-            budget=node.credit,
-            window=node.config.cachenode.window_frames,
-            timeout_s=node.config.nats.request_timeout_s,
-            downstream=tx,
-            liveness=Liveness.of(node.config.nats),
-        )
-    except errors.S3Error:
-        node.routes.drop(request.bucket, request.key)
-        raise
-    try:
-        if not isinstance(reply, wire.ObjectInfo):
-            raise errors.InternalError(
-                f"site {site} answered {type(reply).__name__} to a GetObject"
-            )
-        await tx.start(reply)
+        await tx.start(with_our_tags(reply, record))
         async for piece in body:
             node.counters.bytes_out += len(piece)
             await tx.send(piece)
             del piece
         await tx.end()
+    finally:
+        await body.aclose()  # type: ignore[attr-defined]
+
+
+async def read_at_owner(
+    node: CacheNode, manifest: wire.Manifest, first: int, last: int, site: str
+) -> AsyncIterator[bytes]:
+    """Bytes ``first..last`` (inclusive) of ``manifest``'s version, read at ``site``, the
+    site that holds it (a remote record: no chunks here), for a copy made here
+    (CopyObject, UploadPartCopy): the request a relayed GET makes, read here instead of
+    relayed on.
+
+    Yields:
+        The owner's frames, in order (at most ``nats.max_payload`` bytes each).
+
+    Raises:
+        ServiceUnavailable: ``site`` did not answer, went silent, or holds another version
+            of the key by now (this site has not applied that change yet: try again).
+        S3Error: ``site``'s own answer (NoSuchKey when it deleted the key meanwhile, …).
+    """
+    ask = wire.GetObject(bucket=manifest.bucket, key=manifest.key, range=f"bytes={first}-{last}")
+    reply, body = await _ask_owner(node, ask, site)
+    try:
+        if reply.etag != manifest.etag or reply.size != manifest.size:
+            node.routes.drop(manifest.bucket, manifest.key)
+            raise errors.ServiceUnavailable(
+                f"{manifest.bucket}/{manifest.key} changed at site {site} while it was read here; try again",
+                retry_after_s=1,
+            )
+        async for piece in body:
+            yield piece
+            del piece
     finally:
         await body.aclose()  # type: ignore[attr-defined]
 

@@ -60,7 +60,7 @@ async def set_tags(node: CacheNode, bucket: str, key: str, tags: dict[str, str])
     invalidated before this returns, and its intent appended when the version is clean.
 
     Returns:
-        The manifest written.
+        The manifest written (federated: without its tag stamp).
 
     Raises:
         NoSuchBucket, NoSuchKey: no such object (or it was deleted).
@@ -77,8 +77,10 @@ async def set_tags(node: CacheNode, bucket: str, key: str, tags: dict[str, str])
         if current.deleted:
             raise errors.NoSuchKey(resource=f"{bucket}/{key}")
         # a version already in the origin needs its own intent; a dirty one takes its tags
-        # along when it is written back
-        tags_state = "dirty" if current.state == "clean" else current.tags_state
+        # along when it is written back; another site's version has its tags written by
+        # that site (federation: the change reaches it through the change log)
+        writes = node.catalog.writes_tags_of(current)
+        tags_state = "dirty" if current.state == "clean" and writes else current.tags_state
         tagged = msgspec.structs.replace(current, tags=dict(tags), tags_state=tags_state)
         if await node.catalog.retag(tagged, revision):
             return tagged
