@@ -8,6 +8,7 @@ uvicorn with the gateway's protocol as the service serves it. One stack for the 
 from __future__ import annotations
 
 import asyncio
+import gc
 import http.client
 import secrets
 import socket
@@ -350,3 +351,34 @@ async def test_the_protocol_answers_hits_before_the_asgi_layers(
         ("GET", f"/{bucket}/{other}", True),
         ("GET", f"/{bucket}/{key}", False),
     ]
+
+
+async def test_hits_leave_no_reference_cycles(gateway: Gateway, stored: tuple[str, str, bytes]) -> None:
+    """A hit's objects are freed by reference counting alone: with the cyclic collector off,
+    200 hits leave (next to) nothing for it. When each request was a cycle (scope ->
+    WholeResponse -> uvicorn's exchange -> scope), collections cost about a tenth of a
+    worker and paused it for up to 0.2 s."""
+    bucket, key, body = stored
+    target = gateway.target(bucket, key).encode()
+    get = b"GET " + target + b" HTTP/1.1\r\nHost: " + f"{gateway.host}:{gateway.port}".encode() + b"\r\n\r\n"
+    hits = 200
+
+    def run(sock: socket.socket, n: int) -> None:
+        pending = bytearray()
+        for _ in range(n):
+            sock.sendall(get)
+            head, got = _read_answer(sock, pending)
+            assert head.startswith(b"HTTP/1.1 200") and got == body
+
+    with socket.create_connection((gateway.host, gateway.port), timeout=10) as sock:
+        await asyncio.to_thread(run, sock, 5)  # held, and every lazy start-up done
+        before = gateway.tier.stats.hits
+        gc.collect()
+        gc.disable()
+        try:
+            await asyncio.to_thread(run, sock, hits)
+            found = gc.collect()
+        finally:
+            gc.enable()
+    assert gateway.tier.stats.hits - before == hits
+    assert found < hits // 4, f"{found} objects in reference cycles after {hits} hits"
