@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgecache.common.errors import InvalidURI
+from edgecache.gateway import operations
 from edgecache.gateway.operations import parse_query, route
 
 
@@ -128,3 +129,27 @@ def test_parse_query() -> None:
         parse_query(b"prefix=%FF")
     with pytest.raises(InvalidURI):
         parse_query(b"&".join(b"p%d=1" % i for i in range(100)))
+
+
+def test_route_read_remembers_reads_and_routes_as_route_does():
+    query = b"X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=a%2Fb&x-id=GetObject"
+    first = operations.route_read("GET", b"/b/k%2Fx", query)
+    assert first == route("GET", b"/b/k%2Fx", query)
+    assert first.key == "k/x" and first.query["X-Amz-Credential"] == "a/b"
+    assert operations.route_read("GET", b"/b/k%2Fx", query) is first  # looked up, not routed
+    assert operations.route_read("HEAD", b"/b/k%2Fx", query).name == "HeadObject"
+    # PUT is routed every time: copy_source matters there
+    assert operations.route_read("PUT", b"/b/k", b"", copy_source=True).name == "CopyObject"
+    assert operations.route_read("PUT", b"/b/k", b"").name == "PutObject"
+    # a target that cannot be routed raises every time
+    for _ in range(2):
+        with pytest.raises(InvalidURI):
+            operations.route_read("GET", b"/b/%FF", b"")
+    # bounded: the oldest goes first
+    for i in range(operations._READS + 10):
+        operations.route_read("GET", b"/b/k", b"n=%d" % i)
+    assert len(operations._reads) == operations._READS
+    # a long target is routed, not remembered
+    long = b"p=" + b"a" * operations._READ_TARGET_BYTES
+    assert operations.route_read("GET", b"/b/k", long).name == "GetObject"
+    assert ("GET", b"/b/k", long, "") not in operations._reads

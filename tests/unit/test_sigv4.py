@@ -557,3 +557,30 @@ def test_wrap_body_rejects_unknown_modes_and_bad_lengths():
     with pytest.raises(errors.InvalidArgument):
         trailer = [(b"x-amz-trailer", b"x-amz-checksum-sha512")]  # not an S3 trailer checksum here
         sigv4.wrap_body(body(b""), context("STREAMING-UNSIGNED-PAYLOAD-TRAILER"), trailer)
+
+
+def test_a_presigned_url_seen_before_is_accepted_only_with_the_same_header_bytes():
+    """The byte-for-byte shortcut of the verified-URL cache (``get_raw``) never accepts what
+    the full check refuses: an ``Authorization`` header, an unsigned ``x-amz-*`` header in
+    any case, a second ``Host``, or a changed one all take the long way, and are refused
+    there as on a first request."""
+    host = [HOST]
+    now = T0 + 60
+    check("GET", b"/test.txt", PRESIGNED_QUERY, host, now=now)
+    key = ("GET", b"/test.txt", PRESIGNED_QUERY, "us-east-1")
+    assert sigv4._presigned.get_raw(key, host, CREDENTIALS) is not None  # the shortcut is taken
+    assert sigv4._presigned.get_raw(key, host, {AK: "rotated"}) is None
+    assert check("GET", b"/test.txt", PRESIGNED_QUERY, [(b"range", b"bytes=0-1"), *host], now=now)
+    refused = {
+        "both mechanisms": [*host, authorization("host", "0" * 64)],
+        "unsigned x-amz header": [*host, (b"x-amz-meta-a", b"1")],
+        "unsigned X-Amz header in upper case": [*host, (b"X-Amz-Meta-A", b"1")],
+        "a second host": [*host, (b"host", b"other.example")],
+        "another host": [(b"host", b"examplebucket.s3.amazonaws.com:80")],
+    }
+    for why, headers in refused.items():
+        with pytest.raises((errors.InvalidArgument, errors.AccessDenied, errors.SignatureDoesNotMatch)):
+            check("GET", b"/test.txt", PRESIGNED_QUERY, headers, now=now)
+            pytest.fail(why)
+    # what the long way accepts (case and spaces are canonicalised) is still accepted
+    assert check("GET", b"/test.txt", PRESIGNED_QUERY, [(b"Host", b" examplebucket.s3.amazonaws.com ")], now=now)

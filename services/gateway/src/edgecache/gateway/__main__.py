@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from edgecache.common.runtime import run_service
 from edgecache.gateway.service import serve
+from edgecache.gateway.workers import freeze_startup
 
 
 def main() -> None:
+    freeze_startup()  # after the imports above
     run_service("gateway", serve)
 
 

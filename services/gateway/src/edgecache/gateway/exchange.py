@@ -24,7 +24,7 @@ from edgecache.common import errors
 from edgecache.common.errors import MaxMessageLengthExceeded
 from edgecache.common.logging import get_logger
 from edgecache.gateway.headers import RequestHeaders
-from edgecache.gateway.operations import Operation, host_bucket, route
+from edgecache.gateway.operations import Operation, host_bucket, route_read
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -183,7 +183,7 @@ class Exchange:
     def route(self) -> Operation:
         """Route the request (see :func:`edgecache.gateway.operations.route`) and bind the
         operation, bucket and key to the log context."""
-        op = route(
+        op = route_read(
             self.method,
             self.raw_path,
             self.query_string,

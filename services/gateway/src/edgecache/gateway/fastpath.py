@@ -13,6 +13,13 @@ which then does the whole request itself.
 Where the HTTP server offers it (the gateway's own protocol, :mod:`.wholeresponse`), the
 answer is written in one socket write with header lines built once per cached version;
 elsewhere (another ASGI server, a test transport) it goes as the two ASGI messages.
+
+The gateway's own protocol also asks :func:`hit_answerer` directly, before the ASGI layers
+in front of this one (uvicorn's proxy-headers middleware, the health probes, the keep-alive
+watch: none of them acts on a GET or HEAD without a body that is not a probe), so a hit
+skips them too (:mod:`.httpprotocol`). A request it could not answer is marked
+(:data:`HITS_TRIED` in ``scope["extensions"]``) and goes through the whole app, where
+:func:`with_fast_hits` then lets it pass at once instead of trying again.
 """
 
 from __future__ import annotations
@@ -30,14 +37,17 @@ if TYPE_CHECKING:
 
     from edgecache.gateway.state import GatewayState
 
-__all__ = ["with_fast_hits"]
+__all__ = ["HITS_TRIED", "Hits", "hit_answerer", "with_fast_hits"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+Hits = Callable[[Scope, Send], Awaitable[bool]]
+
 _ACTIONS = {"GetObject": False, "HeadObject": True}  # action -> answer without a body
+HITS_TRIED = "edgecache.hits_tried"  # in scope["extensions"]: the fast path said no already
 
 
 class _BodylessRequest:
@@ -53,14 +63,35 @@ class _BodylessRequest:
         yield b""  # an async generator that yields nothing
 
 
+def hit_answerer(app: Litestar) -> Hits:
+    """``hits(scope, send)``: answer an HTTP GET or HEAD ``scope`` from ``app``'s memory
+    tier and return ``True``; or send nothing, mark the scope (:data:`HITS_TRIED`) and
+    return ``False`` (not a plain hit: a miss, another operation, an error to render,
+    the tier off or the app not started yet). Never raises for a request's own fault."""
+
+    async def hits(scope: Scope, send: Send) -> bool:
+        gateway: GatewayState | None = getattr(app.state, "gateway", None)
+        tier_on = gateway is not None and gateway.memtier is not None
+        if tier_on and await _answer_hit(scope, send, gateway):  # type: ignore[arg-type]
+            return True
+        extensions = scope.get("extensions")
+        if extensions is None:
+            scope["extensions"] = {HITS_TRIED: True}
+        else:
+            extensions[HITS_TRIED] = True
+        return False
+
+    return hits
+
+
 def with_fast_hits(app: Litestar) -> ASGIApp:
     """``app`` behind a fast path for memory-tier hits (see the module docstring)."""
+    hits = hit_answerer(app)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            gateway: GatewayState | None = getattr(app.state, "gateway", None)
-            hit = gateway is not None and gateway.memtier is not None
-            if hit and await _answer_hit(scope, send, gateway):  # type: ignore[arg-type]
+            extensions = scope.get("extensions")
+            if not (extensions and HITS_TRIED in extensions) and await hits(scope, send):
                 return
         await app(scope, receive, send)
 

@@ -27,6 +27,12 @@ long as it liked. Here:
 
 Build the class with :func:`protocol_class` and pass it as uvicorn's ``http``.
 
+Given ``hits`` (:func:`edgecache.gateway.fastpath.hit_answerer`), a GET or HEAD without a
+body, other than a health probe, is offered to it first, as its ASGI app: a memory-tier hit
+is answered there without passing through the layers uvicorn and the gateway put in front
+of the S3 app (proxy headers, health probes, the keep-alive watch), none of which acts on
+such a request; anything else goes on to the whole app as before.
+
 The three deadlines of a connection (its head, its body's idle time, and uvicorn's
 keep-alive idle time between requests) are numbers checked by one periodic sweep per
 event loop (:mod:`.deadlines`), not a timer armed and cancelled per request. Each request
@@ -38,14 +44,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edgecache.common import errors
 from edgecache.common.logging import get_logger
+from edgecache.common.monitor import HEALTH_PATHS
 from edgecache.gateway import deadlines, xml
+from edgecache.gateway.keepalive import may_have_body
 from edgecache.gateway.wholeresponse import WHOLE_RESPONSE, WholeResponse
+
+if TYPE_CHECKING:
+    from edgecache.gateway.fastpath import Hits
 
 __all__ = [
     "BODY_IDLE_TIMEOUT_S",
@@ -62,6 +73,7 @@ LINGER_S = 2.0
 HEADER_TIMEOUT_S = 10.0
 BODY_IDLE_TIMEOUT_S = 20.0
 MAX_HEAD_BYTES = 64 * 1024
+_READS = (b"GET", b"HEAD")
 
 
 class _HeadTooLarge(Exception):
@@ -95,8 +107,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     header_timeout_s: float = HEADER_TIMEOUT_S
     body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S
     sweep_interval_s: float = deadlines.interval_for(HEADER_TIMEOUT_S, BODY_IDLE_TIMEOUT_S)
+    hits: Hits | None = None  # a staticmethod when set (see protocol_class)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._app = self.app  # the whole app; self.app is chosen per request
         # deadlines in loop.time() seconds, None when not running (see check_deadlines)
         self._head_deadline: float | None = None
         self._body_deadline: float | None = None
@@ -145,6 +159,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_deadline = None
+        if self.hits is not None:
+            read = self.parser.get_method() in _READS and not may_have_body(self.headers)
+            self.app = self._hit_first if read else self._app
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:  # not an upgrade
@@ -196,6 +213,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._write_error(error)
 
     # -- internals ---------------------------------------------------------------------------
+    async def _hit_first(self, scope: Any, receive: Any, send: Any) -> None:
+        """The ASGI app of a GET or HEAD without a body: a memory-tier hit, else the whole
+        app (see the module docstring)."""
+        assert self.hits is not None
+        if scope["path"] in HEALTH_PATHS or not await self.hits(scope, send):
+            await self._app(scope, receive, send)
+
     def _linger(self) -> None:
         """Close the connection, lingering if the client may still be sending."""
         if self._lingering or self._raw.is_closing():
@@ -271,13 +295,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
 
 def protocol_class(
-    header_timeout_s: float = HEADER_TIMEOUT_S, body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+    hits: Hits | None = None,
 ) -> type[GatewayHttpProtocol]:
-    """:class:`GatewayHttpProtocol` with its timeouts (seconds) set, for
+    """:class:`GatewayHttpProtocol` with its timeouts (seconds) set, and the memory-tier
+    fast path it offers plain reads to first (``None``: none), for
     ``uvicorn.Config(http=…)``."""
     attributes: dict[str, Any] = {
         "header_timeout_s": header_timeout_s,
         "body_idle_timeout_s": body_idle_timeout_s,
         "sweep_interval_s": deadlines.interval_for(header_timeout_s, body_idle_timeout_s),
+        "hits": None if hits is None else staticmethod(hits),
     }
     return type("GatewayHttpProtocol", (GatewayHttpProtocol,), attributes)

@@ -23,7 +23,7 @@ from typing import Any
 
 from edgecache.gateway.wholeresponse import WHOLE_RESPONSE
 
-__all__ = ["DRAIN_LIMIT_BYTES", "must_close", "with_keepalive"]
+__all__ = ["DRAIN_LIMIT_BYTES", "may_have_body", "must_close", "with_keepalive"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -74,7 +74,7 @@ def with_keepalive(app: ASGIApp) -> ASGIApp:
     carry another request (see :func:`must_close`)."""
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _may_have_body(scope["headers"]):
+        if scope["type"] != "http" or not may_have_body(scope["headers"]):
             await app(scope, receive, send)  # most GETs and HEADs: nothing to watch
             return
         state = {"called": False, "read": 0, "done": False}
@@ -108,7 +108,9 @@ def with_keepalive(app: ASGIApp) -> ASGIApp:
     return asgi
 
 
-def _may_have_body(headers: list[tuple[bytes, bytes]]) -> bool:
+def may_have_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request with these ASGI headers may carry a body: a ``Content-Length``
+    other than 0, or a ``Transfer-Encoding``."""
     for name, value in headers:  # a plain loop: this runs for every request
         if (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding":
             return True

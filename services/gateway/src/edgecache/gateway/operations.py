@@ -23,7 +23,7 @@ import msgspec
 
 from edgecache.common.errors import InvalidBucketName, InvalidURI
 
-__all__ = ["SUBRESOURCES", "Operation", "host_bucket", "parse_query", "route"]
+__all__ = ["SUBRESOURCES", "Operation", "host_bucket", "parse_query", "route", "route_read"]
 
 # Query parameters that select a different operation on the same target (S3 "sub-resources").
 # Any other parameter (prefix, max-keys, x-id, X-Amz-Signature, …) only qualifies one.
@@ -300,3 +300,41 @@ def route(
     else:
         return op("MethodNotAllowed")
     return op("NotImplemented", _unsupported(subs) or method)
+
+
+# GET/HEAD targets routed lately (route_read): at most _READS entries of at most
+# _READ_TARGET_BYTES of path and query each, so a few MiB per worker at worst
+_READS = 512
+_READ_TARGET_BYTES = 2048
+_reads: dict[tuple[str, bytes, bytes, str], Operation] = {}
+
+
+def route_read(
+    method: str,
+    raw_path: bytes,
+    query_string: bytes,
+    *,
+    copy_source: bool = False,
+    host_bucket: str = "",
+) -> Operation:
+    """:func:`route`, remembered for GET and HEAD: a hot object's URL (a presigned one has
+    six query parameters to split and decode) is routed once, then looked up.
+
+    Routing is a pure function of its arguments, and ``copy_source`` matters only to PUT.
+    The :class:`Operation` returned may be shared by several requests: treat it, its
+    ``query`` included, as read-only (as every caller does). A target that fails to route
+    raises as :func:`route` does, every time (it is not remembered). The memory is bounded:
+    at most 512 targets of at most 2 KiB each; the oldest goes first.
+    """
+    if method not in ("GET", "HEAD") or len(raw_path) + len(query_string) > _READ_TARGET_BYTES:
+        return route(
+            method, raw_path, query_string, copy_source=copy_source, host_bucket=host_bucket
+        )
+    key = (method, raw_path, query_string, host_bucket)
+    op = _reads.get(key)
+    if op is None:
+        op = route(method, raw_path, query_string, host_bucket=host_bucket)
+        if len(_reads) >= _READS:
+            del _reads[next(iter(_reads))]
+        _reads[key] = op
+    return op

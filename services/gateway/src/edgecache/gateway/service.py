@@ -19,7 +19,7 @@ from edgecache.common.logging import get_logger
 from edgecache.common.monitor import Monitor, Server
 from edgecache.common.runtime import connect_nats
 from edgecache.gateway.app import create_app
-from edgecache.gateway.fastpath import with_fast_hits
+from edgecache.gateway.fastpath import hit_answerer, with_fast_hits
 from edgecache.gateway.httpprotocol import BODY_IDLE_TIMEOUT_S, HEADER_TIMEOUT_S, protocol_class
 from edgecache.gateway.invalidations import InvalidationListener
 from edgecache.gateway.keepalive import with_keepalive
@@ -32,6 +32,7 @@ from edgecache.gateway.workers import listening_socket, run_workers
 if TYPE_CHECKING:
     from litestar import Litestar
 
+    from edgecache.gateway.fastpath import Hits
     from edgecache.gateway.keepalive import ASGIApp
 
 __all__ = ["GRACEFUL_SHUTDOWN_S", "asgi", "serve", "serve_worker", "uvicorn_config"]
@@ -55,15 +56,18 @@ def uvicorn_config(
     *,
     header_timeout_s: float = HEADER_TIMEOUT_S,
     body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+    hits: Hits | None = None,
     **options: Any,
 ) -> uvicorn.Config:
     """uvicorn settings for the gateway: uvloop, httptools with the gateway's limits on the
-    request head (:mod:`~edgecache.gateway.httpprotocol`), no access log (the gateway
-    writes its own line per request), no ``Server: uvicorn``; ``options`` (uvicorn's own,
-    e.g. the TLS files) are added or override these."""
+    request head (:mod:`~edgecache.gateway.httpprotocol`) and, given ``hits``
+    (:func:`~edgecache.gateway.fastpath.hit_answerer`), memory-tier hits answered by the
+    protocol before the ASGI layers; no access log (the gateway writes its own line per
+    request), no ``Server: uvicorn``; ``options`` (uvicorn's own, e.g. the TLS files) are
+    added or override these."""
     settings: dict[str, Any] = {
         "loop": "uvloop",
-        "http": protocol_class(header_timeout_s, body_idle_timeout_s),
+        "http": protocol_class(header_timeout_s, body_idle_timeout_s, hits),
         "lifespan": "on",
         "log_level": "warning",
         "access_log": False,
@@ -108,7 +112,11 @@ async def serve_worker(config: Config, stop: asyncio.Event, sock: socket.socket)
         app = create_app(config, nc, memtier=tier, invalidations=listener, metrics=requests)
         monitor.registry.register(gateway_collector(lambda: getattr(app.state, "gateway", None)))
         served = with_health(asgi(app), monitor.health)
-        limits = {"header_timeout_s": gw.header_timeout_s, "body_idle_timeout_s": gw.body_idle_timeout_s}
+        limits = {
+            "header_timeout_s": gw.header_timeout_s,
+            "body_idle_timeout_s": gw.body_idle_timeout_s,
+            "hits": hit_answerer(app),
+        }
         server = Server(uvicorn_config(served, gw.host, gw.port, **limits))
         tls = None
         if tls_on:

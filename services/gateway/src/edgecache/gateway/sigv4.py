@@ -145,6 +145,13 @@ def verify(
         RequestTimeTooSkewed: the request time is more than ``max_skew_s`` from ``now``.
         SignatureDoesNotMatch: the signature is wrong.
     """
+    headers = headers if isinstance(headers, list) else list(headers)
+    if b"X-Amz-Signature=" in query_string:
+        key = (method, raw_path, query_string, region)
+        known = _presigned.get_raw(key, headers, credentials)
+        if known is not None:  # the same URL with the same header bytes: only the clock
+            _check_time(known.claim, known.when, now, max_skew_s)
+            return known.context
     header_map = _header_map(headers)
     if header_map.get("authorization", ["x"])[0].strip() == "":
         del header_map["authorization"]  # an empty Authorization is no authentication
@@ -224,7 +231,15 @@ def verify(
     if presigned:
         _presigned.put(
             (method, raw_path, query_string, region),
-            _Verified(claim, when, context, secret, _signed_values(claim, header_map)),
+            _Verified(
+                claim,
+                when,
+                context,
+                secret,
+                _signed_values(claim, header_map),
+                _raw_signed(claim, headers),
+                frozenset(n.encode("latin-1", "replace") for n in claim.signed_headers),
+            ),
         )
     return context
 
@@ -239,10 +254,29 @@ class _Verified:
     context: AuthContext
     secret: str = field(repr=False)
     signed_values: tuple[str, ...]
+    # the request's headers as sent: (lower-case name, value) of each signed one, in order;
+    # None when a header name was not lower case (the canonical check then decides)
+    raw_signed: tuple[tuple[bytes, bytes], ...] | None = None
+    raw_names: frozenset[bytes] = field(default=frozenset(), repr=False)
 
 
 def _signed_values(claim: _Claim, header_map: Mapping[str, list[str]]) -> tuple[str, ...]:
     return tuple(_canonical_value(header_map.get(n, [])) for n in claim.signed_headers)
+
+
+def _raw_signed(
+    claim: _Claim, headers: list[tuple[bytes, bytes]]
+) -> tuple[tuple[bytes, bytes], ...] | None:
+    """The signed headers among ``headers``, byte for byte and in order (what
+    :meth:`_PresignedCache.get_raw` compares); ``None`` if a name is not lower case."""
+    signed = frozenset(n.encode("latin-1", "replace") for n in claim.signed_headers)
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name != name.lower():
+            return None
+        if name in signed:
+            out.append((name, value))
+    return tuple(out)
 
 
 class _PresignedCache:
@@ -270,6 +304,35 @@ class _PresignedCache:
         if credentials.get(found.context.access_key) != found.secret:
             return None
         if _signed_values(found.claim, header_map) != found.signed_values:
+            return None
+        return found
+
+    def get_raw(
+        self,
+        key: tuple[str, bytes, bytes, str],
+        headers: list[tuple[bytes, bytes]],
+        credentials: Mapping[str, str],
+    ) -> _Verified | None:
+        """The entry for ``key`` if this request's headers are, byte for byte, those it was
+        verified with as far as the signature and its rules see them: the same signed
+        headers (names, values and order), no ``authorization`` and no unsigned
+        ``x-amz-*`` header; and the secret of its access key is unchanged. ``None``
+        otherwise, which only means "verify it the long way": the bytes being equal implies
+        the canonical values are, so this never accepts what :func:`verify` would refuse
+        but for the clock, which the caller still checks."""
+        found = self._entries.get(key)
+        if found is None or found.raw_signed is None:
+            return None
+        if credentials.get(found.context.access_key) != found.secret:
+            return None
+        names = found.raw_names
+        signed = []
+        for name, value in headers:
+            if name in names:
+                signed.append((name, value))
+            elif name.startswith(b"x-amz-") or name == b"authorization" or name != name.lower():
+                return None
+        if tuple(signed) != found.raw_signed:
             return None
         return found
 

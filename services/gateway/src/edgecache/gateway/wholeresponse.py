@@ -13,11 +13,19 @@ uvicorn's own ``send`` would (write back-pressure, keep-alive, ``Connection: clo
 
 A layer that watches the messages the app sends must not let the app bypass it: such a
 layer removes the extension from the scope it passes on (:mod:`.keepalive` does).
+
+A :class:`WholeResponse` refers to uvicorn's exchange **weakly**: the exchange holds the
+scope, which holds the :class:`WholeResponse`, so a strong reference made every request a
+reference cycle that only the cyclic garbage collector could free. With tens of container
+objects per request promoted through its generations, collections cost about a tenth of a
+worker serving 4 KiB hits and paused it for up to 0.2 s (docs/benchmarks.md). The exchange
+lives as long as its ASGI task runs, which is as long as anyone may call the answer.
 """
 
 from __future__ import annotations
 
 import re
+import weakref
 from typing import TYPE_CHECKING
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
@@ -78,7 +86,7 @@ class WholeResponse:
     __slots__ = ("_cycle",)
 
     def __init__(self, cycle: RequestResponseCycle) -> None:
-        self._cycle = cycle
+        self._cycle = weakref.ref(cycle)
 
     async def __call__(self, status: int, lines: bytes, body: bytes) -> None:
         """Send the whole answer.
@@ -91,9 +99,12 @@ class WholeResponse:
             body: the whole body (not sent for HEAD).
 
         Raises:
-            RuntimeError: an answer was already started for this request.
+            RuntimeError: an answer was already started for this request, or its exchange
+                is over.
         """
-        cycle = self._cycle
+        cycle = self._cycle()
+        if cycle is None:
+            raise RuntimeError("the exchange of this request is over")
         if cycle.flow.write_paused and not cycle.disconnected:
             await cycle.flow.drain()  # the client is not reading: wait as uvicorn's send does
         if cycle.disconnected:
