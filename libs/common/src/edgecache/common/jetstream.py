@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CHANGES_MAX_AGE_S",
     "GET_BATCH",
+    "RELINKED_STALLED_AFTER_S",
+    "RELINK_WINDOW_S",
     "SOURCE_STALLED_AFTER_S",
     "State",
     "add_site_source",
@@ -53,6 +55,7 @@ __all__ = [
     "restart_stalled_sources",
     "site_federation_stream",
     "source_activity",
+    "stall_options",
     "sourced_sites",
 ]
 
@@ -358,6 +361,25 @@ async def add_site_source(js: JetStreamContext, site: str, *, replicas: int = 1)
 SOURCE_STALLED_AFTER_S = 3.0
 """A stream source that heard nothing from its consumer for this long is stalled (a healthy
 one gets the consumer's heartbeat every second)."""
+
+RELINKED_STALLED_AFTER_S = 0.5
+"""Within :data:`RELINK_WINDOW_S` of a link's return a source is restarted again after this
+long without a word (its first restart may have raced the other side's JetStream)."""
+
+RELINK_WINDOW_S = 5.0
+
+
+def stall_options(relinked_at: float | None, *, now: bool = False) -> dict[str, float]:
+    """:func:`restart_stalled_sources`'s ``stalled_after_s`` across a link that came back at
+    ``relinked_at`` (``time.monotonic()``; ``None``: it never broke): 0 (restart whatever
+    the source says) with ``now``, the moment it is known to be back;
+    :data:`RELINKED_STALLED_AFTER_S` within :data:`RELINK_WINDOW_S` of that; else the
+    default (:data:`SOURCE_STALLED_AFTER_S`)."""
+    if now:
+        return {"stalled_after_s": 0.0}
+    if relinked_at is not None and time.monotonic() - relinked_at < RELINK_WINDOW_S:
+        return {"stalled_after_s": RELINKED_STALLED_AFTER_S}
+    return {}
 
 
 async def source_activity(js: JetStreamContext, stream: str) -> dict[str, tuple[float, int]]:

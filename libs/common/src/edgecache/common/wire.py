@@ -1035,6 +1035,9 @@ class SiteHeartbeat(Event, tag="site.heartbeat.v1"):
     lag: int = 0
     applied: int = 0  # other sites' changes applied since the federator started
     failed_applies: int = 0  # FED_APPLY requests that got no answer or an error, retried
+    # the hub did not answer since the site's last answered heartbeat: the link broke and
+    # is back, so the sources across it are restarted at once, not once they look stalled
+    relinked: bool = False
 
 
 class SiteStatus(msgspec.Struct, **_OPTS, tag="site.status.v1"):

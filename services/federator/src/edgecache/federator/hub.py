@@ -33,6 +33,7 @@ from edgecache.common.jetstream import (
     current_values,
     ensure_hub_stream,
     restart_stalled_sources,
+    stall_options,
 )
 from edgecache.common.logging import get_logger
 from edgecache.common.runtime import connect_nats
@@ -83,6 +84,8 @@ class Hub:
         self.heartbeats = 0
         self.rejected = 0
         self._restarted: dict[str, float] = {}
+        self._relinked_at: dict[str, float] = {}  # site -> when its link last came back
+        self._relink: set[str] = set()  # sites whose source to restart at their next heartbeat
 
     async def start(self) -> None:
         """Create (or keep) ``FEDERATION``; learn which sites it sources."""
@@ -113,8 +116,15 @@ class Hub:
                     self._restarted[beat.site] = time.monotonic()  # its consumer is on its way
                 self.sourced.add(beat.site)
             await self.sites.put(beat.site, msg.data)
+            # a site whose link just came back (beat.relinked): its source is restarted now,
+            # not once it has looked stalled for SOURCE_STALLED_AFTER_S
+            relinked = beat.relinked or beat.site in self._relink
+            self._relink.discard(beat.site)
+            if relinked:
+                self._relinked_at[beat.site] = time.monotonic()
+            options = stall_options(self._relinked_at.get(beat.site), now=relinked)
             if await restart_stalled_sources(
-                self._js, subjects.FEDERATION_STREAM, {beat.site}, restarted=self._restarted
+                self._js, subjects.FEDERATION_STREAM, {beat.site}, restarted=self._restarted, **options
             ):
                 log.info("site.source_restarted", site=beat.site)
         except nats.errors.Error as exc:
@@ -126,6 +136,12 @@ class Hub:
         self.seen[beat.site] = time.monotonic()
         self.heartbeats += 1
         await self._answer(msg, wire.Ok())
+
+    def reconnected(self) -> None:
+        """The hub federator's own connection came back (the hub's server restarted, so every
+        link broke): each site's source is restarted at its next heartbeat, whether or not
+        the site noticed the break."""
+        self._relink = set(self.sourced)
 
     async def status(self) -> wire.SiteStatus:
         """Every live site's last heartbeat, by name."""
@@ -158,6 +174,23 @@ class Hub:
                 await self._nc.publish(msg.reply, wire.encode(answer))
 
 
+class _Reconnects:
+    """Tells the hub (once it exists) that its connection came back."""
+
+    def __init__(self) -> None:
+        self.hub: Hub | None = None
+
+    def disconnected(self) -> None:
+        pass
+
+    def reconnected(self) -> None:
+        if self.hub is not None:
+            self.hub.reconnected()
+
+    def error(self, exc: Exception) -> None:
+        pass
+
+
 async def serve_hub(config: Config, stop: asyncio.Event) -> None:
     """Run the hub federator until ``stop`` is set.
 
@@ -166,7 +199,8 @@ async def serve_hub(config: Config, stop: asyncio.Event) -> None:
     """
     ttl_s = config.federator.site_ttl_s
     async with AsyncExitStack() as stack:
-        nc = await connect_nats(config.nats, name="edgecache-federator-hub")
+        reconnects = _Reconnects()
+        nc = await connect_nats(config.nats, name="edgecache-federator-hub", watchers=[reconnects])
         stack.push_async_callback(nc.drain)
         hub = Hub(
             nc,
@@ -175,6 +209,7 @@ async def serve_hub(config: Config, stop: asyncio.Event) -> None:
             replicas=config.nats.replicas,
         )
         await hub.start()
+        reconnects.hub = hub
         for subject, cb in (
             (subjects.FED_HEARTBEAT_WILDCARD, hub.on_heartbeat),
             (subjects.FED_STATUS, hub.on_status),

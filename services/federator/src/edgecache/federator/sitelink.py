@@ -23,7 +23,12 @@ import msgspec
 import nats.errors
 
 from edgecache.common import ids, subjects, wire
-from edgecache.common.jetstream import ensure_site_streams, restart_stalled_sources, source_activity
+from edgecache.common.jetstream import (
+    ensure_site_streams,
+    restart_stalled_sources,
+    source_activity,
+    stall_options,
+)
 from edgecache.common.logging import get_logger
 from edgecache.common.metrics import Sample
 from edgecache.federator.applier import ChangeApplier
@@ -68,6 +73,8 @@ class SiteLink:
         self.heartbeat_s = heartbeat_s
         self.replicas = replicas
         self.linked = False  # the hub answered the last heartbeat
+        self.lost = False  # the hub was answering, then stopped; until it answers again
+        self._relinked_at: float | None = None  # time.monotonic() the link last came back
         self.last: wire.SiteHeartbeat | None = None  # the last heartbeat sent
         self.heartbeats = 0  # heartbeats the hub answered
         self.restarts = 0  # stalled FEDERATION sources restarted
@@ -104,6 +111,7 @@ class SiteLink:
             lag=await self.lag(),
             applied=self.applier.applied,
             failed_applies=self.applier.failures,
+            relinked=self.lost,
         )
 
     async def beat(self) -> bool:
@@ -123,16 +131,24 @@ class SiteLink:
         linked = isinstance(answer, wire.Ok)
         if linked != self.linked:
             log.info("site.hub_linked" if linked else "site.hub_unreachable", site=self.site)
+        relinked, self.lost = linked and self.lost, (self.lost or self.linked) and not linked
         self.linked = linked
         if not linked:
             return False
         self.heartbeats += 1
         try:
+            # the link is back: the source's consumer at the hub is gone or about to be
+            # found so (nats-server waits 30 s and more); restart it now, and soon again
+            # if it stays silent
+            if relinked:
+                self._relinked_at = time.monotonic()
+            options = stall_options(self._relinked_at, now=relinked)
             restarted = await restart_stalled_sources(
                 self._js,
                 subjects.FEDERATION_STREAM,
                 {subjects.HUB_DOMAIN},
                 restarted=self._restarted,
+                **options,
             )
         except nats.errors.Error as exc:
             log.warning("site.source_restart_failed", error=repr(exc))
