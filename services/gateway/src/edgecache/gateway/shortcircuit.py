@@ -78,6 +78,7 @@ class LocalReads:
         self.resumed = 0  # plans finished by a streamed GET of the rest
         self.failed_chunks = 0  # chunk files missing, unreadable or failing their check
         self.bytes = 0  # bytes read from chunk files and sent
+        self.file_bytes = 0  # of which a fill's landed bytes sent by the HTTP server from the file
 
     @property
     def in_use(self) -> int:
@@ -365,6 +366,7 @@ class _StreamFiles:
         if size < span.offset + span.length:
             raise InvalidChunk(f"{size} B in the file of {span.chunk_id}, the span ends at {span.offset + span.length}")
         self.local.bytes += span.length
+        self.local.file_bytes += span.length
         yield FilePiece(fd, span.offset, span.length)
 
     def _fd_of(self, span: wire.FileSpan) -> int:
