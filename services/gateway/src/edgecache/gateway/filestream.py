@@ -5,7 +5,9 @@ A cold GET on a cache node's host follows the fill in the chunk's file
 zero-copy send (:mod:`.zerocopy`): the body iterator yields a :class:`FilePiece` for a
 span, and the response sends it as an ``http.response.zerocopysend`` message instead of
 reading it into Python. Only offer file pieces where the server offered the extension
-(``ZEROCOPY_SEND in scope["extensions"]``).
+(``ZEROCOPY_SEND in scope["extensions"]``). A piece that cannot be sent whole (the file
+unreadable or shorter than the piece) cuts the connection (:class:`.StreamCut`): some of
+the body may already be out.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar.response.streaming import ASGIStreamingResponse, Stream
 
+from edgecache.gateway.responses import StreamCut
 from edgecache.gateway.zerocopy import ZEROCOPY_SEND
 
 if TYPE_CHECKING:
@@ -69,5 +72,10 @@ class _ASGIFileStream(ASGIStreamingResponse):
             else:
                 body = piece if isinstance(piece, bytes) else piece.encode(self.encoding)
                 message = {"type": "http.response.body", "body": body, "more_body": True}
-            await send(message)
+            try:
+                await send(message)
+            except (OSError, RuntimeError) as exc:  # the file could not be sent whole
+                if isinstance(piece, FilePiece):
+                    raise StreamCut(f"{piece!r}: {exc}") from exc
+                raise
         await send({"type": "http.response.body", "body": b"", "more_body": False})
