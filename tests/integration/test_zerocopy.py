@@ -21,11 +21,14 @@ import pytest
 import pytest_asyncio
 
 from edgecache.cachenode.service import start_node
+from edgecache.common import wire
 from edgecache.common.config import load_config
+from edgecache.common.hostid import host_id
 from edgecache.common.runtime import connect_nats
 from edgecache.gateway.app import create_app
 from edgecache.gateway.httpprotocol import protocol_class
 from edgecache.gateway.service import asgi
+from edgecache.gateway.shortcircuit import LocalReads
 from edgecache.gateway.zerocopy import ZEROCOPY_SEND
 from edgecache.launcher.natsserver import NatsServer
 from tests.fixtures.http import serving
@@ -292,3 +295,52 @@ async def test_cold_gets_send_the_fills_files_and_match_the_framed_path(
             assert zero == data
     assert files.local.file_bytes > sent  # landed spans went out by sendfile
     assert files.local.fallbacks == 0 and files.local.resumed == 0
+
+
+async def _wait_committed(node: Any, bucket: str, key: str) -> None:
+    manifest = (await node.catalog.get(bucket, key)).manifest
+    for _ in range(500):
+        if all(node.store.has(c.id) and c.id not in node.filler.active for c in manifest.chunks):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the fill did not commit")
+
+
+async def test_a_cold_reader_slower_than_its_fills_gets_their_bytes_not_a_verified_read(
+    stack: tuple[Any, Gateway, Gateway], bucket_name: str
+) -> None:
+    node, files, _ = stack
+    client = files.app.state.gateway.client
+    data = os.urandom(12 * MiB + 99)
+    await origin_put(node, bucket_name, "slow", data, content_type="x/y")
+    local = LocalReads()
+    seen: list[tuple[str, bool, bool]] = []  # (chunk id, committed, its fill running) per span
+    spans: list[wire.FileSpan] = []
+
+    def read_file(span: wire.FileSpan) -> AsyncIterator[bytes]:
+        seen.append((span.chunk_id, span.committed, span.chunk_id in node.filler.active))
+        spans.append(span)
+        return local.read_span(span)
+
+    request = wire.GetObject(bucket=bucket_name, key="slow", local_host=host_id())
+    _, body = await client.get_object_or_plan(request, read_file=read_file)
+    assert body is not None
+    got = [await anext(body)]
+    await _wait_committed(node, bucket_name, "slow")  # every fill ended while the reader waited
+    manifest = (await node.catalog.get(bucket_name, "slow")).manifest
+    evicted = manifest.chunks[-2].id
+    await node.store.delete([evicted])  # gone before the reader reached it
+    fills = node.counters.fills
+    got += [piece async for piece in body]
+    assert b"".join(got) == data
+    assert not any(committed for _, committed, _ in seen)  # every chunk came as its fill's bytes
+    assert any(
+        not running for chunk, _, running in seen if chunk != evicted
+    )  # also after the fills ended
+    assert node.counters.fills == fills + 1  # the evicted chunk was filled again, not followed
+    await client.release_lease(spans[0])
+    local.close()
+    # a new read of the cached object verifies every chunk: a read plan
+    reply, body = await client.get_object_or_plan(request, read_file=read_file)
+    assert isinstance(reply, wire.ReadPlan) and body is None
+    await client.release_lease(reply)
