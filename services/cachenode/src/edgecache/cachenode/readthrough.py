@@ -151,6 +151,7 @@ async def read_chunk_span(
     local_only: bool = False,
     downstream: stream.Downstream | None = None,
     lease: str | None = None,
+    followed: dict[str, ChunkFill] | None = None,
 ) -> AsyncIterator[bytes | wire.FileSpan]:
     """Bytes ``first..last`` (inclusive) of chunk ``index`` of ``manifest``, from the best
     source (see the module docstring). ``prefetch``: how many chunks after this one the
@@ -160,7 +161,9 @@ async def read_chunk_span(
     reader is on this host: the bytes on this node's disk (committed, or landing from a
     fill) are given as :class:`~edgecache.common.wire.FileSpan` s for it to read itself,
     each chunk pinned against eviction under this lease id (renewed for
-    ``cachenode.lease_s`` at each span).
+    ``cachenode.lease_s`` at each span). ``followed`` (with ``lease``): the fills this
+    read has followed since they were running (chunk id → fill), added to here; a chunk
+    whose fill ended well since is still sent as that fill's bytes (see :func:`read`).
 
     Raises:
         ChunkMissing: a dirty chunk is on no reachable node (it cannot come from the origin).
@@ -168,6 +171,9 @@ async def read_chunk_span(
     """
     chunk = manifest.chunks[index]
     fill = node.filler.active.get(chunk.id)
+    done = followed.get(chunk.id) if fill is None and followed is not None else None
+    if done is not None and done.error is None and node.store.has(chunk.id):
+        fill = done  # its bytes as the fill wrote them, which this read followed (see read())
     if fill is None:
         if downstream is not None:
             await downstream.ready()  # hold no chunk in memory while the reader takes nothing
@@ -220,7 +226,10 @@ async def read_chunk_span(
     if lease:
         spans = fill.spans(first, last)
         head_span = await anext(spans, None)  # as below
-        node.filler.prefetch(manifest, _ahead(node, manifest, index, prefetch), until=index + prefetch)
+        ahead = _ahead(node, manifest, index, prefetch)
+        node.filler.prefetch(manifest, ahead, until=index + prefetch)
+        if followed is not None:
+            _follow(node, manifest, ahead, followed)
         if head_span is not None:
             yield _fill_span(node, lease, fill, *head_span)
             async for offset, n in spans:
@@ -266,6 +275,15 @@ def _fill_span(node: CacheNode, lease: str, fill: ChunkFill, offset: int, length
     return _span(node, lease, fill.chunk_id, list(fill.paths), offset, length, fill.size, committed=False)
 
 
+def _follow(node: CacheNode, manifest: wire.Manifest, indexes: list[int], followed: dict[str, ChunkFill]) -> None:
+    """Record in ``followed`` the running fills of the chunks ``indexes``."""
+    active = node.filler.active
+    for j in indexes:
+        chunk_id = manifest.chunks[j].id
+        if (fill := active.get(chunk_id)) is not None:
+            followed[chunk_id] = fill
+
+
 def _ahead(node: CacheNode, manifest: wire.Manifest, index: int, wanted: int) -> list[int]:
     """The chunks after ``index`` (of the ``wanted`` the reader still needs) whose fills
     should start now: ``fill_concurrency`` runs' worth of bytes ahead, no more."""
@@ -292,6 +310,13 @@ async def read(
     each piece as soon as it is available. Only the chunks covering the range are filled.
     ``downstream``, ``lease``: see :func:`read_chunk_span`.
 
+    With ``lease`` (the reader is on this host), the chunks whose fills were running
+    while this read went on are sent as those fills' bytes even when a fill has ended
+    before the read reached its chunk: file spans of the fill's file, not verified, as
+    the bytes of a fill the read follows always are; a fill that failed, or a chunk no
+    longer in the store, is read as usual. (A read reaching a committed chunk it did not
+    see being filled verifies it, on every read.)
+
     Raises:
         ChunkMissing, ServiceUnavailable, PreconditionFailed: see :func:`read_chunk_span`.
         ServiceUnavailable: the version is another site's, not yet in the origin (a remote
@@ -303,9 +328,13 @@ async def read(
         )
     spans = chunk_spans(manifest.chunks, first, last)
     last_index = spans[-1][0] if spans else -1
+    followed: dict[str, ChunkFill] | None = {} if lease else None
     for index, cfirst, clast in spans:
+        if followed is not None:
+            _follow(node, manifest, [index, *_ahead(node, manifest, index, last_index - index)], followed)
         pieces = read_chunk_span(
-            node, manifest, index, cfirst, clast, prefetch=last_index - index, downstream=downstream, lease=lease
+            node, manifest, index, cfirst, clast, prefetch=last_index - index, downstream=downstream, lease=lease,
+            followed=followed,
         )
         async for piece in pieces:
             node.counters.bytes_out += piece.length if isinstance(piece, wire.FileSpan) else len(piece)

@@ -27,6 +27,7 @@ from edgecache.common.errors import IllegalLocationConstraintException
 from edgecache.common.tokens import decode_token, encode_token
 from edgecache.gateway import conditions, copysource, memory, postobject, shortcircuit, tagging, xml
 from edgecache.gateway.exchange import LiveTrailers
+from edgecache.gateway.filestream import FileStream
 from edgecache.gateway.headers import (
     MAX_PART_BYTES,
     http_date,
@@ -37,6 +38,7 @@ from edgecache.gateway.headers import (
     upload_size,
 )
 from edgecache.gateway.responses import StreamCut, empty, xml_response
+from edgecache.gateway.zerocopy import ZEROCOPY_SEND
 
 if TYPE_CHECKING:
     from edgecache.gateway.exchange import Exchange
@@ -510,10 +512,13 @@ async def get_object(x: Exchange) -> Response[Any]:
         head = _expect(reply, wire.ObjectInfo)
         if conditions.not_modified(x.headers, head.etag, head.last_modified):
             return memory.not_modified(x, head)
+    # a fill's landed bytes go from its file to the socket (zerocopy.py) when the server can
+    files = ZEROCOPY_SEND in (x.request.scope.get("extensions") or ())
     info, body = await shortcircuit.get_object(  # from this host's chunk files when it can
         x.gateway.client,
         x.gateway.local,
         wire.GetObject(bucket=op.bucket, key=op.key, range=x.range_header(), part_number=part),
+        zero_copy=(lambda info: not memory.Collector.wanted(x, fill, info)) if files else None,
     )
     collector = memory.Collector(x, fill, info)
     try:
@@ -534,7 +539,7 @@ async def get_object(x: Exchange) -> Response[Any]:
         collector.complete()
         return Response(b"", status_code=status, headers=out, media_type=info.content_type)
     x.deferred = True
-    return Stream(
+    return (FileStream if files else Stream)(
         _send(x, status, first, body, collector),
         status_code=status,
         headers=out,

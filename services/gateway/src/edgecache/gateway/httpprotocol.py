@@ -37,7 +37,8 @@ The three deadlines of a connection (its head, its body's idle time, and uvicorn
 keep-alive idle time between requests) are numbers checked by one periodic sweep per
 event loop (:mod:`.deadlines`), not a timer armed and cancelled per request. Each request
 also offers the app a one-write answer (:mod:`.wholeresponse`, in
-``scope["extensions"]``).
+``scope["extensions"]``) and, on plain TCP, ASGI's zero-copy send of a file span
+(:mod:`.zerocopy`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from edgecache.common.monitor import HEALTH_PATHS
 from edgecache.gateway import deadlines, xml
 from edgecache.gateway.keepalive import may_have_body
 from edgecache.gateway.wholeresponse import WHOLE_RESPONSE, WholeResponse
+from edgecache.gateway.zerocopy import ZEROCOPY_SEND, ZeroCopySend, can_send_files
 
 if TYPE_CHECKING:
     from edgecache.gateway.fastpath import Hits
@@ -119,6 +121,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_error: errors.S3Error | None = None
         self._lingering = False
         self._raw = transport
+        self._sends_files = can_send_files(transport)
+        self._zerocopies: list[ZeroCopySend] = []  # of the requests not yet answered whole
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         interval = min(self.sweep_interval_s, deadlines.interval_for(self.timeout_keep_alive))
         self._sweeper = deadlines.sweeper(self.loop, interval)
@@ -140,6 +144,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._sweeper.discard(self)
         self._head_deadline = self._body_deadline = self._idle_deadline = None
         super().connection_lost(exc)
+        for send in self._zerocopies:
+            send.wake()  # a send waiting for the socket gives up
+        self._zerocopies.clear()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -166,6 +173,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:  # not an upgrade
             self.scope["extensions"] = {WHOLE_RESPONSE: WholeResponse(cycle)}
+            if self._sends_files:
+                self.scope["extensions"][ZEROCOPY_SEND] = {}
+                send = ZeroCopySend(cycle, self._raw)
+                cycle.send = send  # type: ignore[method-assign] - what run_asgi hands the app
+                self._zerocopies = [z for z in self._zerocopies if not z.done]
+                self._zerocopies.append(send)
         self._body_deadline = self.loop.time() + self.body_idle_timeout_s
 
     def on_body(self, body: bytes) -> None:

@@ -163,17 +163,16 @@ class Collector:
     when the download has ended with its checksum verified."""
 
     def __init__(self, x: Exchange, fill: Fill | None, info: wire.ObjectInfo) -> None:
-        tier = x.gateway.memtier
-        eligible = (
-            fill is not None
-            and tier is not None
-            and info.range_first is None
-            and info.size <= tier.gate_bytes
-        )
         self._x = x
-        self._fill = fill if eligible else None
+        self._fill = fill if self.wanted(x, fill, info) else None
         self._info = info
         self._pieces: list[bytes] = []
+
+    @staticmethod
+    def wanted(x: Exchange, fill: Fill | None, info: wire.ObjectInfo) -> bool:
+        """Whether a GET of ``info`` with ``fill`` collects its bytes for the tier."""
+        tier = x.gateway.memtier
+        return fill is not None and tier is not None and info.range_first is None and info.size <= tier.gate_bytes
 
     def add(self, piece: bytes) -> None:
         if self._fill is not None:

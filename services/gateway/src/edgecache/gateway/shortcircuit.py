@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,7 @@ from edgecache.common import errors, wire
 from edgecache.common.chunkfile import InvalidChunk, read_verified_into
 from edgecache.common.hostid import host_id
 from edgecache.common.logging import get_logger
+from edgecache.gateway.filestream import FilePiece
 
 if TYPE_CHECKING:
     from edgecache.common.client import EdgecacheClient
@@ -77,6 +78,7 @@ class LocalReads:
         self.resumed = 0  # plans finished by a streamed GET of the rest
         self.failed_chunks = 0  # chunk files missing, unreadable or failing their check
         self.bytes = 0  # bytes read from chunk files and sent
+        self.file_bytes = 0  # of which a fill's landed bytes sent by the HTTP server from the file
 
     @property
     def in_use(self) -> int:
@@ -331,22 +333,65 @@ async def _rest(client: EdgecacheClient, request: wire.GetObject, info: wire.Obj
 
 
 class _StreamFiles:
-    """The file frames of one stream: read with the worker's :class:`LocalReads`; the
-    lease they share is remembered, to be released when the stream is done."""
+    """The file frames of one stream: read with the worker's :class:`LocalReads`, or, for
+    a fill's landed bytes when :attr:`zero_copy` is on, handed on as
+    :class:`~edgecache.gateway.filestream.FilePiece` s of the file for the HTTP server to
+    send itself. The lease they share is remembered, to be released when the stream is
+    done (:meth:`close`)."""
 
     def __init__(self, local: LocalReads) -> None:
         self.local = local
         self.lease: wire.FileSpan | None = None
+        self.zero_copy = False
+        self._open: tuple[str, int] | None = None  # (chunk id, fd) of the file of the last piece
 
-    def read(self, span: wire.FileSpan) -> AsyncIterator[bytes]:
+    def read(self, span: wire.FileSpan) -> AsyncIterator[bytes | FilePiece]:
         if self.lease is None:
             self.lease = span
+        if self.zero_copy and not span.committed:
+            return self._landed(span)
         return self.local.read_span(span)
+
+    async def _landed(self, span: wire.FileSpan) -> AsyncIterator[FilePiece]:
+        """The landed bytes of ``span`` as one piece of the fill's file (held open for the
+        spans of the same chunk that follow), once the file holds them, as
+        :func:`read_landed` checks.
+
+        Raises:
+            FileNotFoundError: the file is at none of ``span.paths``.
+            InvalidChunk: the file is shorter than the span's end.
+        """
+        fd = self._fd_of(span)
+        size = os.fstat(fd).st_size
+        if size < span.offset + span.length:
+            raise InvalidChunk(f"{size} B in the file of {span.chunk_id}, the span ends at {span.offset + span.length}")
+        self.local.bytes += span.length
+        self.local.file_bytes += span.length
+        yield FilePiece(fd, span.offset, span.length)
+
+    def _fd_of(self, span: wire.FileSpan) -> int:
+        if self._open is not None and self._open[0] == span.chunk_id:
+            return self._open[1]
+        self.close()
+        for path in span.paths:  # the temp file, or where the commit renamed it
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                continue
+            self._open = (span.chunk_id, fd)
+            return fd
+        raise FileNotFoundError(span.paths[0] if span.paths else span.chunk_id)
+
+    def close(self) -> None:
+        """Close the file held open for pieces (their consumer has taken them)."""
+        if self._open is not None:
+            os.close(self._open[1])
+            self._open = None
 
 
 async def _with_files(
-    files: _StreamFiles, client: EdgecacheClient, request: wire.GetObject, info: wire.ObjectInfo, body: AsyncIterator[bytes]
-) -> AsyncIterator[bytes]:
+    files: _StreamFiles, client: EdgecacheClient, request: wire.GetObject, info: wire.ObjectInfo, body: AsyncIterator[bytes | FilePiece]
+) -> AsyncIterator[bytes | FilePiece]:
     """A stream that may carry file frames: its bytes, and if a file cannot be read or
     fails its check, the rest from a streamed GET of the same version (see the module
     docstring). The files' lease is released when the stream is done."""
@@ -363,6 +408,7 @@ async def _with_files(
     finally:
         with contextlib.suppress(Exception):
             await body.aclose()  # type: ignore[attr-defined]
+        files.close()
         if files.lease is not None:
             await client.release_lease(files.lease)
     local.resumed += 1
@@ -376,11 +422,20 @@ async def _with_files(
 
 
 async def get_object(
-    client: EdgecacheClient, local: LocalReads | None, request: wire.GetObject
-) -> tuple[wire.ObjectInfo, AsyncIterator[bytes]]:
+    client: EdgecacheClient,
+    local: LocalReads | None,
+    request: wire.GetObject,
+    *,
+    zero_copy: Callable[[wire.ObjectInfo], bool] | None = None,
+) -> tuple[wire.ObjectInfo, AsyncIterator[bytes | FilePiece]]:
     """Start a GetObject: from this host's chunk files when a node here holds them all,
     else streamed (see the module docstring). Same contract as
     :meth:`EdgecacheClient.get_object <edgecache.common.client.EdgecacheClient.get_object>`.
+
+    ``zero_copy(info)``: whether the caller sends :class:`~edgecache.gateway.filestream.FilePiece`
+    s itself for this object; then a fill's landed bytes come as pieces of its file (held
+    open until the next piece is asked for), not read into memory. Committed chunks are
+    always read and verified.
     """
     if local is None or not local.host:
         return await client.get_object(request)
@@ -390,6 +445,7 @@ async def get_object(
     )
     if body is not None:
         assert isinstance(reply, wire.ObjectInfo)
+        files.zero_copy = zero_copy is not None and zero_copy(reply)
         return reply, _with_files(files, client, request, reply, body)
     assert isinstance(reply, wire.ReadPlan)
     local.plans += 1
