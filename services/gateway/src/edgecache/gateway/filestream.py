@@ -17,33 +17,13 @@ from typing import TYPE_CHECKING, Any
 from litestar.response.streaming import ASGIStreamingResponse, Stream
 
 from edgecache.gateway.responses import StreamCut
-from edgecache.gateway.zerocopy import ZEROCOPY_SEND
+from edgecache.gateway.zerocopy import ZEROCOPY_SEND, FilePiece
 
 if TYPE_CHECKING:
     from litestar.response.base import ASGIResponse
     from litestar.types import Send
 
-__all__ = ["FilePiece", "FileStream"]
-
-
-class FilePiece:
-    """``count`` bytes of the open file ``fd`` from ``offset``: a piece of a body sent by
-    the server from the file. The producer keeps ``fd`` open until the consumer asks for
-    the next piece (or closes the iterator). ``len()`` is ``count``.
-    """
-
-    __slots__ = ("count", "fd", "offset")
-
-    def __init__(self, fd: int, offset: int, count: int) -> None:
-        self.fd = fd
-        self.offset = offset
-        self.count = count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __repr__(self) -> str:
-        return f"FilePiece(fd={self.fd}, offset={self.offset}, count={self.count})"
+__all__ = ["FilePiece", "FileStream"]  # FilePiece: zerocopy's, named here too
 
 
 class FileStream(Stream):

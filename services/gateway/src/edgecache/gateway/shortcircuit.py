@@ -43,7 +43,7 @@ from edgecache.common import errors, wire
 from edgecache.common.chunkfile import InvalidChunk, read_verified_into
 from edgecache.common.hostid import host_id
 from edgecache.common.logging import get_logger
-from edgecache.gateway.filestream import FilePiece
+from edgecache.gateway.zerocopy import FilePiece
 
 if TYPE_CHECKING:
     from edgecache.common.client import EdgecacheClient

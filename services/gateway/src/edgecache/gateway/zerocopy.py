@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-__all__ = ["ZEROCOPY_SEND", "ZeroCopySend", "can_send_files"]
+__all__ = ["ZEROCOPY_SEND", "FilePiece", "ZeroCopySend", "can_send_files"]
 
 ZEROCOPY_SEND = "http.response.zerocopysend"
 """The ASGI extension's name, and its message's ``type``."""
@@ -53,6 +53,26 @@ ZEROCOPY_SEND = "http.response.zerocopysend"
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED)
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class FilePiece:
+    """``count`` bytes of the open file ``fd`` from ``offset``: a piece of a body sent by
+    the server from the file. The producer keeps ``fd`` open until the consumer asks for
+    the next piece (or closes the iterator). ``len()`` is ``count``.
+    """
+
+    __slots__ = ("count", "fd", "offset")
+
+    def __init__(self, fd: int, offset: int, count: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __repr__(self) -> str:
+        return f"FilePiece(fd={self.fd}, offset={self.offset}, count={self.count})"
 
 
 def can_send_files(transport: asyncio.BaseTransport) -> bool:
