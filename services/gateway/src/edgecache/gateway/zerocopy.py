@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -94,25 +95,34 @@ class ZeroCopySend:
         transport: the connection's own transport (not a wrapper of it).
     """
 
-    __slots__ = ("_cycle", "_lost", "_send", "_transport", "_waiter")
+    __slots__ = ("_cycle_ref", "_lost", "_transport", "_waiter")
 
     def __init__(self, cycle: RequestResponseCycle, transport: asyncio.Transport) -> None:
-        self._cycle = cycle
-        self._send: Send = cycle.send  # type: ignore[assignment]
+        # weakly: the cycle holds this as its ``send``, and a cycle of the two per request
+        # would be left to the garbage collector (tests/integration/test_gateway_whole_answers.py)
+        self._cycle_ref = weakref.ref(cycle)
         self._transport = transport
         self._waiter: asyncio.Future[None] | None = None
         self._lost = False
 
     @property
+    def _cycle(self) -> RequestResponseCycle:
+        cycle = self._cycle_ref()
+        if cycle is None:  # only after the request's task ended: nothing sends then
+            raise RuntimeError("the request is over")
+        return cycle
+
+    @property
     def done(self) -> bool:
         """The answer is complete, or the connection is lost."""
-        return self._cycle.response_complete or self._lost
+        cycle = self._cycle_ref()
+        return cycle is None or cycle.response_complete or self._lost
 
     async def __call__(self, message: MutableMapping[str, Any]) -> None:
-        if message["type"] != ZEROCOPY_SEND:
-            await self._send(message)
-            return
         cycle = self._cycle
+        if message["type"] != ZEROCOPY_SEND:
+            await type(cycle).send(cycle, message)  # uvicorn's own (the instance's is this)
+            return
         if cycle.flow.write_paused and not cycle.disconnected:
             await cycle.flow.drain()
         if cycle.disconnected:
@@ -161,7 +171,9 @@ class ZeroCopySend:
         """The connection is lost: a send waiting for the socket gives up, and later ones
         do nothing (the protocol calls this from ``connection_lost``)."""
         self._lost = True
-        self._cycle.disconnected = True
+        cycle = self._cycle_ref()
+        if cycle is not None:
+            cycle.disconnected = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
