@@ -634,6 +634,17 @@ class LeaseRelease(msgspec.Struct, **_OPTS, tag="lease.release.v1"):
     lease_id: str
 
 
+class SiteHeartbeatAck(msgspec.Struct, **_OPTS, tag="site.heartbeat.ack.v1"):
+    """The hub federator's answer to a site's :class:`SiteHeartbeat` (federation; replies
+    are decoded as one union, so it is defined here). ``relink``: the hub knows the link
+    broke (its own server restarted) although the site may not: the site restarts its
+    ``FEDERATION`` source of the hub at once."""
+
+    relink: bool = False
+
+
+__all__ += ["SiteHeartbeatAck"]  # noqa: PLE0605 - appended with its block
+
 Reply = (
     Ok
     | Error
@@ -649,6 +660,7 @@ Reply = (
     | ReadPlan
     | ListMultipartUploadsResult
     | Tagging
+    | SiteHeartbeatAck
 )
 
 
@@ -1021,8 +1033,8 @@ __all__ += ["SiteHeartbeat", "SiteStatus"]  # noqa: PLE0605 - appended with thei
 
 
 class SiteHeartbeat(Event, tag="site.heartbeat.v1"):
-    """A site's federator → the hub federator (``edgecache.fed.heartbeat``, a request answered
-    with :class:`Ok`), every ``federator.site_heartbeat_s``; kept in the hub's KV ``sites``
+    """A site's federator → the hub federator (``edgecache.fed.heartbeat.<site>``, a request
+    answered with :class:`SiteHeartbeatAck`), every ``federator.site_heartbeat_s``; kept in the hub's KV ``sites``
     with a TTL. The first one makes the hub source the site's ``CHANGES``.
 
     ``backlog``: other sites' changes in this site's ``FEDERATION`` not yet applied here

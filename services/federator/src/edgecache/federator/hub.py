@@ -135,7 +135,7 @@ class Hub:
             log.info("site.joined", site=beat.site, nodes=len(beat.nodes))
         self.seen[beat.site] = time.monotonic()
         self.heartbeats += 1
-        await self._answer(msg, wire.Ok())
+        await self._answer(msg, wire.SiteHeartbeatAck(relink=relinked))
 
     def reconnected(self) -> None:
         """The hub federator's own connection came back (the hub's server restarted, so every

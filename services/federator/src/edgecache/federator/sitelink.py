@@ -128,10 +128,12 @@ class SiteLink:
         except (nats.errors.Error, msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("site.heartbeat_failed", error=repr(exc))
             answer = None
-        linked = isinstance(answer, wire.Ok)
+        linked = isinstance(answer, wire.SiteHeartbeatAck | wire.Ok)
         if linked != self.linked:
             log.info("site.hub_linked" if linked else "site.hub_unreachable", site=self.site)
-        relinked, self.lost = linked and self.lost, (self.lost or self.linked) and not linked
+        told = isinstance(answer, wire.SiteHeartbeatAck) and answer.relink  # the hub restarted
+        relinked = linked and (self.lost or told)
+        self.lost = (self.lost or self.linked) and not linked
         self.linked = linked
         if not linked:
             return False
