@@ -23,6 +23,7 @@ from edgecache.gateway.app import create_app
 from edgecache.gateway.shortcircuit import LocalReads
 from edgecache.launcher.natsserver import NatsServer
 from tests.fixtures.http import serving
+from tests.fixtures.nodes import wait_committed
 from tests.fixtures.readthrough import origin_put
 
 AK, SK = "AKIASHORTCIRCUIT", "short-circuit-secret"
@@ -86,17 +87,8 @@ async def _cached_object(node: Any, client: EdgecacheClient, bucket: str, key: s
     await origin_put(node, bucket, key, data, content_type="application/x-test")
     _, got = await client.get_object_bytes(bucket, key)
     assert got == data
-    await _wait_committed(node, bucket, key)
+    await wait_committed(node, bucket, key)
     return data
-
-
-async def _wait_committed(node: Any, bucket: str, key: str) -> None:
-    manifest = (await node.catalog.get(bucket, key)).manifest
-    for _ in range(500):
-        if all(node.store.has(c.id) and c.id not in node.filler.active for c in manifest.chunks):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the fill did not commit")
 
 
 async def _no_files(span: wire.FileSpan) -> AsyncIterator[bytes]:
@@ -261,7 +253,7 @@ async def test_a_cold_object_is_read_from_the_files_of_its_fill_then_planned_onc
     await client.release_lease(spans[0])
     assert cachenode.counters.plans == plans
     assert cachenode.counters.misses > hits_before
-    await _wait_committed(cachenode, bucket_name, "cold")
+    await wait_committed(cachenode, bucket_name, "cold")
     reply, body = await client.get_object_or_plan(request, read_file=_no_files)
     assert isinstance(reply, wire.ReadPlan) and body is None
     assert cachenode.counters.plans == plans + 1

@@ -32,6 +32,7 @@ from edgecache.gateway.shortcircuit import LocalReads
 from edgecache.gateway.zerocopy import ZEROCOPY_SEND
 from edgecache.launcher.natsserver import NatsServer
 from tests.fixtures.http import serving
+from tests.fixtures.nodes import wait_committed
 from tests.fixtures.readthrough import origin_put
 
 MiB = 1024 * 1024
@@ -297,15 +298,6 @@ async def test_cold_gets_send_the_fills_files_and_match_the_framed_path(
     assert files.local.fallbacks == 0 and files.local.resumed == 0
 
 
-async def _wait_committed(node: Any, bucket: str, key: str) -> None:
-    manifest = (await node.catalog.get(bucket, key)).manifest
-    for _ in range(500):
-        if all(node.store.has(c.id) and c.id not in node.filler.active for c in manifest.chunks):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the fill did not commit")
-
-
 async def test_a_cold_reader_slower_than_its_fills_gets_their_bytes_not_a_verified_read(
     stack: tuple[Any, Gateway, Gateway], bucket_name: str
 ) -> None:
@@ -326,7 +318,7 @@ async def test_a_cold_reader_slower_than_its_fills_gets_their_bytes_not_a_verifi
     _, body = await client.get_object_or_plan(request, read_file=read_file)
     assert body is not None
     got = [await anext(body)]
-    await _wait_committed(node, bucket_name, "slow")  # every fill ended while the reader waited
+    await wait_committed(node, bucket_name, "slow")  # every fill ended while the reader waited
     manifest = (await node.catalog.get(bucket_name, "slow")).manifest
     evicted = manifest.chunks[-2].id
     await node.store.delete([evicted])  # gone before the reader reached it

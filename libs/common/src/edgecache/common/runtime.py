@@ -34,6 +34,7 @@ __all__ = [
     "ConnectionWatcher",
     "LoopEnded",
     "NatsCredentialsError",
+    "raise_if_cancelling",
     "connect_nats",
     "run_service",
     "until_stopped",
@@ -159,6 +160,16 @@ def _where(config: NatsConfig) -> str:
 def _refused(exc: Exception) -> bool:
     """Whether ``exc`` (from nats-py's connect) says the server refused the credentials."""
     return isinstance(exc, nats_errors.AuthorizationError) or "authorization violation" in str(exc).lower()
+
+
+def raise_if_cancelling(exc: BaseException) -> None:
+    """Raise :class:`asyncio.CancelledError` (from ``exc``) if the current task is being
+    cancelled: nats-py turns a cancelled wait on a closed connection into
+    ``ConnectionClosedError``, and a loop that logs and retries errors must not swallow its
+    own cancellation that way. Otherwise return."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
 
 
 class LoopEnded(RuntimeError):

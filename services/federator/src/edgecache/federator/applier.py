@@ -35,6 +35,7 @@ from nats.js.errors import NotFoundError
 from edgecache.common import subjects, wire
 from edgecache.common.backoff import Backoff
 from edgecache.common.logging import get_logger
+from edgecache.common.runtime import raise_if_cancelling
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -146,9 +147,7 @@ class ChangeApplier:
         except TimeoutError:  # nats-py's own subclass, or a bare one (module docstring)
             return []
         except Exception as exc:  # noqa: BLE001 - the site's server restarting, or a surprise
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError from exc  # nats-py's error for a cancelled wait
+            raise_if_cancelling(exc)
             self.fetch_errors += 1
             log.warning("apply.fetch_failed", error=repr(exc))
             await asyncio.sleep(self.fetch_wait_s)

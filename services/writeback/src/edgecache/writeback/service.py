@@ -46,7 +46,7 @@ from edgecache.common.heartbeats import DEFAULT as DEFAULT_LIVENESS
 from edgecache.common.heartbeats import Liveness
 from edgecache.common.jetstream import ensure_state
 from edgecache.common.logging import get_logger
-from edgecache.common.runtime import connect_nats, until_stopped
+from edgecache.common.runtime import connect_nats, raise_if_cancelling, until_stopped
 from edgecache.origin import open_origin
 from edgecache.writeback.backoff import retry_delay_s
 from edgecache.writeback.metrics import writeback_monitor
@@ -184,11 +184,7 @@ class WritebackService:
                 except NatsTimeoutError:
                     continue  # nothing to do
                 except Exception as exc:  # noqa: BLE001 - reconnecting, consumer missing, …
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        # nats-py turns a cancelled wait on a closed connection into
-                        # ConnectionClosedError: do not swallow our cancellation
-                        raise asyncio.CancelledError() from exc
+                    raise_if_cancelling(exc)
                     if self._nc.is_closed:
                         log.warning("writeback.connection_closed", partition=partition)
                         return
