@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -173,6 +173,49 @@ async def test_a_tag_change_of_an_overwritten_version_is_dropped(
     )
     assert (await b.node.catalog.apply_remote(fresh, chunk_bytes=MiB)).outcome == "tagged"
     assert await tags_at(b, bucket, "o") == {"fresh": "yes"}
+
+
+async def test_a_tag_change_reaches_a_site_that_adopted_the_version_from_the_origin(
+    sites: dict[str, Site], bucket: str
+) -> None:
+    """``a``'s version reached the shared origin (stamped, as ``a``'s write-back writes it)
+    and ``b`` read it there before ``a``'s change arrived: ``b`` adopted it under an id of
+    its own, with ``a``'s stamp. ``a``'s tag change of that version (named by ``a``'s id)
+    applies at ``b``: the stamp names the version. (Seen in the two-stack e2e test when
+    ``b``'s first HEAD beat the change log.)"""
+    a, b = sites["a"], sites["b"]
+    written = a.node.catalog.clock.now()
+    origin = open_origin(a.config)
+    await origin.start()
+    try:
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"written back by a"
+
+        await origin.put_object(bucket, "adopted", body(), size=17, hlc=written, site="a")
+    finally:
+        await origin.close()
+    head = await b.client.request(wire.HeadObject(bucket=bucket, key="adopted"))
+    adopted = await current(b, bucket, "adopted")
+    assert (adopted.hlc, adopted.site, adopted.state) == (written, "a", "clean")
+    at_a = msgspec.structs.replace(adopted, version=ids.new_id())  # a's own id of it
+    assert head.size == 17 and at_a.version != adopted.version
+    stamp = a.node.catalog.clock.now()
+    change = wire.SiteChange(
+        id=ids.new_id(),
+        at_ns=time.time_ns(),
+        site="a",
+        bucket=bucket,
+        key="adopted",
+        version=at_a.version,
+        hlc=stamp,
+        manifest=msgspec.structs.replace(at_a, tags={"team": "blue"}, tags_hlc=stamp, tags_site="a"),
+        kind="tags",
+    )
+    assert (await b.node.catalog.apply_remote(change, chunk_bytes=MiB)).outcome == "tagged"
+    assert await tags_at(b, bucket, "adopted") == {"team": "blue"}
+    record = await current(b, bucket, "adopted")
+    assert (record.version, record.tags_site, record.tags_state) == (adopted.version, "a", "clean")
 
 
 # -- 2. CopyObject of a version held at another site ----------------------------------------

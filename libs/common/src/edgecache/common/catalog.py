@@ -555,7 +555,10 @@ class Catalog:
     async def _apply_tags(self, change: wire.SiteChange, *, chunk_bytes: int) -> Applied:
         """Apply another site's tag change of one version (see :meth:`apply_remote`).
 
-        The entry holds that version: the larger tag stamp wins (the change's
+        The entry holds that version — the same id, or the same ``(hlc, site)`` stamp (this
+        site adopted the version from the origin under an id of its own before the
+        version's change arrived: the stamp, stored with the object, names one version at
+        every site) — the larger tag stamp wins (the change's
         ``(hlc, site)`` against the entry's :func:`tags_stamp`); if this site writes the
         version's tags to the origin (its own version, already clean) they are marked dirty
         and an ``ObjectTagged`` intent is appended. The entry holds a newer version (or
@@ -570,7 +573,7 @@ class Catalog:
         for _ in range(_APPLY_ROUNDS):
             current = await self.get(change.bucket, change.key)
             held = None if current is None else current.manifest
-            if held is None or held.version != change.version:
+            if held is None or not _same_version(held, theirs):
                 if held is not None and (held.hlc, held.site) >= (theirs.hlc, theirs.site):
                     return Applied("ignored", None)  # a newer version is current here
                 record = remote_record(_site_change(theirs, clean=theirs.state == "clean"), chunk_bytes=chunk_bytes)
@@ -751,6 +754,13 @@ def _tags_change(m: wire.Manifest) -> wire.SiteChange:
     """The change-log entry of a tag change made here of ``m``'s version (whichever site
     wrote it): stamped with the tag stamp."""
     return msgspec.structs.replace(_site_change(m, clean=False), site=m.tags_site, hlc=m.tags_hlc, kind="tags")
+
+
+def _same_version(held: wire.Manifest, theirs: wire.Manifest) -> bool:
+    """Whether ``held`` (this site's record) and ``theirs`` (another site's) are one
+    version: the same id, or the same stamp (an adoption here from the origin, which
+    stores the writer's stamp, names the version with an id of this site's own)."""
+    return held.version == theirs.version or (theirs.hlc > 0 and (held.hlc, held.site) == (theirs.hlc, theirs.site))
 
 
 def tags_stamp(m: wire.Manifest) -> tuple[int, str]:
