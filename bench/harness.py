@@ -12,7 +12,6 @@ import os
 import platform
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,8 @@ from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig
+
+from edgecache.launcher.natsserver import free_port
 
 MiB = 1024 * 1024
 MB = 1_000_000
@@ -38,13 +39,6 @@ FAKE_AWS_ENV = {
     "AWS_CONFIG_FILE": os.devnull,
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
 }
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # == results ===================================================================================

