@@ -658,7 +658,10 @@ async def test_status_lists_failing_intents_with_their_error(
 
     store.before_put = slow_down
     await cluster.put("photos", "throttled", b"x")
-    async with running(conn, state, store):
+    # the origin's 30 s is kept: with FAST's 0.2-s cap, a loaded host saw attempt 2 (and
+    # the intent in flight again, not failing) between the two status reads below
+    patient = msgspec.structs.replace(FAST, backoff_max_s=60.0)
+    async with running(conn, state, store, patient):
         await eventually(
             lambda: _async_call(read_status(server.url), lambda st: st.writeback.retrying == 1)
         )
