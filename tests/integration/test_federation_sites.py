@@ -50,7 +50,10 @@ SITE_TTL_S = 1.5  # KV sites keeps the TTL of whoever creates it first: one for 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def conns(federation: Federation) -> AsyncIterator[dict[str, NATS]]:
     """A client at each site and at the hub (as the operator)."""
-    out = {site: await nats.connect(federation.site_url(site)) for site in federation.sites}
+    out = {
+        site: await nats.connect(federation.site_url(site), inbox_prefix=subjects.site_inboxes(site))
+        for site in federation.sites
+    }
     out["hub"] = await nats.connect(federation.hub_url())
     yield out
     for conn in out.values():
@@ -145,6 +148,35 @@ async def test_a_site_cannot_answer_reads_meant_for_another(conns: dict[str, NAT
     finally:
         await thief.unsubscribe()
         await own.unsubscribe()
+
+
+async def test_a_site_cannot_read_replies_meant_for_another(conns: dict[str, NATS]) -> None:
+    """A subscription at a to every inbox (``_INBOX.>``) hears no reply to b's requests:
+    b's connections take their replies under ``_INBOX.site.b`` and a's leaf may receive
+    only ``_INBOX.site.a.>``. The same request made at a is answered at a."""
+    heard: list[str] = []
+
+    async def snoop(msg: Msg) -> None:
+        heard.append(msg.subject)
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"status for " + msg.reply.encode())
+
+    thief = await conns["a"].subscribe("_INBOX.>", cb=snoop)
+    hub = await conns["hub"].subscribe(subjects.FED_STATUS, cb=answer)
+    try:
+        answered = await _until_answered(conns["a"], subjects.FED_STATUS)  # the hub's interest is known
+        assert answered.data.startswith(b"status for _INBOX.site.a.")
+        heard.clear()
+        for _ in range(5):
+            reply = await conns["b"].request(subjects.FED_STATUS, b"{}", timeout=5)
+            assert reply.data.startswith(b"status for _INBOX.site.b.")
+        await conns["a"].flush()
+        await asyncio.sleep(0.2)
+        assert [s for s in heard if not s.startswith("_INBOX.site.a.")] == []
+    finally:
+        await thief.unsubscribe()
+        await hub.unsubscribe()
 
 
 _MARKER = f"{subjects.FED_PREFIX}.site.b.s3.marker"  # crosses a → b, as reads of b's versions do

@@ -16,6 +16,7 @@ from edgecache.common import subjects
 from edgecache.common.config import load_config
 from edgecache.launcher import configfile, hub, natsauth
 from edgecache.launcher import up as up_mod
+from edgecache.launcher.datadir import CONFIG_FILE
 from edgecache.launcher.natsserver import find_binary, free_port
 from edgecache.launcher.sitekey import load_or_create_site_key, public_key
 
@@ -52,7 +53,12 @@ def test_up_site_plans_a_leaf_node_with_its_own_domain(tmp_path: Path) -> None:
     public = public_key(Path(node_nats["nkey_seed_file"]).read_text().strip())
     node_user = text[text.index(f'nkey: "{public}"') :]
     node_user = node_user[: node_user.index("\n    }}")]
-    assert '"edgecache.fed.site.paris.s3.>"' in node_user and '"_INBOX.cachenode.>"' in node_user
+    assert '"edgecache.fed.site.paris.s3.>"' in node_user and '"_INBOX.site.paris.cachenode.>"' in node_user
+    # every service takes its replies under the site's inboxes, the only ones the hub lets in
+    for service in ("cachenode", "federator", "gateway", "writeback"):
+        written = tomllib.loads((tmp_path / "services" / f"{service}.toml").read_text())
+        assert written["nats"]["inbox_prefix"] == f"_INBOX.site.paris.{service}"
+    assert load_config(tmp_path / CONFIG_FILE, env={}).nats.inbox_prefix == "_INBOX.site.paris"
 
 
 def test_up_site_needs_a_hub_url_and_a_name_that_can_be_a_domain(tmp_path: Path) -> None:
@@ -80,11 +86,22 @@ def test_a_lone_site_has_no_federation_grants() -> None:
     widened = natsauth.identities_for("a")
     for name, perms in natsauth.IDENTITIES.items():
         extra = natsauth.federation_grants("a").get(name)
-        if perms is None or extra is None:
-            assert widened[name] == perms
-        else:  # exactly the grants added
-            assert widened[name].publish == (*perms.publish, *extra.publish)
-            assert widened[name].subscribe == (*perms.subscribe, *extra.subscribe)
+        if perms is None:
+            assert widened[name] is None
+            continue
+        extra = extra or natsauth.Permissions(publish=(), subscribe=())
+        # exactly the grants added, and each identity's inboxes moved under the site's
+        assert widened[name].publish == (*_at_site_a(perms.publish), *extra.publish)
+        assert widened[name].subscribe == (*_at_site_a(perms.subscribe), *extra.subscribe)
+
+
+def _at_site_a(names: tuple[str, ...]) -> tuple[str, ...]:
+    """A lone site's subjects with each identity's inboxes (``_INBOX.<identity>.>``) under
+    site a's (every inbox, ``_INBOX.>``, stays)."""
+    return tuple(
+        n.replace("_INBOX.", "_INBOX.site.a.", 1) if n.startswith("_INBOX.") and n != "_INBOX.>" else n
+        for n in names
+    )
 
 
 def test_hub_plan_admits_the_sites_and_keeps_them(tmp_path: Path) -> None:

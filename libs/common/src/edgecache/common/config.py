@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from edgecache.common import subjects
+
 __all__ = [
     "ENV_ALIASES",
     "AdminConfig",
@@ -40,6 +42,9 @@ class ConfigError(ValueError):
     """A config file or variable is invalid; the message names the key."""
 
 
+DEFAULT_INBOX_PREFIX = "_INBOX"  # nats-py's
+
+
 class NatsConfig(msgspec.Struct, **_OPTS):
     url: str = "nats://127.0.0.1:4222"
     connect_timeout_s: float = 5.0
@@ -51,8 +56,10 @@ class NatsConfig(msgspec.Struct, **_OPTS):
     # service authenticates with it (nats-py nkeys_seed=) instead of user/password
     nkey_seed_file: str = ""
     # reply subjects are <inbox_prefix>.<id>: a locked-down NATS lets each identity
-    # subscribe only under its own prefix (`edgecache up` uses _INBOX.<identity>)
-    inbox_prefix: str = "_INBOX"
+    # subscribe only under its own prefix (`edgecache up` uses _INBOX.<identity>, and
+    # _INBOX.site.<site>.<identity> at a federated site). At a federated site the default
+    # becomes _INBOX.site.<site> (Config): the hub lets a site's replies reach it only there.
+    inbox_prefix: str = DEFAULT_INBOX_PREFIX
     # Every download stream on one connection together: bytes granted to the senders and not
     # yet read. At most a quarter of the server's max_pending (64 MiB by default: the server
     # can count up to twice this as pending), or the server cuts the connection off as a slow
@@ -220,6 +227,15 @@ class Config(msgspec.Struct, **_OPTS):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     admin: AdminConfig = AdminConfig()
+
+    def __post_init__(self) -> None:
+        # a federated site's connections take their replies under the site's own inboxes
+        # (subjects.site_inboxes), the only ones the hub lets reach it
+        if self.federation.site and self.nats.inbox_prefix == DEFAULT_INBOX_PREFIX:
+            nats = msgspec.structs.replace(
+                self.nats, inbox_prefix=subjects.site_inboxes(self.federation.site)
+            )
+            msgspec.structs.force_setattr(self, "nats", nats)
 
     def origin_path(self) -> Path:
         """The file origin's directory."""

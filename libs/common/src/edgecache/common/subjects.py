@@ -97,6 +97,14 @@ def site_heartbeat(site: str) -> str:
     return f"{FED_PREFIX}.heartbeat.{site}"
 
 
+def site_inboxes(site: str) -> str:
+    """``_INBOX.site.<site>``: the inbox prefix under which every connection at ``site``
+    takes its reply subjects (``<prefix>.<identity>`` for a locked-down site's identities).
+    The hub lets replies cross to a site only under its own prefix, so no site can read the
+    replies meant for another (object bytes read across sites among them)."""
+    return f"_INBOX.site.{site}"
+
+
 def site_changes(site: str) -> str:
     """``edgecache.fed.changes.<site>``: where ``site``'s catalog appends ``wire.SiteChange``."""
     return f"{FED_PREFIX}.changes.{site}"

@@ -104,9 +104,12 @@ def _read_nats_identities(path: Path) -> dict[str, NatsIdentity]:
         ) from exc
 
 
-def load_or_create_nats_identities(data_dir: Path, names: Iterable[str]) -> dict[str, NatsIdentity]:
+def load_or_create_nats_identities(
+    data_dir: Path, names: Iterable[str], *, site: str = ""
+) -> dict[str, NatsIdentity]:
     """The NATS identity of each of ``names`` from ``<data_dir>/nats-credentials.toml``:
-    user = the name, inbox prefix ``_INBOX.<name>``, and a password generated (``secrets``)
+    user = the name, inbox prefix ``_INBOX.<name>`` (at federated ``site``:
+    ``_INBOX.site.<site>.<name>``), and a password generated (``secrets``)
     on first use and kept, so that a platform service configured once keeps working. The
     file (mode 0600) is rewritten when an identity is added.
 
@@ -120,7 +123,7 @@ def load_or_create_nats_identities(data_dir: Path, names: Iterable[str]) -> dict
         old = known.get(name)
         password = old.password if old is not None and old.password else _random_key(32)
         identities[name] = NatsIdentity(
-            user=name, password=password, inbox_prefix=inbox_prefix(name)
+            user=name, password=password, inbox_prefix=inbox_prefix(name, site)
         )
     if any(known.get(name) != identity for name, identity in identities.items()):
         tree = {**msgspec.to_builtins(known), **msgspec.to_builtins(identities)}

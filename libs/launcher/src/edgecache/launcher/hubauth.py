@@ -11,7 +11,9 @@ hub; ``subscribe``: from the hub to the site): only
   (``edgecache.fed.site.<site>.s3.>``: no site can answer another's). Changes travel by
   JetStream sourcing (below); ``edgecache.fed.apply`` and the change log subjects stay
   at their site;
-- reply inboxes (``_INBOX.>``);
+- replies: out, to any inbox (``_INBOX.>``: it answers every site's reads); in, only to
+  its own inboxes (``_INBOX.site.<site>.>``, where every connection at the site takes its
+  replies: no site can read the replies meant for another);
 - the JetStream API of the hub's domain and of the site's own (``$JS.hub.API.>``,
   ``$JS.<site>.API.>``): the site's ``FEDERATION`` mirror reads the hub's stream, the hub's
   ``FEDERATION`` sources the site's ``CHANGES``;
@@ -40,7 +42,6 @@ def leaf_permissions(site: str) -> Permissions:
     node convention: a leaf user's publish permissions are exported to the hub, its
     subscribe permissions imported into the leaf)."""
     both = (
-        "_INBOX.>",
         f"{subjects.domain_api(subjects.HUB_DOMAIN)}.>",
         f"{subjects.domain_api(site)}.>",
         "$JS.S.>",
@@ -53,10 +54,16 @@ def leaf_permissions(site: str) -> Permissions:
             subjects.site_heartbeat(site),
             subjects.FED_STATUS,
             f"{subjects.FED_PREFIX}.site.*.s3.>",  # its reads of other sites' versions
+            "_INBOX.>",  # its replies (and read frames) to every site's requests
             *both,
         ),
-        # only the reads of its own versions: a site cannot take another's
-        subscribe=(f"{subjects.FED_PREFIX}.site.{site}.s3.>", *both),
+        subscribe=(
+            # only the reads of its own versions: a site cannot take another's
+            f"{subjects.FED_PREFIX}.site.{site}.s3.>",
+            # only replies to its own requests: a site cannot read another's
+            f"{subjects.site_inboxes(site)}.>",
+            *both,
+        ),
     )
 
 

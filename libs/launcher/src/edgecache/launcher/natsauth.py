@@ -25,7 +25,8 @@ nats-py calls for them:
   purge a stream.
 
 Reply subjects: every identity has its own inbox prefix, ``_INBOX.<identity>`` (nats-py's
-``inbox_prefix``), and may subscribe under it only, so no one reads another's replies. The
+``inbox_prefix``; ``_INBOX.site.<site>.<identity>`` at a federated site), and may subscribe
+under it only, so no one reads another's replies. The
 cache node answers and streams to every requester's inbox; requesters send credit to the
 cache node's inbox and upload frames to ``edgecache.stream.<node>.<id>``.
 """
@@ -73,14 +74,16 @@ class Permissions:
     allow_responses: bool = False
 
 
-def inbox_prefix(identity: str) -> str:
-    """Where ``identity``'s reply subjects live: ``_INBOX.<identity>`` (pass it to
-    ``nats.connect(inbox_prefix=...)``, or set ``nats.inbox_prefix``)."""
-    return f"_INBOX.{identity}"
+def inbox_prefix(identity: str, site: str = "") -> str:
+    """Where ``identity``'s reply subjects live: ``_INBOX.<identity>``, at a federated
+    ``site`` ``_INBOX.site.<site>.<identity>`` (under the site's own inboxes, the only ones
+    the hub lets reach it: :func:`edgecache.common.subjects.site_inboxes`). Pass it to
+    ``nats.connect(inbox_prefix=...)``, or set ``nats.inbox_prefix``."""
+    return f"{subjects.site_inboxes(site)}.{identity}" if site else f"_INBOX.{identity}"
 
 
-def _inboxes(identity: str) -> str:
-    return f"{inbox_prefix(identity)}.>"
+def _inboxes(identity: str, site: str = "") -> str:
+    return f"{inbox_prefix(identity, site)}.>"
 
 
 def _kv_read(bucket: str) -> tuple[str, ...]:
@@ -128,7 +131,6 @@ def _ensure_state() -> tuple[str, ...]:
 # readiness (/health/ready): "JetStream reachable" is an account-info request
 _HEALTH = (f"{_API}.INFO",)
 _STREAM_DATA = subjects.stream_inbox("*", "*")  # upload frames, to the receiving node
-_CACHENODE_INBOXES = _inboxes("cachenode")  # download credit, to the sending node
 _INTENTS = tuple(subjects.writeback_subject(p) for p in range(subjects.WRITEBACK_PARTITIONS))
 
 
@@ -145,84 +147,91 @@ _ADMIN_API = (
 )
 
 
-def _requester(identity: str, *, also_subscribe: tuple[str, ...] = ()) -> Permissions:
+def _requester(identity: str, site: str, *, also_subscribe: tuple[str, ...] = ()) -> Permissions:
     """A caller of the ``s3.*`` API (gateway, platform service): requests, upload frames,
-    download credit; replies on its own inbox."""
+    download credit (to the sending node's inbox); replies on its own inbox."""
     return Permissions(
-        publish=("s3.>", _STREAM_DATA, _CACHENODE_INBOXES, *_HEALTH),
-        subscribe=(_inboxes(identity), *also_subscribe),
+        publish=("s3.>", _STREAM_DATA, _inboxes("cachenode", site), *_HEALTH),
+        subscribe=(_inboxes(identity, site), *also_subscribe),
     )
 
 
-#: Every identity, by name (also its NATS user name). ``None``: no restriction (the
-#: operator's). The services' identities carry the service's name.
-IDENTITIES: dict[str, Permissions | None] = {
-    "gateway": _requester("gateway", also_subscribe=(subjects.EVENTS_INVALIDATE,)),
-    "cachenode": Permissions(
-        publish=(
-            "_INBOX.>",  # replies and download frames to every requester (see docs/security.md)
-            subjects.chunk_get("*"),
-            subjects.chunk_put("*"),
-            _STREAM_DATA,
-            subjects.HEARTBEAT_WILDCARD,
-            subjects.EVENTS_OBJECT_CLEAN,
-            subjects.EVENTS_CHUNKS_RELEASED,
-            subjects.EVENTS_CHUNKS_PURGED,
-            subjects.EVENTS_INVALIDATE,
-            *_INTENTS,
-            *_ensure_state(),
-            *(
-                s
-                for b in (subjects.KV_BUCKETS, subjects.KV_OBJECTS, subjects.KV_UPLOADS)
-                for s in _kv_write(b)
+def _identities(site: str) -> dict[str, Permissions | None]:
+    """Every identity's permissions at a lone site (``site`` ``""``) or at federated
+    ``site``, whose inboxes are under its own (:func:`inbox_prefix`); without the
+    federation's grants (:func:`identities_for` adds them)."""
+    return {
+        "gateway": _requester("gateway", site, also_subscribe=(subjects.EVENTS_INVALIDATE,)),
+        "cachenode": Permissions(
+            publish=(
+                "_INBOX.>",  # replies and download frames to every requester (see docs/security.md)
+                subjects.chunk_get("*"),
+                subjects.chunk_put("*"),
+                _STREAM_DATA,
+                subjects.HEARTBEAT_WILDCARD,
+                subjects.EVENTS_OBJECT_CLEAN,
+                subjects.EVENTS_CHUNKS_RELEASED,
+                subjects.EVENTS_CHUNKS_PURGED,
+                subjects.EVENTS_INVALIDATE,
+                *_INTENTS,
+                *_ensure_state(),
+                *(
+                    s
+                    for b in (subjects.KV_BUCKETS, subjects.KV_OBJECTS, subjects.KV_UPLOADS)
+                    for s in _kv_write(b)
+                ),
+                *(s for b in _ALL_KV for s in (*_kv_read(b), *_kv_watch(b))),
+                *_HEALTH,
             ),
-            *(s for b in _ALL_KV for s in (*_kv_read(b), *_kv_watch(b))),
-            *_HEALTH,
-        ),
-        subscribe=(
-            "s3.>",
-            subjects.chunk_get("*"),
-            subjects.chunk_put("*"),
-            _STREAM_DATA,
-            subjects.EVENTS_OBJECT_CLEAN,
-            subjects.EVENTS_CHUNKS_RELEASED,
-            *_ADMIN_REQUESTS,
-            subjects.EVENTS_CHUNKS_PURGED,
-            _inboxes("cachenode"),
-        ),
-        allow_responses=True,
-    ),
-    "writeback": Permissions(
-        publish=(
-            subjects.chunk_get("*"),
-            _CACHENODE_INBOXES,
-            subjects.EVENTS_OBJECT_CLEAN,
-            subjects.WRITEBACK_RETRIES,
-            f"{_API}.CONSUMER.MSG.NEXT.{subjects.WRITEBACK_STREAM}.*",
-            f"$JS.ACK.{subjects.WRITEBACK_STREAM}.>",
-            *_ensure_state(),
-            *(
-                s
-                for b in (subjects.KV_BUCKETS, subjects.KV_OBJECTS)
-                for s in (*_kv_write(b), *_kv_read(b))
+            subscribe=(
+                "s3.>",
+                subjects.chunk_get("*"),
+                subjects.chunk_put("*"),
+                _STREAM_DATA,
+                subjects.EVENTS_OBJECT_CLEAN,
+                subjects.EVENTS_CHUNKS_RELEASED,
+                *_ADMIN_REQUESTS,
+                subjects.EVENTS_CHUNKS_PURGED,
+                _inboxes("cachenode", site),
             ),
-            *_HEALTH,
+            allow_responses=True,
         ),
-        subscribe=(_inboxes("writeback"),),
-    ),
-    "federator": Permissions(
-        publish=(
-            *_ensure_state(),
-            *_kv_write(subjects.KV_NODES),
-            *_kv_read(subjects.KV_NODES),
-            *_HEALTH,
-            *_ADMIN_API,
+        "writeback": Permissions(
+            publish=(
+                subjects.chunk_get("*"),
+                _inboxes("cachenode", site),  # reading dirty chunks: credit to the node
+                subjects.EVENTS_OBJECT_CLEAN,
+                subjects.WRITEBACK_RETRIES,
+                f"{_API}.CONSUMER.MSG.NEXT.{subjects.WRITEBACK_STREAM}.*",
+                f"$JS.ACK.{subjects.WRITEBACK_STREAM}.>",
+                *_ensure_state(),
+                *(
+                    s
+                    for b in (subjects.KV_BUCKETS, subjects.KV_OBJECTS)
+                    for s in (*_kv_write(b), *_kv_read(b))
+                ),
+                *_HEALTH,
+            ),
+            subscribe=(_inboxes("writeback", site),),
         ),
-        subscribe=(subjects.HEARTBEAT_WILDCARD, _inboxes("federator")),
-    ),
-    PLATFORM: _requester(PLATFORM),
-    ADMIN: None,
-}
+        "federator": Permissions(
+            publish=(
+                *_ensure_state(),
+                *_kv_write(subjects.KV_NODES),
+                *_kv_read(subjects.KV_NODES),
+                *_HEALTH,
+                *_ADMIN_API,
+            ),
+            subscribe=(subjects.HEARTBEAT_WILDCARD, _inboxes("federator", site)),
+        ),
+        PLATFORM: _requester(PLATFORM, site),
+        ADMIN: None,
+    }
+
+
+#: Every identity of a lone site, by name (also its NATS user name). ``None``: no
+#: restriction (the operator's). The services' identities carry the service's name.
+IDENTITIES: dict[str, Permissions | None] = _identities("")
 
 #: The identity of each service ``edgecache up`` runs.
 SERVICE_IDENTITIES: dict[str, str] = {
@@ -344,13 +353,14 @@ def federation_grants(site: str) -> dict[str, Permissions]:
 
 
 def identities_for(site: str) -> dict[str, Permissions | None]:
-    """:data:`IDENTITIES`, each widened by its :func:`federation_grants` when ``site`` is a
-    federated site's name (``""``: :data:`IDENTITIES` as they are)."""
+    """:data:`IDENTITIES`, or at federated ``site`` the same identities with their inboxes
+    under the site's (:func:`inbox_prefix`), each widened by its :func:`federation_grants`
+    (``""``: :data:`IDENTITIES` as they are)."""
     if not site:
         return IDENTITIES
     grants = federation_grants(site)
     out: dict[str, Permissions | None] = {}
-    for name, perms in IDENTITIES.items():
+    for name, perms in _identities(site).items():
         extra = grants.get(name)
         if perms is None or extra is None:
             out[name] = perms

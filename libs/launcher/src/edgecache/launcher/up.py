@@ -179,7 +179,7 @@ def plan(
     site_key = None
     node_keys: dict[str, SiteKey] = {}  # cache node child name -> its own nkey
     if not external_nats:
-        identities = load_or_create_nats_identities(root, IDENTITIES)
+        identities = load_or_create_nats_identities(root, IDENTITIES, site=config.federation.site)
         passwords = {n: i.password for n, i in identities.items()}
         node_keys = load_or_create_node_keys(root, cachenode_names(cachenodes))
         options = {
