@@ -650,6 +650,20 @@ async def test_a_failing_intent_holds_back_only_its_own_key(conn, state, store, 
     assert [k for _, k, _ in store.puts].count("poison") == 1
 
 
+async def test_every_retry_of_a_failing_intent_is_scheduled(conn, state, store, cluster) -> None:
+    """An intent that fails again and again is scheduled back each time, never ``nak``-ed
+    (which would hold its partition): a delivery of a fired schedule carries the server's
+    ``Nats-Scheduler`` headers, which the next schedule must not copy (the server refused
+    it, "invalid scheduler", from the second retry on)."""
+    store.rejected.add("stubborn")
+    await cluster.put("photos", "stubborn", b"v1")
+    async with running(conn, state, store) as service:
+        await eventually(
+            lambda: _async(service.stats.failing.get(("photos", "stubborn"), (0,))[0] >= 4)
+        )
+    assert service.stats.unscheduled == 0
+
+
 async def test_status_lists_failing_intents_with_their_error(
     server, conn, state, store, cluster
 ) -> None:

@@ -113,6 +113,12 @@ def stats_samples(stats: WritebackStats) -> Iterator[Sample]:
         stats.failed,
     )
     yield ("intent_retries", "counter", "Attempts that were retries", stats.retried)
+    yield (
+        "intent_retries_unscheduled",
+        "counter",
+        "Failed attempts nak-ed because their retry could not be scheduled (the partition waits)",
+        stats.unscheduled,
+    )
     yield ("intents_dropped", "counter", "Undecodable intents dropped (term)", stats.dropped)
     yield ("written_bytes", "counter", "Object bytes written to the origin", stats.bytes_written)
     yield ("intents_in_flight", "gauge", "Intents being applied now", stats.in_flight)

@@ -77,6 +77,8 @@ _KNOWN_TAGS = frozenset(
 HDR_ATTEMPT = "Ec-Attempt"  # on a retried intent: which attempt this delivery is (1, 2, …)
 HDR_ERROR = "Ec-Error"  # on a retried intent: why the previous attempt failed
 _MAX_ERROR_HEADER = 300  # characters of an error kept in Ec-Error
+# a schedule's headers, and the server's on its deliveries (Nats-Scheduler, -Next)
+_SCHEDULE_HEADERS = "Nats-Schedule"
 
 
 class WritebackService:
@@ -325,7 +327,9 @@ class WritebackService:
         partition = int(msg.subject.rsplit(".", 1)[1])
         at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=max(delay_s, 0.0))
         headers = {
-            **(msg.headers or {}),
+            # the server's own headers on a delivery of a fired schedule (Nats-Scheduler,
+            # Nats-Schedule-Next) make it refuse the new schedule ("invalid scheduler")
+            **{k: v for k, v in (msg.headers or {}).items() if not k.startswith(_SCHEDULE_HEADERS)},
             "Nats-Schedule": "@at " + at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "Nats-Schedule-Target": msg.subject,
             HDR_ATTEMPT: str(attempt + 1),
@@ -338,6 +342,7 @@ class WritebackService:
             )
         except Exception as exc:  # noqa: BLE001 - keep the intent where it is instead
             log.warning("writeback.schedule_failed", error=repr(exc), subject=msg.subject)
+            self.stats.unscheduled += 1
             await _quietly(msg.nak(delay=delay_s))
             return
         await _quietly(msg.ack())

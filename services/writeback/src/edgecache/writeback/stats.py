@@ -16,6 +16,8 @@ class WritebackStats:
         skipped: of those, superseded or already clean (nothing new written).
         failed: attempts that failed and were scheduled (or ``nak``-ed) for a retry.
         retried: attempts that were retries (``Ec-Attempt`` or ``num_delivered`` > 1).
+        unscheduled: failed attempts whose retry could not be scheduled and that were
+            ``nak``-ed instead: their partition waits for them (head-of-line blocking).
         dropped: undecodable intents, ``term``-ed.
         bytes_written: object bytes written to the origin.
         in_flight: intents being worked on now.
@@ -28,6 +30,7 @@ class WritebackStats:
     skipped: int = 0
     failed: int = 0
     retried: int = 0
+    unscheduled: int = 0
     dropped: int = 0
     bytes_written: int = 0
     in_flight: int = 0
