@@ -44,12 +44,10 @@ async def test_cold_object_is_filled_once_across_two_nodes(make_config, nc, tmp_
         other = next(n for n in nodes if n.node_id != owner_id)
 
         client = EdgecacheClient(nc, timeout_s=20.0, window_frames=8)
-        # the object is adopted first (a HEAD records its manifest, filling nothing), then
-        # ten GETs fill it at once through both nodes. KNOWN ISSUE (docs/architecture.md,
-        # change 34): ten *cold* GETs at once can adopt it twice - the owner HEAD-less while
-        # the other node HEADs and creates - and then each version's chunks are filled
-        # (14 fills, not 7, in about half the runs under load)
-        await client.request(wire.HeadObject(bucket=bucket, key="hot"))
+        # ten cold GETs at once through both nodes: the owner adopts HEAD-less while the other
+        # node may HEAD and create first; both name the origin's object with the same version
+        # id (docs/architecture.md, change 38), so each chunk is filled once (before: 14
+        # fills, not 7, in 3 to 4 runs of 10 under load)
         results = await asyncio.gather(*[client.get_object_bytes(bucket, "hot") for _ in range(10)])
         assert all(body == data for _, body in results)
         assert owner.counters.fills == 7 and other.counters.fills == 0  # 7 chunks, each fetched once

@@ -130,6 +130,22 @@ async def test_concurrent_tag_changes_end_with_the_winner_everywhere_and_in_the_
     assert await tags_at(b, bucket, "both") == winner.tags
 
 
+def tag_change_at_a(version: wire.Manifest, tags: dict[str, str], stamp: int) -> wire.SiteChange:
+    """``a``'s tag change of ``version`` to ``tags``, stamped ``stamp``, as ``a``'s catalog
+    logs it."""
+    return wire.SiteChange(
+        id=ids.new_id(),
+        at_ns=time.time_ns(),
+        site="a",
+        bucket=version.bucket,
+        key=version.key,
+        version=version.version,
+        hlc=stamp,
+        manifest=msgspec.structs.replace(version, tags=tags, tags_hlc=stamp, tags_site="a"),
+        kind="tags",
+    )
+
+
 async def test_a_tag_change_of_an_overwritten_version_is_dropped(
     sites: dict[str, Site], bucket: str
 ) -> None:
@@ -144,33 +160,14 @@ async def test_a_tag_change_of_an_overwritten_version_is_dropped(
     await put(b, bucket, "o", b"second")  # b's newer version, untagged
     second = (await current(b, bucket, "o")).version
     stamp = a.node.catalog.clock.now()
-    stale = wire.SiteChange(
-        id=ids.new_id(),
-        at_ns=time.time_ns(),
-        site="a",
-        bucket=bucket,
-        key="o",
-        version=first.version,
-        hlc=stamp,
-        manifest=msgspec.structs.replace(
-            first, tags={"stale": "yes"}, tags_hlc=stamp, tags_site="a"
-        ),
-        kind="tags",
-    )
+    stale = tag_change_at_a(first, {"stale": "yes"}, stamp)
     applied = await b.node.catalog.apply_remote(stale, chunk_bytes=MiB)
     assert applied.outcome == "ignored"
     assert await tags_at(b, bucket, "o") == {}
     assert (await current(b, bucket, "o")).version == second
     # the same change of the version current at b applies
     await until(holds(a, bucket, "o", second), what="b's version at a")
-    fresh = msgspec.structs.replace(
-        stale,
-        id=ids.new_id(),
-        version=second,
-        manifest=msgspec.structs.replace(
-            await current(a, bucket, "o"), tags={"fresh": "yes"}, tags_hlc=stamp, tags_site="a"
-        ),
-    )
+    fresh = tag_change_at_a(await current(a, bucket, "o"), {"fresh": "yes"}, stamp)
     assert (await b.node.catalog.apply_remote(fresh, chunk_bytes=MiB)).outcome == "tagged"
     assert await tags_at(b, bucket, "o") == {"fresh": "yes"}
 
@@ -200,18 +197,7 @@ async def test_a_tag_change_reaches_a_site_that_adopted_the_version_from_the_ori
     assert (adopted.hlc, adopted.site, adopted.state) == (written, "a", "clean")
     at_a = msgspec.structs.replace(adopted, version=ids.new_id())  # a's own id of it
     assert head.size == 17 and at_a.version != adopted.version
-    stamp = a.node.catalog.clock.now()
-    change = wire.SiteChange(
-        id=ids.new_id(),
-        at_ns=time.time_ns(),
-        site="a",
-        bucket=bucket,
-        key="adopted",
-        version=at_a.version,
-        hlc=stamp,
-        manifest=msgspec.structs.replace(at_a, tags={"team": "blue"}, tags_hlc=stamp, tags_site="a"),
-        kind="tags",
-    )
+    change = tag_change_at_a(at_a, {"team": "blue"}, a.node.catalog.clock.now())
     assert (await b.node.catalog.apply_remote(change, chunk_bytes=MiB)).outcome == "tagged"
     assert await tags_at(b, bucket, "adopted") == {"team": "blue"}
     record = await current(b, bucket, "adopted")

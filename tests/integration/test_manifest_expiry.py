@@ -43,12 +43,24 @@ async def test_expired_clean_manifests_are_adopted_again(make_config, nc, bucket
         assert pending is not None and pending.manifest.state == "dirty"
         assert (await client.get_object_bytes(bucket_name, "pending"))[1] == b"new"
 
+        fills = node.counters.fills
         _, body = await client.get_object_bytes(bucket_name, "cold")  # adopted again
         again = (await node.catalog.get(bucket_name, "cold")).manifest
-        assert body == data and again.version != first.version
-        assert not {c.id for c in again.chunks} & set(old_chunks)  # old chunks never reused
-        # the old version's chunks are clean: the store may evict them like any clean chunk
+        assert again.validated_at > first.validated_at  # a new record ...
+        # ... of the same origin object, so the same version id (derived from the object,
+        # docs/architecture.md change 38): its chunks still on disk serve it, nothing filled
+        assert body == data and again.version == first.version
+        assert [c.id for c in again.chunks] == old_chunks and node.counters.fills == fills
         assert all(node.store.is_dirty(c) is False for c in old_chunks if node.store.has(c))
+
+        # the object changed in the origin while unrecorded: a new id, no old chunk reused
+        await gone(node.catalog, bucket_name, "cold")
+        changed = data[::-1]
+        await origin_put(node, bucket_name, "cold", changed, content_type="text/plain")
+        _, body = await client.get_object_bytes(bucket_name, "cold")
+        newer = (await node.catalog.get(bucket_name, "cold")).manifest
+        assert body == changed and newer.version != first.version
+        assert not {c.id for c in newer.chunks} & set(old_chunks)
 
 
 async def test_versions_marked_clean_expire_and_tombstones_leave_nothing(nc) -> None:

@@ -16,8 +16,9 @@ the reader looked the key up in the catalog *before* the GET: a write acknowledg
 before the read began was seen there. A write that commits after that lookup is
 concurrent with the read, and S3 lets such a read return the older version; the create
 then loses (create-if-absent) and the write's manifest stays current. A concurrent
-adoption by another node also makes the create lose: this version then serves only the
-reads already on it, and its chunks, named by no manifest, are clean and evicted in time.
+adoption by another node also makes the create lose; both name the origin's object with
+the same version id (:func:`adopted_version`), so the reads already on this one read the
+chunks every node fills for the winner, each fetched once.
 
 Requests on this node for the same key while an adoption is in flight share it
 (:class:`.adoptions.Adoptions`); a lookup that does not read (HEAD, a conditional write's
@@ -27,6 +28,7 @@ check) waits until its create settled.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 from typing import TYPE_CHECKING
@@ -35,14 +37,13 @@ import msgspec
 
 from edgecache.common import errors, placement, wire
 from edgecache.common.catalog import fill_chunks
-from edgecache.common.ids import new_id
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
     from edgecache.cachenode.node import CacheNode
     from edgecache.origin import OriginObject
 
-__all__ = ["adopt_reading", "manifest_from_origin", "wanted_span", "with_tags"]
+__all__ = ["adopt_reading", "adopted_version", "manifest_from_origin", "wanted_span", "with_tags"]
 
 log = get_logger(__name__)
 
@@ -72,12 +73,28 @@ def wanted_span(range_header: str | None, part_number: int | None) -> tuple[int,
     return int(first), int(last)
 
 
-def manifest_from_origin(
-    node: CacheNode, bucket: str, obj: OriginObject, version: str
-) -> wire.Manifest:
-    """A clean manifest of the origin's object ``obj`` as version ``version``: unfilled
-    chunks of ``node.chunk_bytes`` (the last one shorter), its tags (``{}`` if ``obj`` did
-    not bring them: see :func:`with_tags`) and, at a federated site, its ``(hlc, site)``."""
+def adopted_version(bucket: str, obj: OriginObject, chunk_bytes: int) -> str:
+    """The version id of the origin's object ``obj`` in ``bucket``, chunked in
+    ``chunk_bytes``: the same at every node that adopts it, so that two nodes adopting it at
+    once (the owner HEAD-less, another with a HEAD) name the same chunks and their fills
+    meet, each chunk fetched from the origin once (docs/architecture.md, change 38).
+
+    Shaped as :func:`~edgecache.common.ids.new_id` (26 hex digits): the object's
+    Last-Modified in ns, then 40 bits of BLAKE2b over the bucket, key, ETag, size,
+    federation stamp and ``chunk_bytes``. Any change of the object in the origin changes
+    its ETag or time, hence the id; the same object adopted again later gets the same id
+    (its chunks, if still on disk, are its bytes)."""
+    stamp = (round(max(obj.last_modified, 0.0) * 1_000_000) * 1000) & 0xFFFF_FFFF_FFFF_FFFF  # exact to 1 us
+    named = "\0".join((bucket, obj.key, obj.etag, str(obj.size), str(obj.hlc), obj.site, str(chunk_bytes)))
+    return f"{stamp:016x}{hashlib.blake2b(named.encode(), digest_size=5).hexdigest()}"
+
+
+def manifest_from_origin(node: CacheNode, bucket: str, obj: OriginObject) -> wire.Manifest:
+    """A clean manifest of the origin's object ``obj``, as version :func:`adopted_version`:
+    unfilled chunks of ``node.chunk_bytes`` (the last one shorter), its tags (``{}`` if
+    ``obj`` did not bring them: see :func:`with_tags`) and, at a federated site, its
+    ``(hlc, site)``."""
+    version = adopted_version(bucket, obj, node.chunk_bytes)
     return wire.Manifest(
         bucket=bucket,
         key=obj.key,
@@ -149,12 +166,18 @@ async def _open(
     except errors.InvalidRange:
         return None
     try:
-        manifest = manifest_from_origin(node, bucket, await with_tags(node, bucket, opened.object), new_id())
+        manifest = manifest_from_origin(node, bucket, await with_tags(node, bucket, opened.object))
         whole_chunks = (opened.last + 1 - start) % step == 0 or opened.last + 1 == manifest.size
         if opened.first != start or not whole_chunks:
             await opened.aclose()  # the origin ignored the range
             return None
-        node.filler.start_opened(manifest, range(index, opened.last // step + 1), opened)
+        run = range(index, opened.last // step + 1)
+        if not all(node.filler.idle(manifest.chunks[i]) for i in run):
+            # the same object adopted before (its id is derived from it): its chunks are
+            # here or being filled; the reader reads them there, as for any manifest
+            await opened.aclose()
+            return manifest
+        node.filler.start_opened(manifest, run, opened)
     except BaseException:
         await opened.aclose()
         raise

@@ -168,7 +168,8 @@ class Filler:
         self.active: dict[str, ChunkFill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _idle(self, chunk: wire.ChunkRef) -> bool:
+    def idle(self, chunk: wire.ChunkRef) -> bool:
+        """Whether ``chunk`` is neither on this node's disk nor being filled here."""
         return chunk.id not in self.active and not self._store.has(chunk.id)
 
     def start(self, manifest: wire.Manifest, index: int, *, until: int) -> ChunkFill:
@@ -181,7 +182,7 @@ class Filler:
         run, size = [index], chunk.size
         for j in range(index + 1, min(until, len(manifest.chunks) - 1) + 1):
             nxt = manifest.chunks[j]
-            if size + nxt.size > self._run_bytes or not self._idle(nxt):
+            if size + nxt.size > self._run_bytes or not self.idle(nxt):
                 break
             run.append(j)
             size += nxt.size
@@ -207,7 +208,7 @@ class Filler:
     def prefetch(self, manifest: wire.Manifest, indexes: list[int], *, until: int) -> None:
         """Start filling the idle chunks among ``indexes`` (runs end at ``until``)."""
         for i in indexes:
-            if self._idle(manifest.chunks[i]):
+            if self.idle(manifest.chunks[i]):
                 self.start(manifest, i, until=until)
 
     async def _run(

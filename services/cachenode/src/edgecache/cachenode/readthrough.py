@@ -27,7 +27,6 @@ from edgecache.cachenode.adoption import adopt_reading, manifest_from_origin, wi
 from edgecache.cachenode.chunkstore import ChunkCorrupt, ChunkMissing
 from edgecache.common import errors, peers, placement, stream, wire
 from edgecache.common.heartbeats import Liveness
-from edgecache.common.ids import new_id
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
@@ -47,7 +46,7 @@ async def _adopt(node: CacheNode, bucket: str, key: str) -> wire.Manifest:
         NoSuchBucket / NoSuchKey / ServiceUnavailable: from the origin.
     """
     obj = await with_tags(node, bucket, await node.origin.head_object(bucket, key))
-    manifest = manifest_from_origin(node, bucket, obj, new_id())
+    manifest = manifest_from_origin(node, bucket, obj)
     if not await node.catalog.create(manifest):
         found = await node.catalog.get(bucket, key)  # another node recorded it first
         if found is not None and not found.manifest.deleted:
@@ -73,7 +72,7 @@ async def _revalidate(node: CacheNode, manifest: wire.Manifest, revision: int) -
         await node.catalog.replace(fresh, revision, same_version=True)
         return fresh
     log.info("revalidate.changed", bucket=manifest.bucket, key=manifest.key)
-    changed = manifest_from_origin(node, manifest.bucket, await with_tags(node, manifest.bucket, obj), new_id())
+    changed = manifest_from_origin(node, manifest.bucket, await with_tags(node, manifest.bucket, obj))
     if not await node.catalog.replace(changed, revision):
         found = await node.catalog.get(manifest.bucket, manifest.key)
         if found is not None and not found.manifest.deleted:
