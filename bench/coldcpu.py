@@ -103,7 +103,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         )
         cleanup.callback(stop, stack.process)
         pids = _pids(stack.process.pid)
-        meter = CpuMeter({**pids, "up": stack.process.pid, "nginx": nginx.pid})
+        meter = CpuMeter({**pids, "up": stack.process.pid, "nginx": nginx.pid}, main_threads=["cachenode"])
         gateway = s3_client(stack.endpoint, stack.access_key, stack.secret_key)
         origin = s3_client(origin_url, "testing", "testing")
         keys = [f"cold-{i}" for i in range(args.gets + 1)]
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         _timed_get(gateway, keys[0])  # the stack's first request (connections, TLS context)
         spies = _profile(pids, args.profile) if args.profile else []
         print(f"load {machine()['load']}  pids {pids}")
-        names = ["gateway", "cachenode", "nats-server", "client", "other"]
+        names = ["gateway", "cachenode", "node loop", "nats-server", "client", "other"]
         print(f"{'GET':>4} {'MB/s':>7} {'TTFB ms':>8} " + " ".join(f"{n:>11}" for n in names))
         for i, key in enumerate(keys[1:], start=1):
             with meter.measure() as cpu:
@@ -123,6 +123,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             row = {
                 "gateway": sum(v for k, v in cpu.items() if k.startswith("gateway")),
                 "cachenode": cpu.get("cachenode", 0.0),
+                "node loop": cpu.get("cachenode:main", 0.0),
                 "nats-server": cpu.get("nats-server", cpu.get("up", 0.0)),
                 "client": cpu["client"],
                 "other": cpu["other"],

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,9 +203,10 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (all its threads)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of ``pid`` so far: all its threads, or only ``thread`` (its
+    task id; the process's own id: its main thread)."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
@@ -222,14 +223,17 @@ class CpuMeter:
     """CPU seconds per watched process, this one (``client``) and everything else on the
     machine (``other``) over a ``with`` block."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], main_threads: Iterable[str] = ()) -> None:
         self.pids = pids
+        self.main_threads = set(main_threads)  # also measure these processes' main threads, as "NAME:main"
 
     def _sample(self) -> dict[str, float]:
         sample = {"client": time.process_time()}
         for name, pid in self.pids.items():
             with contextlib.suppress(OSError):
                 sample[name] = cpu_seconds(pid)
+                if name in self.main_threads:
+                    sample[f"{name}:main"] = cpu_seconds(pid, pid)
         return sample
 
     @contextlib.contextmanager
@@ -241,7 +245,7 @@ class CpuMeter:
         spent["wall"] = time.perf_counter() - t0
         spent.update({k: after[k] - before[k] for k in before if k in after})
         spent["other"] = max(
-            0.0, busy_cpu_seconds() - busy - sum(v for k, v in spent.items() if k != "wall")
+            0.0, busy_cpu_seconds() - busy - sum(v for k, v in spent.items() if k != "wall" and ":" not in k)
         )
 
 

@@ -32,9 +32,9 @@ async def _fill(
             await gate.wait()
         await writer.write(data[i : i + piece])
         fill.received += len(data[i : i + piece])
-        await fill.landed_at(writer.path, writer.landed)
+        fill.landed_at(writer.path, writer.landed)
     await writer.commit()
-    await fill.finish()
+    fill.finish()
 
 
 async def _collect(fill: ChunkFill, first: int, last: int) -> tuple[bytes, int]:
@@ -84,11 +84,11 @@ async def test_a_failed_fill_fails_its_followers(store: ChunkStore) -> None:
     writer = store.writer(fill.chunk_id, dirty=False)
     await writer.write(os.urandom(MiB))
     fill.received = MiB
-    await fill.landed_at(writer.path, writer.landed)
+    fill.landed_at(writer.path, writer.landed)
     follower = fill.follow(0, 2 * MiB - 1)
     assert len(await anext(follower)) == MiB
     await writer.abort()
-    await fill.finish(errors.ServiceUnavailable("origin went away"))
+    fill.finish(errors.ServiceUnavailable("origin went away"))
     with pytest.raises(errors.ServiceUnavailable):
         await anext(follower)
     assert fill._fd is None  # noqa: SLF001 - the descriptor closes with its last user

@@ -12,12 +12,13 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import msgspec
 
 from edgecache.common import errors
 
-__all__ = ["Origin", "OriginBucket", "OriginHoldsNewer", "OriginObject", "RangeRead", "common_prefix", "holds_newer"]
+__all__ = ["BlockingRange", "Origin", "OriginBucket", "OriginHoldsNewer", "OriginObject", "RangeRead", "common_prefix", "holds_newer"]
 
 
 class OriginObject(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,10 +101,34 @@ class RangeRead:
                 await close()
 
 
+class BlockingRange(Protocol):
+    """An open ranged GET read by a worker thread (:meth:`Origin.open_range_blocking`)."""
+
+    def read(self, n: int) -> bytes:
+        """The next bytes of the range, at most ``n``: fewer only at its end (``b""`` after it).
+
+        Raises:
+            ServiceUnavailable: the origin went away or stalled past its timeout.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the request, read to its end or not (idempotent)."""
+        ...
+
+
 class Origin(abc.ABC):
-    """A durable object store. Safe for concurrent use by many tasks of one event loop."""
+    """A durable object store. Safe for concurrent use by many tasks of one event loop.
+
+    An origin with :attr:`blocking_reads` also serves :meth:`open_range_blocking` to worker
+    threads, concurrently with the event loop's calls.
+    """
 
     name: str = "origin"
+
+    blocking_reads: bool = False
+    """Whether :meth:`open_range_blocking` is served: a fill then moves a range's bytes in a
+    worker thread (origin socket to chunk file), none of them through the event loop."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open clients/connections. Called once before use."""
@@ -177,6 +202,20 @@ class Origin(abc.ABC):
             raise errors.InvalidRange(f"bytes={first}-{last} of {obj.size}", resource=f"{bucket}/{key}")
         last = min(last, obj.size - 1)
         return RangeRead(obj, first, last, aiter(self.get_range(bucket, key, first, last, if_match=if_match or obj.etag)))
+
+    def open_range_blocking(
+        self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
+    ) -> BlockingRange:
+        """:meth:`get_range` for a worker thread: open a GET of exactly bytes
+        ``first..last`` (inclusive) of ``bucket/key`` (``If-Match`` ``if_match``), blocking
+        until the origin answers; read the body with :meth:`BlockingRange.read`.
+
+        Raises:
+            NotImplementedError: the origin has no blocking reads (:attr:`blocking_reads`).
+            NoSuchBucket, NoSuchKey, PreconditionFailed, ServiceUnavailable; InvalidRange:
+            the range is not in the object, or the origin ignored it.
+        """
+        raise NotImplementedError(f"the {self.name} origin has no blocking reads")
 
     @abc.abstractmethod
     async def put_object(

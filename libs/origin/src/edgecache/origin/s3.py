@@ -11,6 +11,7 @@ as ``edgecache-u-<key>`` so the two can never collide.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +20,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import botocore.config
 import botocore.exceptions as bexc
+import botocore.session
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
@@ -35,6 +38,7 @@ from edgecache.origin._util import (
     upload_parts,
 )
 from edgecache.origin.base import (
+    BlockingRange,
     Origin,
     OriginBucket,
     OriginHoldsNewer,
@@ -49,6 +53,7 @@ MiB = 1024 * 1024
 MIN_PART_BYTES = 5 * MiB  # S3's smallest part but the last
 MAX_PARTS = 10_000
 READ_BYTES = 1 * MiB  # get_range piece size (at most)
+_BLOCKING_CONNECTIONS = 32  # the synchronous client's pool (open_range_blocking from many threads)
 ETAG_META = "edgecache-etag"
 HLC_META = "edgecache-hlc"  # federation: the version's stamp (Origin.put_object)
 SITE_META = "edgecache-site"
@@ -212,41 +217,82 @@ async def _pieces(body: Any, count: int, bucket: str, key: str) -> AsyncIterator
             yield piece
 
 
+class _BlockingBody:
+    """A ``GetObject`` body read by a worker thread (:class:`~.base.BlockingRange`), its
+    errors translated as :func:`_s3_errors` does."""
+
+    def __init__(self, body: Any, bucket: str, key: str) -> None:
+        self._body = body  # botocore's StreamingBody: read(n) blocks for n bytes or the end
+        self._bucket = bucket
+        self._key = key
+
+    def read(self, n: int) -> bytes:
+        with _s3_errors(self._bucket, self._key):
+            return bytes(self._body.read(n))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._body.close()
+
+
 class S3Origin(Origin):
     """An S3 bucket per edgecache bucket, through one aiobotocore client opened in
-    :meth:`start`.
+    :meth:`start`, and one botocore (synchronous) client beside it for fills' ranged GETs
+    in worker threads (:meth:`open_range_blocking`).
 
     Memory per upload: one buffer of the object (single PUT, at most
     ``multipart_threshold_bytes``) or :data:`~._util.PART_CONCURRENCY` part buffers.
     """
 
     name = "s3"
+    blocking_reads = True
 
     def __init__(self, config: OriginConfig) -> None:
         self.config = config
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._blocking_client: Any = None
+
+    def _client_options(self) -> dict[str, Any]:
+        """What both clients are configured with: standard retries (3 attempts), timeouts
+        from ``timeout_s``."""
+        cfg = self.config
+        return {
+            "retries": {"mode": "standard", "max_attempts": 3},
+            "connect_timeout": min(cfg.timeout_s, 10.0),
+            "read_timeout": cfg.timeout_s,
+            # a ranged GET cannot be checked against a whole-object checksum
+            "response_checksum_validation": "when_required",
+        }
 
     async def start(self) -> None:
-        """Open the client: standard retries (3 attempts), timeouts from ``timeout_s``; its
-        HTTP session is built now (see :meth:`_warm`)."""
+        """Open the clients (:meth:`_client_options`); the asynchronous one's HTTP session
+        is built now (see :meth:`_warm`)."""
         cfg = self.config
-        client_config = AioConfig(
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=min(cfg.timeout_s, 10.0),
-            read_timeout=cfg.timeout_s,
-            # a ranged GET cannot be checked against a whole-object checksum
-            response_checksum_validation="when_required",
-        )
         self._client = await self._stack.enter_async_context(
             AioSession().create_client(
                 "s3",
                 endpoint_url=cfg.endpoint_url or None,
                 region_name=cfg.region or None,
-                config=client_config,
+                config=AioConfig(**self._client_options()),
             )
         )
+        self._blocking_client = await asyncio.to_thread(
+            botocore.session.get_session().create_client,
+            "s3",
+            endpoint_url=cfg.endpoint_url or None,
+            region_name=cfg.region or None,
+            # one connection per fill thread (Filler slots: 4 x fill_concurrency, 16 by
+            # default); urllib3 discards connections beyond this on return, with a warning
+            config=botocore.config.Config(**self._client_options(), max_pool_connections=_BLOCKING_CONNECTIONS),
+        )
         await self._warm()
+        # its first request resolves the endpoint rules and builds the signer (4 ms of
+        # Python holding the GIL here): done now rather than beside a cold miss's first byte
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(
+                self._blocking_client.generate_presigned_url, "get_object", Params={"Bucket": "warm", "Key": "up"}
+            )
 
     async def _warm(self) -> None:
         """Build the client's aiohttp session (its TLS context loads the CA bundle: 60-110 ms
@@ -263,6 +309,9 @@ class S3Origin(Origin):
     async def close(self) -> None:
         await self._stack.aclose()
         self._client = None
+        blocking, self._blocking_client = self._blocking_client, None
+        if blocking is not None:
+            blocking.close()
 
     @property
     def _s3(self) -> Any:
@@ -368,6 +417,30 @@ class S3Origin(Origin):
                 yield piece
         finally:
             await read.aclose()
+
+    def open_range_blocking(
+        self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
+    ) -> BlockingRange:
+        """``GetObject`` with ``Range: bytes=first-last`` (and ``If-Match``) through the
+        synchronous client, for a worker thread; see :meth:`Origin.open_range_blocking`."""
+        check_key(bucket, key)
+        check_range(bucket, key, first, last)
+        client = self._blocking_client
+        if client is None:
+            raise RuntimeError("S3Origin used before start()")
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={first}-{last}"}
+        if if_match is not None:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        with _s3_errors(bucket, key):
+            r = client.get_object(**kwargs)
+        body = _BlockingBody(r["Body"], bucket, key)
+        if not r.get("ContentRange", "").startswith(f"bytes {first}-{last}/"):
+            body.close()  # a server that ignored the range, or clamped it: not the bytes asked for
+            raise errors.InvalidRange(
+                f"bytes={first}-{last}: the origin answered {r.get('ContentRange') or 'the whole object'}",
+                resource=f"{bucket}/{key}",
+            )
+        return body
 
     async def put_object(
         self,

@@ -7,6 +7,7 @@ pool; publishing (the rename into place and the index update) is the store's.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, BinaryIO, Self, TypeVar
 
 from edgecache.cachenode.chunkerrors import raise_os
 from edgecache.cachenode.chunkformat import append, discard, open_tmp, seal
+from edgecache.cachenode.threads import run_to_completion
 
 __all__ = ["ChunkWriter", "Publish"]
 
@@ -113,6 +115,35 @@ class ChunkWriter:
                     self._landed += len(buf)
             self._size += n
 
+    def write_blocking(self, data: bytes | bytearray | memoryview) -> None:
+        """:meth:`write` for a worker thread: append ``data`` to the file at once (it has
+        :attr:`landed` when this returns), nothing gathered in memory, no hop to the event
+        loop. The thread owns the writer for the call: no other call may run meanwhile.
+        A failure does not finish the writer: the caller aborts it.
+
+        Raises:
+            ChunkStoreFull: the disk is full.
+            OSError: another I/O error.
+            RuntimeError: the writer is finished, busy, or holds bytes a :meth:`write`
+                gathered and did not :meth:`flush`.
+        """
+        if self._finished or self._busy or self._buf:
+            raise RuntimeError(f"write_blocking on the writer for chunk {self.chunk_id!r} in this state")
+        n = data.nbytes if isinstance(data, memoryview) else len(data)
+        if not n:
+            return
+        self._busy = True
+        try:
+            if self._file is None:
+                self._file = open_tmp(self._tmp)
+            self._crc = append(self._file, data, self._crc)
+        except OSError as exc:
+            raise_os(exc)
+        finally:
+            self._busy = False
+        self._size += n
+        self._landed += n
+
     async def flush(self) -> None:
         """Write the gathered bytes to the file now (they :attr:`landed`).
 
@@ -193,14 +224,7 @@ class ChunkWriter:
     async def _thread(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run ``fn`` in a thread; if cancelled, wait for the thread before re-raising so the
         temp file is never closed or unlinked under a running write."""
-        fut = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
-        try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            await asyncio.wait([fut])
-            if not fut.cancelled():
-                fut.exception()  # retrieved: the cancellation is what the caller gets
-            raise
+        return await run_to_completion(functools.partial(fn, *args, **kwargs))
 
     async def _fail(self) -> None:
         """Finish the writer; close and remove the temp file unless ``publish`` owns it."""

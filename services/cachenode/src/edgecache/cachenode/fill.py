@@ -16,22 +16,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgecache.cachenode.threads import run_to_completion
 from edgecache.common import errors, wire
 from edgecache.common.logging import get_logger
 
 if TYPE_CHECKING:
     from edgecache.cachenode.chunkstore import ChunkStore
+    from edgecache.cachenode.chunkwriter import ChunkWriter
     from edgecache.cachenode.counters import Counters
     from edgecache.common.catalog import Catalog
     from edgecache.origin import Origin
-    from edgecache.origin.base import RangeRead
+    from edgecache.origin.base import BlockingRange, RangeRead
 
-__all__ = ["FOLLOW_READ_BYTES", "ChunkFill", "Filler"]
+__all__ = ["FOLLOW_READ_BYTES", "PUMP_READ_BYTES", "ChunkFill", "Filler"]
 
 log = get_logger(__name__)
 
@@ -57,33 +61,42 @@ class ChunkFill:
         self.landed = 0  # bytes in the file, readable by followers
         self.done = False
         self.error: BaseException | None = None
-        self._changed = asyncio.Condition()
+        self._waiter: asyncio.Future[None] | None = None  # what followers wait on for news
         self.paths: list[str] = []  # the temp file once it exists, then where the commit puts it
         self._fd: int | None = None
         self._users = 1  # the fill itself, and each follower
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _notify(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    async def landed_at(self, path: Path, landed: int) -> None:
+    async def _news(self) -> None:
+        """Wait for the next :meth:`landed_at` or :meth:`finish` (shared by the followers:
+        one follower's cancellation leaves the others waiting)."""
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._waiter)
+
+    def landed_at(self, path: Path, landed: int) -> None:
         """``landed`` bytes of the chunk are now in ``path`` (its temp file, which exists
-        from the writer's first write on): wake the followers."""
+        from the writer's first write on): wake the followers. Runs on the event loop (a
+        worker thread calls it through ``call_soon_threadsafe``)."""
         if self._fd is None:
             self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             self.paths = [str(path), *self.paths]
         if landed <= self.landed:
             return
         self.landed = landed
-        await self._notify()
+        self._notify()
 
-    async def finish(self, error: BaseException | None = None) -> None:
+    def finish(self, error: BaseException | None = None) -> None:
         """End the fill: complete (committed to disk, every byte landed), or failed with
         ``error``, which its followers then raise."""
         self.done, self.error = True, error
         if error is None:
             self.landed = self.size
-        await self._notify()
+        self._notify()
         self._unuse()
 
     def _unuse(self) -> None:
@@ -110,8 +123,7 @@ class ChunkFill:
                 continue
             if self.done:
                 raise errors.InternalError(f"fill of {self.chunk_id} ended short")
-            async with self._changed:
-                await self._changed.wait_for(lambda: self.landed > position or self.done)  # noqa: B023
+            await self._news()
 
     async def follow(self, first: int, last: int) -> AsyncIterator[bytes]:
         """Bytes ``first..last`` (inclusive) of the chunk, read from disk as they land.
@@ -130,6 +142,38 @@ class ChunkFill:
                 yield data
         finally:
             self._unuse()
+
+
+PUMP_READ_BYTES = 1024 * 1024
+"""The most bytes a fill's worker thread reads from the origin at once (the first read of a
+chunk: 64 KiB, so that its followers start early)."""
+
+
+def _short(fill: ChunkFill) -> errors.ServiceUnavailable:
+    return errors.ServiceUnavailable(
+        f"origin sent {fill.received} of {fill.size} bytes of {fill.chunk_id}", retry_after_s=1
+    )
+
+
+def _pump(
+    stream: BlockingRange, writer: ChunkWriter, fill: ChunkFill, loop: asyncio.AbstractEventLoop, stop: threading.Event
+) -> None:
+    """In a worker thread: read ``fill``'s bytes from ``stream`` into ``writer`` (its temp
+    file), telling the followers on ``loop`` after each read; stop early when ``stop`` is set.
+
+    Raises:
+        ServiceUnavailable: the stream ended before the chunk did (or its own error).
+        InternalError: stopped. ChunkStoreFull, OSError: the chunk store's.
+    """
+    while fill.received < fill.size:
+        if stop.is_set():
+            raise errors.InternalError("fill cancelled")
+        data = stream.read(min(PUMP_READ_BYTES if fill.received else 64 * 1024, fill.size - fill.received))
+        if not data:
+            raise _short(fill)
+        writer.write_blocking(data)
+        fill.received += len(data)
+        loop.call_soon_threadsafe(fill.landed_at, writer.path, writer.landed)
 
 
 class Filler:
@@ -165,6 +209,9 @@ class Filler:
         self._counters = counters
         self._slots = asyncio.Semaphore(slots)
         self._run_bytes = run_bytes
+        # the worker threads of the fills' blocking reads: one per slot, so that a slow
+        # origin never holds the default pool's threads that chunk reads and writes use
+        self._pumps = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="fill")
         self.active: dict[str, ChunkFill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -217,50 +264,17 @@ class Filler:
         first = sum(c.size for c in manifest.chunks[:index])
         last = first + sum(f.size for f in fills) - 1
         started = time.perf_counter()
-        current = 0  # the fill being written
-        writer = None
         try:
             async with self._slots if opened is None else contextlib.nullcontext():  # an open GET holds no slot
                 self._counters.fills += 1  # one ranged GET of the origin
-                writer = self._store.writer(fills[0].chunk_id, dirty=False)
-                pieces = opened if opened is not None else self._origin.get_range(
-                    manifest.bucket, manifest.key, first, last, if_match=manifest.origin_etag or None
-                )
-                async for piece in pieces:
-                    view = memoryview(piece)
-                    while view:
-                        if writer is None:
-                            raise errors.ServiceUnavailable(
-                                "origin sent more bytes than asked", retry_after_s=1
-                            )
-                        fill = fills[current]
-                        room = fill.size - fill.received
-                        part = (
-                            piece
-                            if len(view) == len(piece) and len(piece) <= room
-                            else bytes(view[:room])
-                        )
-                        view = view[len(part) :]
-                        await writer.write(part)
-                        if not writer.landed:  # the first bytes of a chunk go to its readers at once
-                            await writer.flush()
-                        fill.received += len(part)
-                        await fill.landed_at(writer.path, writer.landed)
-                        if fill.received == fill.size:
-                            await writer.commit()
-                            self._counters.fill_bytes += fill.size
-                            self.active.pop(fill.chunk_id, None)
-                            await fill.finish()
-                            current += 1
-                            writer = (
-                                self._store.writer(fills[current].chunk_id, dirty=False)
-                                if current < len(fills)
-                                else None
-                            )
-                if current < len(fills):
-                    raise errors.ServiceUnavailable(
-                        f"origin sent {fills[current].received} of {fills[current].size} bytes of {fills[current].chunk_id}",
-                        retry_after_s=1,
+                if opened is None and self._origin.blocking_reads:
+                    await self._pour_blocking(manifest, first, last, fills)
+                else:
+                    await self._pour(
+                        opened if opened is not None else self._origin.get_range(
+                            manifest.bucket, manifest.key, first, last, if_match=manifest.origin_etag or None
+                        ),
+                        fills,
                     )
             log.debug(
                 "fill",
@@ -269,8 +283,6 @@ class Filler:
                 ms=round((time.perf_counter() - started) * 1000, 1),
             )
         except BaseException as exc:
-            if writer is not None:
-                await writer.abort()
             if isinstance(exc, errors.PreconditionFailed):
                 # the origin's object changed under us: forget this version
                 with contextlib.suppress(Exception):
@@ -280,14 +292,11 @@ class Filler:
                 exc = errors.ServiceUnavailable(
                     "the object changed in the origin; retry", retry_after_s=1
                 )
-            log.warning(
-                "fill.failed",
-                chunk=fills[current].chunk_id if current < len(fills) else None,
-                error=repr(exc),
-            )
+            unfilled = [f for f in fills if not f.done]
+            log.warning("fill.failed", chunk=unfilled[0].chunk_id if unfilled else None, error=repr(exc))
             error = exc if isinstance(exc, Exception) else errors.InternalError("fill cancelled")
-            for fill in fills[current:]:
-                await fill.finish(error)
+            for fill in unfilled:
+                fill.finish(error)
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -298,9 +307,93 @@ class Filler:
                 if self.active.get(fill.chunk_id) is fill:
                     del self.active[fill.chunk_id]
 
+    async def _pour(self, pieces: AsyncIterator[bytes], fills: list[ChunkFill]) -> None:
+        """Write the run's bytes, arriving as ``pieces`` on the event loop, into its chunks
+        (committing each as it completes).
+
+        Raises:
+            ServiceUnavailable: the origin sent fewer or more bytes than the run holds; what
+                ``pieces`` and the chunk store raise.
+        """
+        current = 0  # the fill being written
+        writer: ChunkWriter | None = self._store.writer(fills[0].chunk_id, dirty=False)
+        try:
+            async for piece in pieces:
+                view = memoryview(piece)
+                while view:
+                    if writer is None:
+                        raise errors.ServiceUnavailable("origin sent more bytes than asked", retry_after_s=1)
+                    fill = fills[current]
+                    room = fill.size - fill.received
+                    part = piece if len(view) == len(piece) and len(piece) <= room else bytes(view[:room])
+                    view = view[len(part) :]
+                    await writer.write(part)
+                    if not writer.landed:  # the first bytes of a chunk go to its readers at once
+                        await writer.flush()
+                    fill.received += len(part)
+                    fill.landed_at(writer.path, writer.landed)
+                    if fill.received == fill.size:
+                        await self._commit(writer, fill)
+                        current += 1
+                        writer = (
+                            self._store.writer(fills[current].chunk_id, dirty=False) if current < len(fills) else None
+                        )
+            if current < len(fills):
+                raise _short(fills[current])
+        except BaseException:
+            if writer is not None:
+                await writer.abort()
+            raise
+
+    async def _pour_blocking(self, manifest: wire.Manifest, first: int, last: int, fills: list[ChunkFill]) -> None:
+        """:meth:`_pour` for an origin with blocking reads: one worker thread at a time reads
+        a chunk's bytes from the origin's socket into its file, in reads of at most
+        :data:`PUMP_READ_BYTES`, and tells the chunk's followers (through the event loop)
+        after each; the event loop commits each chunk. None of the bytes pass through the
+        event loop. Cancelling waits for the thread to stop at its next read.
+
+        Raises:
+            ServiceUnavailable: the origin sent fewer bytes than the run holds; what
+                :meth:`Origin.open_range_blocking` and the chunk store raise.
+        """
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        streams: list[BlockingRange] = []
+        try:
+            await run_to_completion(
+                lambda: streams.append(  # kept even if this task is cancelled meanwhile: closed below
+                    self._origin.open_range_blocking(
+                        manifest.bucket, manifest.key, first, last, if_match=manifest.origin_etag or None
+                    )
+                ),
+                executor=self._pumps,
+            )
+            for fill in fills:
+                writer = self._store.writer(fill.chunk_id, dirty=False)
+                try:
+                    await run_to_completion(
+                        _pump, streams[0], writer, fill, loop, stop, executor=self._pumps, on_cancel=stop.set
+                    )
+                    await self._commit(writer, fill)
+                except BaseException:
+                    await writer.abort()
+                    raise
+        finally:
+            for stream in streams:
+                stream.close()
+
+    async def _commit(self, writer: ChunkWriter, fill: ChunkFill) -> None:
+        """Publish the completed chunk ``fill`` and tell its followers."""
+        await writer.commit()
+        self._counters.fill_bytes += fill.size
+        self.active.pop(fill.chunk_id, None)
+        fill.finish()
+
     async def close(self) -> None:
-        """Cancel the fills still running (their partial chunks are aborted); wait 5 s at most."""
+        """Cancel the fills still running (their partial chunks are aborted); wait 5 s at most
+        (a worker thread blocked in an origin read stops at the origin's read timeout)."""
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        self._pumps.shutdown(wait=False, cancel_futures=True)
