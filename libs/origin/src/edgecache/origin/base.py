@@ -12,13 +12,12 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
 
 import msgspec
 
 from edgecache.common import errors
 
-__all__ = ["BlockingRange", "Origin", "OriginBucket", "OriginHoldsNewer", "OriginObject", "RangeRead", "common_prefix", "holds_newer"]
+__all__ = ["BlockingRangeRead", "Origin", "OriginBucket", "OriginHoldsNewer", "OriginObject", "RangeRead", "common_prefix", "holds_newer"]
 
 
 class OriginObject(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,20 +100,47 @@ class RangeRead:
                 await close()
 
 
-class BlockingRange(Protocol):
-    """An open ranged GET read by a worker thread (:meth:`Origin.open_range_blocking`)."""
+class BlockingRangeRead:
+    """An open ranged GET read by a worker thread (:meth:`Origin.open_range_blocking`): the
+    object's attributes and the body of the range, as :class:`RangeRead` holds them.
+
+    :meth:`read` the body (blocking); always close it, read or not: :meth:`close` from the
+    thread, or :meth:`aclose` on the event loop (as for a :class:`RangeRead`).
+
+    Attributes:
+        object: the whole object's description: ``size`` is the object's, not the range's.
+        first, last: the inclusive byte range the body holds (``last`` clamped to
+            ``object.size - 1``; ``first`` 0 if the origin ignored the range).
+    """
+
+    def __init__(
+        self, obj: OriginObject, first: int, last: int, read: Callable[[int], bytes], close: Callable[[], None]
+    ) -> None:
+        self.object = obj
+        self.first = first
+        self.last = last
+        self._read = read
+        self._close: Callable[[], None] | None = close
 
     def read(self, n: int) -> bytes:
-        """The next bytes of the range, at most ``n``: fewer only at its end (``b""`` after it).
+        """The next bytes of the body, at most ``n``: fewer only at its end (``b""`` after it).
 
         Raises:
             ServiceUnavailable: the origin went away or stalled past its timeout.
         """
-        ...
+        return self._read(n)
 
     def close(self) -> None:
-        """Release the request, read to its end or not (idempotent)."""
-        ...
+        """Release the request (idempotent)."""
+        close, self._close = self._close, None
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, for the event loop (it does not block: the connection is dropped,
+        not drained)."""
+        self.close()
 
 
 class Origin(abc.ABC):
@@ -205,15 +231,16 @@ class Origin(abc.ABC):
 
     def open_range_blocking(
         self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
-    ) -> BlockingRange:
-        """:meth:`get_range` for a worker thread: open a GET of exactly bytes
-        ``first..last`` (inclusive) of ``bucket/key`` (``If-Match`` ``if_match``), blocking
-        until the origin answers; read the body with :meth:`BlockingRange.read`.
+    ) -> BlockingRangeRead:
+        """:meth:`open_range` for a worker thread: open a ranged GET of bytes ``first..last``
+        (inclusive; ``last`` past the end is clamped) of ``bucket/key`` (``If-Match``
+        ``if_match``), blocking until the origin answers; the object's attributes come
+        with the body, which :meth:`BlockingRangeRead.read` reads.
 
         Raises:
             NotImplementedError: the origin has no blocking reads (:attr:`blocking_reads`).
             NoSuchBucket, NoSuchKey, PreconditionFailed, ServiceUnavailable; InvalidRange:
-            the range is not in the object, or the origin ignored it.
+            ``first`` is at or past the end.
         """
         raise NotImplementedError(f"the {self.name} origin has no blocking reads")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -38,7 +38,7 @@ from edgecache.origin._util import (
     upload_parts,
 )
 from edgecache.origin.base import (
-    BlockingRange,
+    BlockingRangeRead,
     Origin,
     OriginBucket,
     OriginHoldsNewer,
@@ -217,22 +217,34 @@ async def _pieces(body: Any, count: int, bucket: str, key: str) -> AsyncIterator
             yield piece
 
 
-class _BlockingBody:
-    """A ``GetObject`` body read by a worker thread (:class:`~.base.BlockingRange`), its
-    errors translated as :func:`_s3_errors` does."""
+def _range_answer(key: str, r: dict[str, Any], first: int, last: int, bucket: str) -> tuple[OriginObject, int, int]:
+    """What a ranged ``GetObject`` answer ``r`` (for ``first..last``) holds: the object, and
+    the first and last byte of its body (``first`` 0 when the server ignored the range: an
+    empty object, or no range support; cut at ``last``).
 
-    def __init__(self, body: Any, bucket: str, key: str) -> None:
-        self._body = body  # botocore's StreamingBody: read(n) blocks for n bytes or the end
-        self._bucket = bucket
-        self._key = key
+    Raises:
+        InvalidRange: the server ignored the range because ``first`` is past the end.
+    """
+    total = r.get("ContentRange", "").rpartition("/")[2]
+    if total.isdigit():
+        size, served = int(total), r["ContentLength"]
+    else:  # 200: the server ignored the range
+        size = served = r["ContentLength"]
+        if first >= size:
+            raise errors.InvalidRange(f"bytes={first}-{last} of {size}", resource=f"{bucket}/{key}")
+        first, served = 0, min(last + 1, size)  # the whole object from byte 0, cut at last
+    return _describe(key, r, size, get=True), first, first + served - 1
 
-    def read(self, n: int) -> bytes:
-        with _s3_errors(self._bucket, self._key):
-            return bytes(self._body.read(n))
 
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._body.close()
+def _blocking_reader(body: Any, bucket: str, key: str) -> Callable[[int], bytes]:
+    """``read(n)`` of a ``GetObject`` body in a worker thread (botocore's StreamingBody: it
+    blocks for ``n`` bytes or the end), its errors translated as :func:`_s3_errors` does."""
+
+    def read(n: int) -> bytes:
+        with _s3_errors(bucket, key):
+            return bytes(body.read(n))
+
+    return read
 
 
 class S3Origin(Origin):
@@ -391,16 +403,12 @@ class S3Origin(Origin):
             await self._require_bucket(bucket)
             raise
         body = r["Body"]
-        total = r.get("ContentRange", "").rpartition("/")[2]
-        if total.isdigit():
-            size, served = int(total), r["ContentLength"]
-        else:  # 200: the server ignored the range (an empty object, or no range support)
-            size = served = r["ContentLength"]
-            if first >= size:
-                body.close()
-                raise errors.InvalidRange(f"bytes={first}-{last} of {size}", resource=f"{bucket}/{key}")
-            first, served = 0, min(last + 1, size)  # the whole object from byte 0, cut at last
-        obj = _describe(key, r, size, get=True)
+        try:
+            obj, first, end = _range_answer(key, r, first, last, bucket)
+        except BaseException:
+            body.close()
+            raise
+        served = end - first + 1
         return RangeRead(obj, first, first + served - 1, _pieces(body, served, bucket, key), body.aclose)
 
     async def get_range(
@@ -420,9 +428,10 @@ class S3Origin(Origin):
 
     def open_range_blocking(
         self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
-    ) -> BlockingRange:
+    ) -> BlockingRangeRead:
         """``GetObject`` with ``Range: bytes=first-last`` (and ``If-Match``) through the
-        synchronous client, for a worker thread; see :meth:`Origin.open_range_blocking`."""
+        synchronous client, for a worker thread: what :meth:`open_range` answers, the body
+        read blocking. See :meth:`Origin.open_range_blocking`."""
         check_key(bucket, key)
         check_range(bucket, key, first, last)
         client = self._blocking_client
@@ -431,16 +440,20 @@ class S3Origin(Origin):
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={first}-{last}"}
         if if_match is not None:
             kwargs["IfMatch"] = f'"{if_match}"'
-        with _s3_errors(bucket, key):
-            r = client.get_object(**kwargs)
-        body = _BlockingBody(r["Body"], bucket, key)
-        if not r.get("ContentRange", "").startswith(f"bytes {first}-{last}/"):
-            body.close()  # a server that ignored the range, or clamped it: not the bytes asked for
-            raise errors.InvalidRange(
-                f"bytes={first}-{last}: the origin answered {r.get('ContentRange') or 'the whole object'}",
-                resource=f"{bucket}/{key}",
-            )
-        return body
+        try:
+            with _s3_errors(bucket, key):
+                r = client.get_object(**kwargs)
+        except errors.NoSuchKey:
+            with _s3_errors(bucket):  # NoSuchBucket if it is the bucket that is missing
+                client.head_bucket(Bucket=bucket)
+            raise
+        body = r["Body"]
+        try:
+            obj, first, end = _range_answer(key, r, first, last, bucket)
+        except BaseException:
+            body.close()
+            raise
+        return BlockingRangeRead(obj, first, end, _blocking_reader(body, bucket, key), body.close)
 
     async def put_object(
         self,

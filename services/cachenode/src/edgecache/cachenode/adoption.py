@@ -3,7 +3,7 @@
 **HEAD-less on a cold GET.** The node that owns the key (or the only live one) does not ask
 the origin for a HEAD and then wait for an fsynced KV create before the first ranged GET:
 it opens the ranged GET of the chunk that holds the first byte wanted at once
-(:meth:`~edgecache.origin.Origin.open_range`, whose response carries what a HEAD gives:
+(:meth:`.Filler.open_range`: from S3 in a fill thread, whose response carries what a HEAD gives:
 size from ``Content-Range``, ETag, time, type, headers, metadata), builds the manifest
 from it, hands the open body to the fill (:meth:`.Filler.start_opened`) and records the
 manifest in the catalog (a create-if-absent) **while** the first bytes stream to the
@@ -162,7 +162,7 @@ async def _open(
     if last is not None:
         end = min(end, (last // step + 1) * step - 1)
     try:
-        opened = await node.origin.open_range(bucket, key, start, end)
+        opened = await node.filler.open_range(bucket, key, start, end)  # in a fill thread from S3
     except errors.InvalidRange:
         return None
     try:

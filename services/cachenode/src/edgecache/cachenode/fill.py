@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from edgecache.cachenode.threads import run_to_completion
 from edgecache.common import errors, wire
 from edgecache.common.logging import get_logger
+from edgecache.origin.base import BlockingRangeRead, RangeRead
 
 if TYPE_CHECKING:
     from edgecache.cachenode.chunkstore import ChunkStore
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from edgecache.cachenode.counters import Counters
     from edgecache.common.catalog import Catalog
     from edgecache.origin import Origin
-    from edgecache.origin.base import BlockingRange, RangeRead
 
 __all__ = ["FOLLOW_READ_BYTES", "PUMP_READ_BYTES", "ChunkFill", "Filler"]
 
@@ -156,7 +156,7 @@ def _short(fill: ChunkFill) -> errors.ServiceUnavailable:
 
 
 def _pump(
-    stream: BlockingRange, writer: ChunkWriter, fill: ChunkFill, loop: asyncio.AbstractEventLoop, stop: threading.Event
+    stream: BlockingRangeRead, writer: ChunkWriter, fill: ChunkFill, loop: asyncio.AbstractEventLoop, stop: threading.Event
 ) -> None:
     """In a worker thread: read ``fill``'s bytes from ``stream`` into ``writer`` (its temp
     file), telling the followers on ``loop`` after each read; stop early when ``stop`` is set.
@@ -235,13 +235,40 @@ class Filler:
             size += nxt.size
         return self._launch(manifest, run, None)
 
-    def start_opened(self, manifest: wire.Manifest, run: range, opened: RangeRead) -> ChunkFill:
+    async def open_range(
+        self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
+    ) -> RangeRead | BlockingRangeRead:
+        """Open a ranged GET of the origin as a fill reads it: in one of the fill threads
+        (:meth:`Origin.open_range_blocking`) from an origin with blocking reads, else on
+        the event loop (:meth:`Origin.open_range`). Close it (``aclose``), read or not.
+
+        Raises:
+            What the origin's ``open_range`` raises.
+        """
+        if not self._origin.blocking_reads:
+            return await self._origin.open_range(bucket, key, first, last, if_match=if_match)
+        opened: list[BlockingRangeRead] = []
+        try:
+            await run_to_completion(
+                lambda: opened.append(self._origin.open_range_blocking(bucket, key, first, last, if_match=if_match)),
+                executor=self._pumps,
+            )
+        except BaseException:
+            for read in opened:  # cancelled after it opened
+                read.close()
+            raise
+        return opened[0]
+
+    def start_opened(self, manifest: wire.Manifest, run: range, opened: RangeRead | BlockingRangeRead) -> ChunkFill:
         """The fill of the consecutive chunks ``run`` (idle) from a ranged GET already open
-        (``opened`` holds exactly their bytes: a cold miss asks for them before it knows
-        the manifest); returns the first chunk's. The fill owns ``opened`` and closes it."""
+        (:meth:`open_range`; ``opened`` holds exactly their bytes: a cold miss asks for them
+        before it knows the manifest); returns the first chunk's. The fill owns ``opened``
+        and closes it."""
         return self._launch(manifest, list(run), opened)
 
-    def _launch(self, manifest: wire.Manifest, run: list[int], opened: RangeRead | None) -> ChunkFill:
+    def _launch(
+        self, manifest: wire.Manifest, run: list[int], opened: RangeRead | BlockingRangeRead | None
+    ) -> ChunkFill:
         fills = [ChunkFill(manifest.chunks[j].id, manifest.chunks[j].size) for j in run]
         for f in fills:  # where the commit will put it (file frames name it)
             f.paths = [str(self._store.file_path(f.chunk_id, dirty=False))]
@@ -259,7 +286,11 @@ class Filler:
                 self.start(manifest, i, until=until)
 
     async def _run(
-        self, manifest: wire.Manifest, index: int, fills: list[ChunkFill], opened: RangeRead | None = None
+        self,
+        manifest: wire.Manifest,
+        index: int,
+        fills: list[ChunkFill],
+        opened: RangeRead | BlockingRangeRead | None = None,
     ) -> None:
         first = sum(c.size for c in manifest.chunks[:index])
         last = first + sum(f.size for f in fills) - 1
@@ -268,7 +299,16 @@ class Filler:
             async with self._slots if opened is None else contextlib.nullcontext():  # an open GET holds no slot
                 self._counters.fills += 1  # one ranged GET of the origin
                 if opened is None and self._origin.blocking_reads:
-                    await self._pour_blocking(manifest, first, last, fills)
+                    opened = await self.open_range(
+                        manifest.bucket, manifest.key, first, last, if_match=manifest.origin_etag or None
+                    )
+                    if (opened.first, opened.last) != (first, last):
+                        raise errors.InvalidRange(
+                            f"bytes={first}-{last}: the origin answered {opened.first}-{opened.last}",
+                            resource=f"{manifest.bucket}/{manifest.key}",
+                        )
+                if isinstance(opened, BlockingRangeRead):
+                    await self._pour_blocking(opened, fills)
                 else:
                     await self._pour(
                         opened if opened is not None else self._origin.get_range(
@@ -345,42 +385,30 @@ class Filler:
                 await writer.abort()
             raise
 
-    async def _pour_blocking(self, manifest: wire.Manifest, first: int, last: int, fills: list[ChunkFill]) -> None:
-        """:meth:`_pour` for an origin with blocking reads: one worker thread at a time reads
-        a chunk's bytes from the origin's socket into its file, in reads of at most
-        :data:`PUMP_READ_BYTES`, and tells the chunk's followers (through the event loop)
-        after each; the event loop commits each chunk. None of the bytes pass through the
-        event loop. Cancelling waits for the thread to stop at its next read.
+    async def _pour_blocking(self, opened: BlockingRangeRead, fills: list[ChunkFill]) -> None:
+        """:meth:`_pour` from a ranged GET opened for worker threads (:meth:`open_range`):
+        one fill thread at a time reads a chunk's bytes from the origin's socket into its
+        file, in reads of at most :data:`PUMP_READ_BYTES`, and tells the chunk's followers
+        (through the event loop) after each; the event loop commits each chunk. None of
+        the bytes pass through the event loop. Cancelling waits for the thread to stop at
+        its next read.
 
         Raises:
             ServiceUnavailable: the origin sent fewer bytes than the run holds; what
-                :meth:`Origin.open_range_blocking` and the chunk store raise.
+                :meth:`BlockingRangeRead.read` and the chunk store raise.
         """
         loop = asyncio.get_running_loop()
         stop = threading.Event()
-        streams: list[BlockingRange] = []
-        try:
-            await run_to_completion(
-                lambda: streams.append(  # kept even if this task is cancelled meanwhile: closed below
-                    self._origin.open_range_blocking(
-                        manifest.bucket, manifest.key, first, last, if_match=manifest.origin_etag or None
-                    )
-                ),
-                executor=self._pumps,
-            )
-            for fill in fills:
-                writer = self._store.writer(fill.chunk_id, dirty=False)
-                try:
-                    await run_to_completion(
-                        _pump, streams[0], writer, fill, loop, stop, executor=self._pumps, on_cancel=stop.set
-                    )
-                    await self._commit(writer, fill)
-                except BaseException:
-                    await writer.abort()
-                    raise
-        finally:
-            for stream in streams:
-                stream.close()
+        for fill in fills:
+            writer = self._store.writer(fill.chunk_id, dirty=False)
+            try:
+                await run_to_completion(
+                    _pump, opened, writer, fill, loop, stop, executor=self._pumps, on_cancel=stop.set
+                )
+                await self._commit(writer, fill)
+            except BaseException:
+                await writer.abort()
+                raise
 
     async def _commit(self, writer: ChunkWriter, fill: ChunkFill) -> None:
         """Publish the completed chunk ``fill`` and tell its followers."""
