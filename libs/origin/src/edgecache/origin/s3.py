@@ -217,23 +217,42 @@ async def _pieces(body: Any, count: int, bucket: str, key: str) -> AsyncIterator
             yield piece
 
 
+def _ranged_get(bucket: str, key: str, first: int, last: int, if_match: str | None) -> dict[str, Any]:
+    """The ``GetObject`` parameters of bytes ``first..last`` (inclusive) ``If-Match``
+    ``if_match`` (an origin ETag, unquoted; ``None``: unconditional).
+
+    Raises:
+        InvalidArgument: a key or range S3 cannot take (``check_key``, ``check_range``).
+    """
+    check_key(bucket, key)
+    check_range(bucket, key, first, last)
+    params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={first}-{last}"}
+    if if_match is not None:
+        params["IfMatch"] = f'"{if_match}"'
+    return params
+
+
 def _range_answer(key: str, r: dict[str, Any], first: int, last: int, bucket: str) -> tuple[OriginObject, int, int]:
     """What a ranged ``GetObject`` answer ``r`` (for ``first..last``) holds: the object, and
     the first and last byte of its body (``first`` 0 when the server ignored the range: an
-    empty object, or no range support; cut at ``last``).
+    empty object, or no range support; cut at ``last``). On an error the body is closed.
 
     Raises:
         InvalidRange: the server ignored the range because ``first`` is past the end.
     """
-    total = r.get("ContentRange", "").rpartition("/")[2]
-    if total.isdigit():
-        size, served = int(total), r["ContentLength"]
-    else:  # 200: the server ignored the range
-        size = served = r["ContentLength"]
-        if first >= size:
-            raise errors.InvalidRange(f"bytes={first}-{last} of {size}", resource=f"{bucket}/{key}")
-        first, served = 0, min(last + 1, size)  # the whole object from byte 0, cut at last
-    return _describe(key, r, size, get=True), first, first + served - 1
+    try:
+        total = r.get("ContentRange", "").rpartition("/")[2]
+        if total.isdigit():
+            size, served = int(total), r["ContentLength"]
+        else:  # 200: the server ignored the range
+            size = served = r["ContentLength"]
+            if first >= size:
+                raise errors.InvalidRange(f"bytes={first}-{last} of {size}", resource=f"{bucket}/{key}")
+            first, served = 0, min(last + 1, size)  # the whole object from byte 0, cut at last
+        return _describe(key, r, size, get=True), first, first + served - 1
+    except BaseException:
+        r["Body"].close()
+        raise
 
 
 def _blocking_reader(body: Any, bucket: str, key: str) -> Callable[[int], bytes]:
@@ -391,25 +410,16 @@ class S3Origin(Origin):
         size from ``Content-Range``, its ETag, time, type, system headers and metadata from
         the same response; the body streamed in pieces of at most 1 MiB. See
         :meth:`Origin.open_range`."""
-        check_key(bucket, key)
-        check_range(bucket, key, first, last)
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={first}-{last}"}
-        if if_match is not None:
-            kwargs["IfMatch"] = f'"{if_match}"'
+        params = _ranged_get(bucket, key, first, last, if_match)
         try:
             with _s3_errors(bucket, key):
-                r = await self._s3.get_object(**kwargs)
+                r = await self._s3.get_object(**params)
         except errors.NoSuchKey:
             await self._require_bucket(bucket)
             raise
+        obj, first, end = _range_answer(key, r, first, last, bucket)
         body = r["Body"]
-        try:
-            obj, first, end = _range_answer(key, r, first, last, bucket)
-        except BaseException:
-            body.close()
-            raise
-        served = end - first + 1
-        return RangeRead(obj, first, first + served - 1, _pieces(body, served, bucket, key), body.aclose)
+        return RangeRead(obj, first, end, _pieces(body, end - first + 1, bucket, key), body.aclose)
 
     async def get_range(
         self, bucket: str, key: str, first: int, last: int, *, if_match: str | None = None
@@ -432,27 +442,19 @@ class S3Origin(Origin):
         """``GetObject`` with ``Range: bytes=first-last`` (and ``If-Match``) through the
         synchronous client, for a worker thread: what :meth:`open_range` answers, the body
         read blocking. See :meth:`Origin.open_range_blocking`."""
-        check_key(bucket, key)
-        check_range(bucket, key, first, last)
+        params = _ranged_get(bucket, key, first, last, if_match)
         client = self._blocking_client
         if client is None:
             raise RuntimeError("S3Origin used before start()")
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={first}-{last}"}
-        if if_match is not None:
-            kwargs["IfMatch"] = f'"{if_match}"'
         try:
             with _s3_errors(bucket, key):
-                r = client.get_object(**kwargs)
+                r = client.get_object(**params)
         except errors.NoSuchKey:
             with _s3_errors(bucket):  # NoSuchBucket if it is the bucket that is missing
                 client.head_bucket(Bucket=bucket)
             raise
+        obj, first, end = _range_answer(key, r, first, last, bucket)
         body = r["Body"]
-        try:
-            obj, first, end = _range_answer(key, r, first, last, bucket)
-        except BaseException:
-            body.close()
-            raise
         return BlockingRangeRead(obj, first, end, _blocking_reader(body, bucket, key), body.close)
 
     async def put_object(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -146,7 +147,8 @@ class ChunkFill:
 
 PUMP_READ_BYTES = 1024 * 1024
 """The most bytes a fill's worker thread reads from the origin at once (the first read of a
-chunk: 64 KiB, so that its followers start early)."""
+chunk: :data:`_FIRST_READ_BYTES`)."""
+_FIRST_READ_BYTES = 64 * 1024  # a chunk's first read: its followers start early
 
 
 def _short(fill: ChunkFill) -> errors.ServiceUnavailable:
@@ -156,9 +158,9 @@ def _short(fill: ChunkFill) -> errors.ServiceUnavailable:
 
 
 def _pump(
-    stream: BlockingRangeRead, writer: ChunkWriter, fill: ChunkFill, loop: asyncio.AbstractEventLoop, stop: threading.Event
+    opened: BlockingRangeRead, writer: ChunkWriter, fill: ChunkFill, loop: asyncio.AbstractEventLoop, stop: threading.Event
 ) -> None:
-    """In a worker thread: read ``fill``'s bytes from ``stream`` into ``writer`` (its temp
+    """In a worker thread: read ``fill``'s bytes from ``opened`` into ``writer`` (its temp
     file), telling the followers on ``loop`` after each read; stop early when ``stop`` is set.
 
     Raises:
@@ -168,7 +170,7 @@ def _pump(
     while fill.received < fill.size:
         if stop.is_set():
             raise errors.InternalError("fill cancelled")
-        data = stream.read(min(PUMP_READ_BYTES if fill.received else 64 * 1024, fill.size - fill.received))
+        data = opened.read(min(PUMP_READ_BYTES if fill.received else _FIRST_READ_BYTES, fill.size - fill.received))
         if not data:
             raise _short(fill)
         writer.write_blocking(data)
@@ -247,17 +249,11 @@ class Filler:
         """
         if not self._origin.blocking_reads:
             return await self._origin.open_range(bucket, key, first, last, if_match=if_match)
-        opened: list[BlockingRangeRead] = []
-        try:
-            await run_to_completion(
-                lambda: opened.append(self._origin.open_range_blocking(bucket, key, first, last, if_match=if_match)),
-                executor=self._pumps,
-            )
-        except BaseException:
-            for read in opened:  # cancelled after it opened
-                read.close()
-            raise
-        return opened[0]
+        return await run_to_completion(
+            functools.partial(self._origin.open_range_blocking, bucket, key, first, last, if_match=if_match),
+            executor=self._pumps,
+            on_dropped=BlockingRangeRead.close,  # opened after its caller was cancelled
+        )
 
     def start_opened(self, manifest: wire.Manifest, run: range, opened: RangeRead | BlockingRangeRead) -> ChunkFill:
         """The fill of the consecutive chunks ``run`` (idle) from a ranged GET already open

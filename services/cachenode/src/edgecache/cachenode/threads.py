@@ -17,13 +17,16 @@ async def run_to_completion(
     *args: Any,
     executor: Executor | None = None,
     on_cancel: Callable[[], None] | None = None,
+    on_dropped: Callable[[_T], object] | None = None,
 ) -> _T:
     """``fn(*args)`` in ``executor`` (``None``: the event loop's default thread pool),
-    awaited to its end even if the caller is
-    cancelled: then ``on_cancel()`` (if given; it must be thread-safe, such as setting a
-    ``threading.Event`` the thread checks) is called, the thread is waited for, and the
-    cancellation is re-raised. Whatever the thread uses (a file, a connection) is therefore
-    never closed under it.
+    awaited to its end even if the caller is cancelled. Whatever the thread uses (a file, a
+    connection) is therefore never closed under it.
+
+    When cancelled: ``on_cancel()`` is called (if given; it must be thread-safe, such as
+    setting a ``threading.Event`` the thread checks), the thread is waited for, its result
+    handed to ``on_dropped`` (if given and the thread returned one: something to close that
+    nobody will take), and the cancellation re-raised.
 
     Raises:
         What ``fn`` raises; ``CancelledError`` when cancelled (``fn``'s own outcome is
@@ -36,6 +39,7 @@ async def run_to_completion(
         if on_cancel is not None:
             on_cancel()
         await asyncio.wait([fut])
-        if not fut.cancelled():
-            fut.exception()  # retrieved: the cancellation is what the caller gets
+        # fut.exception() before on_dropped: the thread's error is retrieved either way
+        if not fut.cancelled() and fut.exception() is None and on_dropped is not None:
+            on_dropped(fut.result())
         raise
